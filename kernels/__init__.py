@@ -1,0 +1,1 @@
+"""Triton kernels (paged attention, KV block copy) and their torch references."""
