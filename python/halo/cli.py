@@ -1,0 +1,62 @@
+"""The ``halo`` command line: generate now; run, explain, serve and bench as their stages land."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from halo.errors import HaloError
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from halo.engine import LLMEngine, SamplingParams
+
+    engine = LLMEngine(model=args.model, dtype=args.dtype)
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        prompt = messages + [{"role": "user", "content": args.prompt}]
+    else:
+        prompt = args.prompt
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                            top_p=args.top_p, seed=args.seed, stop=tuple(args.stop or ()))
+    result = engine.generate([prompt], params)[0]
+    print(result.text)
+    if args.verbose:
+        info = {**engine.describe(), **engine.stats().as_dict(), "finish_reason": result.finish_reason}
+        print(json.dumps(info, indent=2, default=str), file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="halo", description="Batch query processing for agentic LLM workflows")
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="complete one prompt with the engine")
+    g.add_argument("prompt")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
+    g.add_argument("--system", help="system message (with --chat)")
+    g.add_argument("--model", default=None, help="registered name, .gguf file or HF directory (default smollm2-135m)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    g.add_argument("--max-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("-v", "--verbose", action="store_true", help="print engine facts and counters to stderr")
+    g.set_defaults(func=_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HaloError as e:
+        print(f"halo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Pick the engine's compute dtype by measuring matmul speed on this CPU (bf16 only where it wins)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+from halo.errors import InvalidRequestError
+
+_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    dtype: torch.dtype
+    reason: str
+    gflops: dict[str, float]  # probe GFLOP/s per dtype name ("bf16", "fp32"); empty when not probed
+
+    @property
+    def name(self) -> str:
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
+
+def cpu_capability() -> str:
+    """The SIMD level torch dispatches to on this CPU, e.g. ``AVX512`` or ``AVX2``, plus bf16/amx flags."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    extra = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return "+".join([cap, *extra])
+
+
+def _gflops(dtype: torch.dtype, seconds: float = 0.03) -> float:
+    # Shapes like the model's MLP at a mid-size batch, so the probe measures the kernel the engine will use.
+    a = torch.randn(256, 576, dtype=dtype)
+    w = torch.randn(1536, 576, dtype=dtype)
+    a @ w.T
+    n, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        a @ w.T
+        n += 1
+    return 2 * 256 * 576 * 1536 * n / elapsed / 1e9
+
+
+@cache
+def _probe() -> tuple[float, float]:
+    return _gflops(torch.float32), _gflops(torch.bfloat16)
+
+
+def choose_dtype(requested: str | torch.dtype | None = "auto") -> DtypeChoice:
+    """Resolve ``auto``/``bf16``/``fp32`` to a torch dtype. ``auto`` runs a ~60 ms probe once per process."""
+    if isinstance(requested, torch.dtype):
+        if requested not in (torch.float32, torch.bfloat16):
+            raise InvalidRequestError(f"dtype must be bf16 or fp32, got {requested}")
+        return DtypeChoice(requested, "requested", {})
+    if requested is None or requested == "auto":
+        fp32, bf16 = _probe()
+        speeds = {"fp32": round(fp32, 1), "bf16": round(bf16, 1)}
+        if bf16 > fp32 * 1.2:
+            return DtypeChoice(torch.bfloat16, f"auto: bf16 {bf16:.0f} > fp32 {fp32:.0f} GFLOP/s", speeds)
+        return DtypeChoice(torch.float32, f"auto: fp32 {fp32:.0f} >= bf16 {bf16:.0f} GFLOP/s", speeds)
+    if requested not in _DTYPES:
+        raise InvalidRequestError(f"dtype must be 'auto', 'bf16' or 'fp32', got {requested!r}")
+    return DtypeChoice(_DTYPES[requested], "requested", {})

@@ -1,0 +1,300 @@
+"""LLMEngine: the request lifecycle — add_request → step() until done → results — over one model."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Sequence as Seq
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from halo.engine.block_manager import BlockManager
+from halo.engine.checkpoint import load_checkpoint
+from halo.engine.dtype_probe import DtypeChoice, choose_dtype, cpu_capability
+from halo.engine.kv_cache import KVCache
+from halo.engine.model import LlamaModel
+from halo.engine.model_runner import ModelRunner
+from halo.engine.sampling_params import GenerationResult, SamplingParams
+from halo.engine.scheduler import Scheduler
+from halo.engine.sequence import Sequence, SequenceStatus
+from halo.errors import ContextLengthError, InvalidRequestError, KVCacheFullError
+
+Prompt = str | list[dict[str, str]] | list[int]
+
+
+@dataclass
+class EngineStats:
+    """Counters since the engine started (or since ``reset_stats``)."""
+
+    requests: int = 0  # finished requests
+    prompt_tokens: int = 0  # prompt tokens of finished requests
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
+    prefill_tokens: int = 0  # prompt-position tokens actually computed (recompute after preemption included)
+    decode_tokens: int = 0  # generated-position tokens computed
+    generated_tokens: int = 0  # tokens sampled
+    steps: int = 0
+    preemptions: int = 0
+    step_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LLMEngine:
+    """A paged-KV, continuously batching Llama engine. One instance serves one model on one worker."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        dtype: str | torch.dtype | None = "auto",
+        kv_blocks: int | None = None,
+        block_size: int = 16,
+        max_batch_tokens: int = 1024,
+        max_num_seqs: int = 128,
+        kv_memory_gb: float = 1.0,
+        enable_prefix_cache: bool = True,
+        num_threads: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        for name, value in (("block_size", block_size), ("max_batch_tokens", max_batch_tokens),
+                            ("max_num_seqs", max_num_seqs)):
+            if not isinstance(value, int) or value < 1:
+                raise InvalidRequestError(f"{name} must be a positive integer, got {value!r}")
+        if kv_blocks is not None and (not isinstance(kv_blocks, int) or kv_blocks < 1):
+            raise InvalidRequestError(f"kv_blocks must be a positive integer, got {kv_blocks!r}")
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.dtype_choice: DtypeChoice = choose_dtype(dtype)
+        ckpt = load_checkpoint(model, cache_dir=cache_dir)
+        self.model_path = ckpt.path
+        self.config = ckpt.config
+        self.tokenizer = ckpt.tokenizer
+        self.model = LlamaModel(ckpt.config, ckpt.weights, self.dtype_choice.dtype)
+        del ckpt
+        if kv_blocks is None:
+            per_block = KVCache.bytes_per_block(self.config, block_size, self.dtype_choice.dtype)
+            kv_blocks = max(16, int(kv_memory_gb * 2**30 // per_block))
+        self.block_manager = BlockManager(kv_blocks, block_size, enable_prefix_cache)
+        self.kv = KVCache(self.config, kv_blocks, block_size, self.dtype_choice.dtype)
+        self.scheduler = Scheduler(self.block_manager, max_batch_tokens, max_num_seqs)
+        self.runner = ModelRunner(self.model, self.kv)
+        self._stats = EngineStats()
+        self._ids = itertools.count()
+        self._arrivals = itertools.count()
+        self._requests: dict[str, Sequence] = {}
+
+    # ---- describing the engine ---------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """Model, dtype (and why), CPU capability, pool size: printed by every benchmark."""
+        return {
+            "model": str(self.model_path),
+            "dtype": self.dtype_choice.name,
+            "dtype_reason": self.dtype_choice.reason,
+            "probe_gflops": self.dtype_choice.gflops,
+            "cpu": cpu_capability(),
+            "threads": torch.get_num_threads(),
+            "kv_blocks": self.block_manager.num_blocks,
+            "block_size": self.block_manager.block_size,
+        }
+
+    # ---- requests ----------------------------------------------------------------------------
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt: text as-is, a chat message list through the model's chat template."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("empty prompt: give at least one character or token")
+            return self.tokenizer.encode(prompt)
+        if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
+            return self.tokenizer.encode(self.tokenizer.render_chat(prompt))
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
+                                                        for t in prompt):
+            bad = [t for t in prompt if not 0 <= t < self.config.vocab_size]
+            if bad:
+                raise InvalidRequestError(f"token ids out of range [0, {self.config.vocab_size}): {bad[:5]}")
+            return list(prompt)
+        if isinstance(prompt, list) and not prompt:
+            raise InvalidRequestError("empty prompt: an empty list has no messages or tokens")
+        raise InvalidRequestError(
+            f"a prompt must be a string, a list of chat messages or a list of token ids, got {type(prompt).__name__}"
+        )
+
+    def _check_fits(self, prompt_ids: list[int], params: SamplingParams, where: str) -> None:
+        ctx = self.config.context_length
+        if len(prompt_ids) >= ctx:
+            raise ContextLengthError(
+                f"{where}: prompt has {len(prompt_ids)} tokens but the context window of "
+                f"{self.config.name} is {ctx} (and at least one token must be generated)"
+            )
+        need = self.block_manager.blocks_for(min(len(prompt_ids) + params.max_tokens, ctx))
+        if need > self.block_manager.num_blocks:
+            raise KVCacheFullError(
+                f"{where}: prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) needs {need} "
+                f"KV blocks but the pool has only {self.block_manager.num_blocks}; raise kv_blocks or lower max_tokens"
+            )
+
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None,
+                    request_id: str | None = None) -> str:
+        """Validate and queue one request; returns its id. Nothing is queued if validation fails."""
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError(f"params must be SamplingParams, got {type(params).__name__}")
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if request_id in self._requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        ids = self.encode_prompt(prompt)
+        self._check_fits(ids, params, f"request {request_id}")
+        self._enqueue(request_id, ids, params)
+        return request_id
+
+    def _enqueue(self, request_id: str, ids: list[int], params: SamplingParams) -> None:
+        seq = Sequence(request_id, ids, params, next(self._arrivals), self.config.context_length)
+        self._requests[request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> None:
+        seq = self._requests.pop(request_id, None)
+        if seq is not None and not seq.is_finished:
+            self.scheduler.abort(seq)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- the step loop -----------------------------------------------------------------------
+    def step(self) -> list[GenerationResult]:
+        """Schedule, run one forward pass, sample, and return the requests that finished in it."""
+        t0 = time.perf_counter()
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            if self.scheduler.has_unfinished():
+                raise KVCacheFullError("no request could be scheduled: the KV pool is too small for any of them")
+            return []
+        for seq, n in zip(batch.seqs, batch.num_new, strict=True):
+            prompt_part = max(0, min(len(seq.prompt_ids), seq.num_computed + n) - seq.num_computed)
+            self._stats.prefill_tokens += prompt_part
+            self._stats.decode_tokens += n - prompt_part
+        samplers, tokens = self.runner.run(batch)
+        for seq, n in zip(batch.seqs, batch.num_new, strict=True):
+            seq.num_computed += n
+            self.block_manager.publish(seq)
+        finished: list[GenerationResult] = []
+        for seq, token in zip(samplers, tokens, strict=True):
+            self._stats.generated_tokens += 1
+            if self._append_token(seq, token):
+                self.scheduler.finish(seq)
+                finished.append(self._result(seq))
+        self._stats.steps += 1
+        self._stats.preemptions = self.scheduler.num_preemptions
+        self._stats.step_seconds += time.perf_counter() - t0
+        return finished
+
+    def _append_token(self, seq: Sequence, token: int) -> bool:
+        """Record a sampled token; returns True when the sequence is finished."""
+        p = seq.params
+        if token in p.stop_token_ids or (not p.ignore_eos and token in self.tokenizer.stop_ids):
+            seq.finish_reason = "stop"
+            return True
+        seq.output_ids.append(token)
+        if p.stop:
+            text = self.tokenizer.decode(seq.output_ids)
+            hits = [i for i in (text.find(s) for s in p.stop) if i >= 0]
+            if hits:
+                seq.text = text[: min(hits)]
+                seq.finish_reason = "stop"
+                return True
+        if len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= seq.max_len:
+            seq.finish_reason = "length"
+            return True
+        return False
+
+    def _result(self, seq: Sequence) -> GenerationResult:
+        self._requests.pop(seq.request_id, None)
+        if seq.text is None:
+            seq.text = self.tokenizer.decode(seq.output_ids)
+        self._stats.requests += 1
+        self._stats.prompt_tokens += len(seq.prompt_ids)
+        self._stats.cached_tokens += seq.num_cached
+        return GenerationResult(
+            request_id=seq.request_id,
+            text=seq.text,
+            token_ids=list(seq.output_ids),
+            prompt_tokens=len(seq.prompt_ids),
+            cached_tokens=seq.num_cached,
+            finish_reason=seq.finish_reason or "length",
+            prompt_token_ids=seq.prompt_ids,
+        )
+
+    # ---- batch API ---------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: Seq[Prompt],
+        params: SamplingParams | Seq[SamplingParams] | None = None,
+        progress: bool = False,
+    ) -> list[GenerationResult]:
+        """Generate for every prompt; results in prompt order. All prompts are validated first."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
+            raise InvalidRequestError("generate() takes a list of prompts; wrap a single prompt in a list")
+        plist = list(params) if isinstance(params, (list, tuple)) else [params or SamplingParams()] * len(prompts)
+        if len(plist) != len(prompts):
+            raise InvalidRequestError(f"got {len(plist)} SamplingParams for {len(prompts)} prompts")
+        encoded = []
+        for i, (prompt, p) in enumerate(zip(prompts, plist, strict=True)):
+            if not isinstance(p, SamplingParams):
+                raise InvalidRequestError(f"prompt {i}: params must be SamplingParams, got {type(p).__name__}")
+            try:
+                ids = self.encode_prompt(prompt)
+            except InvalidRequestError as e:
+                raise type(e)(f"prompt {i}: {e}") from None
+            self._check_fits(ids, p, f"prompt {i}")
+            encoded.append(ids)
+        rids = []
+        for ids, p in zip(encoded, plist, strict=True):
+            rid = f"req-{next(self._ids)}"
+            self._enqueue(rid, ids, p)
+            rids.append(rid)
+        results: dict[str, GenerationResult] = {}
+        bar = _progress_bar(len(rids)) if progress else None
+        try:
+            while len(results) < len(rids):
+                for r in self.step():
+                    results[r.request_id] = r
+                    if bar is not None:
+                        bar.update(1)
+        except BaseException:
+            for rid in rids:
+                if rid not in results:
+                    self.abort(rid)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return [results[rid] for rid in rids]
+
+    # ---- counters ----------------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        s = EngineStats(**self._stats.as_dict())
+        s.preemptions = self.scheduler.num_preemptions
+        return s
+
+    def reset_stats(self) -> None:
+        self._stats = EngineStats()
+        self.scheduler.num_preemptions = 0
+
+    def reset_prefix_cache(self) -> None:
+        self.block_manager.reset_prefix_cache()
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return sum(1 for s in self.scheduler.running if s.status is SequenceStatus.RUNNING)
+
+
+def _progress_bar(total: int):  # tqdm is a dependency of gguf; imported lazily to keep start-up fast
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="generate", unit="req")

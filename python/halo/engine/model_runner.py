@@ -1,0 +1,78 @@
+"""Turns a scheduled batch into model inputs, runs the forward pass and samples next tokens."""
+
+from __future__ import annotations
+
+import torch
+
+from halo.engine.kv_cache import KVCache
+from halo.engine.model import LlamaModel
+from halo.engine.sampler import sample
+from halo.engine.scheduler import ScheduledBatch
+from halo.engine.sequence import Sequence
+from halo.engine.step_context import PrefillSpan, StepContext
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaModel, kv: KVCache) -> None:
+        self.model = model
+        self.kv = kv
+
+    def prepare(self, batch: ScheduledBatch) -> tuple[StepContext, list[Sequence]]:
+        """Build the step context; also return the sequences that sample a token this step."""
+        bs = self.kv.block_size
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        logits_rows: list[int] = []
+        samplers: list[Sequence] = []
+        decode_tables: list[list[int]] = []
+        decode_lens: list[int] = []
+        prefills: list[PrefillSpan] = []
+        for seq, n in zip(batch.seqs, batch.num_new, strict=True):
+            start = seq.num_computed
+            end = start + n
+            q_start = len(ids)
+            ids.extend(seq.tokens[start:end])
+            positions.extend(range(start, end))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            if n == 1:
+                decode_tables.append(table[: -(-end // bs)])
+                decode_lens.append(end)
+            else:
+                blocks = torch.tensor(table[: -(-end // bs)], dtype=torch.int64)
+                prefills.append(PrefillSpan(q_start, n, end, blocks))
+            if end == seq.num_tokens:
+                logits_rows.append(len(ids) - 1)
+                samplers.append(seq)
+        nd = len(decode_tables)
+        max_blocks = max((len(t) for t in decode_tables), default=0)
+        mask = None
+        if nd:
+            padded = [t + [0] * (max_blocks - len(t)) for t in decode_tables]
+            decode_blocks = torch.tensor(padded, dtype=torch.int64).view(-1)
+            lens = torch.tensor(decode_lens)
+            if min(decode_lens) < max_blocks * bs:
+                mask = (torch.arange(max_blocks * bs).unsqueeze(0) >= lens.unsqueeze(1)).view(nd, 1, 1, -1)
+        else:
+            decode_blocks = torch.empty(0, dtype=torch.int64)
+        ctx = StepContext(
+            input_ids=torch.tensor(ids, dtype=torch.int64),
+            positions=torch.tensor(positions, dtype=torch.int64),
+            slots=torch.tensor(slots, dtype=torch.int64),
+            num_decode=nd,
+            decode_blocks=decode_blocks,
+            decode_max_blocks=max_blocks,
+            decode_mask=mask,
+            prefills=tuple(prefills),
+            logits_rows=torch.tensor(logits_rows, dtype=torch.int64),
+        )
+        return ctx, samplers
+
+    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], list[int]]:
+        """One forward step; returns the sequences that sampled and their new tokens."""
+        ctx, samplers = self.prepare(batch)
+        logits = self.model.forward(ctx, self.kv)
+        if not samplers:
+            return [], []
+        return samplers, sample(logits, samplers)

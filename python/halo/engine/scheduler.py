@@ -1,0 +1,141 @@
+"""Continuous batching: which sequences compute how many tokens each step, under token and KV budgets."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from halo.engine.block_manager import BlockManager
+from halo.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True)
+class ScheduledBatch:
+    """Sequences of one step and how many new tokens each computes. Decodes (1 token) come first."""
+
+    seqs: list[Sequence]
+    num_new: list[int]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new)
+
+
+class Scheduler:
+    """FCFS admission, chunked prefill under a per-step token budget, preemption by recompute.
+
+    Invariant: a running sequence owns blocks for exactly its computed tokens (plus the tokens being
+    computed in the current step). When blocks run out, cold prefix-cache blocks are evicted first;
+    then the most recently admitted running sequence is preempted (its blocks freed, its tokens
+    recomputed later, its prefix probably still in the cache), so the oldest requests always progress.
+    """
+
+    def __init__(self, block_manager: BlockManager, max_batch_tokens: int, max_num_seqs: int) -> None:
+        self.bm = block_manager
+        self.max_batch_tokens = max_batch_tokens
+        self.max_num_seqs = max_num_seqs
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # admission order, oldest first
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledBatch:
+        budget = self.max_batch_tokens
+        chosen: list[tuple[Sequence, int]] = []
+        preempted = False
+        for seq in list(self.running):
+            if budget == 0:
+                break
+            if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this loop
+                continue
+            n = min(seq.num_uncomputed, budget)
+            while not self.bm.can_append(seq, n):
+                victim = self._newest_running(newer_than=seq)
+                self._preempt(victim or seq)
+                preempted = True
+                if victim is None:
+                    break
+            if seq.status is not SequenceStatus.RUNNING:
+                continue
+            self.bm.append(seq, n)
+            chosen.append((seq, n))
+            budget -= n
+        # Admit new work only when nothing had to give way this step, so a freed block goes to the
+        # preempted (older) sequence first rather than to a newcomer.
+        i = scanned = 0
+        while (not preempted and i < len(self.waiting) and budget > 0
+               and len(self.running) < self.max_num_seqs and scanned < 2 * self.max_num_seqs):
+            seq = self.waiting[i]
+            scanned += 1
+            first_admission = seq.num_preemptions == 0
+            cached = self.bm.match_prefix(seq)
+            if self._prefix_in_flight(seq):
+                self.bm.release(seq)
+                i += 1
+                continue
+            n = min(seq.num_uncomputed, budget)
+            if not self.bm.can_append(seq, n):
+                self.bm.release(seq)
+                break
+            del self.waiting[i]
+            if first_admission:
+                seq.num_cached = cached
+            seq.status = SequenceStatus.RUNNING
+            self.bm.append(seq, n)
+            self.running.append(seq)
+            chosen.append((seq, n))
+            budget -= n
+        chosen.sort(key=lambda sn: sn[1] != 1)  # decodes first, stable otherwise
+        return ScheduledBatch([s for s, _ in chosen], [n for _, n in chosen])
+
+    def _prefix_in_flight(self, seq: Sequence) -> bool:
+        """Whether a running sequence is still prefilling the block that follows seq's cached prefix.
+
+        Such a sequence is held back a step or two: once that block is computed and published it is
+        served from the cache instead of being prefilled twice (32 prompts sharing a long instruction
+        prefill it once, not 32 times in parallel).
+        """
+        bs = self.bm.block_size
+        start = seq.num_computed
+        if not self.bm.enable_prefix_cache or start + bs > seq.num_tokens - 1:
+            return False
+        chunk = seq.tokens[start : start + bs]
+        return any(
+            other.num_computed < len(other.prompt_ids) and other.prompt_ids[start : start + bs] == chunk
+            for other in self.running
+        )
+
+    def _newest_running(self, newer_than: Sequence) -> Sequence | None:
+        # Only newer sequences give way: older ones may already be scheduled in this step.
+        newest = self.running[-1] if self.running else None
+        return newest if newest is not None and newest.arrival > newer_than.arrival else None
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.bm.release(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.running.remove(seq)
+        # Front of the queue, older first, so preempted work resumes before anything newer.
+        self.waiting.appendleft(seq)
+        self.waiting = deque(sorted(self.waiting, key=lambda s: s.arrival))
+        self.num_preemptions += 1
+
+    def finish(self, seq: Sequence) -> None:
+        self.bm.publish(seq)
+        self.bm.release(seq)
+        seq.status = SequenceStatus.FINISHED
+        self.running.remove(seq)
+
+    def abort(self, seq: Sequence) -> None:
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+            self.bm.release(seq)
+        elif seq in self.running:
+            self.bm.release(seq)
+            self.running.remove(seq)
+        seq.status = SequenceStatus.FINISHED

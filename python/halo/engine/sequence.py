@@ -1,0 +1,63 @@
+"""One request's state inside the engine: its tokens, its KV blocks and how far its computation has got."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from halo.engine.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"  # not admitted, or preempted and waiting to be recomputed
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """A request. Invariant: ``tokens[:num_computed]`` have their KV in ``block_table``'s blocks.
+
+    There are no prefill or decode phases: each step computes some of the tokens not yet computed
+    (a chunk of the prompt, or the one token sampled last step) until all are and one more is sampled.
+    """
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    arrival: int  # admission order; older requests are admitted first and preempted last
+    max_len: int  # prompt + generated tokens may not exceed this (context window)
+    output_ids: list[int] = field(default_factory=list)
+    status: SequenceStatus = SequenceStatus.WAITING
+    block_table: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    num_cached: int = 0  # prompt tokens served from the prefix cache at first admission
+    num_published_blocks: int = 0  # leading blocks of block_table already offered to the prefix cache
+    num_preemptions: int = 0
+    finish_reason: str | None = None
+    text: str | None = None  # set when finished (stop strings applied)
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if not self.params.greedy:
+            self.generator = torch.Generator()
+            seed = self.params.seed if self.params.seed is not None else torch.seed()
+            self.generator.manual_seed(seed)
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_uncomputed(self) -> int:
+        return self.num_tokens - self.num_computed
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED

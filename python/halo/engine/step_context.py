@@ -1,0 +1,32 @@
+"""Per-step metadata the model needs: which tokens are computed, where their KV goes, what is sampled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PrefillSpan:
+    """A sequence computing several tokens this step: rows ``[q_start, q_start + q_len)`` of the batch."""
+
+    q_start: int
+    q_len: int
+    context_len: int  # cached + new tokens; the new ones are the last q_len positions
+    blocks: torch.Tensor  # int64 block ids covering context_len tokens
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Invariant: rows ``[0, num_decode)`` are one token per sequence; prefill spans follow in order."""
+
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    slots: torch.Tensor  # [T] int64 KV slot of each new token
+    num_decode: int
+    decode_blocks: torch.Tensor  # [num_decode * decode_max_blocks] int64, padded with block 0
+    decode_max_blocks: int
+    decode_mask: torch.Tensor | None  # [num_decode, 1, 1, decode_max_blocks * block_size] bool, True = padding
+    prefills: tuple[PrefillSpan, ...]
+    logits_rows: torch.Tensor  # [S] int64 rows whose logits are sampled
