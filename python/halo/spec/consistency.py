@@ -1,0 +1,316 @@
+"""Whole-workflow checks: ids, references, models, databases, SQL, loops, outputs and cycles.
+
+Each check appends a `Problem` (document path, message, node) and goes on, so one pass reports
+every error. Sections that failed their own validation are named in `broken` and the checks that
+would read them are skipped, rather than reporting noise caused by the first error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from jinja2 import TemplateSyntaxError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from halo.spec.catalog import DeclaredNode
+from halo.spec.dependencies import declared_edges, find_cycles, loop_bodies, memberships
+from halo.spec.document import WorkflowHeader
+from halo.spec.nodes import DEFAULT_MODEL, OUTPUT_FIELDS, HttpNode, LlmNode, PythonNode, SqlNode
+from halo.spec.source_map import DocPath
+from halo.spec.sql_statement import check_read_only
+from halo.spec.template import DYNAMIC_FIELD, Reference, expression_references
+
+ITERATION = "iteration"
+"""The 1-based iteration number, readable by the templates of loop members and `until`."""
+
+RESERVED = frozenset(
+    {
+        ITERATION,
+        "loop",
+        "self",
+        "range",
+        "dict",
+        "lipsum",
+        "cycler",
+        "joiner",
+        "namespace",
+        "caller",
+        "varargs",
+        "kwargs",
+        "true",
+        "false",
+        "none",
+        "True",
+        "False",
+        "None",
+    }
+)
+
+_FUNCTION = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_JSON_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: DocPath
+    message: str
+    node: str | None = None
+
+
+def check_workflow(
+    header: WorkflowHeader,
+    declared: Sequence[DeclaredNode],
+    env: ImmutableSandboxedEnvironment,
+    functions: Collection[str] = (),
+    broken: Collection[str] = (),
+) -> list[Problem]:
+    out: list[Problem] = []
+    by_id = _check_ids(header, declared, out)
+    inputs = set(header.inputs)
+    bodies = loop_bodies(header.loops, declared)
+    members = memberships(bodies)
+    for node in declared:
+        _check_node(node, header, functions, broken, out)
+        for slot, references in node.slot_references:
+            for ref in sorted(references):
+                _check_reference(
+                    ref, node.id, node.path + slot, inputs, by_id, node.id in members, broken, out
+                )
+        for name in node.spec.after:
+            if name not in by_id:
+                out.append(Problem(node.path + ("after",), f"'after' names unknown node '{name}'", node.id))
+            elif name == node.id:
+                out.append(Problem(node.path + ("after",), "a node cannot run after itself", node.id))
+    _check_loops(header, by_id, bodies, env, inputs, broken, out)
+    _check_outputs(header, by_id, inputs, out)
+    for cycle in find_cycles(declared_edges(declared, members)):
+        first = by_id[cycle[0]]
+        out.append(Problem(first.path, f"dependency cycle: {' -> '.join(cycle)}", cycle[0]))
+    return out
+
+
+def _check_ids(
+    header: WorkflowHeader, declared: Sequence[DeclaredNode], out: list[Problem]
+) -> dict[str, DeclaredNode]:
+    by_id: dict[str, DeclaredNode] = {}
+    for node in declared:
+        if node.id in by_id:
+            first = by_id[node.id].path
+            out.append(
+                Problem(
+                    node.path + ("id",),
+                    f"duplicate node id '{node.id}' (first declared at {'.'.join(map(str, first))})",
+                    node.id,
+                )
+            )
+            continue
+        by_id[node.id] = node
+        if node.id in RESERVED:
+            out.append(Problem(node.path + ("id",), f"'{node.id}' is a reserved name", node.id))
+        if node.id in header.inputs:
+            out.append(Problem(node.path + ("id",), f"node id '{node.id}' is also a declared input", node.id))
+    for index, name in enumerate(header.inputs):
+        if name in RESERVED:
+            out.append(Problem(("inputs", index), f"input '{name}' is a reserved name"))
+        if name in header.inputs[:index]:
+            out.append(Problem(("inputs", index), f"input '{name}' is declared twice"))
+    return by_id
+
+
+def _check_node(
+    node: DeclaredNode,
+    header: WorkflowHeader,
+    functions: Collection[str],
+    broken: Collection[str],
+    out: list[Problem],
+) -> None:
+    spec = node.spec
+    if isinstance(spec, LlmNode):
+        known = spec.model is None or spec.model in header.models or spec.model == DEFAULT_MODEL
+        if not known and "models" not in broken:
+            declared = ", ".join(sorted(header.models)) or "none"
+            out.append(
+                Problem(
+                    node.path + ("model",),
+                    f"unknown model '{spec.model}' (declared models: "
+                    f"{declared}; an llm node without 'model' uses {DEFAULT_MODEL})",
+                    node.id,
+                )
+            )
+        if spec.json_schema is not None:
+            kind = spec.json_schema.get("type")
+            kinds = kind if isinstance(kind, list) else [kind]
+            if kind is not None and not all(k in _JSON_TYPES for k in kinds):
+                out.append(
+                    Problem(node.path + ("json_schema",), f"json_schema has unknown type {kind!r}", node.id)
+                )
+    elif isinstance(spec, SqlNode):
+        dialect = "duckdb"
+        if spec.db is not None:
+            if spec.db in header.databases:
+                dialect = header.databases[spec.db].kind
+            elif "databases" not in broken:
+                declared = ", ".join(sorted(header.databases)) or "none"
+                out.append(
+                    Problem(
+                        node.path + ("db",),
+                        f"unknown database '{spec.db}' (declared databases: {declared})",
+                        node.id,
+                    )
+                )
+        for message in check_read_only(spec.query, dialect, set(spec.params)):
+            out.append(Problem(node.path + ("query",), message, node.id))
+    elif isinstance(spec, HttpNode):
+        static = spec.url.split("{{", 1)[0].split("{%", 1)[0]
+        if (
+            static
+            and not static.lower().startswith(("http://", "https://"))
+            and not _prefix_of_scheme(static)
+        ):
+            out.append(
+                Problem(
+                    node.path + ("url",), f"url '{spec.url}' must start with http:// or https://", node.id
+                )
+            )
+        if spec.body is not None and spec.method in ("GET", "HEAD"):
+            out.append(
+                Problem(node.path + ("json",), f"a {spec.method} request cannot carry a json body", node.id)
+            )
+    elif (
+        isinstance(spec, PythonNode) and spec.function not in functions and not _FUNCTION.match(spec.function)
+    ):
+        out.append(
+            Problem(
+                node.path + ("function",),
+                f"python function '{spec.function}' is neither registered "
+                "with the workflow nor of the form 'package.module:function'",
+                node.id,
+            )
+        )
+
+
+def _prefix_of_scheme(text: str) -> bool:
+    return "https://".startswith(text.lower()) or "http://".startswith(text.lower())
+
+
+def _check_reference(
+    ref: Reference,
+    reader: str | None,
+    path: DocPath,
+    inputs: set[str],
+    by_id: dict[str, DeclaredNode],
+    in_loop: bool,
+    broken: Collection[str],
+    out: list[Problem],
+) -> None:
+    if ref.name in inputs:
+        return
+    if ref.name == ITERATION:
+        if not in_loop:
+            out.append(Problem(path, f"'{ITERATION}' is only defined inside a loop body", reader))
+        return
+    target = by_id.get(ref.name)
+    if target is None:
+        if "inputs" not in broken:
+            out.append(
+                Problem(
+                    path,
+                    f"template reads '{ref.name}', which is neither a declared input "
+                    f"(inputs: {', '.join(sorted(inputs)) or 'none'}) nor a node id",
+                    reader,
+                )
+            )
+        return
+    fields = OUTPUT_FIELDS[target.spec.kind]
+    if ref.field is None:
+        out.append(
+            Problem(
+                path,
+                f"node '{ref.name}' must be read through a field, e.g. {ref.name}.output "
+                f"(fields: {', '.join(sorted(fields))})",
+                reader,
+            )
+        )
+    elif ref.field != DYNAMIC_FIELD and ref.field not in fields:
+        out.append(
+            Problem(
+                path,
+                f"node '{ref.name}' ({target.spec.kind}) has no field '{ref.field}' "
+                f"(fields: {', '.join(sorted(fields))})",
+                reader,
+            )
+        )
+
+
+def _check_loops(
+    header: WorkflowHeader,
+    by_id: dict[str, DeclaredNode],
+    bodies: list[tuple[str, ...]],
+    env: ImmutableSandboxedEnvironment,
+    inputs: set[str],
+    broken: Collection[str],
+    out: list[Problem],
+) -> None:
+    seen: dict[str, int] = {}
+    for index, loop in enumerate(header.loops):
+        for position, name in enumerate(loop.nodes):
+            path: DocPath = ("loops", index, "nodes", position)
+            if name not in by_id:
+                out.append(Problem(path, f"loop {index} names unknown node '{name}'"))
+            elif by_id[name].parent is not None:
+                out.append(
+                    Problem(
+                        path,
+                        f"'{name}' is a tool call extracted from '{by_id[name].parent}'; "
+                        "put that llm node in the loop instead",
+                        name,
+                    )
+                )
+            elif name in seen:
+                out.append(
+                    Problem(
+                        path,
+                        f"node '{name}' is in loop {seen[name]} and loop {index}; a node "
+                        "belongs to one loop at most",
+                        name,
+                    )
+                )
+            else:
+                seen[name] = index
+        if loop.until is None:
+            continue
+        try:
+            refs = expression_references(env, loop.until)
+        except TemplateSyntaxError as exc:
+            out.append(
+                Problem(("loops", index, "until"), f"'until' is not a valid expression: {exc.message}")
+            )
+            continue
+        for ref in sorted(refs):
+            _check_reference(ref, None, ("loops", index, "until"), inputs, by_id, True, broken, out)
+
+
+def _check_outputs(
+    header: WorkflowHeader, by_id: dict[str, DeclaredNode], inputs: set[str], out: list[Problem]
+) -> None:
+    for name, target in header.outputs.items():
+        path: DocPath = ("outputs", name)
+        head, _, rest = target.partition(".")
+        if head in inputs and not rest:
+            continue
+        if head not in by_id:
+            out.append(Problem(path, f"output '{name}' reads '{head}', which is neither a node nor an input"))
+            continue
+        field = rest.split(".", 1)[0].split("[", 1)[0]
+        fields = OUTPUT_FIELDS[by_id[head].spec.kind]
+        if field not in fields:
+            out.append(
+                Problem(
+                    path,
+                    f"output '{name}': node '{head}' has no field '{field or '(none)'}' "
+                    f"(fields: {', '.join(sorted(fields))})",
+                    head,
+                )
+            )

@@ -1,0 +1,61 @@
+"""The whole workflow document as declared: models, databases, inputs, nodes, loops, outputs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from halo.spec.nodes import NodeId, NodeSpec, SpecModel
+
+
+class ModelSpec(SpecModel):
+    """A model the workflow may use: a registered name, a local .gguf file or an HF directory."""
+
+    source: str
+    dtype: str | None = None  # None lets the engine pick (its `auto` probe)
+
+
+class DatabaseSpec(SpecModel):
+    kind: Literal["duckdb", "postgres"] = "duckdb"
+    path: str | None = None  # duckdb file; None is an in-memory database
+    dsn: str | None = None  # postgres connection string
+
+    @model_validator(mode="after")
+    def _target(self) -> DatabaseSpec:
+        if self.kind == "postgres" and not self.dsn:
+            raise ValueError("a postgres database needs a 'dsn'")
+        if self.kind == "duckdb" and self.dsn is not None:
+            raise ValueError("a duckdb database takes 'path', not 'dsn'")
+        return self
+
+
+class LoopSpec(SpecModel):
+    """A bounded loop: `nodes` (in body order) repeat up to `max_iterations` times, until `until`.
+
+    `until` is a Jinja expression read after each iteration; once true, later iterations are skipped.
+    Inside the body, a reference to a member listed earlier reads the same iteration; a reference to
+    the node itself or a later member reads the previous iteration (unbound in iteration 1).
+    """
+
+    nodes: tuple[NodeId, ...] = Field(min_length=1)
+    max_iterations: int = Field(ge=1, le=100)
+    until: str | None = None
+
+
+class WorkflowHeader(SpecModel):
+    """Everything in a workflow document except its nodes."""
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    databases: dict[str, DatabaseSpec] = Field(default_factory=dict)
+    inputs: tuple[NodeId, ...] = ()
+    loops: tuple[LoopSpec, ...] = ()
+    outputs: dict[str, str] = Field(default_factory=dict)  # name -> "node.field[.key...]" or an input
+
+
+class WorkflowSpec(WorkflowHeader):
+    """A validated workflow document; equal documents (from YAML or the builder) compare equal."""
+
+    nodes: tuple[NodeSpec, ...] = Field(min_length=1)

@@ -1,0 +1,193 @@
+"""The node kinds a workflow is made of (llm, sql, http, python, rule), as pydantic models.
+
+These models check each node on its own (types, ranges, unknown fields); checks that need the whole
+workflow (references, cycles, models, databases) live in `halo.spec.consistency`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+DEFAULT_MODEL = "smollm2-135m"
+"""The model an llm node runs when it names none (the embedded SmolLM2, registered by the engine)."""
+
+NodeId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+OUTPUT_FIELDS: dict[str, frozenset[str]] = {
+    # `output` is the node's main value: llm text (or the parsed JSON when json_schema is set),
+    # sql rows (a list of dicts), http value at response_path (else the body), python return, rule match.
+    "llm": frozenset({"output", "text"}),
+    "sql": frozenset({"output", "rows", "columns"}),
+    "http": frozenset({"output", "status", "json", "text", "headers"}),
+    "python": frozenset({"output"}),
+    "rule": frozenset({"output", "matched"}),
+}
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: unknown fields are errors, values are immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True)
+
+
+class SqlCall(SpecModel):
+    """A parameterized, read-only query: `:name` placeholders filled from `params` (templates)."""
+
+    db: str | None = None  # a name from `databases:`; None is an embedded in-memory DuckDB
+    query: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class HttpCall(SpecModel):
+    """An HTTP request; url, params, headers and string leaves of the json body are templates."""
+
+    method: str = "GET"
+    url: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: Any = Field(default=None, alias="json")
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    response_path: str | None = None  # e.g. "data.items[0].name": the part of the JSON kept as output
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper_method(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in HTTP_METHODS:
+            raise ValueError(f"unknown HTTP method '{value}' (expected one of {', '.join(HTTP_METHODS)})")
+        return value
+
+    @field_validator("response_path")
+    @classmethod
+    def _path_syntax(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_$][\w$-]*(\[\d+\]|\.[A-Za-z_$][\w$-]*)*", value):
+            raise ValueError(f"response_path '{value}' is not of the form key.key[0].key")
+        return value
+
+
+class EmbeddedSql(SqlCall):
+    """A SQL call written inside an llm node; extracted into its own node before planning."""
+
+    id: NodeId | None = None
+
+
+class EmbeddedHttp(HttpCall):
+    """An HTTP call written inside an llm node; extracted into its own node before planning."""
+
+    id: NodeId | None = None
+
+
+class NodeBase(SpecModel):
+    id: NodeId
+    after: tuple[NodeId, ...] = ()  # ordering-only dependencies, on top of template references
+    description: str | None = None
+
+
+class LlmNode(NodeBase):
+    kind: Literal["llm"] = "llm"
+    model: str | None = None  # a name from `models:`; None is DEFAULT_MODEL
+    system: str | None = None
+    prompt: str
+    max_tokens: int = Field(default=256, ge=1, le=32768)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: tuple[str, ...] = ()
+    seed: int | None = Field(default=None, ge=0)
+    json_schema: dict[str, Any] | None = None
+    sql: tuple[EmbeddedSql, ...] = ()
+    http: tuple[EmbeddedHttp, ...] = ()
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @property
+    def pure(self) -> bool:
+        """Greedy or seeded sampling: the same request always yields the same text."""
+        return self.temperature == 0.0 or self.seed is not None
+
+
+class SqlNode(NodeBase, SqlCall):
+    kind: Literal["sql"] = "sql"
+
+    @property
+    def pure(self) -> bool:
+        return True  # validation admits read-only statements only
+
+
+class HttpNode(NodeBase, HttpCall):
+    kind: Literal["http"] = "http"
+
+    @property
+    def pure(self) -> bool:
+        return self.method in ("GET", "HEAD")
+
+
+class PythonNode(NodeBase):
+    kind: Literal["python"] = "python"
+    function: str  # "package.module:function", or a name registered with the workflow
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    pure: bool = False  # only a callable declared pure may be executed once for equal arguments
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+
+class RuleNode(NodeBase):
+    """Extraction without a model: a regex over `input`, or a field of `input` parsed as JSON."""
+
+    kind: Literal["rule"] = "rule"
+    input: str
+    regex: str | None = None
+    group: int | str = 0
+    ignore_case: bool = False
+    field: str | None = None
+    default: Any = None
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {value!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_extractor(self) -> RuleNode:
+        if (self.regex is None) == (self.field is None):
+            raise ValueError("a rule node needs exactly one of 'regex' or 'field'")
+        if self.regex is not None:
+            compiled = re.compile(self.regex)
+            if isinstance(self.group, int) and self.group > compiled.groups:
+                raise ValueError(f"regex has {compiled.groups} group(s); group {self.group} does not exist")
+            if isinstance(self.group, str) and self.group not in compiled.groupindex:
+                raise ValueError(f"regex has no group named '{self.group}'")
+        return self
+
+    @property
+    def pure(self) -> bool:
+        return True
+
+
+NodeSpec = Annotated[LlmNode | SqlNode | HttpNode | PythonNode | RuleNode, Field(discriminator="kind")]
+
+NODE_TYPES: dict[str, type[LlmNode | SqlNode | HttpNode | PythonNode | RuleNode]] = {
+    "llm": LlmNode,
+    "sql": SqlNode,
+    "http": HttpNode,
+    "python": PythonNode,
+    "rule": RuleNode,
+}
+
+AnyNode = LlmNode | SqlNode | HttpNode | PythonNode | RuleNode
