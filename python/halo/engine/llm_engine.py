@@ -12,13 +12,13 @@ from typing import Any
 import torch
 
 from halo.engine.block_manager import BlockManager
-from halo.engine.checkpoint import load_checkpoint
+from halo.engine.checkpoint import Checkpoint, load_checkpoint
 from halo.engine.dtype_probe import DtypeChoice, choose_dtype, cpu_capability
 from halo.engine.kv_cache import KVCache
 from halo.engine.model import LlamaModel
 from halo.engine.model_runner import ModelRunner
 from halo.engine.sampling_params import GenerationResult, SamplingParams
-from halo.engine.scheduler import Scheduler
+from halo.engine.scheduler import ScheduledBatch, Scheduler
 from halo.engine.sequence import Sequence, SequenceStatus
 from halo.errors import ContextLengthError, InvalidRequestError, KVCacheFullError
 
@@ -44,11 +44,17 @@ class EngineStats:
 
 
 class LLMEngine:
-    """A paged-KV, continuously batching Llama engine. One instance serves one model on one worker."""
+    """A paged-KV, continuously batching Llama engine. One instance serves one model on one worker.
+
+    ``model`` is a registered name (default ``smollm2-135m``), a .gguf file, a Hugging Face-style
+    directory, or an already loaded ``Checkpoint``. ``dtype="auto"`` picks bf16 only where a matmul
+    probe shows it beats fp32 on this CPU. ``kv_blocks`` (default: ``kv_memory_gb`` worth) blocks of
+    ``block_size`` tokens form the KV pool; ``max_batch_tokens`` bounds the tokens computed per step.
+    """
 
     def __init__(
         self,
-        model: str | os.PathLike | None = None,
+        model: str | os.PathLike | Checkpoint | None = None,
         dtype: str | torch.dtype | None = "auto",
         kv_blocks: int | None = None,
         block_size: int = 16,
@@ -68,11 +74,13 @@ class LLMEngine:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.dtype_choice: DtypeChoice = choose_dtype(dtype)
-        ckpt = load_checkpoint(model, cache_dir=cache_dir)
+        # A loaded Checkpoint may be passed to build several engines from one load; its weights
+        # dict is copied so the model can consume its own view of it.
+        ckpt = model if isinstance(model, Checkpoint) else load_checkpoint(model, cache_dir=cache_dir)
         self.model_path = ckpt.path
         self.config = ckpt.config
         self.tokenizer = ckpt.tokenizer
-        self.model = LlamaModel(ckpt.config, ckpt.weights, self.dtype_choice.dtype)
+        self.model = LlamaModel(ckpt.config, dict(ckpt.weights), self.dtype_choice.dtype)
         del ckpt
         if kv_blocks is None:
             per_block = KVCache.bytes_per_block(self.config, block_size, self.dtype_choice.dtype)
@@ -271,6 +279,20 @@ class LLMEngine:
             if bar is not None:
                 bar.close()
         return [results[rid] for rid in rids]
+
+    def next_token_logits(self, prompt: Prompt) -> torch.Tensor:
+        """fp32 logits ``[vocab]`` of the token after ``prompt``, computed outside the batch (scoring/tests)."""
+        ids = self.encode_prompt(prompt)
+        self._check_fits(ids, SamplingParams(max_tokens=1), "prompt")
+        seq = Sequence("logits", ids, SamplingParams(max_tokens=1), -1, self.config.context_length)
+        if not self.block_manager.can_append(seq, len(ids)):
+            raise KVCacheFullError("no free KV blocks to score the prompt; wait for running requests to finish")
+        self.block_manager.append(seq, len(ids))
+        try:
+            ctx, _ = self.runner.prepare(ScheduledBatch([seq], [len(ids)]))
+            return self.model.forward(ctx, self.kv)[0]
+        finally:
+            self.block_manager.release(seq)
 
     # ---- counters ----------------------------------------------------------------------------
     def stats(self) -> EngineStats:
