@@ -18,7 +18,7 @@ from halo.spec.document import WorkflowSpec
 from halo.spec.errors import TemplateRenderError
 from halo.spec.nodes import DEFAULT_MODEL, AnyNode, LlmNode
 from halo.spec.request_template import RequestTemplate
-from halo.spec.template import make_environment
+from halo.spec.template import CompiledTemplate, make_environment
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,10 @@ class WorkflowGraph:
         self._by_id = {node.id: node for node in nodes}
         env = make_environment()
         self._templates = {node.name: RequestTemplate(env, node.name, node.spec) for node in nodes}
+        self._until = [
+            CompiledTemplate(env, f"loops[{i}]", "until", "{{ " + loop.until + " }}") if loop.until else None
+            for i, loop in enumerate(spec.loops)
+        ]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, WorkflowGraph) and self.spec == other.spec and self.nodes == other.nodes
@@ -132,6 +136,26 @@ class WorkflowGraph:
                     context[binding.name] = results[candidate]
                     break
         return context
+
+    def skipped(self, node: GraphNode, row: Mapping[str, Any], results: Mapping[str, Any]) -> bool:
+        """True once one of the node's loop guards holds (an earlier iteration's `until` was true).
+
+        `results` holds the results of the instances that ran, by graph node id.
+        """
+        for guard in node.guards:
+            until = self._until[guard.loop]
+            assert until is not None
+            context: dict[str, Any] = {name: row[name] for name in guard.inputs}
+            context[ITERATION] = guard.iteration
+            for binding in guard.bindings:
+                for candidate in binding.candidates:
+                    if candidate in results:
+                        context[binding.name] = results[candidate]
+                        break
+            # Guards are checked in iteration order, so guard m is read only when iteration m ran.
+            if until.evaluate(context):
+                return True
+        return False
 
     def render(
         self, node: GraphNode, row: Mapping[str, Any], results: Mapping[str, Any] | None = None

@@ -1,0 +1,105 @@
+"""The batch as one graph of physical executions: what runs once, who it fans out to, what it shares."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from halo.plan.prefix_index import PrefixGroup
+from halo.spec.graph import WorkflowGraph
+
+Instance = tuple[str, int]  # (graph node id, batch row)
+
+
+@dataclass(frozen=True, slots=True)
+class PhysicalNode:
+    """One execution: a request sent once, its result fanned out to every instance it serves."""
+
+    id: int
+    node: str  # graph node id of the first instance served (the one whose context renders it)
+    row: int  # that instance's row
+    kind: str
+    model: str | None  # resolved model source for llm nodes
+    pure: bool
+    deferred: bool  # request known only at run time (reads upstream results)
+    signature: str
+    upstream: tuple[int, ...]  # physical nodes this one waits for
+    instances: tuple[Instance, ...]  # fan-out: every (node, row) that receives the result
+    values: tuple[Any, ...] | None  # rendered slot values when not deferred
+    prompt_tokens: int | None = None  # llm, rendered, with a tokenizer: chat prompt length
+    cached_tokens: int = 0  # of those, tokens a prefix cache already holds in prefill order
+
+    @property
+    def fan_out(self) -> int:
+        return len(self.instances)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCounters:
+    """Logical vs physical work for one graph node (e.g. `critique#2`)."""
+
+    node: str
+    kind: str
+    model: str | None
+    logical: int  # instances: one per row
+    physical: int  # distinct executions its instances map to (shared ones included)
+    owned: int  # executions this node is the first user of (sums to the graph's physical total)
+    deferred: bool
+    pure: bool
+    prompt_tokens: int = 0  # llm, rendered: tokens if every instance prefilled alone
+    physical_prompt_tokens: int = 0  # owned executions' tokens, after merging equal requests
+    cached_prompt_tokens: int = 0  # of those, shared with an earlier request's prefix
+    static_prefix_tokens: int | None = None  # deferred llm: tokens every request starts with
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrefixes:
+    """Prompt tokens of one model's rendered requests, and how they share prefixes."""
+
+    model: str
+    requests: int  # physical rendered llm requests
+    logical_tokens: int  # what the batch would prefill with no sharing at all
+    physical_tokens: int  # after merging equal requests
+    unique_tokens: int  # after also sharing prefixes (distinct trie nodes)
+    groups: tuple[PrefixGroup, ...]
+    deferred_requests: int  # physical llm requests not renderable before run time
+
+
+@dataclass(frozen=True)
+class ConsolidatedGraph:
+    """A workflow graph instantiated for a batch, with equal pure instances merged."""
+
+    workflow: WorkflowGraph
+    rows: int
+    physical: tuple[PhysicalNode, ...]  # in a topological order
+    assignment: Mapping[str, tuple[int, ...]]  # graph node id -> physical id per row
+    counters: Mapping[str, NodeCounters]
+    prefixes: Mapping[str, ModelPrefixes] = field(default_factory=dict)
+    tokenizer_name: str | None = None
+
+    @property
+    def logical_calls(self) -> int:
+        return sum(c.logical for c in self.counters.values())
+
+    @property
+    def physical_calls(self) -> int:
+        return len(self.physical)
+
+    @property
+    def prompt_tokens_total(self) -> int:
+        return sum(p.logical_tokens for p in self.prefixes.values())
+
+    @property
+    def prompt_tokens_unique(self) -> int:
+        return sum(p.unique_tokens for p in self.prefixes.values())
+
+    def physical_of(self, node: str, row: int) -> PhysicalNode:
+        return self.physical[self.assignment[node][row]]
+
+    def request(self, physical: PhysicalNode) -> dict[str, Any] | None:
+        """The structured request of a rendered physical node (None when deferred)."""
+        if physical.values is None:
+            return None
+        graph_node = self.workflow.node(physical.node)
+        return self.workflow.template(graph_node).request(physical.values)

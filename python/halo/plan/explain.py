@@ -1,0 +1,91 @@
+"""EXPLAIN for a consolidated batch: one line per graph node, then totals and prefix sharing.
+
+Reads like a database plan: nodes in execution (topological) order, each with what it waits for,
+how many instances the batch asks for and how many executions remain after merging.
+"""
+
+from __future__ import annotations
+
+from halo.plan.consolidated_graph import ConsolidatedGraph, NodeCounters
+
+
+def explain_text(graph: ConsolidatedGraph) -> str:
+    """Render `graph` as an EXPLAIN-style table (per node: instances, executions, prompt tokens)."""
+    wf = graph.workflow
+    lines = [
+        f"CONSOLIDATED PLAN  {wf.spec.name}  rows={graph.rows}  graph nodes={len(wf.nodes)}"
+        f"  calls: logical={graph.logical_calls} physical={graph.physical_calls}"
+        f" ({_saved(graph.logical_calls, graph.physical_calls)} saved)",
+    ]
+    header = (
+        "node",
+        "kind",
+        "model/db",
+        "instances",
+        "executions",
+        "saved",
+        "prompt tok",
+        "unique",
+        "shared prefix",
+        "waits for",
+    )
+    table = [header]
+    for node in wf.nodes:
+        c = graph.counters[node.id]
+        waits = ", ".join(b.name if len(b.candidates) == 1 else f"{b.name}(last)" for b in node.bindings)
+        if node.after:
+            waits = ", ".join(filter(None, [waits, "after " + ", ".join(node.after)]))
+        table.append(
+            (
+                node.id + ("" if node.pure else " *"),
+                c.kind,
+                _target(c, node.spec),
+                str(c.logical),
+                str(c.physical),
+                _saved(c.logical, c.physical),
+                *_tokens(c),
+                waits or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    numeric = {3, 4, 5, 6, 7, 8}
+    for row in table:
+        cells = [
+            cell.rjust(w) if i in numeric and row is not header else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    if any(not n.pure for n in wf.nodes):
+        lines.append("  * impure (sampled llm, non-GET http, python not marked pure): runs once per row")
+    for model, p in graph.prefixes.items():
+        largest = p.groups[0] if p.groups else None
+        lines.append(
+            f"PREFIXES  {model}: {p.requests} rendered requests, prompt tokens logical={p.logical_tokens}"
+            f" after-merge={p.physical_tokens} unique={p.unique_tokens}"
+            f" ({_saved(p.logical_tokens, p.unique_tokens)} saved); {len(p.groups)} prefix groups"
+            + (f", largest: {len(largest.members)} requests share {largest.tokens} tokens" if largest else "")
+            + (f"; {p.deferred_requests} requests rendered at run time" if p.deferred_requests else "")
+        )
+    if graph.tokenizer_name is None:
+        lines.append("PREFIXES  not computed (no tokenizer given)")
+    return "\n".join(lines)
+
+
+def _saved(logical: int, physical: int) -> str:
+    return f"{100.0 * (logical - physical) / logical:.0f}%" if logical else "-"
+
+
+def _target(c: NodeCounters, spec: object) -> str:
+    if c.model is not None:
+        return c.model
+    return str(getattr(spec, "db", None) or getattr(spec, "method", None) or "-")
+
+
+def _tokens(c: NodeCounters) -> tuple[str, str, str]:
+    if c.kind != "llm":
+        return "-", "-", "-"
+    if c.deferred:
+        head = "-" if c.static_prefix_tokens is None else f">={c.static_prefix_tokens}"
+        return "run time", "run time", head
+    unique = c.physical_prompt_tokens - c.cached_prompt_tokens
+    return str(c.prompt_tokens), str(unique), str(c.cached_prompt_tokens)
