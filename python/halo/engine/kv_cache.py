@@ -47,3 +47,15 @@ class KVCache:
         k = self.k[layer].index_select(1, blocks).view(self.num_kv_heads, n, self.head_dim)
         v = self.v[layer].index_select(1, blocks).view(self.num_kv_heads, n, self.head_dim)
         return k, v
+
+    def read_blocks(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of whole blocks across all layers, ``[layers, kv_heads, len(blocks) * block_size, head_dim]``."""
+        n = blocks.numel() * self.block_size
+        shape = (self.k.shape[0], self.num_kv_heads, n, self.head_dim)
+        return self.k.index_select(2, blocks).view(shape), self.v.index_select(2, blocks).view(shape)
+
+    def write_blocks(self, blocks: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Inverse of ``read_blocks``: k/v ``[layers, kv_heads, len(blocks) * block_size, head_dim]``."""
+        shape = (self.k.shape[0], self.num_kv_heads, blocks.numel(), self.block_size, self.head_dim)
+        self.k.index_copy_(2, blocks, k.reshape(shape))
+        self.v.index_copy_(2, blocks, v.reshape(shape))

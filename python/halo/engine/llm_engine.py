@@ -15,6 +15,7 @@ from halo.engine.block_manager import BlockManager
 from halo.engine.checkpoint import Checkpoint, load_checkpoint
 from halo.engine.dtype_probe import DtypeChoice, choose_dtype, cpu_capability
 from halo.engine.kv_cache import KVCache
+from halo.engine.kv_prefix import KVPrefix
 from halo.engine.model import LlamaModel
 from halo.engine.model_runner import ModelRunner
 from halo.engine.sampling_params import GenerationResult, SamplingParams
@@ -293,6 +294,50 @@ class LLMEngine:
             return self.model.forward(ctx, self.kv)[0]
         finally:
             self.block_manager.release(seq)
+
+    # ---- KV migration ------------------------------------------------------------------------
+    def export_prefix(self, prompt: Prompt) -> KVPrefix | None:
+        """The K/V of the longest cached whole-block prefix of ``prompt`` (None when nothing is cached)."""
+        ids = self.encode_prompt(prompt)
+        blocks = self.block_manager.tree.match(ids)
+        if not blocks:
+            return None
+        n = len(blocks) * self.block_manager.block_size
+        k, v = self.kv.read_blocks(torch.tensor(blocks, dtype=torch.int64))
+        return KVPrefix(self.config.name, tuple(ids[:n]), k, v)
+
+    def import_prefix(self, prefix: KVPrefix) -> int:
+        """Adopt an exported prefix into this engine's pool and prefix cache; returns tokens added.
+
+        Blocks this engine already caches are kept; only the rest is copied in. The imported blocks
+        belong to the prefix cache alone, so they are evicted like any cold cached prefix.
+        """
+        bs = self.block_manager.block_size
+        expected = (self.config.num_layers, self.config.num_kv_heads, prefix.num_tokens, self.config.head_dim)
+        if tuple(prefix.k.shape) != expected or prefix.num_tokens % bs:
+            raise InvalidRequestError(
+                f"KV prefix of model {prefix.model!r} has shape {tuple(prefix.k.shape)}; this engine "
+                f"({self.config.name}, block size {bs}) needs {expected} with a multiple of {bs} tokens"
+            )
+        if prefix.k.dtype != self.kv.k.dtype:
+            raise InvalidRequestError(f"KV prefix dtype {prefix.k.dtype} != engine dtype {self.kv.k.dtype}")
+        tokens = list(prefix.token_ids)
+        have = self.block_manager.tree.match(tokens)
+        missing = prefix.num_tokens // bs - len(have)
+        if missing == 0:
+            return 0
+        if missing > self.block_manager.num_free:
+            self.block_manager.tree.evict(missing - self.block_manager.num_free)
+            have = self.block_manager.tree.match(tokens)  # eviction may have taken part of our match
+            missing = prefix.num_tokens // bs - len(have)
+        if missing > self.block_manager.num_free:
+            raise KVCacheFullError(f"importing {missing} KV blocks: only {self.block_manager.num_free} free")
+        new = self.block_manager.allocator.allocate(missing)
+        start = len(have) * bs
+        self.kv.write_blocks(torch.tensor(new, dtype=torch.int64), prefix.k[:, :, start:], prefix.v[:, :, start:])
+        self.block_manager.tree.insert(tokens, list(have) + new)
+        self.block_manager.allocator.free(new)  # the tree keeps its own reference
+        return missing * bs
 
     # ---- counters ----------------------------------------------------------------------------
     def stats(self) -> EngineStats:
