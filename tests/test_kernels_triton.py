@@ -1,0 +1,196 @@
+"""Triton kernels under TRITON_INTERPRET=1 (CPU tensors) against their torch references.
+
+Triton fixes interpreter mode when a kernel is decorated, so the variable is set before anything
+imports a kernel module. Grids stay small: the interpreter costs ~0.4 ms per program instance.
+"""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before any import of a Triton kernel module
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed (pip install 'halo[triton]')")
+
+from halo import kernels  # noqa: E402
+from halo.kernels import reference, testing  # noqa: E402
+from halo.kernels import triton_block_copy as tbc  # noqa: E402
+from halo.kernels import triton_paged_attention as tpa  # noqa: E402
+
+if not tpa._INTERPRETED:
+    pytest.fail("halo.kernels' Triton modules were imported before TRITON_INTERPRET=1 was set in this "
+                "process; run this file in its own pytest process", pytrace=False)
+# The kernels are now interpreted for good, but triton still reads the variable at launch. Keep it
+# set only while this module's tests run, so that it does not leak into other test modules of the
+# process (their triton_available(), their subprocesses, the GPU test module).
+del os.environ["TRITON_INTERPRET"]
+
+
+@pytest.fixture(autouse=True)
+def _interpret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+SHAPES = testing.ATTENTION_SHAPES
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_decode_matches_reference(shape: testing.AttentionShape, dtype: torch.dtype) -> None:
+    seed = SHAPES.index(shape)
+    contexts, _ = testing.random_lengths(seed, batch=3)
+    err = testing.decode_error(tpa.paged_decode_attention, shape, contexts, dtype, "cpu", seed)
+    assert err < testing.TOLERANCE[dtype], f"contexts {contexts}: rel error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_prefill_matches_reference(shape: testing.AttentionShape, dtype: torch.dtype) -> None:
+    seed = 100 + SHAPES.index(shape)
+    contexts, news = testing.random_lengths(seed, batch=3)
+    err = testing.prefill_error(tpa.paged_prefill_attention, shape, contexts, news, dtype, "cpu", seed)
+    assert err < testing.TOLERANCE[dtype], f"contexts {contexts}, new {news}: rel error {err:.2e}"
+
+
+def test_empty_sequences() -> None:
+    # A padded batch slot (context 0, no new tokens) yields zeros and leaves its neighbours intact.
+    shape = testing.AttentionShape(8, 4, 2, 64)
+    err = testing.decode_error(tpa.paged_decode_attention, shape, [0, 19], torch.float32, "cpu", 7)
+    assert err < 1e-5
+    err = testing.prefill_error(tpa.paged_prefill_attention, shape, [5, 0, 12], [5, 0, 4], torch.float32,
+                                "cpu", 8)
+    assert err < 1e-5
+
+
+def test_chunked_prefill_then_decode_matches_dense_attention() -> None:
+    # store_kv + the attention kernels, step by step, against causal SDPA over the whole sequence:
+    # an independent check that "new tokens are the last positions of the context".
+    block_size, heads, kv_heads, dim, chunks = 4, 6, 2, 32, [7, 6, 1]
+    total = sum(chunks)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(total, n, dim, generator=gen) for n in (heads, kv_heads, kv_heads))
+    k_cache = torch.full((8, block_size, kv_heads, dim), float("nan"))
+    v_cache = torch.full_like(k_cache, float("nan"))
+    block_table = torch.tensor([[5, 2, 7, 1]], dtype=torch.int32)
+    scale = dim ** -0.5
+    group = heads // kv_heads
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.repeat_interleave(group, 1).transpose(0, 1),
+        v.repeat_interleave(group, 1).transpose(0, 1), is_causal=True, scale=scale).transpose(0, 1)
+    start = 0
+    for n in chunks:
+        pos = torch.arange(start, start + n)
+        slots = block_table[0, pos // block_size].long() * block_size + pos % block_size
+        tpa.store_kv(k[start:start + n], v[start:start + n], k_cache, v_cache, slots)
+        ctx = torch.tensor([start + n], dtype=torch.int32)
+        if n == 1:
+            out = tpa.paged_decode_attention(q[start:start + 1], k_cache, v_cache, block_table, ctx, scale)
+        else:
+            cu = testing.cu_seqlens([n], "cpu")
+            out = tpa.paged_prefill_attention(q[start:start + n], cu, k_cache, v_cache, block_table, ctx,
+                                              scale)
+        assert testing.rel_error(out, dense[start:start + n]) < 1e-5, f"chunk at {start}"
+        start += n
+
+
+@pytest.mark.parametrize(("dtype", "head_major"), [(torch.float32, False), (torch.bfloat16, True)], ids=str)
+def test_store_kv_matches_reference(dtype: torch.dtype, head_major: bool) -> None:
+    kv = testing.make_paged_kv([9, 20], 8, 3, 48, dtype, "cpu", seed=11, poison=False, head_major=head_major)
+    fused = torch.randn(6, 9 + 2 * 3, 48).to(dtype)  # k and v as strided views into a QKV tensor
+    k, v = fused[:, 9:12], fused[:, 12:15]
+    slots = torch.tensor([0, 17, -1, 40, 3, -1], dtype=torch.int64)
+    expect_k, expect_v = kv.k_cache.clone(), kv.v_cache.clone()
+    reference.store_kv_ref(k, v, expect_k, expect_v, slots)
+    tpa.store_kv(k, v, kv.k_cache, kv.v_cache, slots.int())
+    assert torch.equal(kv.k_cache, expect_k) and torch.equal(kv.v_cache, expect_v)
+
+
+def _pool(num_blocks: int, dtype: torch.dtype, seed: int,
+          head_major: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    # Random (non-NaN, so torch.equal works) caches of block shape [4, 2, 16] in either layout.
+    kv = testing.make_paged_kv([4 * (num_blocks - 1)], 4, 2, 16, dtype, "cpu", seed, spare_blocks=0,
+                               poison=False, head_major=head_major)
+    return kv.k_cache, kv.v_cache
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_copy_blocks_is_exact(dtype: torch.dtype) -> None:
+    k, v = _pool(12, dtype, seed=1)
+    other_k, other_v = _pool(6, dtype, seed=2, head_major=True)
+    cases = [
+        (k, v, k, v, [3], [9]),  # copy-on-write of a shared block
+        (k, v, k, v, [10, 11, 7], [0, 1, 2]),  # compaction
+        (k, v, other_k, other_v, torch.tensor([4, 9, 8], dtype=torch.int32), [5, 1, 0]),  # migration
+        (other_k, other_v, k, v, torch.tensor([2, 3]), torch.tensor([11, 4])),
+        (k, v, k, v, [], []),
+    ]
+    for src_k, src_v, dst_k, dst_v, src_ids, dst_ids in cases:
+        expect_k, expect_v = dst_k.clone(), dst_v.clone()
+        src = torch.as_tensor(src_ids, dtype=torch.int64)
+        dst = torch.as_tensor(dst_ids, dtype=torch.int64)
+        same = dst_k is src_k
+        reference.copy_blocks_ref(expect_k if same else src_k, expect_v if same else src_v,
+                                  expect_k, expect_v, src, dst)
+        tbc.copy_blocks(src_k, src_v, dst_k, dst_v, src_ids, dst_ids)
+        assert torch.equal(dst_k, expect_k) and torch.equal(dst_v, expect_v), f"{src_ids} -> {dst_ids}"
+
+
+def test_swap_blocks_reads_before_writing() -> None:
+    k, v = _pool(8, torch.float32, seed=4, head_major=True)
+    expect_k, expect_v = k.clone(), v.clone()
+    src, dst = torch.tensor([1, 2, 3]), torch.tensor([2, 3, 4])  # overlapping, within one pool
+    reference.copy_blocks_ref(expect_k, expect_v, expect_k, expect_v, src, dst)
+    kernels.swap_blocks(k, v, k, v, src, dst)
+    assert torch.equal(k, expect_k) and torch.equal(v, expect_v)
+    host_k, host_v = torch.zeros(3, 4, 2, 16), torch.zeros(3, 4, 2, 16)
+    kernels.swap_blocks(k, v, host_k, host_v, [5, 6, 7], [0, 1, 2])  # swap out ...
+    kernels.swap_blocks(host_k, host_v, k, v, [0, 1, 2], [0, 1, 2])  # ... and back elsewhere
+    assert torch.equal(k[:3], k[5:]) and torch.equal(v[:3], v[5:])
+
+
+def test_wrappers_reject_bad_inputs() -> None:
+    kv = testing.make_paged_kv([5], 4, 2, 16, torch.float32, "cpu", seed=0)
+    q = torch.randn(1, 4, 16)
+    args = (kv.k_cache, kv.v_cache, kv.block_tables, kv.context_lens, 0.25)
+    with pytest.raises(ValueError, match="block_tables must be int32"):
+        tpa.paged_decode_attention(q, kv.k_cache, kv.v_cache, kv.block_tables.long(), kv.context_lens, 0.25)
+    with pytest.raises(ValueError, match="multiple of kv heads"):
+        tpa.paged_decode_attention(torch.randn(1, 3, 16), *args)
+    with pytest.raises(ValueError, match="q dtype"):
+        tpa.paged_decode_attention(q.half(), *args)
+    strided = torch.zeros(kv.k_cache.shape[:2] + (16, 2)).transpose(2, 3)  # head_dim not contiguous
+    with pytest.raises(ValueError, match="contiguous in head_dim"):
+        tpa.paged_decode_attention(q, strided, strided, *args[2:])
+    with pytest.raises(ValueError, match="strides"):
+        tpa.paged_decode_attention(q, kv.k_cache, kv.v_cache.contiguous(), *args[2:])
+    with pytest.raises(ValueError, match="cu_seqlens_q must be int32"):
+        tpa.paged_prefill_attention(q, torch.tensor([0, 1]), *args)
+    k, v = _pool(4, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="both source and destination"):
+        tbc.copy_blocks(k, v, k, v, [0, 1], [1, 2])
+    with pytest.raises(ValueError, match="unique"):
+        tbc.copy_blocks(k, v, k, v, [0, 1], [2, 2])
+    with pytest.raises(ValueError, match="out of range"):
+        kernels.swap_blocks(k, v, k, v, [0], [4])
+
+
+def test_package_import_leaves_triton_alone() -> None:
+    assert kernels.triton_available()
+    assert kernels.paged_decode_attention is tpa.paged_decode_attention
+    # In a fresh process: importing the package does not import triton, and without triton the
+    # package still works and reports the kernels unavailable.
+    code = (
+        "import sys, torch, halo.kernels as k\n"
+        "assert 'triton' not in sys.modules, 'halo.kernels imported triton'\n"
+        "sys.modules['triton'] = None\n"
+        "assert not k.triton_available()\n"
+        "a = torch.randn(3, 4, 1, 8); b = torch.zeros(2, 4, 1, 8)\n"
+        "k.swap_blocks(a, a, b, b, [2, 0], [0, 1]); assert torch.equal(b[1], a[0])\n"
+    )
+    # TRITON_INTERPRET=1 is inherited, so only the missing triton can make it say False.
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
