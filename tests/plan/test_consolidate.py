@@ -38,7 +38,7 @@ def test_known_duplicates_give_exact_executions():
     assert executions == {"a": 3, "b": 4, "s": 2, "d": 3, "p": 4, "e": 4, "f": 4}
     assert graph.logical_calls == 7 * 4
     assert graph.physical_calls == 3 + 4 + 2 + 3 + 4 + 4 + 4
-    assert graph.physical_of("a", 0) is graph.physical_of("a", 1)
+    assert graph.physical_of("a", 0) == graph.physical_of("a", 1)
     assert graph.physical_of("a", 0).instances == (("a", 0), ("a", 1))
     assert graph.physical_of("d", 0).upstream == (graph.assignment["a"][0], graph.assignment["s"][0])
 
@@ -93,10 +93,10 @@ nodes:
 """
     )
     graph = consolidate(wf, [{"q": "hi"}, {"q": " hi "}], WhitespaceTokenizer())
-    shared = graph.physical_of("one", 0)
-    assert graph.physical_of("two", 0) is shared and graph.physical_of("two", 1) is shared
-    assert graph.physical_of("three", 0) is not shared  # different max_tokens: a different request
-    assert graph.physical_of("one", 1) is not shared  # " hi " renders differently
+    shared = graph.physical_of("one", 0).id
+    assert graph.physical_of("two", 0).id == shared and graph.physical_of("two", 1).id == shared
+    assert graph.physical_of("three", 0).id != shared  # different max_tokens: a different request
+    assert graph.physical_of("one", 1).id != shared  # " hi " renders differently
     assert graph.counters["two"].owned == 0 and graph.counters["two"].physical == 1
 
 

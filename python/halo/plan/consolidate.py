@@ -7,11 +7,13 @@ so when an instance is keyed every instance it waits for already has its physica
 joins an existing physical node only if it is pure and its key (static part, rendered request or
 deferred payload, upstream physical ids) is equal — see `halo.plan.signature` for why equal keys
 mean equal requests. Nothing is executed; templates that read only row inputs are rendered (once
-per distinct input combination) and, for llm nodes, tokenized to build the per-model prefix index.
+per distinct input combination) and, for llm nodes, tokenized to build the per-model prefix index
+(on a worker thread, overlapping the remaining nodes: see `halo.plan.prompt_tokens`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,10 +23,11 @@ from halo.plan.consolidated_graph import (
     Instance,
     ModelPrefixes,
     NodeCounters,
-    PhysicalNode,
+    PhysicalTable,
 )
 from halo.plan.prefix_index import PrefixIndex
-from halo.plan.signature import Frozen, digest, freeze, static_key
+from halo.plan.prompt_tokens import PromptTokens
+from halo.plan.signature import Frozen, freeze, static_key
 from halo.spec.batch_check import check_batch
 from halo.spec.consistency import ITERATION
 from halo.spec.errors import TemplateRenderError
@@ -71,10 +74,33 @@ class Consolidator:
         if check:
             check_batch(rows, self.graph.spec.inputs)
         state = _State()
-        assignment = {node.id: self._assign(node, rows, state) for node in self.graph.nodes}
-        tokens, cached, prefixes = self._prefixes(state)
-        physical = self._physical_nodes(state, tokens, cached)
+        prompts = PromptTokens(self._tokenizer_for)
+        clock = time.perf_counter()
+        assignment: dict[str, tuple[int, ...]] = {}
+        for node in self.graph.nodes:
+            first = len(state.node)
+            assignment[node.id] = self._assign(node, rows, state)
+            if isinstance(node.spec, LlmNode) and node.renderable:
+                # Hand this node's new requests to the tokenizer thread now, not at the end.
+                ids = list(range(first, len(state.node)))
+                model = self.graph.model_source(node) or ""
+                prompts.submit(model, ids, [self._messages(state, pid) for pid in ids])
+        state.timings["instantiate"] = time.perf_counter() - clock
+        tokens, cached, prefixes = self._prefixes(state, prompts)
+        clock = time.perf_counter()
+        physical = PhysicalTable(
+            self.graph,
+            self._static_text,
+            state.node,
+            state.row,
+            state.key,
+            state.values,
+            state.instances,
+            tokens,
+            cached,
+        )
         counters = self._counters(assignment, physical, len(rows))
+        state.timings["counters"] = time.perf_counter() - clock
         return ConsolidatedGraph(
             workflow=self.graph,
             rows=len(rows),
@@ -83,6 +109,7 @@ class Consolidator:
             counters=counters,
             prefixes=prefixes,
             tokenizer_name=type(self.tokenizer).__name__ if self.tokenizer is not None else None,
+            timings=dict(state.timings),
         )
 
     # -- instances -> physical ids ----------------------------------------------------------------
@@ -136,29 +163,31 @@ class Consolidator:
             return self.tokenizer
         return self.tokenizer.get(model)
 
-    def _prefixes(self, state: _State) -> tuple[dict[int, int], dict[int, int], dict[str, ModelPrefixes]]:
-        by_model: dict[str, list[int]] = {}
+    def _prefixes(
+        self, state: _State, prompts: PromptTokens
+    ) -> tuple[dict[int, int], dict[int, int], dict[str, ModelPrefixes]]:
+        encoded = prompts.collect()
+        state.timings.update(prompts.timings)
         deferred: dict[str, int] = {}
+        llm_model = {
+            node.id: self.graph.model_source(node) or ""
+            for node in self.graph.nodes
+            if isinstance(node.spec, LlmNode)
+        }
         for pid, node_id in enumerate(state.node):
-            node = self.graph.node(node_id)
-            if not isinstance(node.spec, LlmNode):
-                continue
-            model = self.graph.model_source(node) or ""
-            if state.values[pid] is None:
+            model = llm_model.get(node_id)
+            if model is not None and state.values[pid] is None:
                 deferred[model] = deferred.get(model, 0) + 1
-            else:
-                by_model.setdefault(model, []).append(pid)
         tokens: dict[int, int] = {}
         cached: dict[int, int] = {}
         prefixes: dict[str, ModelPrefixes] = {}
-        for model in sorted(set(by_model) | set(deferred)):
-            tokenizer = self._tokenizer_for(model)
-            if tokenizer is None:
+        for model in sorted(set(encoded) | set(deferred)):
+            if self._tokenizer_for(model) is None:
                 continue
-            ids = by_model.get(model, [])
-            texts = [tokenizer.render_chat(self._messages(state, pid)) for pid in ids]
-            sequences = tokenizer.encode_batch(texts) if texts else []
+            ids, sequences = encoded.get(model, ([], []))
+            clock = time.perf_counter()
             index = PrefixIndex(ids, sequences, self.min_group_tokens)
+            state.lap("prefix_index", clock)
             tokens.update(index.lengths)
             cached.update(index.cached)
             logical = sum(index.lengths[pid] * len(state.instances[pid]) for pid in ids)
@@ -203,60 +232,30 @@ class Consolidator:
 
     # -- results ----------------------------------------------------------------------------------
 
-    def _physical_nodes(
-        self, state: _State, tokens: dict[int, int], cached: dict[int, int]
-    ) -> tuple[PhysicalNode, ...]:
-        out: list[PhysicalNode] = []
-        signatures: list[str] = []
-        for pid, node_id in enumerate(state.node):
-            node = self.graph.node(node_id)
-            static, payload, ups = state.key[pid]
-            instance = None if node.pure else f"{node_id}@{state.row[pid]}"
-            signature = digest(
-                self._static_text[node_id], payload, tuple(signatures[u] for u in ups), instance
-            )
-            signatures.append(signature)
-            out.append(
-                PhysicalNode(
-                    pid,
-                    node_id,
-                    state.row[pid],
-                    node.kind,
-                    self.graph.model_source(node),
-                    node.pure,
-                    not node.renderable,
-                    signature,
-                    tuple(dict.fromkeys(ups)),
-                    tuple(state.instances[pid]),
-                    state.values[pid],
-                    tokens.get(pid),
-                    cached.get(pid, 0),
-                )
-            )
-        return tuple(out)
-
     def _counters(
-        self, assignment: Mapping[str, tuple[int, ...]], physical: tuple[PhysicalNode, ...], rows: int
+        self, assignment: Mapping[str, tuple[int, ...]], physical: PhysicalTable, rows: int
     ) -> dict[str, NodeCounters]:
+        owned: dict[str, list[int]] = {}
+        for pid, node_id in enumerate(physical.node):
+            owned.setdefault(node_id, []).append(pid)
+        tokens, cached = physical.tokens, physical.cached
         counters: dict[str, NodeCounters] = {}
         for node in self.graph.nodes:
             column = assignment[node.id]
-            used = set(column)
-            owned = [physical[pid] for pid in used if physical[pid].node == node.id]
-            logical_tokens = sum(physical[pid].prompt_tokens or 0 for pid in column)
+            mine = owned.get(node.id, [])
             deferred_llm = isinstance(node.spec, LlmNode) and not node.renderable
             counters[node.id] = NodeCounters(
                 node=node.id,
                 kind=node.kind,
                 model=self.graph.model_source(node),
                 logical=rows,
-                physical=len(used),
-                owned=len(owned),
+                physical=len(set(column)),
+                owned=len(mine),
                 deferred=not node.renderable,
                 pure=node.pure,
-                prompt_tokens=logical_tokens,
-                physical_prompt_tokens=sum(p.prompt_tokens or 0 for p in owned),
-                cached_prompt_tokens=sum(p.cached_tokens for p in owned),
+                prompt_tokens=sum(tokens.get(pid, 0) for pid in column) if tokens else 0,
+                physical_prompt_tokens=sum(tokens.get(pid, 0) for pid in mine),
+                cached_prompt_tokens=sum(cached.get(pid, 0) for pid in mine),
                 static_prefix_tokens=self.static_prefix_tokens(node) if deferred_llm else None,
             )
         return counters
@@ -273,6 +272,10 @@ class _State:
         self.key: list[tuple[int, Frozen, tuple[int, ...]]] = []
         self.values: list[tuple[Any, ...] | None] = []
         self.instances: list[list[Instance]] = []
+        self.timings: dict[str, float] = {}
+
+    def lap(self, phase: str, since: float) -> None:
+        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - since
 
     def add(self, node: str, row: int, key: tuple[int, Frozen, tuple[int, ...]], values: Any) -> int:
         self.node.append(node)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from halo.plan.prefix_index import PrefixGroup
-from halo.spec.graph import WorkflowGraph
+from halo.plan.signature import Frozen, digest
+from halo.spec.graph import GraphNode, WorkflowGraph
 
 Instance = tuple[str, int]  # (graph node id, batch row)
 
@@ -33,6 +34,83 @@ class PhysicalNode:
     @property
     def fan_out(self) -> int:
         return len(self.instances)
+
+
+class PhysicalTable(Sequence[PhysicalNode]):
+    """The physical nodes of a batch, stored as columns; `PhysicalNode` views are built on access.
+
+    A 10,000-row batch has tens of thousands of executions: building one object per execution (and
+    hashing its signature) up front would cost more than consolidating, so both happen lazily.
+    Physical ids are dense and topologically ordered: an execution's upstream ids are smaller.
+    """
+
+    def __init__(
+        self,
+        graph: WorkflowGraph,
+        static_text: Mapping[str, str],
+        node: list[str],
+        row: list[int],
+        key: list[tuple[int, Frozen, tuple[int, ...]]],
+        values: list[tuple[Any, ...] | None],
+        instances: list[list[Instance]],
+        tokens: Mapping[int, int],
+        cached: Mapping[int, int],
+    ) -> None:
+        self._graph = graph
+        self._static_text = static_text
+        self.node = node
+        self.row = row
+        self.key = key
+        self.values = values
+        self.instances = instances
+        self.tokens = tokens
+        self.cached = cached
+        self._signatures: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.node)
+
+    @overload
+    def __getitem__(self, index: int) -> PhysicalNode: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[PhysicalNode]: ...
+    def __getitem__(self, index: int | slice) -> PhysicalNode | Sequence[PhysicalNode]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        graph_node = self._graph.node(self.node[index])
+        _, _, upstream = self.key[index]
+        return PhysicalNode(
+            id=index,
+            node=graph_node.id,
+            row=self.row[index],
+            kind=graph_node.kind,
+            model=self._graph.model_source(graph_node),
+            pure=graph_node.pure,
+            deferred=not graph_node.renderable,
+            signature=self.signature(index),
+            upstream=tuple(dict.fromkeys(upstream)),
+            instances=tuple(self.instances[index]),
+            values=self.values[index],
+            prompt_tokens=self.tokens.get(index),
+            cached_tokens=self.cached.get(index, 0),
+        )
+
+    def __iter__(self) -> Iterator[PhysicalNode]:
+        return (self[i] for i in range(len(self)))
+
+    def signature(self, index: int) -> str:
+        """The printable signature of execution `index` (and, on the way, of everything before it)."""
+        signatures = self._signatures
+        while len(signatures) <= index:
+            pid = len(signatures)
+            node: GraphNode = self._graph.node(self.node[pid])
+            _, payload, upstream = self.key[pid]
+            instance = None if node.pure else f"{node.id}@{self.row[pid]}"
+            ups = tuple(signatures[u] for u in upstream)
+            signatures.append(digest(self._static_text[node.id], payload, ups, instance))
+        return signatures[index]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +150,12 @@ class ConsolidatedGraph:
 
     workflow: WorkflowGraph
     rows: int
-    physical: tuple[PhysicalNode, ...]  # in a topological order
+    physical: PhysicalTable  # indexed by physical id, in a topological order
     assignment: Mapping[str, tuple[int, ...]]  # graph node id -> physical id per row
     counters: Mapping[str, NodeCounters]
     prefixes: Mapping[str, ModelPrefixes] = field(default_factory=dict)
     tokenizer_name: str | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)  # seconds per consolidation phase
 
     @property
     def logical_calls(self) -> int:

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, Undefined, meta, nodes
+from jinja2 import StrictUndefined, Template, TemplateError, Undefined, meta, nodes
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from halo.spec.errors import TemplateRenderError
@@ -92,28 +93,44 @@ class CompiledTemplate:
         self.constant = not is_template(source)
         self._template = None if self.constant else env.from_string(source)
         match = _SINGLE_EXPRESSION.match(source)
+        # An expression compiles to a template that stores its value in the context as `result`.
         self._expression = (
-            env.compile_expression(match.group("expr"), undefined_to_none=False) if match else None
+            env.from_string("{% set result = " + match.group("expr") + " %}") if match else None
         )
+        # Globals (range, namespace, ...) merged once: Template.render re-merges them on every call,
+        # which costs more than rendering a short prompt.
+        self._globals = dict(self._template.globals) if self._template is not None else {}
+        self._concat = env.concat
+        self._env = env
 
     def render(self, context: Mapping[str, Any]) -> str:
         if self._template is None:
             return self.source
+        template = self._template
         try:
-            return self._template.render(context)
+            ctx = self._context(template, context)
+            return self._concat(template.root_render_func(ctx))
         except (TemplateError, SecurityError, TypeError, ValueError) as exc:
             raise TemplateRenderError(self.node, self.field, _describe(exc)) from exc
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         if self._expression is None:
             return self.render(context)
+        expression = self._expression
         try:
-            value = self._expression(**context)
+            ctx = self._context(expression, context)
+            for _ in expression.root_render_func(ctx):
+                pass
+            value = ctx.vars["result"]
             if isinstance(value, Undefined):
                 str(value)  # raises UndefinedError with Jinja's own description of what is missing
         except (TemplateError, SecurityError, TypeError, ValueError) as exc:
             raise TemplateRenderError(self.node, self.field, _describe(exc)) from exc
         return value
+
+    def _context(self, template: Template, values: Mapping[str, Any]) -> Context:
+        # What Template.new_context builds, minus re-reading the globals ChainMap on every call.
+        return self._env.context_class(self._env, {**self._globals, **values}, template.name, template.blocks)
 
 
 def _describe(exc: Exception) -> str:
