@@ -702,3 +702,30 @@ def test_batch_rows_missing_inputs_are_named_by_row():
     assert "row 3 must be a mapping" in text
     assert "row 0" not in text
     assert workflow.check_batch(rows[:1]) == 1
+
+
+def test_a_broken_node_still_gets_its_other_errors_and_causes_no_cascade():
+    text = HEADER + textwrap.dedent("""\
+      - id: classify
+        kind: llm
+        model: smal
+        prompt: "Ticket: {{ tickt }}"
+        temperature: 4
+      - id: fetch
+        kind: htp
+        url: x
+      - id: reply
+        kind: llm
+        prompt: "{{ classify.outptu }} {{ fetch.output }}"
+    outputs: {r: fetch.output}
+    """)
+    with pytest.raises(SpecError) as caught:
+        Workflow.from_yaml(text)
+    found = [(i.line, i.node, i.message.split(" (")[0]) for i in caught.value.issues]
+    assert found == [
+        (10, "classify", "unknown model 'smal'"),
+        (11, "classify", "template reads 'tickt', which is neither a declared input"),
+        (12, "classify", "invalid 'temperature': Input should be less than or equal to 2"),
+        (14, "fetch", "unknown node kind 'htp'"),
+        (18, "reply", "node 'classify'"),
+    ]

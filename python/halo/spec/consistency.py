@@ -65,7 +65,10 @@ def check_workflow(
     env: ImmutableSandboxedEnvironment,
     functions: Collection[str] = (),
     broken: Collection[str] = (),
+    unchecked: Collection[str] = (),
 ) -> list[Problem]:
+    """Every whole-workflow problem; `unchecked` are ids of nodes too broken to check (already
+    reported), which references may name without further complaint."""
     out: list[Problem] = []
     by_id = _check_ids(header, declared, out)
     inputs = set(header.inputs)
@@ -76,15 +79,15 @@ def check_workflow(
         for slot, references in node.slot_references:
             for ref in sorted(references):
                 _check_reference(
-                    ref, node.id, node.path + slot, inputs, by_id, node.id in members, broken, out
+                    ref, node.id, node.path + slot, inputs, by_id, node.id in members, broken, out, unchecked
                 )
         for name in node.spec.after:
-            if name not in by_id:
+            if name not in by_id and name not in unchecked:
                 out.append(Problem(node.path + ("after",), f"'after' names unknown node '{name}'", node.id))
             elif name == node.id:
                 out.append(Problem(node.path + ("after",), "a node cannot run after itself", node.id))
-    _check_loops(header, by_id, bodies, env, inputs, broken, out)
-    _check_outputs(header, by_id, inputs, out)
+    _check_loops(header, by_id, bodies, env, inputs, broken, out, unchecked)
+    _check_outputs(header, by_id, inputs | set(unchecked), out)
     for cycle in find_cycles(declared_edges(declared, members)):
         first = by_id[cycle[0]]
         out.append(Problem(first.path, f"dependency cycle: {' -> '.join(cycle)}", cycle[0]))
@@ -204,8 +207,9 @@ def _check_reference(
     in_loop: bool,
     broken: Collection[str],
     out: list[Problem],
+    unchecked: Collection[str] = (),
 ) -> None:
-    if ref.name in inputs:
+    if ref.name in inputs or ref.name in unchecked:
         return
     if ref.name == ITERATION:
         if not in_loop:
@@ -252,11 +256,14 @@ def _check_loops(
     inputs: set[str],
     broken: Collection[str],
     out: list[Problem],
+    unchecked: Collection[str] = (),
 ) -> None:
     seen: dict[str, int] = {}
     for index, loop in enumerate(header.loops):
         for position, name in enumerate(loop.nodes):
             path: DocPath = ("loops", index, "nodes", position)
+            if name in unchecked:
+                continue
             if name not in by_id:
                 out.append(Problem(path, f"loop {index} names unknown node '{name}'"))
             elif by_id[name].parent is not None:
@@ -289,7 +296,9 @@ def _check_loops(
             )
             continue
         for ref in sorted(refs):
-            _check_reference(ref, None, ("loops", index, "until"), inputs, by_id, True, broken, out)
+            _check_reference(
+                ref, None, ("loops", index, "until"), inputs, by_id, True, broken, out, unchecked
+            )
 
 
 def _check_outputs(
@@ -298,8 +307,8 @@ def _check_outputs(
     for name, target in header.outputs.items():
         path: DocPath = ("outputs", name)
         head, _, rest = target.partition(".")
-        if head in inputs and not rest:
-            continue
+        if head in inputs and (not rest or head not in header.inputs):
+            continue  # an input, or a node too broken to check (already reported)
         if head not in by_id:
             out.append(Problem(path, f"output '{name}' reads '{head}', which is neither a node nor an input"))
             continue

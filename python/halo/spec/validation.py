@@ -101,7 +101,7 @@ def validate_document(
         diagnostics.add((), "a workflow must be a mapping with 'name' and 'nodes'")
         diagnostics.raise_if_any()
     header, broken = _validate_header(data, diagnostics)
-    nodes = _validate_nodes(data, diagnostics)
+    nodes, unchecked = _validate_nodes(data, diagnostics)
     env = make_environment()
     declared, template_problems = build_catalog(nodes, env)
     for problem in template_problems:
@@ -109,7 +109,7 @@ def validate_document(
         if problem.template_line is not None:
             line = source.template_line(problem.path, problem.template_line).line
         diagnostics.add(problem.path, problem.message, problem.node, line)
-    for problem in check_workflow(header, declared, env, functions, broken):
+    for problem in check_workflow(header, declared, env, functions, broken, unchecked):
         diagnostics.add(problem.path, problem.message, problem.node)
     diagnostics.raise_if_any()
     return WorkflowSpec.model_validate({**header.model_dump(by_alias=True), "nodes": [n for n, _ in nodes]})
@@ -131,14 +131,19 @@ def _validate_header(data: Mapping[str, Any], diagnostics: Diagnostics) -> tuple
         return WorkflowHeader(name="?"), broken | {"inputs", "models", "databases", "loops", "outputs"}
 
 
-def _validate_nodes(data: Mapping[str, Any], diagnostics: Diagnostics) -> list[tuple[AnyNode, DocPath]]:
+def _validate_nodes(
+    data: Mapping[str, Any], diagnostics: Diagnostics
+) -> tuple[list[tuple[AnyNode, DocPath]], set[str]]:
+    """The nodes that validate (some only once their broken fields are left out), and the ids of
+    nodes too broken for that, whose references later checks must accept unchecked."""
+    unchecked: set[str] = set()
     raw_nodes = data.get("nodes")
     if raw_nodes is None:
         diagnostics.add((), "missing required field 'nodes' (a workflow needs at least one node)")
-        return []
+        return [], unchecked
     if not isinstance(raw_nodes, list) or not raw_nodes:
         diagnostics.add(("nodes",), "'nodes' must be a non-empty list of node mappings")
-        return []
+        return [], unchecked
     valid: list[tuple[AnyNode, DocPath]] = []
     first_seen: dict[str, int] = {}
     for index, raw in enumerate(raw_nodes):
@@ -160,10 +165,14 @@ def _validate_nodes(data: Mapping[str, Any], diagnostics: Diagnostics) -> list[t
             first_seen[node_id] = index
         kind = raw.get("kind")
         if kind is None:
+            if isinstance(node_id, str):
+                unchecked.add(node_id)
             diagnostics.add(path, f"missing required field 'kind' (one of {', '.join(NODE_TYPES)})")
             continue
         model = NODE_TYPES.get(kind) if isinstance(kind, str) else None
         if model is None:
+            if isinstance(node_id, str):
+                unchecked.add(node_id)
             guess = difflib.get_close_matches(str(kind), list(NODE_TYPES), n=1)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
             diagnostics.add(
@@ -175,4 +184,12 @@ def _validate_nodes(data: Mapping[str, Any], diagnostics: Diagnostics) -> list[t
             valid.append((model.model_validate(raw), path))
         except ValidationError as exc:
             diagnostics.add_validation_error(path, exc, model)
-    return valid
+            # Check the node again without its broken fields, so its other problems are reported
+            # too and references to it are not mistaken for references to an unknown node.
+            broken = {item["loc"][0] for item in exc.errors() if item["loc"]}
+            try:
+                valid.append((model.model_validate({k: v for k, v in raw.items() if k not in broken}), path))
+            except ValidationError:
+                if isinstance(node_id, str):
+                    unchecked.add(node_id)
+    return valid, unchecked
