@@ -107,3 +107,59 @@ def test_rendered_pure_instances_with_equal_requests_are_merged(rows: list[dict[
         # (3) exact counts: one execution per distinct request, no more
         assert all(len(ids) == 1 for ids in by_request.values())
         assert graph.counters[node.id].physical == len(by_request)
+
+
+KINDS = ["llm", "llm_sampled", "llm_seeded", "sql", "get", "post", "rule", "py_pure", "py_impure"]
+
+
+@st.composite
+def random_workflows(draw: st.DrawFn) -> Workflow:
+    """Small random DAGs: each node reads some inputs and some earlier nodes, in a random kind."""
+    wf = Workflow("random").inputs("a", "b")
+    for i in range(draw(st.integers(2, 6))):
+        reads = draw(st.lists(st.integers(0, i - 1), max_size=2, unique=True)) if i else []
+        inputs = draw(st.lists(st.sampled_from(["a", "b"]), max_size=2, unique=True))
+        text = "T" + "|".join([f"{{{{ {x} }}}}" for x in inputs] + [f"{{{{ n{j}.output }}}}" for j in reads])
+        kind = draw(st.sampled_from(KINDS))
+        node_id = f"n{i}"
+        if kind.startswith("llm"):
+            extra = {"temperature": 0.9} if kind != "llm" else {}
+            if kind == "llm_seeded":
+                extra["seed"] = 3
+            wf = wf.llm(node_id, prompt=text, **extra)
+        elif kind == "sql":
+            wf = wf.sql(node_id, query="SELECT :p AS p", params={"p": text})
+        elif kind in ("get", "post"):
+            wf = wf.http(node_id, url="https://x.test/" + text, method=kind.upper())
+        elif kind == "rule":
+            wf = wf.rule(node_id, input=text, regex="(\\w)")
+        else:
+            wf = wf.python(node_id, function="json:dumps", args=[text], pure=kind == "py_pure")
+    return wf
+
+
+def naive_requests(wf: Workflow, rows: list[dict[str, Any]]) -> dict[tuple[str, int], str]:
+    graph = wf.graph
+    out: dict[tuple[str, int], str] = {}
+    for r, row in enumerate(rows):
+        results: dict[str, Any] = {}
+        for node in graph.nodes:
+            request = graph.render(node, row, results)
+            out[(node.id, r)] = json.dumps(request, sort_keys=True, default=repr)
+            results[node.id] = fake_result(node.id, r, node.pure, request)
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_workflows(), ROWS)
+def test_random_workflows_never_merge_different_requests(wf: Workflow, rows: list[dict[str, Any]]):
+    graph = consolidate(wf, rows)
+    naive = naive_requests(wf, rows)
+    served = 0
+    for physical in graph.physical:
+        assert len({naive[instance] for instance in physical.instances}) == 1
+        assert physical.pure or physical.fan_out == 1
+        for node_id, row in physical.instances:
+            assert graph.assignment[node_id][row] == physical.id
+        served += physical.fan_out
+    assert served == len(naive) == graph.logical_calls
