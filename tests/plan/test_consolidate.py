@@ -163,3 +163,14 @@ def test_explain_text_lists_every_node_and_totals():
     assert any(line.startswith("b *") for line in lines)
     assert any(line.startswith("PREFIXES  smollm2-135m") for line in lines)
     assert "PREFIXES  not computed" in explain_text(consolidate(Workflow.from_yaml(MIXED), ROWS))
+
+
+def test_explain_dot_is_a_digraph_with_every_node_and_edge():
+    from halo.plan import explain_dot
+
+    graph = consolidate(Workflow.from_yaml(MIXED), ROWS, WhitespaceTokenizer())
+    dot = explain_dot(graph)
+    assert dot.startswith('digraph "mixed" {') and dot.endswith("}")
+    for node in "abspdef":
+        assert f'  "{node}" [label="{node}\\n' in dot
+    assert '"a" -> "d";' in dot and '"p" -> "f" [style=dashed];' in dot

@@ -729,3 +729,15 @@ def test_a_broken_node_still_gets_its_other_errors_and_causes_no_cascade():
         (14, "fetch", "unknown node kind 'htp'"),
         (18, "reply", "node 'classify'"),
     ]
+
+
+def test_until_reading_a_node_that_waits_for_the_loop_is_a_cycle():
+    text = textwrap.dedent("""\
+    name: t
+    nodes:
+      - {id: draft, kind: llm, prompt: hi}
+      - {id: final, kind: llm, prompt: "{{ draft.output }}"}
+    loops:
+      - {nodes: [draft], max_iterations: 2, until: "'ok' in final.output"}
+    """)
+    _check(text, 3, "draft", ("dependency cycle: draft -> final -> draft",))

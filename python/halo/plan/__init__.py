@@ -13,7 +13,7 @@ from halo.plan.consolidated_graph import (
     NodeCounters,
     PhysicalNode,
 )
-from halo.plan.explain import explain_text
+from halo.plan.explain import explain_dot, explain_text
 from halo.plan.prefix_index import PrefixGroup, PrefixIndex
 
 __all__ = [
@@ -27,5 +27,6 @@ __all__ = [
     "PrefixIndex",
     "WhitespaceTokenizer",
     "consolidate",
+    "explain_dot",
     "explain_text",
 ]

@@ -89,3 +89,35 @@ def _tokens(c: NodeCounters) -> tuple[str, str, str]:
         return "run time", "run time", head
     unique = c.physical_prompt_tokens - c.cached_prompt_tokens
     return str(c.prompt_tokens), str(unique), str(c.cached_prompt_tokens)
+
+
+def explain_dot(graph: ConsolidatedGraph) -> str:
+    """The consolidated plan as a Graphviz digraph: one box per graph node, labelled with its kind,
+    instances -> executions and (for llm nodes) prompt tokens; edges are data reads (dashed:
+    run-after and loop guards). Render with `dot -Tpng`."""
+    wf = graph.workflow
+    lines = [
+        f'digraph "{_quote(wf.spec.name)}" {{',
+        "  rankdir=TB;",
+        '  node [shape=box, fontname="monospace"];',
+    ]
+    for node in wf.nodes:
+        c = graph.counters[node.id]
+        label = f"{node.id}\\n{c.kind}{' ' + c.model if c.model else ''}\\n{c.logical} -> {c.physical} runs"
+        tokens = _tokens(c)
+        if c.kind == "llm" and not c.deferred:
+            label += f"\\nprompt tok {tokens[0]}, unique {tokens[1]}"
+        style = "" if node.pure else ", style=dashed"
+        lines.append(f'  "{_quote(node.id)}" [label="{_quote(label)}"{style}];')
+        for binding in node.bindings:
+            for candidate in binding.candidates:
+                lines.append(f'  "{_quote(candidate)}" -> "{_quote(node.id)}";')
+        waits = list(node.after) + [c for g in node.guards for b in g.bindings for c in b.candidates]
+        for upstream in dict.fromkeys(waits):
+            lines.append(f'  "{_quote(upstream)}" -> "{_quote(node.id)}" [style=dashed];')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _quote(text: str) -> str:
+    return text.replace('"', '\\"')

@@ -88,7 +88,19 @@ def check_workflow(
                 out.append(Problem(node.path + ("after",), "a node cannot run after itself", node.id))
     _check_loops(header, by_id, bodies, env, inputs, broken, out, unchecked)
     _check_outputs(header, by_id, inputs | set(unchecked), out)
-    for cycle in find_cycles(declared_edges(declared, members)):
+    edges = declared_edges(declared, members)
+    for loop, body in zip(header.loops, bodies, strict=True):
+        # Iterations after the first wait for what `until` reads outside the loop.
+        if loop.until is None or loop.max_iterations < 2:
+            continue
+        try:
+            outside = {r.name for r in expression_references(env, loop.until) if r.name in by_id} - set(body)
+        except TemplateSyntaxError:
+            continue  # reported by _check_loops
+        for member in body:
+            if member in edges:
+                edges[member] = sorted(set(edges[member]) | outside)
+    for cycle in find_cycles(edges):
         first = by_id[cycle[0]]
         out.append(Problem(first.path, f"dependency cycle: {' -> '.join(cycle)}", cycle[0]))
     return out
