@@ -26,7 +26,7 @@ from halo.plan.consolidated_graph import (
     PhysicalTable,
 )
 from halo.plan.prefix_index import PrefixIndex
-from halo.plan.prompt_tokens import PromptTokens
+from halo.plan.prompt_tokens import PromptTokens, chat_messages, static_prefix_tokens
 from halo.plan.signature import Frozen, freeze, static_key
 from halo.spec.batch_check import check_batch
 from halo.spec.consistency import ITERATION
@@ -34,8 +34,6 @@ from halo.spec.errors import TemplateRenderError
 from halo.spec.graph import GraphNode, WorkflowGraph
 from halo.spec.nodes import LlmNode
 from halo.spec.workflow import Workflow
-
-_SENTINEL = "\u2063HALO\u2063"  # marks where a deferred prompt's known text ends
 
 
 def consolidate(
@@ -203,32 +201,17 @@ class Consolidator:
         return tokens, cached, prefixes
 
     def _messages(self, state: _State, pid: int) -> list[dict[str, str]]:
-        node = self.graph.node(state.node[pid])
+        spec = self.graph.node(state.node[pid]).spec
         values = state.values[pid]
-        assert values is not None and isinstance(node.spec, LlmNode)
-        if node.spec.system is None:
-            return [{"role": "user", "content": values[0]}]
-        return [{"role": "system", "content": values[0]}, {"role": "user", "content": values[1]}]
+        assert values is not None and isinstance(spec, LlmNode)
+        return chat_messages(spec, values)
 
     def static_prefix_tokens(self, node: GraphNode) -> int | None:
-        """Tokens every request of a deferred llm node starts with: its template text before the
-        first tag, through the chat template (the last token is dropped: it may merge differently
-        once the rest of the text follows)."""
-        spec = node.spec
+        """Tokens every request of a deferred llm node starts with (None without a tokenizer)."""
         tokenizer = self._tokenizer_for(self.graph.model_source(node) or "")
-        if tokenizer is None or not isinstance(spec, LlmNode):
+        if tokenizer is None or not isinstance(node.spec, LlmNode):
             return None
-        if spec.system is not None and _head(spec.system) != spec.system:
-            messages = [{"role": "system", "content": _head(spec.system) + _SENTINEL}]
-        else:
-            messages = [{"role": "user", "content": _head(spec.prompt) + _SENTINEL}]
-            if spec.system is not None:
-                messages.insert(0, {"role": "system", "content": spec.system})
-        text = tokenizer.render_chat(messages)
-        cut = text.find(_SENTINEL)
-        if cut < 0:
-            return None
-        return max(0, len(tokenizer.encode_batch([text[:cut]])[0]) - 1)
+        return static_prefix_tokens(node.spec, tokenizer)
 
     # -- results ----------------------------------------------------------------------------------
 
@@ -284,13 +267,3 @@ class _State:
         self.values.append(values)
         self.instances.append([])
         return len(self.node) - 1
-
-
-def _head(template: str) -> str:
-    """The literal text of a template before its first tag."""
-    cut = len(template)
-    for tag in ("{{", "{%", "{#"):
-        found = template.find(tag)
-        if found >= 0:
-            cut = min(cut, found)
-    return template[:cut]

@@ -1,4 +1,4 @@
-"""Tokenizing rendered llm requests on a worker thread while consolidation goes on.
+"""Prompt tokens: chat requests of llm instances, tokenized on a worker thread during consolidation.
 
 Consolidation hands over each llm node's new rendered requests as soon as that node is done; one
 worker thread applies the chat template and encodes them, so the tokenizer's native batch encoder
@@ -13,8 +13,47 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from halo.plan.chat_tokenizer import ChatTokenizer
+from halo.spec.nodes import LlmNode
 
 Messages = list[dict[str, str]]
+
+_SENTINEL = "\u2063HALO\u2063"  # marks where a deferred prompt's known text ends
+
+
+def chat_messages(spec: LlmNode, values: tuple[str, ...]) -> Messages:
+    """The chat request of a rendered llm instance (`values`: its rendered system?, prompt)."""
+    if spec.system is None:
+        return [{"role": "user", "content": values[0]}]
+    return [{"role": "system", "content": values[0]}, {"role": "user", "content": values[1]}]
+
+
+def static_prefix_tokens(spec: LlmNode, tokenizer: ChatTokenizer) -> int | None:
+    """Tokens every request of an llm node starts with, whatever its templates later render.
+
+    The literal text before the first template tag goes through the chat template; the last token
+    is dropped, since it may merge differently once the rest of the text follows it.
+    """
+    if spec.system is not None and _head(spec.system) != spec.system:
+        messages = [{"role": "system", "content": _head(spec.system) + _SENTINEL}]
+    else:
+        messages = [{"role": "user", "content": _head(spec.prompt) + _SENTINEL}]
+        if spec.system is not None:
+            messages.insert(0, {"role": "system", "content": spec.system})
+    text = tokenizer.render_chat(messages)
+    cut = text.find(_SENTINEL)
+    if cut < 0:
+        return None
+    return max(0, len(tokenizer.encode_batch([text[:cut]])[0]) - 1)
+
+
+def _head(template: str) -> str:
+    """The literal text of a template before its first tag."""
+    cut = len(template)
+    for tag in ("{{", "{%", "{#"):
+        found = template.find(tag)
+        if found >= 0:
+            cut = min(cut, found)
+    return template[:cut]
 
 
 class PromptTokens:

@@ -7,9 +7,7 @@ would read them are skipped, rather than reporting noise caused by the first err
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -17,9 +15,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from halo.spec.catalog import DeclaredNode
 from halo.spec.dependencies import declared_edges, find_cycles, loop_bodies, memberships
 from halo.spec.document import WorkflowHeader
-from halo.spec.nodes import DEFAULT_MODEL, OUTPUT_FIELDS, HttpNode, LlmNode, PythonNode, SqlNode
+from halo.spec.node_checks import check_node
+from halo.spec.nodes import OUTPUT_FIELDS
+from halo.spec.problem import Problem
 from halo.spec.source_map import DocPath
-from halo.spec.sql_statement import check_read_only
 from halo.spec.template import DYNAMIC_FIELD, Reference, expression_references
 
 ITERATION = "iteration"
@@ -48,16 +47,6 @@ RESERVED = frozenset(
     }
 )
 
-_FUNCTION = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-_JSON_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: DocPath
-    message: str
-    node: str | None = None
-
 
 def check_workflow(
     header: WorkflowHeader,
@@ -75,7 +64,7 @@ def check_workflow(
     bodies = loop_bodies(header.loops, declared)
     members = memberships(bodies)
     for node in declared:
-        _check_node(node, header, functions, broken, out)
+        out.extend(check_node(node, header, functions, broken))
         for slot, references in node.slot_references:
             for ref in sorted(references):
                 _check_reference(
@@ -132,82 +121,6 @@ def _check_ids(
         if name in header.inputs[:index]:
             out.append(Problem(("inputs", index), f"input '{name}' is declared twice"))
     return by_id
-
-
-def _check_node(
-    node: DeclaredNode,
-    header: WorkflowHeader,
-    functions: Collection[str],
-    broken: Collection[str],
-    out: list[Problem],
-) -> None:
-    spec = node.spec
-    if isinstance(spec, LlmNode):
-        known = spec.model is None or spec.model in header.models or spec.model == DEFAULT_MODEL
-        if not known and "models" not in broken:
-            declared = ", ".join(sorted(header.models)) or "none"
-            out.append(
-                Problem(
-                    node.path + ("model",),
-                    f"unknown model '{spec.model}' (declared models: "
-                    f"{declared}; an llm node without 'model' uses {DEFAULT_MODEL})",
-                    node.id,
-                )
-            )
-        if spec.json_schema is not None:
-            kind = spec.json_schema.get("type")
-            kinds = kind if isinstance(kind, list) else [kind]
-            if kind is not None and not all(k in _JSON_TYPES for k in kinds):
-                out.append(
-                    Problem(node.path + ("json_schema",), f"json_schema has unknown type {kind!r}", node.id)
-                )
-    elif isinstance(spec, SqlNode):
-        dialect = "duckdb"
-        if spec.db is not None:
-            if spec.db in header.databases:
-                dialect = header.databases[spec.db].kind
-            elif "databases" not in broken:
-                declared = ", ".join(sorted(header.databases)) or "none"
-                out.append(
-                    Problem(
-                        node.path + ("db",),
-                        f"unknown database '{spec.db}' (declared databases: {declared})",
-                        node.id,
-                    )
-                )
-        for message in check_read_only(spec.query, dialect, set(spec.params)):
-            out.append(Problem(node.path + ("query",), message, node.id))
-    elif isinstance(spec, HttpNode):
-        static = spec.url.split("{{", 1)[0].split("{%", 1)[0]
-        if (
-            static
-            and not static.lower().startswith(("http://", "https://"))
-            and not _prefix_of_scheme(static)
-        ):
-            out.append(
-                Problem(
-                    node.path + ("url",), f"url '{spec.url}' must start with http:// or https://", node.id
-                )
-            )
-        if spec.body is not None and spec.method in ("GET", "HEAD"):
-            out.append(
-                Problem(node.path + ("json",), f"a {spec.method} request cannot carry a json body", node.id)
-            )
-    elif (
-        isinstance(spec, PythonNode) and spec.function not in functions and not _FUNCTION.match(spec.function)
-    ):
-        out.append(
-            Problem(
-                node.path + ("function",),
-                f"python function '{spec.function}' is neither registered "
-                "with the workflow nor of the form 'package.module:function'",
-                node.id,
-            )
-        )
-
-
-def _prefix_of_scheme(text: str) -> bool:
-    return "https://".startswith(text.lower()) or "http://".startswith(text.lower())
 
 
 def _check_reference(

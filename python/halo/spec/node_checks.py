@@ -1,0 +1,93 @@
+"""Checks of one node against the workflow's declarations: model, database, SQL, url, function."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+
+from halo.spec.catalog import DeclaredNode
+from halo.spec.document import WorkflowHeader
+from halo.spec.nodes import DEFAULT_MODEL, HttpNode, LlmNode, PythonNode, SqlNode
+from halo.spec.problem import Problem
+from halo.spec.sql_statement import check_read_only
+
+_FUNCTION = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_JSON_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+
+
+def check_node(
+    node: DeclaredNode,
+    header: WorkflowHeader,
+    functions: Collection[str],
+    broken: Collection[str],
+) -> list[Problem]:
+    """Problems a node has on its own terms: model, database, SQL, url, function, schema."""
+    out: list[Problem] = []
+    spec = node.spec
+    if isinstance(spec, LlmNode):
+        known = spec.model is None or spec.model in header.models or spec.model == DEFAULT_MODEL
+        if not known and "models" not in broken:
+            declared = ", ".join(sorted(header.models)) or "none"
+            out.append(
+                Problem(
+                    node.path + ("model",),
+                    f"unknown model '{spec.model}' (declared models: "
+                    f"{declared}; an llm node without 'model' uses {DEFAULT_MODEL})",
+                    node.id,
+                )
+            )
+        if spec.json_schema is not None:
+            kind = spec.json_schema.get("type")
+            kinds = kind if isinstance(kind, list) else [kind]
+            if kind is not None and not all(k in _JSON_TYPES for k in kinds):
+                out.append(
+                    Problem(node.path + ("json_schema",), f"json_schema has unknown type {kind!r}", node.id)
+                )
+    elif isinstance(spec, SqlNode):
+        dialect = "duckdb"
+        if spec.db is not None:
+            if spec.db in header.databases:
+                dialect = header.databases[spec.db].kind
+            elif "databases" not in broken:
+                declared = ", ".join(sorted(header.databases)) or "none"
+                out.append(
+                    Problem(
+                        node.path + ("db",),
+                        f"unknown database '{spec.db}' (declared databases: {declared})",
+                        node.id,
+                    )
+                )
+        for message in check_read_only(spec.query, dialect, set(spec.params)):
+            out.append(Problem(node.path + ("query",), message, node.id))
+    elif isinstance(spec, HttpNode):
+        static = spec.url.split("{{", 1)[0].split("{%", 1)[0]
+        if (
+            static
+            and not static.lower().startswith(("http://", "https://"))
+            and not _prefix_of_scheme(static)
+        ):
+            out.append(
+                Problem(
+                    node.path + ("url",), f"url '{spec.url}' must start with http:// or https://", node.id
+                )
+            )
+        if spec.body is not None and spec.method in ("GET", "HEAD"):
+            out.append(
+                Problem(node.path + ("json",), f"a {spec.method} request cannot carry a json body", node.id)
+            )
+    elif (
+        isinstance(spec, PythonNode) and spec.function not in functions and not _FUNCTION.match(spec.function)
+    ):
+        out.append(
+            Problem(
+                node.path + ("function",),
+                f"python function '{spec.function}' is neither registered "
+                "with the workflow nor of the form 'package.module:function'",
+                node.id,
+            )
+        )
+    return out
+
+
+def _prefix_of_scheme(text: str) -> bool:
+    return "https://".startswith(text.lower()) or "http://".startswith(text.lower())
