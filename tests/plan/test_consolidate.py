@@ -174,3 +174,29 @@ def test_explain_dot_is_a_digraph_with_every_node_and_edge():
     for node in "abspdef":
         assert f'  "{node}" [label="{node}\\n' in dot
     assert '"a" -> "d";' in dot and '"p" -> "f" [style=dashed];' in dot
+
+
+def test_segment_encoder_is_exact_or_falls_back():
+    import re
+    import zlib
+
+    from halo.plan.prompt_tokens import SegmentEncoder
+
+    class Stable(WhitespaceTokenizer):
+        """Whitespace tokens with ids fixed by the word (crc32), whatever the call order."""
+
+        def encode_batch(self, texts: list[str]) -> list[list[int]]:
+            return [[zlib.crc32(word.encode()) for word in text.split()] for text in texts]
+
+    class Gluing(Stable):
+        """Glues a word to the marker after it: cutting texts at markers is NOT exact here."""
+
+        def encode_batch(self, texts: list[str]) -> list[list[int]]:
+            return super().encode_batch([text.replace(" <|im_end|>", "<|im_end|>") for text in texts])
+
+    splitter = re.compile(r"(<\|im_start\|>|<\|im_end\|>)")
+    texts = [Stable().render_chat([{"role": "user", "content": f"q {i}"}]) for i in range(3)]
+    exact = SegmentEncoder(Stable(), splitter)
+    assert exact.encode(texts) == Stable().encode_batch(texts) and exact.trusted
+    inexact = SegmentEncoder(Gluing(), splitter)
+    assert inexact.encode(texts) == Gluing().encode_batch(texts) and not inexact.trusted

@@ -4,10 +4,18 @@ Consolidation hands over each llm node's new rendered requests as soon as that n
 worker thread applies the chat template and encodes them, so the tokenizer's native batch encoder
 (which releases the GIL) overlaps the Python work on the remaining nodes. One worker, so a
 tokenizer is never called from two threads at once.
+
+Chat prompts repeat whole segments (system prompts, role headers) between special tokens. An HF
+tokenizer cuts its input at added tokens before anything else and encodes the pieces on their own,
+so encoding each distinct piece once and concatenating is exact. `SegmentEncoder` does that when the
+tokenizer exposes an HF backend whose added tokens strip nothing around them, and checks the first
+texts of every batch against a plain `encode_batch` before trusting it; otherwise texts are encoded
+whole.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,6 +71,7 @@ class PromptTokens:
         self._tokenizer_for = tokenizer_for
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[tuple[str, list[int], Future[tuple[list[list[int]], float, float]]]] = []
+        self._segments: dict[int, SegmentEncoder | None] = {}  # by id(tokenizer); worker thread only
         self.timings: dict[str, float] = {"chat_template": 0.0, "tokenize": 0.0, "tokenize_wait": 0.0}
 
     def submit(self, model: str, ids: list[int], messages: list[Messages]) -> None:
@@ -71,7 +80,21 @@ class PromptTokens:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="halo-tokenize")
-        self._pending.append((model, ids, self._pool.submit(_encode, tokenizer, messages)))
+        self._pending.append((model, ids, self._pool.submit(self._encode, tokenizer, messages)))
+
+    def _encode(
+        self, tokenizer: ChatTokenizer, messages: list[Messages]
+    ) -> tuple[list[list[int]], float, float]:
+        clock = time.perf_counter()
+        texts = [tokenizer.render_chat(m) for m in messages]
+        rendered = time.perf_counter()
+        key = id(tokenizer)
+        if key not in self._segments:
+            splitter = special_splitter(tokenizer)
+            self._segments[key] = SegmentEncoder(tokenizer, splitter) if splitter is not None else None
+        segments = self._segments[key]
+        sequences = segments.encode(texts) if segments is not None else tokenizer.encode_batch(texts)
+        return sequences, rendered - clock, time.perf_counter() - rendered
 
     def collect(self) -> dict[str, tuple[list[int], list[list[int]]]]:
         """Wait for every submitted batch; per model, the physical ids and their token sequences."""
@@ -92,9 +115,46 @@ class PromptTokens:
         return out
 
 
-def _encode(tokenizer: ChatTokenizer, messages: list[Messages]) -> tuple[list[list[int]], float, float]:
-    clock = time.perf_counter()
-    texts = [tokenizer.render_chat(m) for m in messages]
-    rendered = time.perf_counter()
-    sequences = tokenizer.encode_batch(texts)
-    return sequences, rendered - clock, time.perf_counter() - rendered
+def special_splitter(tokenizer: ChatTokenizer) -> re.Pattern[str] | None:
+    """A pattern matching the tokenizer's added tokens, when cutting texts there is exact."""
+    backend = getattr(tokenizer, "backend", None)
+    added = getattr(backend, "get_added_tokens_decoder", None)
+    if added is None:
+        return None
+    tokens = list(added().values())
+    normalizer = getattr(backend, "normalizer", None)
+    for token in tokens:
+        # A token that eats neighbouring spaces, or is matched after normalization, changes pieces.
+        if token.lstrip or token.rstrip or token.single_word or (token.normalized and normalizer is not None):
+            return None
+    if not tokens:
+        return None
+    contents = sorted({t.content for t in tokens}, key=len, reverse=True)  # longest match first
+    return re.compile("(" + "|".join(re.escape(c) for c in contents) + ")")
+
+
+class SegmentEncoder:
+    """Encodes texts piece by piece between added tokens, each distinct piece once."""
+
+    CHECKED = 8  # texts per batch compared with a whole-text encode before the pieces are trusted
+
+    def __init__(self, tokenizer: ChatTokenizer, splitter: re.Pattern[str]) -> None:
+        self._tokenizer = tokenizer
+        self._splitter = splitter
+        self._pieces: dict[str, list[int]] = {}
+        self.trusted = True
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        if not self.trusted:
+            return self._tokenizer.encode_batch(texts)
+        split = [[p for p in self._splitter.split(text) if p] for text in texts]
+        pieces = self._pieces
+        new = list({p for parts in split for p in parts if p not in pieces})
+        if new:
+            pieces.update(zip(new, self._tokenizer.encode_batch(new), strict=True))
+        out = [[token for p in parts for token in pieces[p]] for parts in split]
+        sample = texts[: self.CHECKED]
+        if self._tokenizer.encode_batch(sample) != out[: len(sample)]:
+            self.trusted = False  # the tokenizer does not cut at its added tokens: encode whole texts
+            return self._tokenizer.encode_batch(texts)
+        return out
