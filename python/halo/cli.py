@@ -28,6 +28,36 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from halo.batch_io import read_rows
+    from halo.engine.checkpoint import load_tokenizer
+    from halo.plan import consolidate, explain_dot, explain_text
+    from halo.spec import Workflow
+
+    workflow = Workflow.from_yaml(args.workflow)
+    rows = read_rows(args.input)
+    sources = {workflow.graph.model_source(n) for n in workflow.graph.nodes if n.kind == "llm"}
+    tokenizers = {src: load_tokenizer(src) for src in sources if src}
+    graph = consolidate(workflow, rows, tokenizers)
+    if args.format == "text":
+        print(explain_text(graph))
+        return 0
+    dot = explain_dot(graph)
+    if args.format == "dot":
+        print(dot)
+        return 0
+    import shutil
+    import subprocess
+
+    if shutil.which("dot") is None:
+        raise HaloError("--format png needs Graphviz's `dot` program (apt-get install graphviz); "
+                        "--format dot prints the source instead")
+    out = args.output or "plan.png"
+    subprocess.run(["dot", "-Tpng", "-o", out], input=dot.encode(), check=True)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="halo", description="Batch query processing for agentic LLM workflows")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("-v", "--verbose", action="store_true", help="print engine facts and counters to stderr")
     g.set_defaults(func=_generate)
+
+    e = sub.add_parser("explain", help="show the consolidated plan of a workflow over a batch")
+    e.add_argument("workflow", help="workflow YAML file")
+    e.add_argument("--input", required=True, help="batch rows: .jsonl, .csv or .parquet")
+    e.add_argument("--format", default="text", choices=["text", "dot", "png"])
+    e.add_argument("-o", "--output", help="PNG path for --format png (default plan.png)")
+    e.set_defaults(func=_explain)
     return parser
 
 

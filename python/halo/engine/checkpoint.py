@@ -85,3 +85,14 @@ def check_weights(path: Path, config: ModelConfig, weights: dict[str, torch.Tens
         got = tuple(weights[name].shape)
         if got != shape:
             raise ModelLoadError(f"{path}: tensor {name} has shape {list(got)}, expected {list(shape)}")
+
+
+def load_tokenizer(
+    name_or_path: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Tokenizer:
+    """Only the tokenizer of a model (no weights are read): what planning and explain need."""
+    from halo.engine.gguf_checkpoint import load_gguf_tokenizer
+
+    path = resolve_model_path(name_or_path, cache_dir)
+    return Tokenizer.from_hf_dir(path) if path.is_dir() else load_gguf_tokenizer(path)

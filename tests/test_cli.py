@@ -1,0 +1,47 @@
+"""The command line: generate, explain (text and dot), and clear errors with exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import halo
+from halo.cli import main
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_generate_chat(capsys):
+    assert main(["generate", "--chat", "What is the capital of France?", "--dtype", "fp32"]) == 0
+    assert capsys.readouterr().out.strip() == "The capital of France is Paris."
+
+
+def test_explain_text_shows_every_node_and_savings(capsys):
+    assert main(["explain", str(EXAMPLES / "ticket_triage.yaml"), "--input",
+                 str(EXAMPLES / "ticket_triage.jsonl")]) == 0
+    out = capsys.readouterr().out
+    for node in ("classify", "history", "profile", "reply"):
+        assert f"\n{node} " in out
+    assert "logical=24 physical=17" in out  # 6 rows x 4 nodes, duplicates executed once
+
+
+def test_explain_dot(capsys):
+    assert main(["explain", str(EXAMPLES / "review_voting.yaml"), "--input", str(EXAMPLES / "review_voting.jsonl"),
+                 "--format", "dot"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('digraph "review-voting"') and "judge_strict" in out
+
+
+def test_errors_exit_2_with_message(tmp_path, capsys):
+    bad_rows = tmp_path / "rows.jsonl"
+    bad_rows.write_text('{"ticket": "x"}\nnot json\n')
+    assert main(["explain", str(EXAMPLES / "ticket_triage.yaml"), "--input", str(bad_rows)]) == 2
+    assert f"{bad_rows}:2: not valid JSON" in capsys.readouterr().err
+    assert main(["explain", str(tmp_path / "missing.yaml"), "--input", str(bad_rows)]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    assert main(["generate", "hi", "--model", "no-such-model"]) == 2
+    assert "no-such-model" in capsys.readouterr().err
+
+
+def test_workflow_is_exported_lazily():
+    wf = halo.Workflow.from_yaml(EXAMPLES / "ticket_triage.yaml")
+    assert wf.spec.name == "ticket-triage"
