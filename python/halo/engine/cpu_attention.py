@@ -23,8 +23,9 @@ def decode_attention(
     length = ctx.decode_max_blocks * kv.block_size
     k = k.view(kv.num_kv_heads, b, length, d)
     v = v.view(kv.num_kv_heads, b, length, d)
-    qg = q.view(b, kv.num_kv_heads, groups, d).transpose(0, 1)  # [KV, B, G, D]
-    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # [KV, B, G, L]
+    # scale folded into q: [B, H, D] is far smaller than the scores
+    qg = (q * scale).view(b, kv.num_kv_heads, groups, d).transpose(0, 1)  # [KV, B, G, D]
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float()  # [KV, B, G, L]
     if ctx.decode_mask is not None:
         scores.masked_fill_(ctx.decode_mask.transpose(0, 1), float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(q.dtype)

@@ -69,6 +69,11 @@ class LlamaModel:
         self.q_size = c.num_heads * c.head_dim
         self.kv_size = c.num_kv_heads * c.head_dim
         self.scale = c.head_dim**-0.5
+        # Two FLOPs per weight per token (attention over the context excluded): what prefill costs.
+        self.flops_per_token = 2 * (
+            sum(w.numel() for layer in self.layers for name, w in layer.items() if name.startswith("w"))
+            + self.lm_head.numel()
+        )
 
     @torch.inference_mode()
     def forward(self, ctx: StepContext, kv: KVCache) -> torch.Tensor:
@@ -82,10 +87,9 @@ class LlamaModel:
         for i, w in enumerate(self.layers):
             h = rms_norm(x, w["attn_norm"], c.rms_eps)
             qkv = F.linear(h, w["wqkv"])
-            q = apply_rope(qkv[:, : self.q_size].view(t, c.num_heads, c.head_dim), cos, sin)
-            k = apply_rope(
-                qkv[:, self.q_size : self.q_size + self.kv_size].view(t, c.num_kv_heads, c.head_dim), cos, sin
-            )
+            # q and k heads rotate together: one pass over [T, H + KV, D] instead of two
+            qk = apply_rope(qkv[:, : self.q_size + self.kv_size].view(t, -1, c.head_dim), cos, sin)
+            q, k = qk[:, : c.num_heads], qk[:, c.num_heads :]
             v = qkv[:, self.q_size + self.kv_size :].view(t, c.num_kv_heads, c.head_dim)
             kv.store(i, k, v, ctx.slots)
             parts = []
