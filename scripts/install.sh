@@ -7,6 +7,12 @@ venv=${HALO_VENV:-.venv}
 python=${PYTHON:-python3}
 quiet=(-q --disable-pip-version-check)
 
+# System packages: Graphviz renders `halo explain --format png`. Installed when we are root on a
+# Debian-like machine (CI and the dev machines are); elsewhere install it yourself or use --format dot.
+if ! command -v dot >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi

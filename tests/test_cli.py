@@ -45,3 +45,16 @@ def test_errors_exit_2_with_message(tmp_path, capsys):
 def test_workflow_is_exported_lazily():
     wf = halo.Workflow.from_yaml(EXAMPLES / "ticket_triage.yaml")
     assert wf.spec.name == "ticket-triage"
+
+
+def test_explain_png(tmp_path, capsys):
+    import shutil
+
+    import pytest
+
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz `dot` is not installed (scripts/install.sh installs it as root)")
+    out = tmp_path / "plan.png"
+    assert main(["explain", str(EXAMPLES / "essay_refine.yaml"), "--input", str(EXAMPLES / "essay_refine.jsonl"),
+                 "--format", "png", "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
