@@ -57,6 +57,12 @@ def _probe() -> tuple[float, float]:
     return _gflops(torch.float32), _gflops(torch.bfloat16)
 
 
+def matmul_gflops(dtype: torch.dtype) -> float:
+    """Probe GFLOP/s of this CPU for ``dtype`` (measured once per process)."""
+    fp32, bf16 = _probe()
+    return bf16 if dtype == torch.bfloat16 else fp32
+
+
 def choose_dtype(requested: str | torch.dtype | None = "auto") -> DtypeChoice:
     """Resolve ``auto``/``bf16``/``fp32`` to a torch dtype. ``auto`` runs a ~60 ms probe once per process."""
     if isinstance(requested, torch.dtype):

@@ -15,11 +15,12 @@ class KVCache:
     A token's slot is ``block * block_size + offset``.
     """
 
-    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> None:
         shape = (config.num_layers, config.num_kv_heads, num_blocks, block_size, config.head_dim)
         # empty, not zeros: pages are touched only when blocks are first written.
-        self.k = torch.empty(shape, dtype=dtype)
-        self.v = torch.empty(shape, dtype=dtype)
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.num_kv_heads = config.num_kv_heads

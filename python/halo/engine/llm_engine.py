@@ -13,9 +13,10 @@ import torch
 
 from halo.engine.block_manager import BlockManager
 from halo.engine.checkpoint import Checkpoint, load_checkpoint
-from halo.engine.dtype_probe import DtypeChoice, choose_dtype, cpu_capability
+from halo.engine.dtype_probe import DtypeChoice, choose_dtype, cpu_capability, matmul_gflops
 from halo.engine.kv_cache import KVCache
 from halo.engine.kv_prefix import KVPrefix
+from halo.engine.kv_swapper import KVSwapper
 from halo.engine.model import LlamaModel
 from halo.engine.model_runner import ModelRunner
 from halo.engine.sampling_params import GenerationResult, SamplingParams
@@ -38,6 +39,8 @@ class EngineStats:
     generated_tokens: int = 0  # tokens sampled
     steps: int = 0
     preemptions: int = 0
+    swapped_out: int = 0  # preemptions whose KV went to host memory instead of being recomputed
+    swapped_in: int = 0
     step_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -63,6 +66,9 @@ class LLMEngine:
         max_num_seqs: int = 128,
         kv_memory_gb: float = 1.0,
         enable_prefix_cache: bool = True,
+        swap_space_gb: float = 0.0,
+        device: str = "cpu",
+        attention_backend: str = "auto",
         num_threads: int | None = None,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
@@ -74,6 +80,12 @@ class LLMEngine:
             raise InvalidRequestError(f"kv_blocks must be a positive integer, got {kv_blocks!r}")
         if num_threads:
             torch.set_num_threads(num_threads)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InvalidRequestError("device='cuda' was requested but torch sees no CUDA device")
+        attention = _attention_backend(attention_backend, self.device)
+        if self.device.type == "cuda" and dtype in (None, "auto"):
+            dtype = "bf16"  # the CPU matmul probe says nothing about a GPU
         self.dtype_choice: DtypeChoice = choose_dtype(dtype)
         # A loaded Checkpoint may be passed to build several engines from one load; its weights
         # dict is copied so the model can consume its own view of it.
@@ -81,16 +93,21 @@ class LLMEngine:
         self.model_path = ckpt.path
         self.config = ckpt.config
         self.tokenizer = ckpt.tokenizer
-        self.model = LlamaModel(ckpt.config, dict(ckpt.weights), self.dtype_choice.dtype)
+        self.model = LlamaModel(ckpt.config, dict(ckpt.weights), self.dtype_choice.dtype, self.device, attention)
         del ckpt
         if kv_blocks is None:
             per_block = KVCache.bytes_per_block(self.config, block_size, self.dtype_choice.dtype)
             kv_blocks = max(16, int(kv_memory_gb * 2**30 // per_block))
         self.block_manager = BlockManager(kv_blocks, block_size, enable_prefix_cache)
-        self.kv = KVCache(self.config, kv_blocks, block_size, self.dtype_choice.dtype)
-        self.scheduler = Scheduler(self.block_manager, max_batch_tokens, max_num_seqs)
+        self.kv = KVCache(self.config, kv_blocks, block_size, self.dtype_choice.dtype, self.device)
+        self.swapper = None
+        if swap_space_gb > 0:
+            prefill_rate = matmul_gflops(self.dtype_choice.dtype) * 1e9 / self.model.flops_per_token
+            self.swapper = KVSwapper(self.kv, prefill_rate, int(swap_space_gb * 2**30))
+        self.scheduler = Scheduler(self.block_manager, max_batch_tokens, max_num_seqs, self.swapper)
         self.runner = ModelRunner(self.model, self.kv)
         self._stats = EngineStats()
+        self._swap_base = (0, 0)
         self._ids = itertools.count()
         self._arrivals = itertools.count()
         self._requests: dict[str, Sequence] = {}
@@ -105,6 +122,8 @@ class LLMEngine:
             "probe_gflops": self.dtype_choice.gflops,
             "cpu": cpu_capability(),
             "threads": torch.get_num_threads(),
+            "device": str(self.device),
+            "attention": self.model.attention.__name__.rsplit(".", 1)[-1],
             "kv_blocks": self.block_manager.num_blocks,
             "block_size": self.block_manager.block_size,
         }
@@ -343,10 +362,15 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         s = EngineStats(**self._stats.as_dict())
         s.preemptions = self.scheduler.num_preemptions
+        if self.swapper is not None:
+            s.swapped_out = self.swapper.stats.swapped_out - self._swap_base[0]
+            s.swapped_in = self.swapper.stats.swapped_in - self._swap_base[1]
         return s
 
     def reset_stats(self) -> None:
         self._stats = EngineStats()
+        if self.swapper is not None:
+            self._swap_base = (self.swapper.stats.swapped_out, self.swapper.stats.swapped_in)
         self.scheduler.num_preemptions = 0
 
     def reset_prefix_cache(self) -> None:
@@ -359,6 +383,28 @@ class LLMEngine:
     @property
     def num_running(self) -> int:
         return sum(1 for s in self.scheduler.running if s.status is SequenceStatus.RUNNING)
+
+
+def _attention_backend(name: str, device: torch.device):
+    """``cpu`` (paged grouped attention on CPU) or ``triton`` (the GPU kernels); ``auto`` picks by device."""
+    if name == "auto":
+        name = "triton" if device.type == "cuda" else "cpu"
+    if name == "cpu":
+        if device.type != "cpu":
+            raise InvalidRequestError(f"attention_backend='cpu' needs device='cpu', got {device}")
+        from halo.engine import cpu_attention
+
+        return cpu_attention
+    if name == "triton":
+        from halo.kernels import triton_available
+
+        if not triton_available():
+            raise InvalidRequestError("attention_backend='triton' needs triton and a CUDA device "
+                                      "(or TRITON_INTERPRET=1 to run the kernels on CPU)")
+        from halo.engine import triton_attention
+
+        return triton_attention
+    raise InvalidRequestError(f"attention_backend must be 'auto', 'cpu' or 'triton', got {name!r}")
 
 
 def _progress_bar(total: int):  # tqdm is a dependency of gguf; imported lazily to keep start-up fast

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from types import ModuleType
+
 from halo.engine import cpu_attention
 from halo.engine.kv_cache import KVCache
 from halo.engine.model_config import ModelConfig
@@ -37,14 +39,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class LlamaModel:
     """Inference-only weights and forward pass. Not an nn.Module: no autograd, no hooks, plain tensors."""
 
-    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype,
+                 device: torch.device | str = "cpu", attention: ModuleType = cpu_attention) -> None:
+        """``attention`` is the backend module (``cpu_attention`` or ``triton_attention``)."""
         self.config = config
         self.dtype = dtype
+        self.device = torch.device(device)
+        self.attention = attention
         c = config
 
         def take(name: str) -> torch.Tensor:
             # pop so the fp32 originals are released as soon as each converted copy exists
-            return weights.pop(name).to(dtype).contiguous()
+            return weights.pop(name).to(device=self.device, dtype=dtype).contiguous()
 
         self.embed = take("embed")
         self.lm_head = take("lm_head") if "lm_head" in weights else self.embed
@@ -57,15 +63,15 @@ class LlamaModel:
             self.layers.append(
                 {
                     "attn_norm": take(p + "attn_norm"),
-                    "wqkv": wqkv.to(dtype).contiguous(),
+                    "wqkv": wqkv.to(device=self.device, dtype=dtype).contiguous(),
                     "wo": take(p + "wo"),
                     "ffn_norm": take(p + "ffn_norm"),
-                    "w_gate_up": gate_up.to(dtype).contiguous(),
+                    "w_gate_up": gate_up.to(device=self.device, dtype=dtype).contiguous(),
                     "w_down": take(p + "w_down"),
                 }
             )
         cos, sin = rope_tables(c, c.context_length)
-        self.cos, self.sin = cos.to(dtype), sin.to(dtype)
+        self.cos, self.sin = cos.to(self.device, dtype), sin.to(self.device, dtype)
         self.q_size = c.num_heads * c.head_dim
         self.kv_size = c.num_kv_heads * c.head_dim
         self.scale = c.head_dim**-0.5
@@ -94,9 +100,9 @@ class LlamaModel:
             kv.store(i, k, v, ctx.slots)
             parts = []
             if nd:
-                parts.append(cpu_attention.decode_attention(q[:nd], kv, i, ctx, self.scale))
+                parts.append(self.attention.decode_attention(q[:nd], kv, i, ctx, self.scale))
             if ctx.prefills:
-                parts.append(cpu_attention.prefill_attention(q, k, v, kv, i, ctx, self.scale))
+                parts.append(self.attention.prefill_attention(q, k, v, kv, i, ctx, self.scale))
             attn = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
             x = x + F.linear(attn, w["wo"])
             h = rms_norm(x, w["ffn_norm"], c.rms_eps)

@@ -6,6 +6,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from halo.engine.block_manager import BlockManager
+from halo.engine.kv_swapper import KVSwapper
 from halo.engine.sequence import Sequence, SequenceStatus
 
 
@@ -30,8 +31,10 @@ class Scheduler:
     recomputed later, its prefix probably still in the cache), so the oldest requests always progress.
     """
 
-    def __init__(self, block_manager: BlockManager, max_batch_tokens: int, max_num_seqs: int) -> None:
+    def __init__(self, block_manager: BlockManager, max_batch_tokens: int, max_num_seqs: int,
+                 swapper: KVSwapper | None = None) -> None:
         self.bm = block_manager
+        self.swapper = swapper
         self.max_batch_tokens = max_batch_tokens
         self.max_num_seqs = max_num_seqs
         self.waiting: deque[Sequence] = deque()
@@ -72,6 +75,11 @@ class Scheduler:
                and len(self.running) < self.max_num_seqs and scanned < 2 * self.max_num_seqs):
             seq = self.waiting[i]
             scanned += 1
+            if self.swapper is not None and self.swapper.has(seq):
+                if not self._admit_swapped(seq, i, budget, chosen):
+                    break
+                budget -= chosen[-1][1]
+                continue
             first_admission = seq.num_preemptions == 0
             cached = self.bm.match_prefix(seq)
             if self._prefix_in_flight(seq):
@@ -92,6 +100,20 @@ class Scheduler:
             budget -= n
         chosen.sort(key=lambda sn: sn[1] != 1)  # decodes first, stable otherwise
         return ScheduledBatch([s for s, _ in chosen], [n for _, n in chosen])
+
+    def _admit_swapped(self, seq: Sequence, index: int, budget: int, chosen: list[tuple[Sequence, int]]) -> bool:
+        """Bring a swapped-out sequence back: blocks for its saved tokens plus this step's new ones."""
+        saved = self.swapper.store[seq.request_id].num_tokens
+        n = min(seq.num_tokens - saved, budget)
+        if not self.bm.can_append(seq, saved + n):
+            return False
+        del self.waiting[index]
+        self.bm.append(seq, saved + n)
+        seq.num_computed = self.swapper.swap_in(seq, seq.block_table[: self.bm.blocks_for(saved)])
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        chosen.append((seq, n))
+        return True
 
     def _prefix_in_flight(self, seq: Sequence) -> bool:
         """Whether a running sequence is still prefilling the block that follows seq's cached prefix.
@@ -116,6 +138,8 @@ class Scheduler:
         return newest if newest is not None and newest.arrival > newer_than.arrival else None
 
     def _preempt(self, seq: Sequence) -> None:
+        if self.swapper is not None and self.swapper.should_swap(seq):
+            self.swapper.swap_out(seq)
         self.bm.release(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
@@ -132,6 +156,8 @@ class Scheduler:
         self.running.remove(seq)
 
     def abort(self, seq: Sequence) -> None:
+        if self.swapper is not None:
+            self.swapper.drop(seq)
         if seq in self.waiting:
             self.waiting.remove(seq)
             self.bm.release(seq)
