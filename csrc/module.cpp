@@ -6,6 +6,7 @@ namespace py = pybind11;
 namespace halo {
 void bind_block_allocator(py::module_& m);
 void bind_radix_tree(py::module_& m);
+void bind_cpu_attention(py::module_& m);
 void bind_ring_buffer(py::module_& m);  // also cuda_enabled(): the ring buffer's pinning depends on it
 #ifdef HALO_WITH_CUDA
 void bind_cuda_block_copy(py::module_& m);  // csrc/cuda, only in a HALO_CUDA=ON build
@@ -16,6 +17,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "Halo native core: block allocator, radix prefix cache, scheduler and cost evaluator";
   halo::bind_block_allocator(m);
   halo::bind_radix_tree(m);
+  halo::bind_cpu_attention(m);
   halo::bind_ring_buffer(m);
 #ifdef HALO_WITH_CUDA
   halo::bind_cuda_block_copy(m);

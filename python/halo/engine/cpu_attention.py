@@ -1,6 +1,13 @@
-"""Attention over the paged KV pool on CPU: grouped matmul for decode rows, SDPA for prefill spans."""
+"""Attention over the paged KV pool on CPU: a native kernel for decode rows, SDPA for prefill spans.
+
+Decode runs ``halo._core.CpuAttention``, which reads each sequence's blocks in place; the grouped-matmul
+torch version (``decode_attention_torch``) is the fallback when the native core lacks it, and the
+reference the kernel is tested against.
+"""
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -8,11 +15,81 @@ import torch.nn.functional as F
 from halo.engine.kv_cache import KVCache
 from halo.engine.step_context import StepContext
 
+_NATIVE_DTYPES = {torch.float32: False, torch.bfloat16: True}  # dtype -> is_bf16
+
+
+@functools.cache
+def native_kernel(num_threads: int):
+    """The process's ``halo._core.CpuAttention`` for a thread count (its worker threads persist), or None."""
+    try:
+        from halo._core import CpuAttention
+    except ImportError:  # an older build of the native core: the torch path still works
+        return None
+    return CpuAttention(num_threads)
+
+
+def paged_decode(
+    kernel,
+    q: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    tables: torch.Tensor,
+    lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Decode attention with the native kernel, reading K/V in place from one layer's pool.
+
+    q ``[B, H, D]``; k_pool/v_pool ``[KV, num_blocks, block_size, D]`` contiguous; tables int64
+    ``[B, max_blocks]``; lens int64 ``[B]`` (tokens including the current one) -> ``[B, H * D]`` in
+    q's dtype. ValueError for shapes, dtypes or layouts the kernel cannot read, and (from the kernel)
+    for lengths or block ids out of range.
+    """
+    if q.dim() != 3 or k_pool.dim() != 4:
+        raise ValueError(f"q must be [B, H, D], the pools [KV, blocks, block_size, D]: {q.shape}, {k_pool.shape}")
+    b, h, d = q.shape
+    kvh, nblocks, bs, pool_d = k_pool.shape
+    if q.dtype not in _NATIVE_DTYPES or k_pool.dtype != q.dtype or v_pool.dtype != q.dtype:
+        raise ValueError(f"q and the pools need one dtype, fp32 or bf16: {q.dtype}, {k_pool.dtype}, {v_pool.dtype}")
+    if v_pool.shape != k_pool.shape or pool_d != d:
+        raise ValueError(f"k_pool {k_pool.shape} and v_pool {v_pool.shape} must match and end in q's head_dim {d}")
+    if not (k_pool.is_contiguous() and v_pool.is_contiguous()):
+        raise ValueError("k_pool and v_pool must be contiguous")
+    if tables.dtype != torch.int64 or lens.dtype != torch.int64:
+        raise ValueError(f"tables and lens must be int64, got {tables.dtype}, {lens.dtype}")
+    if tables.dim() != 2 or tables.shape[0] != b or lens.shape != (b,):
+        raise ValueError(f"tables must be [B={b}, max_blocks] and lens [B], got {tables.shape}, {lens.shape}")
+    if q.device.type != "cpu" or k_pool.device.type != "cpu":
+        raise ValueError("paged_decode runs on CPU tensors")
+    # q is usually a strided view of the fused qkv projection; copying it is B*H*D elements, cheap.
+    q = q.contiguous()
+    tables = tables.contiguous()
+    lens = lens.contiguous()
+    out = torch.empty(b, h * d, dtype=q.dtype)
+    kernel.decode(
+        q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), tables.data_ptr(), lens.data_ptr(), out.data_ptr(),
+        b, h, kvh, d, nblocks, bs, tables.shape[1], scale, _NATIVE_DTYPES[q.dtype],
+    )
+    return out
+
 
 def decode_attention(
     q: torch.Tensor, kv: KVCache, layer: int, ctx: StepContext, scale: float
 ) -> torch.Tensor:
     """q ``[B, H, D]`` of one new token per sequence -> ``[B, H * D]``.
+
+    Native paged kernel where the core has it and q is a CPU fp32 or bf16 tensor, else the torch path.
+    """
+    kernel = native_kernel(torch.get_num_threads())
+    if kernel is None or q.dtype not in _NATIVE_DTYPES or q.device.type != "cpu":
+        return decode_attention_torch(q, kv, layer, ctx, scale)
+    tables = ctx.decode_blocks.view(q.shape[0], ctx.decode_max_blocks)
+    return paged_decode(kernel, q, kv.k[layer], kv.v[layer], tables, ctx.decode_lens, scale)
+
+
+def decode_attention_torch(
+    q: torch.Tensor, kv: KVCache, layer: int, ctx: StepContext, scale: float
+) -> torch.Tensor:
+    """q ``[B, H, D]`` of one new token per sequence -> ``[B, H * D]``, by gather and matmul.
 
     Grouped matmul instead of SDPA: bf16 SDPA with one query token is ~7x slower on CPU, and
     keeping the query heads of a KV group together lets each gathered K/V serve all of them.

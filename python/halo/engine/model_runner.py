@@ -51,11 +51,12 @@ class ModelRunner:
         if nd:
             padded = [t + [0] * (max_blocks - len(t)) for t in decode_tables]
             decode_blocks = torch.tensor(padded, dtype=torch.int64).view(-1)
-            lens = torch.tensor(decode_lens)
+            lens = torch.tensor(decode_lens, dtype=torch.int64)
             if min(decode_lens) < max_blocks * bs:
                 mask = (torch.arange(max_blocks * bs).unsqueeze(0) >= lens.unsqueeze(1)).view(nd, 1, 1, -1)
         else:
             decode_blocks = torch.empty(0, dtype=torch.int64)
+            lens = torch.empty(0, dtype=torch.int64)
         ctx = StepContext(
             input_ids=torch.tensor(ids, dtype=torch.int64),
             positions=torch.tensor(positions, dtype=torch.int64),
@@ -63,6 +64,7 @@ class ModelRunner:
             num_decode=nd,
             decode_blocks=decode_blocks,
             decode_max_blocks=max_blocks,
+            decode_lens=lens,
             decode_mask=mask,
             prefills=tuple(prefills),
             logits_rows=torch.tensor(logits_rows, dtype=torch.int64),

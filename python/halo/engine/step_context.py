@@ -27,6 +27,7 @@ class StepContext:
     num_decode: int
     decode_blocks: torch.Tensor  # [num_decode * decode_max_blocks] int64, padded with block 0
     decode_max_blocks: int
+    decode_lens: torch.Tensor  # [num_decode] int64 context length of each decode row, its new token included
     decode_mask: torch.Tensor | None  # [num_decode, 1, 1, decode_max_blocks * block_size] bool, True = padding
     prefills: tuple[PrefillSpan, ...]
     logits_rows: torch.Tensor  # [S] int64 rows whose logits are sampled

@@ -1,0 +1,116 @@
+// CpuAttention: decode attention (one new query token per sequence) read straight from the paged
+// KV pool on CPU, with no gather copy. One task is one (sequence, KV head) — or a 256-token chunk
+// of it, merged afterwards, so a small batch of long sequences still splits across threads: it
+// streams those K/V blocks once for all query heads of the group, with an online softmax in fp32.
+// Tasks run on a small persistent worker pool so a call per layer does not spawn threads.
+// SIMD is chosen at run time (AVX-512, AVX2 or portable code, see the .cpp): the build never
+// assumes the build machine's ISA. Plain C++ (no pybind11) apart from bind_cpu_attention.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace halo {
+
+// A fixed set of threads that run the tasks of one call at a time; the calling thread works too,
+// so WorkerPool(n) owns n - 1 threads. Threads sleep on a condition variable between calls rather
+// than spin: between two attention calls torch's own threads need the cores for the matmuls.
+class WorkerPool {
+ public:
+  using Task = std::function<void(int64_t task, int worker)>;
+
+  explicit WorkerPool(int num_threads);
+  ~WorkerPool();
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  int num_threads() const { return static_cast<int>(threads_.size()) + 1; }
+  // Runs task(i, worker) for every i in [0, num_tasks), each exactly once, worker in
+  // [0, num_threads()); returns when all have finished. Calls from several threads serialize.
+  // Tasks must not throw.
+  void run(int64_t num_tasks, const Task& task);
+
+ private:
+  void work(int worker);
+  void drain(int worker);
+
+  std::mutex call_mutex_;  // one run() at a time
+  std::mutex mutex_;       // guards the fields below up to next_
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  uint64_t generation_ = 0;  // bumped once per run(); a worker looks at each generation once
+  int active_ = 0;           // pool threads working on the current run()
+  bool stop_ = false;
+  const Task* task_ = nullptr;
+  int64_t num_tasks_ = 0;
+  std::atomic<int64_t> next_{0};  // the next unclaimed task index
+  std::vector<std::thread> threads_;
+};
+
+// Sizes of one decode call; see CpuAttention::decode for the layouts they describe.
+struct DecodeShape {
+  int64_t batch;
+  int64_t num_heads;
+  int64_t num_kv_heads;
+  int64_t head_dim;
+  int64_t num_blocks;
+  int64_t block_size;
+  int64_t max_blocks;
+};
+
+struct DecodeArgs {
+  const void* q;       // [batch, num_heads, head_dim]
+  const void* k_pool;  // [num_kv_heads, num_blocks, block_size, head_dim]
+  const void* v_pool;  // same layout as k_pool
+  const int64_t* tables;  // [batch, max_blocks] block ids; entries past a sequence's length are ignored
+  const int64_t* lens;    // [batch] context length, the current token included
+  void* out;              // [batch, num_heads * head_dim]
+  DecodeShape shape;
+  float scale;   // applied to q.k before the softmax
+  bool is_bf16;  // q, pools and out are bf16 (else fp32); accumulation is fp32 either way
+};
+
+// Instruction sets the kernel is compiled for; one is picked per CpuAttention at construction.
+enum class Isa { kGeneric, kAvx2, kAvx512 };
+
+Isa best_isa();  // the widest this CPU (and OS) supports
+Isa parse_isa(const std::string& name);  // "auto", "avx512", "avx2" or "generic"; std::invalid_argument else
+std::string isa_name(Isa isa);
+
+class CpuAttention {
+ public:
+  // std::invalid_argument if num_threads < 1 or the CPU lacks isa. Naming a narrower ISA than the
+  // best is for tests and benchmarks of the code other machines run.
+  explicit CpuAttention(int num_threads, Isa isa = best_isa());
+
+  int num_threads() const { return pool_.num_threads(); }
+  Isa isa() const { return isa_; }
+
+  // out[b, h*D:(h+1)*D] = softmax(scale * q[b,h] . K_b^T) V_b over the first lens[b] tokens of
+  // sequence b, where query head h reads KV head h / (num_heads / num_kv_heads) and token p of
+  // sequence b lives at row p % block_size of block tables[b, p / block_size]. A length of 0 gives
+  // zeros. All tensors are contiguous. Checks sizes, lengths and the block ids in use first and
+  // throws std::invalid_argument, touching nothing, if any is out of range. Results depend on
+  // neither num_threads nor the rest of the batch: each task and each merge of a sequence's
+  // chunks runs on one thread in a fixed order, and the chunking depends on the length alone.
+  void decode(const DecodeArgs& args);
+
+ private:
+  struct alignas(64) Line {  // scratch is cache-line aligned so vector loads never split lines
+    float f[16];
+  };
+
+  std::mutex call_mutex_;  // scratch_ is shared by every call
+  Isa isa_;
+  WorkerPool pool_;
+  std::vector<std::vector<Line>> scratch_;  // per worker: q, accumulators, K/V tile of one task
+  std::vector<float> partials_;             // chunk states of split sequences; kept to avoid page faults
+};
+
+}  // namespace halo
