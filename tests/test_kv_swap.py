@@ -25,7 +25,7 @@ def roomy_outputs(checkpoint):
 
 
 def test_swap_instead_of_recompute_gives_identical_outputs(checkpoint, roomy_outputs):
-    recompute = LLMEngine(model=checkpoint, dtype="fp32", enable_prefix_cache=False, **TINY)
+    recompute = LLMEngine(model=checkpoint, dtype="fp32", enable_prefix_cache=False, swap_space_gb=0, **TINY)
     swap = LLMEngine(model=checkpoint, dtype="fp32", enable_prefix_cache=False, swap_space_gb=0.5, **TINY)
     out_recompute = [r.token_ids for r in recompute.generate(PROMPTS, PARAMS)]
     out_swap = [r.token_ids for r in swap.generate(PROMPTS, PARAMS)]

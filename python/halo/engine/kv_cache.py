@@ -53,10 +53,12 @@ class KVCache:
         """Copies of whole blocks across all layers, ``[layers, kv_heads, len(blocks) * block_size, head_dim]``."""
         n = blocks.numel() * self.block_size
         shape = (self.k.shape[0], self.num_kv_heads, n, self.head_dim)
+        blocks = blocks.to(self.k.device)
         return self.k.index_select(2, blocks).view(shape), self.v.index_select(2, blocks).view(shape)
 
     def write_blocks(self, blocks: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Inverse of ``read_blocks``: k/v ``[layers, kv_heads, len(blocks) * block_size, head_dim]``."""
         shape = (self.k.shape[0], self.num_kv_heads, blocks.numel(), self.block_size, self.head_dim)
-        self.k.index_copy_(2, blocks, k.reshape(shape))
-        self.v.index_copy_(2, blocks, v.reshape(shape))
+        blocks = blocks.to(self.k.device)
+        self.k.index_copy_(2, blocks, k.reshape(shape).to(self.k.device))
+        self.v.index_copy_(2, blocks, v.reshape(shape).to(self.v.device))

@@ -76,7 +76,7 @@ class KVSwapper:
         nblocks = -(-seq.num_computed // self.kv.block_size)
         k, v = self.kv.read_blocks(torch.tensor(seq.block_table[:nblocks], dtype=torch.int64))
         src = torch.cat([k.reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)])
-        host = torch.empty_like(src)
+        host = torch.empty(src.numel(), dtype=torch.uint8)  # host memory even when the pool is on a GPU
         self._transfer(src, host)
         self.store[seq.request_id] = SwappedKV(seq.num_computed, nblocks, host)
         self.stats.swapped_out += 1

@@ -66,7 +66,7 @@ class LLMEngine:
         max_num_seqs: int = 128,
         kv_memory_gb: float = 1.0,
         enable_prefix_cache: bool = True,
-        swap_space_gb: float = 0.0,
+        swap_space_gb: float = 1.0,
         device: str = "cpu",
         attention_backend: str = "auto",
         num_threads: int | None = None,

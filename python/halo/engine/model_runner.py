@@ -74,7 +74,10 @@ class ModelRunner:
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], list[int]]:
         """One forward step; returns the sequences that sampled and their new tokens."""
         ctx, samplers = self.prepare(batch)
+        if self.model.device.type != "cpu":
+            ctx = ctx.to(self.model.device)
         logits = self.model.forward(ctx, self.kv)
         if not samplers:
             return [], []
-        return samplers, sample(logits, samplers)
+        # sampling runs on the host: per-request generators are CPU generators, and [S, V] is small
+        return samplers, sample(logits.cpu(), samplers)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -31,3 +31,10 @@ class StepContext:
     decode_mask: torch.Tensor | None  # [num_decode, 1, 1, decode_max_blocks * block_size] bool, True = padding
     prefills: tuple[PrefillSpan, ...]
     logits_rows: torch.Tensor  # [S] int64 rows whose logits are sampled
+
+    def to(self, device: torch.device) -> StepContext:
+        """The same context with every tensor on ``device`` (built on the host, run on a GPU)."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        spans = tuple(replace(s, blocks=s.blocks.to(device)) for s in self.prefills)
+        return replace(self, prefills=spans, **moved)

@@ -1,0 +1,48 @@
+"""Attention over the paged KV pool with the Triton kernels of ``halo.kernels`` (the GPU backend).
+
+Same contract as ``cpu_attention``: the model calls ``decode_attention`` for the one-token rows and
+``prefill_attention`` for the prefill spans of a step. The pool stays KV-head-major; the kernels
+read it through a ``[num_blocks, block_size, kv_heads, head_dim]`` strided view, so no copy is
+made. On CPU tensors these kernels run only under ``TRITON_INTERPRET=1`` (how tests check them).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from halo.engine.kv_cache import KVCache
+from halo.engine.step_context import StepContext
+
+
+def _caches(kv: KVCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return kv.k[layer].permute(1, 2, 0, 3), kv.v[layer].permute(1, 2, 0, 3)
+
+
+def decode_attention(q: torch.Tensor, kv: KVCache, layer: int, ctx: StepContext, scale: float) -> torch.Tensor:
+    from halo.kernels import paged_decode_attention
+
+    b = q.shape[0]
+    k_cache, v_cache = _caches(kv, layer)
+    tables = ctx.decode_blocks.view(b, ctx.decode_max_blocks).to(torch.int32)
+    out = paged_decode_attention(q.contiguous(), k_cache, v_cache, tables, ctx.decode_lens.to(torch.int32), scale)
+    return out.reshape(b, -1)
+
+
+def prefill_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv: KVCache, layer: int,
+                      ctx: StepContext, scale: float) -> torch.Tensor:
+    """Prefill rows follow the decode rows contiguously, so the spans pack as one varlen batch."""
+    from halo.kernels import paged_prefill_attention
+
+    spans = ctx.prefills
+    first = spans[0].q_start
+    rows = q[first : spans[-1].q_start + spans[-1].q_len].contiguous()
+    width = max(s.blocks.numel() for s in spans)
+    tables = torch.zeros(len(spans), width, dtype=torch.int32, device=q.device)
+    for i, s in enumerate(spans):
+        tables[i, : s.blocks.numel()] = s.blocks.to(device=q.device, dtype=torch.int32)
+    cu = torch.tensor([0] + [s.q_start - first + s.q_len for s in spans], dtype=torch.int32, device=q.device)
+    lens = torch.tensor([s.context_len for s in spans], dtype=torch.int32, device=q.device)
+    k_cache, v_cache = _caches(kv, layer)
+    out = paged_prefill_attention(rows, cu, k_cache, v_cache, tables, lens, scale,
+                                  max_seqlen_q=max(s.q_len for s in spans))
+    return out.reshape(rows.shape[0], -1)
