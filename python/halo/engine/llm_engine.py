@@ -54,6 +54,9 @@ class LLMEngine:
     directory, or an already loaded ``Checkpoint``. ``dtype="auto"`` picks bf16 only where a matmul
     probe shows it beats fp32 on this CPU. ``kv_blocks`` (default: ``kv_memory_gb`` worth) blocks of
     ``block_size`` tokens form the KV pool; ``max_batch_tokens`` bounds the tokens computed per step.
+    ``swap_space_gb`` of host memory lets a preempted request keep its KV (copied out through the ring
+    buffer when that is predicted cheaper than recomputing; 0 disables). ``device`` is ``cpu`` or
+    ``cuda``; ``attention_backend`` ``auto`` picks the native CPU kernel on CPU, Triton on CUDA.
     """
 
     def __init__(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
-
-from types import ModuleType
 
 from halo.engine import cpu_attention
 from halo.engine.kv_cache import KVCache
