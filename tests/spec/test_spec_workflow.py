@@ -42,36 +42,7 @@ outputs: {category: classify.output, reply: reply.output}
 """
 
 
-def triage_builder() -> Workflow:
-    return (
-        Workflow("ticket-triage")
-        .model("small", source="smollm2-135m")
-        .database("shop", kind="duckdb", path="shop.duckdb")
-        .inputs("ticket", "customer_id")
-        .llm(
-            "classify",
-            model="small",
-            system="You are a support triage assistant.",
-            prompt="Ticket: {{ ticket }}\nAnswer with one word: billing, bug or other.",
-            max_tokens=4,
-            temperature=0,
-        )
-        .sql(
-            "history",
-            db="shop",
-            query="SELECT count(*) AS n FROM orders WHERE customer = :cid",
-            params={"cid": "{{ customer_id }}"},
-        )
-        .http("profile", method="GET", url="http://127.0.0.1:8765/customers/{{ customer_id }}", timeout_s=10)
-        .llm(
-            "reply",
-            model="small",
-            prompt="Category: {{ classify.output }}. Orders: {{ history.rows[0].n }}. "
-            "Profile: {{ profile.output }}\nWrite a one-sentence reply to: {{ ticket }}\n",
-            max_tokens=48,
-        )
-        .outputs(category="classify.output", reply="reply.output")
-    )
+from test_examples import ticket_triage as triage_builder  # noqa: E402  (one builder, shared)
 
 
 def test_yaml_and_builder_are_equal():
