@@ -1,0 +1,144 @@
+"""`ExecutionPlan` and `evaluate`, the reference pricing of a schedule under `problem.py`'s semantics.
+
+Every planner produces plain epochs of (task id, worker id) pairs and calls `evaluate`, so a plan's
+reported cost always comes from this one function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from halo.plan.search.cost_table import CostTable
+from halo.plan.search.problem import PlanProblem
+
+Schedule = Sequence[Sequence[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class Placement:
+    task: str
+    worker: str
+    time_s: float
+    kv: str  # "-" (no parent), "local", "move" or "recompute"
+
+
+@dataclass(frozen=True)
+class Epoch:
+    placements: tuple[Placement, ...]
+    loads: tuple[tuple[str, str], ...]  # (worker, model) switched in at the start of the epoch
+    busy_s: tuple[tuple[str, float], ...]  # per worker with work
+    time_s: float  # max busy + epoch overhead
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    epochs: tuple[Epoch, ...]
+    makespan_s: float
+    summed_load_s: float
+    cost: float
+    planner: str
+    serial_cost: float  # the unoptimized per-call serial schedule under the same cost
+    optimal: bool = False  # proven optimal by the planner that made it
+    states: int = 0  # search states expanded (DP)
+
+    @property
+    def saving(self) -> float:
+        """Fraction of the serial schedule's cost this plan saves."""
+        return 1.0 - self.cost / self.serial_cost if self.serial_cost > 0 else 0.0
+
+    def schedule(self) -> list[list[tuple[str, str]]]:
+        return [[(p.task, p.worker) for p in e.placements] for e in self.epochs]
+
+    def explain(self) -> str:
+        """One line per epoch, EXPLAIN-style: workers, loads, tasks with KV handling, predicted time."""
+        lines = [
+            f"EXECUTION PLAN  planner={self.planner}{' (optimal)' if self.optimal else ''}"
+            f"  epochs={len(self.epochs)}  predicted={self.makespan_s:.3f}s  cost={self.cost:.3f}"
+            f"  serial={self.serial_cost:.3f}  saving={self.saving:.1%}"
+        ]
+        for i, e in enumerate(self.epochs, 1):
+            loads = dict(e.loads)
+            parts = []
+            for worker, busy in e.busy_s:
+                tasks = ", ".join(
+                    p.task + ("" if p.kv == "-" else f"(kv {p.kv})") for p in e.placements if p.worker == worker
+                )
+                load = f"load {loads[worker]}; " if worker in loads else ""
+                parts.append(f"{worker}[{busy:.3f}s]: {load}{tasks}")
+            lines.append(f"epoch {i:>2}  time={e.time_s:.3f}s  " + "  | ".join(parts))
+        return "\n".join(lines)
+
+
+def evaluate(
+    problem: PlanProblem,
+    schedule: Schedule,
+    planner: str,
+    *,
+    optimal: bool = False,
+    states: int = 0,
+    table: CostTable | None = None,
+    serial_cost: float | None = None,
+) -> ExecutionPlan:
+    """Price `schedule` (epochs of (task, worker)); raise ValueError if it breaks the plan rules."""
+    tb = table or CostTable(problem)
+    windex = {w: i for i, w in enumerate(tb.worker_ids)}
+    model = list(tb.initial_model)
+    ran_on: dict[int, int] = {}
+    epochs: list[Epoch] = []
+    makespan = summed = cost = 0.0
+    for raw in schedule:
+        if not raw:
+            continue
+        epoch_model: dict[int, int] = {}
+        busy: dict[int, float] = {}
+        loads: list[tuple[str, str]] = []
+        placements: list[Placement] = []
+        for tid, wid in raw:
+            t, w = tb.task_index[tid], windex[wid]
+            if t in ran_on:
+                raise ValueError(f"task {tid} scheduled twice")
+            if any(d not in ran_on for d in tb.deps[t]):
+                raise ValueError(f"task {tid} runs before its dependencies")
+            m = tb.model_of[t]
+            if epoch_model.setdefault(w, m) != m:
+                raise ValueError(f"worker {wid} runs two models in one epoch")
+            if w not in busy:
+                busy[w] = 0.0
+                if model[w] != m:
+                    busy[w] += tb.load_s[m]
+                    loads.append((wid, tb.models[m]))
+            p = tb.parent[t]
+            local = p >= 0 and ran_on[p] == w
+            time_s = tb.task_time(t, tb.speed[w], local)
+            busy[w] += time_s
+            kv = "-" if p < 0 else "local" if local else _kv_transfer(problem, tid)
+            placements.append(Placement(tid, wid, time_s, kv))
+        for tid, wid in raw:
+            ran_on[tb.task_index[tid]] = windex[wid]
+        for w, m in epoch_model.items():
+            model[w] = m
+        values = list(busy.values())
+        cost += tb.epoch_cost(values)
+        time_s = max(values) + tb.overhead_s
+        makespan += time_s
+        summed += sum(values)
+        epochs.append(
+            Epoch(
+                tuple(placements),
+                tuple(loads),
+                tuple((tb.worker_ids[w], b) for w, b in sorted(busy.items())),
+                time_s,
+            )
+        )
+    if len(ran_on) != tb.n:
+        raise ValueError("schedule leaves tasks unscheduled")
+    if serial_cost is None:
+        serial = [[(tid, tb.worker_ids[0])] for tid in tb.task_ids]
+        serial_cost = cost if planner == "serial" else evaluate(problem, serial, "serial", table=tb, serial_cost=0).cost
+    return ExecutionPlan(tuple(epochs), makespan, summed, cost, planner, serial_cost, optimal, states)
+
+
+def _kv_transfer(problem: PlanProblem, task_id: str) -> str:
+    task = problem.task(task_id)
+    return "move" if task.kv_move_s <= task.kv_saving_s else "recompute"
