@@ -58,6 +58,21 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(args: argparse.Namespace) -> int:
+    from halo.engine import LLMEngine
+    from halo.plan.cost import model_key, profile_engine, save_curves
+
+    engine = LLMEngine(model=args.model, dtype=args.dtype)
+    print(f"profiling {model_key(args.model)} ({engine.dtype_choice.name}, {engine.dtype_choice.reason}) ...",
+          file=sys.stderr)
+    curves = profile_engine(engine, model=model_key(args.model))
+    path = save_curves(curves)
+    print(curves.describe())
+    print(f"measured {len(curves.facts['prefill_samples'])} prefill and {len(curves.facts['decode_samples'])} "
+          f"decode shapes in {curves.facts['profile_seconds']:.1f} s; wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="halo", description="Batch query processing for agentic LLM workflows")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="text", choices=["text", "dot", "png"])
     e.add_argument("-o", "--output", help="PNG path for --format png (default plan.png)")
     e.set_defaults(func=_explain)
+
+    p = sub.add_parser("profile", help="measure the engine's prefill/decode latency curves for the cost model")
+    p.add_argument("--model", default=None, help="registered name, .gguf file or HF directory (default smollm2-135m)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    p.set_defaults(func=_profile)
     return parser
 
 

@@ -1,0 +1,135 @@
+"""Profile a real LLMEngine over a small grid of step shapes and fit its LatencyCurves.
+
+Every sample is the best of a few timings of one ``engine.step()`` (the minimum is the least
+disturbed by other work on a shared machine). Prompts are random ordinary tokens, fresh for every
+timing so nothing is served from the prefix cache unless a sample asks for a cached prefix; decode
+contexts are built over a shared cached head so a 64-sequence batch at 512 tokens costs one
+1,024-token prefill to set up, not 32,768.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from halo.plan.cost.latency_curves import DecodeSample, LatencyCurves, PrefillSample, fit_latency_curves
+
+_FIRST_ORDINARY_TOKEN = 17  # SmolLM2's ids 0..16 are control tokens
+
+
+@dataclass(frozen=True)
+class ProfileGrid:
+    """The step shapes to measure. The default runs in about 20 s on 2 cores."""
+
+    prefill_new: tuple[int, ...] = (32, 64, 128, 256, 512)
+    prefill_cached: tuple[int, ...] = (0, 256)  # cached prefix lengths (multiples of the block size)
+    prefill_batched: tuple[tuple[int, int], ...] = ((4, 64), (4, 192), (8, 96))  # (batch, new) in one step
+    decode_batch: tuple[int, ...] = (1, 8, 32, 64)
+    decode_context: tuple[int, ...] = (64, 256, 512)  # multiples of the block size
+    repeats: int = 3  # timings per shape; the fastest counts
+
+
+class EngineTimer:
+    """Times single engine steps of a chosen shape on an idle ``LLMEngine`` (nothing else queued)."""
+
+    def __init__(self, engine: Any, seed: int = 0) -> None:
+        if engine.has_unfinished():
+            raise ValueError("profile an idle engine: it still has unfinished requests")
+        self.engine = engine
+        self.rng = random.Random(seed)
+        self.block_size = engine.block_manager.block_size
+
+    def tokens(self, n: int) -> list[int]:
+        vocab = self.engine.config.vocab_size
+        return [self.rng.randrange(_FIRST_ORDINARY_TOKEN, vocab) for _ in range(n)]
+
+    def cached_head(self, n: int) -> list[int]:
+        """A fresh n-token prompt run once, so its whole blocks sit in the prefix cache."""
+        head = self.tokens(n)
+        if n:
+            self._run(head, max_tokens=1)
+        return head
+
+    def prefill(self, new: int, cached: int = 0, batch: int = 1, repeats: int = 3) -> PrefillSample:
+        """Fastest of ``repeats`` single steps prefilling ``batch`` prompts of ``new`` tokens after a cached head."""
+        assert cached % self.block_size == 0, "a cached prefix is matched in whole blocks"
+        assert batch * new <= self.engine.scheduler.max_batch_tokens, "the prefill must fit in one step"
+        best = float("inf")
+        for _ in range(repeats):
+            head = self.cached_head(cached)
+            params = self._params(max_tokens=1)
+            for _ in range(batch):
+                self.engine.add_request(head + self.tokens(new), params)
+            t0 = time.perf_counter()
+            self.engine.step()
+            best = min(best, time.perf_counter() - t0)
+            self._drain()
+        return PrefillSample(new, cached, batch, best)
+
+    def decode(self, batch: int, context: int, repeats: int = 3) -> DecodeSample:
+        """Fastest of ``repeats`` decode steps of ``batch`` sequences holding ``context`` tokens each."""
+        bs = self.block_size
+        assert context % bs == 0 and context >= bs, "contexts are whole blocks"
+        head = self.cached_head(context - bs)
+        ids = [self.engine.add_request(head + self.tokens(bs), self._params(max_tokens=repeats + 4))
+               for _ in range(batch)]
+        running = self.engine.scheduler.running
+        while not (len(running) == batch and all(s.num_uncomputed == 1 for s in running)):
+            self.engine.step()
+        self.engine.step()  # warm-up at this shape
+        best, best_context = float("inf"), float(context)
+        for _ in range(repeats):
+            ctx = sum(s.num_computed for s in running) / batch
+            t0 = time.perf_counter()
+            self.engine.step()
+            elapsed = time.perf_counter() - t0
+            if elapsed < best:
+                best, best_context = elapsed, ctx
+        for rid in ids:
+            self.engine.abort(rid)
+        return DecodeSample(batch, best_context, best)
+
+    def _params(self, max_tokens: int):
+        from halo.engine.sampling_params import SamplingParams
+
+        return SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+
+    def _run(self, prompt: list[int], max_tokens: int) -> None:
+        self.engine.add_request(prompt, self._params(max_tokens))
+        self._drain()
+
+    def _drain(self) -> None:
+        while self.engine.has_unfinished():
+            self.engine.step()
+
+
+def profile_engine(engine: Any, model: str | None = None, grid: ProfileGrid | None = None) -> LatencyCurves:
+    """Measure ``engine`` (an idle ``halo.engine.LLMEngine``) over ``grid`` and fit its latency curves.
+
+    ``model`` is the key the curves are cached under (default: the checkpoint's name).
+    """
+    grid = grid or ProfileGrid()
+    timer = EngineTimer(engine)
+    t_start = time.perf_counter()
+    timer.prefill(128, repeats=2)  # warm-up: first-touch allocations, thread pool, kernels
+    timer.decode(8, 64, repeats=1)
+    prefill = [timer.prefill(n, c, 1, grid.repeats)
+               for c in grid.prefill_cached for n in grid.prefill_new]
+    prefill += [timer.prefill(n, 0, b, grid.repeats) for b, n in grid.prefill_batched]
+    decode = [timer.decode(b, c, grid.repeats) for c in grid.decode_context for b in grid.decode_batch]
+    info = engine.describe()
+    facts = {
+        "cpu": info.get("cpu"),
+        "probe_gflops": info.get("probe_gflops"),
+        "attention": info.get("attention"),
+        "profile_seconds": round(time.perf_counter() - t_start, 2),
+        "prefill_samples": [list(s) for s in prefill],
+        "decode_samples": [list(s) for s in decode],
+    }
+    return fit_latency_curves(
+        prefill, decode, model=model or engine.config.name, dtype=info["dtype"],
+        device=str(info["device"]).split(":")[0], threads=int(info["threads"]),
+        step_tokens=engine.scheduler.max_batch_tokens, facts=facts,
+    )
