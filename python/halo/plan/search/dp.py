@@ -5,9 +5,9 @@ keeps only tasks that are still some pending task's kv parent. Workers of one ki
 are interchangeable, so a state is canonicalised by sorting the per-worker tuples; actions name
 canonical slots and are mapped back to real workers when the plan is replayed.
 
-Invariant of `_Search._solve(state, limit)`: it returns the exact least cost-to-go of `state` if that
+Invariant of `_Search.solve(state, limit)`: it returns the exact least cost-to-go of `state` if that
 is below `limit`, else some lower bound >= `limit`. Exact values and lower bounds are memoised, so a
-state reached again (by another epoch order) is not searched twice. The admissible bound `_bound`
+state reached again (by another epoch order) is not searched twice. The admissible bound `bound`
 is max(critical path, total work / workers) + overhead x depth for the makespan term, plus total
 work (including loads of models resident nowhere) for the summed-load term.
 
@@ -130,7 +130,7 @@ class _Search:
             sub = self.solve(nxt, bound - cost)
             self.g -= cost
             self.stack.pop()
-            if cost + sub < best:
+            if (nxt[0] == tb.all_mask or nxt in self.exact) and cost + sub < best:
                 best, best_move = cost + sub, (action, nxt)
         if best < limit and best_move is not None:
             self.exact[state] = best
