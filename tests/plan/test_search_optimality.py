@@ -62,7 +62,12 @@ def test_dp_matches_milp_and_beats_baselines() -> None:
         assert abs(oracle.plan.cost - oracle.cost) < 1e-5 * scale, "MILP and evaluator disagree on costs"
         assert dp.cost >= oracle.dual_bound - 1e-6 * scale, f"seed {seed}: DP below the MILP optimum"
         assert dp.cost <= oracle.plan.cost * 1.05 + 1e-9, f"seed {seed}: DP more than 5% above the MILP"
-        for base in (round_robin(problem), random_schedule(problem, seed), operator_at_a_time(problem), serial(problem)):
+        for base in (
+            round_robin(problem),
+            random_schedule(problem, seed),
+            operator_at_a_time(problem),
+            serial(problem),
+        ):
             assert dp.cost <= base.cost + 1e-9, f"seed {seed}: DP worse than {base.planner}"
         greedy = plan_greedy(problem)
         rows.append((len(problem.tasks), len(problem.workers), dp.cost, oracle.plan.cost, greedy.cost, oracle.optimal))
