@@ -58,3 +58,10 @@ def test_explain_png(tmp_path, capsys):
     assert main(["explain", str(EXAMPLES / "essay_refine.yaml"), "--input", str(EXAMPLES / "essay_refine.jsonl"),
                  "--format", "png", "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explain_shows_planned_epochs(capsys):
+    assert main(["explain", str(EXAMPLES / "review_voting.yaml"), "--input", str(EXAMPLES / "review_voting.jsonl"),
+                 "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "EXECUTION PLAN  planner=dp" in out and "epoch  1" in out and "saving=" in out

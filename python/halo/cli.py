@@ -41,6 +41,9 @@ def _explain(args: argparse.Namespace) -> int:
     graph = consolidate(workflow, rows, tokenizers)
     if args.format == "text":
         print(explain_text(graph))
+        if any(n.kind == "llm" for n in workflow.graph.nodes):
+            print()
+            print(_planned_epochs(graph, args.workers))
         return 0
     dot = explain_dot(graph)
     if args.format == "dot":
@@ -73,6 +76,23 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _planned_epochs(graph, workers: int) -> str:
+    """The optimizer's epochs for the batch (measured curves where `halo profile` ran, else defaults)."""
+    import warnings
+
+    from halo.plan.cost import ProfileMissingWarning, load_curves
+    from halo.plan.plan_problem import build_plan_problem
+    from halo.plan.search import plan_dp
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ProfileMissingWarning)
+        problem = build_plan_problem(graph, lambda model: load_curves(model), workers=workers)
+    plan = plan_dp(problem, time_limit_s=2.0)
+    note = ("\n(latency curves: built-in defaults; run `halo profile` for measured ones)"
+            if any(issubclass(w.category, ProfileMissingWarning) for w in caught) else "")
+    return plan.explain() + note
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="halo", description="Batch query processing for agentic LLM workflows")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--input", required=True, help="batch rows: .jsonl, .csv or .parquet")
     e.add_argument("--format", default="text", choices=["text", "dot", "png"])
     e.add_argument("-o", "--output", help="PNG path for --format png (default plan.png)")
+    e.add_argument("--workers", type=int, default=1, help="workers to plan for (default 1)")
     e.set_defaults(func=_explain)
 
     p = sub.add_parser("profile", help="measure the engine's prefill/decode latency curves for the cost model")
