@@ -1,0 +1,43 @@
+"""Planning time: by batch rows (10 / 1,000 / 10,000) and by graph size (5 / 15 / 30 nodes × 1-8 workers).
+
+Run: ``.venv/bin/python bench/plan_scaling.py``. Rows only scale task times (each node batches its
+rows), so planning time should not grow with them. The DP runs under a time limit and reports
+whether it proved optimality; the greedy planner and the serial cost are printed beside it.
+Target (issue 5): under 1 s for 30 nodes on 8 workers.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "plan"))
+from halo.engine.dtype_probe import cpu_capability  # noqa: E402
+from halo.plan.search import plan_dp, plan_greedy  # noqa: E402
+from test_search_scaling import workflow_problem  # noqa: E402  (the same synthetic workflows the tests plan)
+
+
+def main() -> int:
+    print(f"cpu={cpu_capability()}")
+    print("rows      nodes workers   dp_s  optimal  dp_cost   greedy_cost  serial_cost")
+    for rows in (10, 1_000, 10_000):
+        _row(rows, 12, 2)
+    for nodes in (5, 15, 30):
+        for workers in (1, 2, 4, 8):
+            _row(100, nodes, workers)
+    return 0
+
+
+def _row(rows: int, nodes: int, workers: int) -> None:
+    problem = workflow_problem(nodes, workers, rows)
+    t0 = time.perf_counter()
+    plan = plan_dp(problem, time_limit_s=1.0)
+    elapsed = time.perf_counter() - t0
+    greedy = plan_greedy(problem)
+    print(f"{rows:<9} {nodes:5} {workers:7} {elapsed:6.3f}  {plan.optimal!s:7} {plan.cost:9.2f} "
+          f"{greedy.cost:12.2f} {plan.serial_cost:12.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
