@@ -2,9 +2,7 @@
 
 Every sample is the best of a few timings of one ``engine.step()`` (the minimum is the least
 disturbed by other work on a shared machine). Prompts are random ordinary tokens, fresh for every
-timing so nothing is served from the prefix cache unless a sample asks for a cached prefix; decode
-contexts are built over a shared cached head so a 64-sequence batch at 512 tokens costs one
-1,024-token prefill to set up, not 32,768.
+timing so nothing is served from the prefix cache unless a sample asks for a cached prefix.
 """
 
 from __future__ import annotations
@@ -21,13 +19,13 @@ _FIRST_ORDINARY_TOKEN = 17  # SmolLM2's ids 0..16 are control tokens
 
 @dataclass(frozen=True)
 class ProfileGrid:
-    """The step shapes to measure. The default runs in about 20 s on 2 cores."""
+    """The step shapes to measure. The default runs in about 25 s on 2 AVX-512 cores."""
 
     prefill_new: tuple[int, ...] = (32, 64, 128, 256, 512)
     prefill_cached: tuple[int, ...] = (0, 256)  # cached prefix lengths (multiples of the block size)
     prefill_batched: tuple[tuple[int, int], ...] = ((4, 64), (4, 192), (8, 96))  # (batch, new) in one step
     decode_batch: tuple[int, ...] = (1, 8, 32, 64)
-    decode_context: tuple[int, ...] = (64, 256, 512)  # multiples of the block size
+    decode_context: tuple[int, ...] = (128, 448)
     repeats: int = 3  # timings per shape; the fastest counts
 
 
@@ -69,27 +67,53 @@ class EngineTimer:
         return PrefillSample(new, cached, batch, best)
 
     def decode(self, batch: int, context: int, repeats: int = 3) -> DecodeSample:
-        """Fastest of ``repeats`` decode steps of ``batch`` sequences holding ``context`` tokens each."""
-        bs = self.block_size
-        assert context % bs == 0 and context >= bs, "contexts are whole blocks"
-        head = self.cached_head(context - bs)
-        ids = [self.engine.add_request(head + self.tokens(bs), self._params(max_tokens=repeats + 4))
-               for _ in range(batch)]
+        """Fastest of ``repeats`` decode steps of ``batch`` sequences holding about ``context`` tokens each."""
+        samples = self.decode_sweep((batch,), context, repeats)
+        if not samples:
+            raise ValueError(f"{batch} sequences of {context} tokens do not fit the engine's KV pool")
+        return samples[0]
+
+    def decode_sweep(self, batches: tuple[int, ...], context: int, repeats: int = 3) -> list[DecodeSample]:
+        """Decode samples at each batch size (largest first) over one set of distinct ``context``-token prompts.
+
+        Contexts are distinct, not a shared cached head: decode attention reads every sequence's own
+        KV blocks, and shared blocks staying hot in cache read ~30% faster than real contexts. The
+        prompts are prefilled once for the largest batch, which is then aborted down to each smaller one.
+        """
+        self.engine.reset_prefix_cache()  # its blocks count as used; the timer's prompts are never reused
+        bm = self.engine.block_manager
+        headroom = 8 * (repeats + 1) * len(batches) + 64
+        fits = bm.num_free // bm.blocks_for(context + headroom)
+        batches = sorted((b for b in batches if b <= fits), reverse=True)
+        if not batches:
+            return []
+        ids = [self.engine.add_request(self.tokens(context), self._params(max_tokens=headroom))
+               for _ in range(batches[0])]
         running = self.engine.scheduler.running
-        while not (len(running) == batch and all(s.num_uncomputed == 1 for s in running)):
+        for _ in range(batches[0] * context // self.engine.scheduler.max_batch_tokens + 4):
+            if len(running) == batches[0] and all(s.num_uncomputed == 1 for s in running):
+                break
             self.engine.step()
-        self.engine.step()  # warm-up at this shape
-        best, best_context = float("inf"), float(context)
-        for _ in range(repeats):
-            ctx = sum(s.num_computed for s in running) / batch
-            t0 = time.perf_counter()
-            self.engine.step()
-            elapsed = time.perf_counter() - t0
-            if elapsed < best:
-                best, best_context = elapsed, ctx
+        else:
+            raise RuntimeError(f"could not set up a decode batch of {batches[0]} at context {context}")
+        samples = []
+        for batch in batches:
+            for rid in ids[batch:]:
+                self.engine.abort(rid)
+            ids = ids[:batch]
+            self.engine.step()  # warm-up at this shape
+            best, best_context = float("inf"), float(context)
+            for _ in range(repeats):
+                ctx = sum(s.num_computed for s in running) / batch
+                t0 = time.perf_counter()
+                self.engine.step()
+                elapsed = time.perf_counter() - t0
+                if elapsed < best:
+                    best, best_context = elapsed, ctx
+            samples.append(DecodeSample(batch, best_context, best))
         for rid in ids:
             self.engine.abort(rid)
-        return DecodeSample(batch, best_context, best)
+        return samples
 
     def _params(self, max_tokens: int):
         from halo.engine.sampling_params import SamplingParams
@@ -118,7 +142,7 @@ def profile_engine(engine: Any, model: str | None = None, grid: ProfileGrid | No
     prefill = [timer.prefill(n, c, 1, grid.repeats)
                for c in grid.prefill_cached for n in grid.prefill_new]
     prefill += [timer.prefill(n, 0, b, grid.repeats) for b, n in grid.prefill_batched]
-    decode = [timer.decode(b, c, grid.repeats) for c in grid.decode_context for b in grid.decode_batch]
+    decode = [s for c in grid.decode_context for s in timer.decode_sweep(grid.decode_batch, c, grid.repeats)]
     info = engine.describe()
     facts = {
         "cpu": info.get("cpu"),
