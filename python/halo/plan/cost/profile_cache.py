@@ -19,7 +19,7 @@ from halo.plan.cost.latency_curves import LatencyCurves
 # placeholder: other models and machines differ by integer factors, hence the warning.
 DEFAULT_CURVES = LatencyCurves(
     model="default", dtype="bf16", device="cpu", threads=2,
-    prefill=(0.02, 2.5e-4, 6e-8), decode=(0.018, 1.0e-4, 5e-8),
+    prefill=(0.03, 2.0e-4, 1.5e-7), decode=(0.028, 7e-4, 2e-6),
     step_tokens=1024, source="default",
 )
 
