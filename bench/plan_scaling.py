@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "plan"))
 from halo.engine.dtype_probe import cpu_capability  # noqa: E402
 from halo.plan.search import plan_dp, plan_greedy  # noqa: E402
+from halo.plan.search.baselines import operator_at_a_time, random_schedule, round_robin  # noqa: E402
 from test_search_scaling import workflow_problem  # noqa: E402  (the same synthetic workflows the tests plan)
 
 
@@ -26,7 +27,36 @@ def main() -> int:
     for nodes in (5, 15, 30):
         for workers in (1, 2, 4, 8):
             _row(100, nodes, workers)
+    print()
+    examples_table()
     return 0
+
+
+def examples_table() -> None:
+    """DP vs baseline schedules on the shipped example workflows, under the cost model (predicted s)."""
+    import json
+    import warnings
+
+    from halo.plan import consolidate
+    from halo.plan.cost import ProfileMissingWarning, load_curves
+    from halo.plan.plan_problem import build_plan_problem
+    from halo.spec import Workflow
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    print("workflow        workers      dp   greedy  round_robin  random  op_at_a_time   serial")
+    for yaml_path in sorted(examples.glob("*.yaml")):
+        wf = Workflow.from_yaml(yaml_path)
+        rows = [json.loads(x) for x in yaml_path.with_suffix(".jsonl").read_text().splitlines() if x.strip()]
+        rows = rows * 50  # a batch of a few hundred rows, duplicates included as in real batches
+        graph = consolidate(wf, rows)
+        for workers in (1, 2, 4):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ProfileMissingWarning)
+                problem = build_plan_problem(graph, lambda m: load_curves(m), workers=workers)
+            costs = [plan_dp(problem, time_limit_s=1.0).cost, plan_greedy(problem).cost, round_robin(problem).cost,
+                     random_schedule(problem, seed=0).cost, operator_at_a_time(problem).cost]
+            print(f"{wf.spec.name:15} {workers:7} " + " ".join(f"{c:8.2f}" for c in costs)
+                  + f" {plan_dp(problem, time_limit_s=1.0).serial_cost:8.2f}")
 
 
 def _row(rows: int, nodes: int, workers: int) -> None:
