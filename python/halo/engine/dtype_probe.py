@@ -54,7 +54,13 @@ def _gflops(dtype: torch.dtype, seconds: float = 0.03) -> float:
 
 @cache
 def _probe() -> tuple[float, float]:
-    return _gflops(torch.float32), _gflops(torch.bfloat16)
+    # Two alternating rounds, best of each: the first matmuls of a process pay one-time set-up
+    # (thread pool, kernel selection) that would otherwise make whichever dtype runs first look slow.
+    fp32 = bf16 = 0.0
+    for _ in range(2):
+        fp32 = max(fp32, _gflops(torch.float32))
+        bf16 = max(bf16, _gflops(torch.bfloat16))
+    return fp32, bf16
 
 
 def matmul_gflops(dtype: torch.dtype) -> float:
