@@ -1,5 +1,6 @@
-// CpuAttention: paged decode attention on CPU (see cpu_attention.h) — the worker pool, the
-// per-(sequence, KV head) kernel, run-time ISA dispatch and the Python binding.
+// CpuAttention: paged decode attention on CPU (see cpu_attention.h) — the per-(sequence, KV head)
+// kernel, run-time ISA dispatch and the split of a call into tasks for the WorkerPool. The Python
+// binding is in cpu_attention_binding.cpp.
 //
 // The kernel is written with GCC vector extensions instead of intrinsics: one template, compiled
 // per ISA with its own vector width (AVX-512: 16 floats, AVX2: 8, anything else: 4) inside
@@ -8,9 +9,8 @@
 // -ffast-math, and a given ISA always computes the same bits.
 #include "cpu_attention.h"
 
-#include <pybind11/pybind11.h>
-
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -19,78 +19,9 @@
 #include <string>
 #include <type_traits>
 #include <utility>
-
-namespace py = pybind11;
+#include <vector>
 
 namespace halo {
-
-// ---------------------------------------------------------------------------------------------
-// WorkerPool
-
-WorkerPool::WorkerPool(int num_threads) {
-  if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(num_threads));
-  threads_.reserve(static_cast<size_t>(num_threads - 1));
-  for (int w = 1; w < num_threads; ++w) threads_.emplace_back([this, w] { work(w); });
-}
-
-WorkerPool::~WorkerPool() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
-  }
-  wake_.notify_all();
-  for (auto& t : threads_) t.join();
-}
-
-void WorkerPool::run(int64_t num_tasks, const Task& task) {
-  if (num_tasks <= 0) return;
-  std::lock_guard<std::mutex> call(call_mutex_);
-  if (threads_.empty() || num_tasks == 1) {
-    for (int64_t i = 0; i < num_tasks; ++i) task(i, 0);
-    return;
-  }
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    task_ = &task;
-    num_tasks_ = num_tasks;
-    next_.store(0, std::memory_order_relaxed);
-    ++generation_;
-  }
-  wake_.notify_all();
-  drain(0);
-  // Every task is claimed now; wait only for the workers still running one. A worker that has not
-  // woken yet is not waited for: on a busy machine it may not get a core for a long while, and
-  // the caller would rather do the work itself. It finds the job gone when it wakes (see work()).
-  std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [this] { return active_ == 0; });
-  task_ = nullptr;
-}
-
-void WorkerPool::drain(int worker) {
-  for (int64_t i = next_.fetch_add(1, std::memory_order_relaxed); i < num_tasks_;
-       i = next_.fetch_add(1, std::memory_order_relaxed)) {
-    (*task_)(i, worker);
-  }
-}
-
-void WorkerPool::work(int worker) {
-  uint64_t seen = 0;
-  for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      // Joining is decided under the lock that run() holds to finish: either this worker counts
-      // in active_ before run() looks, or it sees the job already finished and leaves it alone.
-      if (!task_ || next_.load(std::memory_order_relaxed) >= num_tasks_) continue;
-      ++active_;
-    }
-    drain(worker);
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (--active_ == 0) done_.notify_one();
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The kernel
@@ -613,55 +544,6 @@ void CpuAttention::decode(const DecodeArgs& a) {
       run(float{}, i, worker);
     }
   });
-}
-
-// ---------------------------------------------------------------------------------------------
-// Binding
-
-void bind_cpu_attention(py::module_& m) {
-  py::class_<CpuAttention>(m, "CpuAttention",
-                           "Decode attention read straight from the paged KV pool, on a persistent pool "
-                           "of CPU threads. Takes raw tensor addresses (tensor.data_ptr()); the Python "
-                           "wrapper halo.engine.cpu_attention checks shapes, dtypes and contiguity.")
-      .def(py::init([](int num_threads, const std::string& isa) {
-             return std::make_unique<CpuAttention>(num_threads, parse_isa(isa));
-           }),
-           py::arg("num_threads"), py::arg("isa") = "auto",
-           "Start num_threads - 1 worker threads (the caller is the last). isa: 'auto' (the widest "
-           "this CPU runs), 'avx512', 'avx2' or 'generic' (to test or time the code other machines "
-           "run). ValueError if num_threads < 1 or the CPU lacks isa.")
-      .def_property_readonly("num_threads", &CpuAttention::num_threads)
-      .def_property_readonly("isa", [](const CpuAttention& self) { return isa_name(self.isa()); },
-                             "The instruction set the kernel runs with.")
-      .def(
-          "decode",
-          [](CpuAttention& self, uintptr_t q, uintptr_t k_pool, uintptr_t v_pool, uintptr_t tables,
-             uintptr_t lens, uintptr_t out, int64_t batch, int64_t num_heads, int64_t num_kv_heads,
-             int64_t head_dim, int64_t num_blocks, int64_t block_size, int64_t max_blocks, double scale,
-             bool is_bf16) {
-            DecodeArgs a{reinterpret_cast<const void*>(q),
-                         reinterpret_cast<const void*>(k_pool),
-                         reinterpret_cast<const void*>(v_pool),
-                         reinterpret_cast<const int64_t*>(tables),
-                         reinterpret_cast<const int64_t*>(lens),
-                         reinterpret_cast<void*>(out),
-                         DecodeShape{batch, num_heads, num_kv_heads, head_dim, num_blocks, block_size, max_blocks},
-                         static_cast<float>(scale),
-                         is_bf16};
-            py::gil_scoped_release release;
-            self.decode(a);
-          },
-          py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("tables"), py::arg("lens"), py::arg("out"),
-          py::arg("batch"), py::arg("num_heads"), py::arg("num_kv_heads"), py::arg("head_dim"),
-          py::arg("num_blocks"), py::arg("block_size"), py::arg("max_blocks"), py::arg("scale"),
-          py::arg("is_bf16"),
-          "Decode attention for batch sequences, one query token each. q [batch, num_heads, head_dim], "
-          "k_pool/v_pool [num_kv_heads, num_blocks, block_size, head_dim], tables int64 [batch, "
-          "max_blocks], lens int64 [batch] (tokens including the current one), out [batch, num_heads * "
-          "head_dim]; all contiguous, q/pools/out fp32 or (is_bf16) bf16. Query head h reads KV head "
-          "h // (num_heads // num_kv_heads). Accumulates in fp32 with a streaming softmax; a length "
-          "of 0 gives zeros. ValueError, writing nothing, for bad sizes, a length outside [0, "
-          "max_blocks * block_size] or a block id in use outside [0, num_blocks). Releases the GIL.");
 }
 
 }  // namespace halo
