@@ -45,9 +45,12 @@ class KVPrefix:
             buf[: k.nbytes].copy_(k.view(-1).view(torch.uint8))
             buf[k.nbytes :].copy_(v.view(-1).view(torch.uint8))
             del buf
-            return SharedKVHandle(shm.name, self.model, self.token_ids, tuple(k.shape), str(k.dtype).split(".")[-1])
-        finally:
+        except BaseException:
             shm.close()
+            shm.unlink()  # a half-written segment must not outlive the failed export
+            raise
+        shm.close()
+        return SharedKVHandle(shm.name, self.model, self.token_ids, tuple(k.shape), str(k.dtype).split(".")[-1])
 
 
 @dataclass(frozen=True)
