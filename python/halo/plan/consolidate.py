@@ -168,9 +168,7 @@ class Consolidator:
         state.timings.update(prompts.timings)
         deferred: dict[str, int] = {}
         llm_model = {
-            node.id: self.graph.model_source(node) or ""
-            for node in self.graph.nodes
-            if isinstance(node.spec, LlmNode)
+            node.id: self.graph.model_source(node) or "" for node in self.graph.nodes if isinstance(node.spec, LlmNode)
         }
         for pid, node_id in enumerate(state.node):
             model = llm_model.get(node_id)

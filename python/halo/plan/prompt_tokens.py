@@ -82,9 +82,7 @@ class PromptTokens:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="halo-tokenize")
         self._pending.append((model, ids, self._pool.submit(self._encode, tokenizer, messages)))
 
-    def _encode(
-        self, tokenizer: ChatTokenizer, messages: list[Messages]
-    ) -> tuple[list[list[int]], float, float]:
+    def _encode(self, tokenizer: ChatTokenizer, messages: list[Messages]) -> tuple[list[list[int]], float, float]:
         clock = time.perf_counter()
         texts = [tokenizer.render_chat(m) for m in messages]
         rendered = time.perf_counter()

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from halo.spec.graph import GraphNode, WorkflowGraph
-from halo.spec.nodes import SqlNode
+from halo.spec.nodes import EXECUTION_FIELDS, SqlNode
 from halo.spec.request_template import template_slots
 
 Frozen = Any  # a hashable, type-tagged image of a value: see `freeze`
@@ -61,7 +61,7 @@ def freeze(value: Any) -> Frozen:
 def static_key(graph: WorkflowGraph, node: GraphNode) -> str:
     """The part of a node's signature shared by all its instances (canonical JSON)."""
     fields = node.spec.model_dump(
-        mode="json", by_alias=True, exclude={"id", "after", "description", "sql", "http"}
+        mode="json", by_alias=True, exclude={"id", "after", "description", "sql", "http", *EXECUTION_FIELDS}
     )
     if node.renderable:
         for path, _, _ in template_slots(node.spec):

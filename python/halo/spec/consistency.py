@@ -95,9 +95,7 @@ def check_workflow(
     return out
 
 
-def _check_ids(
-    header: WorkflowHeader, declared: Sequence[DeclaredNode], out: list[Problem]
-) -> dict[str, DeclaredNode]:
+def _check_ids(header: WorkflowHeader, declared: Sequence[DeclaredNode], out: list[Problem]) -> dict[str, DeclaredNode]:
     by_id: dict[str, DeclaredNode] = {}
     for node in declared:
         if node.id in by_id:
@@ -204,8 +202,7 @@ def _check_loops(
                 out.append(
                     Problem(
                         path,
-                        f"node '{name}' is in loop {seen[name]} and loop {index}; a node "
-                        "belongs to one loop at most",
+                        f"node '{name}' is in loop {seen[name]} and loop {index}; a node belongs to one loop at most",
                         name,
                     )
                 )
@@ -216,14 +213,10 @@ def _check_loops(
         try:
             refs = expression_references(env, loop.until)
         except TemplateSyntaxError as exc:
-            out.append(
-                Problem(("loops", index, "until"), f"'until' is not a valid expression: {exc.message}")
-            )
+            out.append(Problem(("loops", index, "until"), f"'until' is not a valid expression: {exc.message}"))
             continue
         for ref in sorted(refs):
-            _check_reference(
-                ref, None, ("loops", index, "until"), inputs, by_id, True, broken, out, unchecked
-            )
+            _check_reference(ref, None, ("loops", index, "until"), inputs, by_id, True, broken, out, unchecked)
 
 
 def _check_outputs(

@@ -46,15 +46,10 @@ def carried(reader: str, read: str, members: Mapping[str, Membership]) -> bool:
     return a is not None and b is not None and a.loop == b.loop and b.position >= a.position
 
 
-def declared_edges(
-    declared: Sequence[DeclaredNode], members: Mapping[str, Membership]
-) -> dict[str, list[str]]:
+def declared_edges(declared: Sequence[DeclaredNode], members: Mapping[str, Membership]) -> dict[str, list[str]]:
     """node -> the nodes it waits for within one iteration (loop-carried reads excluded)."""
     ids = {node.id for node in declared}
-    return {
-        node.id: [up for up in upstream_names(node, ids) if not carried(node.id, up, members)]
-        for node in declared
-    }
+    return {node.id: [up for up in upstream_names(node, ids) if not carried(node.id, up, members)] for node in declared}
 
 
 def find_cycles(edges: Mapping[str, Sequence[str]]) -> list[list[str]]:

@@ -20,6 +20,10 @@ class DatabaseSpec(SpecModel):
     kind: Literal["duckdb", "postgres"] = "duckdb"
     path: str | None = None  # duckdb file; None is an in-memory database
     dsn: str | None = None  # postgres connection string
+    # duckdb only: a SQL script (path relative to the workflow file) run when the database is opened,
+    # before any node's query, e.g. `CREATE TABLE vendors AS FROM read_csv('vendors.csv')` to seed an
+    # in-memory database from files shipped beside the workflow. Node queries stay read-only.
+    init: str | None = None
 
     @model_validator(mode="after")
     def _target(self) -> DatabaseSpec:
@@ -27,6 +31,8 @@ class DatabaseSpec(SpecModel):
             raise ValueError("a postgres database needs a 'dsn'")
         if self.kind == "duckdb" and self.dsn is not None:
             raise ValueError("a duckdb database takes 'path', not 'dsn'")
+        if self.kind == "postgres" and self.init is not None:
+            raise ValueError("'init' scripts are for duckdb databases only")
         return self
 
 

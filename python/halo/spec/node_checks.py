@@ -40,9 +40,7 @@ def check_node(
             kind = spec.json_schema.get("type")
             kinds = kind if isinstance(kind, list) else [kind]
             if kind is not None and not all(k in _JSON_TYPES for k in kinds):
-                out.append(
-                    Problem(node.path + ("json_schema",), f"json_schema has unknown type {kind!r}", node.id)
-                )
+                out.append(Problem(node.path + ("json_schema",), f"json_schema has unknown type {kind!r}", node.id))
     elif isinstance(spec, SqlNode):
         dialect = "duckdb"
         if spec.db is not None:
@@ -61,23 +59,11 @@ def check_node(
             out.append(Problem(node.path + ("query",), message, node.id))
     elif isinstance(spec, HttpNode):
         static = spec.url.split("{{", 1)[0].split("{%", 1)[0]
-        if (
-            static
-            and not static.lower().startswith(("http://", "https://"))
-            and not _prefix_of_scheme(static)
-        ):
-            out.append(
-                Problem(
-                    node.path + ("url",), f"url '{spec.url}' must start with http:// or https://", node.id
-                )
-            )
+        if static and not static.lower().startswith(("http://", "https://")) and not _prefix_of_scheme(static):
+            out.append(Problem(node.path + ("url",), f"url '{spec.url}' must start with http:// or https://", node.id))
         if spec.body is not None and spec.method in ("GET", "HEAD"):
-            out.append(
-                Problem(node.path + ("json",), f"a {spec.method} request cannot carry a json body", node.id)
-            )
-    elif (
-        isinstance(spec, PythonNode) and spec.function not in functions and not _FUNCTION.match(spec.function)
-    ):
+            out.append(Problem(node.path + ("json",), f"a {spec.method} request cannot carry a json body", node.id))
+    elif isinstance(spec, PythonNode) and spec.function not in functions and not _FUNCTION.match(spec.function):
         out.append(
             Problem(
                 node.path + ("function",),

@@ -86,10 +86,21 @@ class EmbeddedHttp(HttpCall):
     id: NodeId | None = None
 
 
+EXECUTION_FIELDS = frozenset({"on_error", "fallback", "retries", "expected_latency_s", "cpu_bound"})
+"""Fields that say how a node is executed, not what it requests: left out of signatures."""
+
+
 class NodeBase(SpecModel):
     id: NodeId
     after: tuple[NodeId, ...] = ()  # ordering-only dependencies, on top of template references
     description: str | None = None
+    # What a failing instance does: fail its row (the default), yield `fallback` as its output, or
+    # retry up to `retries` times and then fail the row.
+    on_error: Literal["fail_row", "default", "retry"] = "fail_row"
+    fallback: Any = None
+    retries: int = Field(default=2, ge=0, le=10)
+    # The planner's latency guess for a tool call before any call was observed (seconds).
+    expected_latency_s: float | None = Field(default=None, ge=0, le=3600)
 
 
 class LlmNode(NodeBase):
@@ -139,6 +150,7 @@ class PythonNode(NodeBase):
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = Field(default_factory=dict)
     pure: bool = False  # only a callable declared pure may be executed once for equal arguments
+    cpu_bound: bool = False  # runs in a process pool instead of the tool threads
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
 
 

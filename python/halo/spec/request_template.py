@@ -13,7 +13,7 @@ from typing import Any
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from halo.spec.nodes import AnyNode, HttpNode, LlmNode, PythonNode, RuleNode, SqlNode
+from halo.spec.nodes import EXECUTION_FIELDS, AnyNode, HttpNode, LlmNode, PythonNode, RuleNode, SqlNode
 from halo.spec.source_map import DocPath
 from halo.spec.template import CompiledTemplate
 
@@ -69,8 +69,7 @@ class RequestTemplate:
     def render(self, context: Mapping[str, Any]) -> tuple[Any, ...]:
         """The rendered value of every slot, in slot order (raises TemplateRenderError)."""
         return tuple(
-            template.evaluate(context) if native else template.render(context)
-            for _, template, native in self.slots
+            template.evaluate(context) if native else template.render(context) for _, template, native in self.slots
         )
 
     def request(self, values: tuple[Any, ...]) -> dict[str, Any]:
@@ -82,7 +81,9 @@ class RequestTemplate:
 
 
 def _request_fields(spec: AnyNode) -> dict[str, Any]:
-    data = spec.model_dump(by_alias=True, exclude={"id", "after", "description", "sql", "http", "pure"})
+    data = spec.model_dump(
+        by_alias=True, exclude={"id", "after", "description", "sql", "http", "pure", *EXECUTION_FIELDS}
+    )
     if "args" in data:
         data["args"] = list(data["args"])
     return data

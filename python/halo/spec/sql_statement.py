@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-READ_KEYWORDS = frozenset(
-    {"SELECT", "WITH", "VALUES", "FROM", "TABLE", "EXPLAIN", "DESCRIBE", "SUMMARIZE", "SHOW"}
-)
+READ_KEYWORDS = frozenset({"SELECT", "WITH", "VALUES", "FROM", "TABLE", "EXPLAIN", "DESCRIBE", "SUMMARIZE", "SHOW"})
 WRITE_KEYWORDS = frozenset(
     {
         "INSERT",
@@ -143,8 +141,7 @@ def check_read_only(query: str, dialect: str, params: set[str]) -> list[str]:
     if len(lexed.statements) > 1:
         second = next((w for w in lexed.statements[1] if w.isalpha()), "?")
         problems.append(
-            f"the query must be a single statement; found {len(lexed.statements)} (the second starts "
-            f"with {second})"
+            f"the query must be a single statement; found {len(lexed.statements)} (the second starts with {second})"
         )
     words = _skip_explain(lexed.statements[0])
     if words and words[0] not in READ_KEYWORDS:

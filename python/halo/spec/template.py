@@ -26,9 +26,7 @@ _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}|\{%|%\}).)*)\
 
 def make_environment() -> ImmutableSandboxedEnvironment:
     """A fresh sandboxed environment (one per workflow: environments cache compiled templates)."""
-    return ImmutableSandboxedEnvironment(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
-    )
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 def is_template(text: str) -> bool:
@@ -94,9 +92,7 @@ class CompiledTemplate:
         self._template = None if self.constant else env.from_string(source)
         match = _SINGLE_EXPRESSION.match(source)
         # An expression compiles to a template that stores its value in the context as `result`.
-        self._expression = (
-            env.from_string("{% set result = " + match.group("expr") + " %}") if match else None
-        )
+        self._expression = env.from_string("{% set result = " + match.group("expr") + " %}") if match else None
         # Globals (range, namespace, ...) merged once: Template.render re-merges them on every call,
         # which costs more than rendering a short prompt.
         self._globals = dict(self._template.globals) if self._template is not None else {}

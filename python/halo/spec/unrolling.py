@@ -24,9 +24,7 @@ def build_graph(spec: WorkflowSpec) -> WorkflowGraph:
     declared, _ = build_catalog([(node, ("nodes", i)) for i, node in enumerate(spec.nodes)], env)
     members = memberships(loop_bodies(spec.loops, declared))
     resolver = _Resolver(spec, declared, members)
-    until_refs = [
-        expression_references(env, loop.until) if loop.until else frozenset() for loop in spec.loops
-    ]
+    until_refs = [expression_references(env, loop.until) if loop.until else frozenset() for loop in spec.loops]
     nodes: list[GraphNode] = []
     for node in declared:
         membership = members.get(node.id)
@@ -65,11 +63,7 @@ class _Resolver:
         if membership is None:
             return Binding(target, (target,))
         reader_membership = self.members.get(reader) if reader is not None else None
-        if (
-            iteration is not None
-            and reader_membership is not None
-            and reader_membership.loop == membership.loop
-        ):
+        if iteration is not None and reader_membership is not None and reader_membership.loop == membership.loop:
             assert reader is not None
             k = iteration - 1 if carried(reader, target, self.members) else iteration
             return Binding(target, (self.instance_id(target, k),)) if k >= 1 else None
@@ -79,9 +73,7 @@ class _Resolver:
     def inputs_of(self, refs: frozenset[Reference]) -> tuple[str, ...]:
         return tuple(sorted({r.name for r in refs if r.name in self.input_names}))
 
-    def bindings_of(
-        self, refs: frozenset[Reference], reader: str, iteration: int | None
-    ) -> tuple[Binding, ...]:
+    def bindings_of(self, refs: frozenset[Reference], reader: str, iteration: int | None) -> tuple[Binding, ...]:
         names = sorted({r.name for r in refs if r.name in self.ids})
         found = (self.resolve(reader, iteration, name) for name in names)
         return tuple(b for b in found if b is not None)

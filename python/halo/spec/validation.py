@@ -43,12 +43,7 @@ class Diagnostics:
         )
 
     def _node_at(self, path: DocPath) -> str | None:
-        if (
-            len(path) >= 2
-            and path[0] == "nodes"
-            and isinstance(path[1], int)
-            and isinstance(self.data, Mapping)
-        ):
+        if len(path) >= 2 and path[0] == "nodes" and isinstance(path[1], int) and isinstance(self.data, Mapping):
             nodes = self.data.get("nodes")
             if isinstance(nodes, list) and path[1] < len(nodes) and isinstance(nodes[path[1]], Mapping):
                 node_id = nodes[path[1]].get("id")
@@ -149,18 +144,14 @@ def _validate_nodes(
     for index, raw in enumerate(raw_nodes):
         path: DocPath = ("nodes", index)
         if not isinstance(raw, Mapping):
-            diagnostics.add(
-                path, f"node #{index} must be a mapping with 'id' and 'kind', got {type(raw).__name__}"
-            )
+            diagnostics.add(path, f"node #{index} must be a mapping with 'id' and 'kind', got {type(raw).__name__}")
             continue
         node_id = raw.get("id")
         if isinstance(node_id, str):
             # Checked on the raw data so a duplicate is found even when the first copy is invalid.
             if node_id in first_seen:
                 where = diagnostics.source.locate(("nodes", first_seen[node_id])).line
-                diagnostics.add(
-                    path + ("id",), f"duplicate node id '{node_id}' (first declared at line {where})"
-                )
+                diagnostics.add(path + ("id",), f"duplicate node id '{node_id}' (first declared at line {where})")
                 continue
             first_seen[node_id] = index
         kind = raw.get("kind")

@@ -162,6 +162,12 @@ class Workflow:
     def functions(self) -> Mapping[str, Callable[..., Any]]:
         return dict(self._functions)
 
+    @property
+    def base_dir(self) -> Path:
+        """Where relative paths in the workflow (database files, init scripts) are resolved from:
+        the YAML file's folder, else the current directory."""
+        return Path(self._file).resolve().parent if self._file else Path.cwd()
+
     def validate(self) -> Workflow:
         self.spec  # noqa: B018 - validation happens on first access
         return self
@@ -239,7 +245,5 @@ def _read(source: str | os.PathLike[str]) -> tuple[str, str | None]:
         try:
             return path.read_text(encoding="utf-8"), str(path)
         except OSError as exc:
-            raise SpecError(
-                [SpecIssue(f"cannot read workflow file: {exc.strerror}", file=str(path))]
-            ) from None
+            raise SpecError([SpecIssue(f"cannot read workflow file: {exc.strerror}", file=str(path))]) from None
     return source, None

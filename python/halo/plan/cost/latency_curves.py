@@ -73,8 +73,7 @@ class LatencyCurves:
         d, e, f = self.decode
         return d + e * batch + f * batch * context
 
-    def generate_s(self, prompt_tokens: int, cached_tokens: int = 0, output_tokens: int = 1,
-                   batch: int = 1) -> float:
+    def generate_s(self, prompt_tokens: int, cached_tokens: int = 0, output_tokens: int = 1, batch: int = 1) -> float:
         """Seconds for ``batch`` requests of one shape: prefill (which samples the first token) + decode.
 
         Decode step ``i`` (1 ≤ i < output_tokens) attends over ``prompt_tokens + i`` tokens.
@@ -114,30 +113,49 @@ class LatencyCurves:
     def describe(self) -> str:
         a, b, c = self.prefill
         d, e, f = self.decode
-        return "\n".join([
-            f"latency curves: model={self.model} dtype={self.dtype} device={self.device} threads={self.threads} "
-            f"({self.source}, fit error {self.fit_error:.1%})",
-            f"  prefill_s = {a * 1e3:.3f} ms·steps + {b * 1e6:.2f} µs·tokens "
-            f"+ {c * 1e9:.3f} ns·tokens·(cached + new/2)   [steps of {self.step_tokens} tokens]",
-            f"  decode_step_s = {d * 1e3:.3f} ms + {e * 1e6:.2f} µs·batch + {f * 1e9:.3f} ns·batch·context",
-        ])
+        return "\n".join(
+            [
+                f"latency curves: model={self.model} dtype={self.dtype} device={self.device} threads={self.threads} "
+                f"({self.source}, fit error {self.fit_error:.1%})",
+                f"  prefill_s = {a * 1e3:.3f} ms·steps + {b * 1e6:.2f} µs·tokens "
+                f"+ {c * 1e9:.3f} ns·tokens·(cached + new/2)   [steps of {self.step_tokens} tokens]",
+                f"  decode_step_s = {d * 1e3:.3f} ms + {e * 1e6:.2f} µs·batch + {f * 1e9:.3f} ns·batch·context",
+            ]
+        )
 
 
-def fit_latency_curves(prefill: Sequence[PrefillSample], decode: Sequence[DecodeSample], *, model: str,
-                       dtype: str, device: str, threads: int, step_tokens: int = 1024,
-                       facts: dict[str, Any] | None = None) -> LatencyCurves:
+def fit_latency_curves(
+    prefill: Sequence[PrefillSample],
+    decode: Sequence[DecodeSample],
+    *,
+    model: str,
+    dtype: str,
+    device: str,
+    threads: int,
+    step_tokens: int = 1024,
+    facts: dict[str, Any] | None = None,
+) -> LatencyCurves:
     """Non-negative least squares on relative error (every sample counts alike, fast or slow)."""
     if len(prefill) < 3 or len(decode) < 3:
         raise ValueError(f"need at least 3 prefill and 3 decode samples, got {len(prefill)} and {len(decode)}")
-    p_rows = [[math.ceil(s.batch * s.new / step_tokens), s.batch * s.new, s.batch * s.new * (s.cached + s.new / 2)]
-              for s in prefill]
+    p_rows = [
+        [math.ceil(s.batch * s.new / step_tokens), s.batch * s.new, s.batch * s.new * (s.cached + s.new / 2)]
+        for s in prefill
+    ]
     p_coef, p_err = _relative_nnls(np.array(p_rows, dtype=float), np.array([s.seconds for s in prefill]))
     d_rows = [[1.0, s.batch, s.batch * s.context] for s in decode]
     d_coef, d_err = _relative_nnls(np.array(d_rows, dtype=float), np.array([s.seconds for s in decode]))
     return LatencyCurves(
-        model=model, dtype=dtype, device=device, threads=threads,
-        prefill=tuple(p_coef), decode=tuple(d_coef), step_tokens=step_tokens,
-        source="profiled", fit_error=max(p_err, d_err), facts=dict(facts or {}),
+        model=model,
+        dtype=dtype,
+        device=device,
+        threads=threads,
+        prefill=tuple(p_coef),
+        decode=tuple(d_coef),
+        step_tokens=step_tokens,
+        source="profiled",
+        fit_error=max(p_err, d_err),
+        facts=dict(facts or {}),
     )
 
 

@@ -18,9 +18,14 @@ from halo.plan.cost.latency_curves import LatencyCurves
 # SmolLM2-135M, bf16 on 2 AVX-512+AMX threads (profiled with `halo profile`, rounded). Only a
 # placeholder: other models and machines differ by integer factors, hence the warning.
 DEFAULT_CURVES = LatencyCurves(
-    model="default", dtype="bf16", device="cpu", threads=2,
-    prefill=(0.03, 2.0e-4, 1.5e-7), decode=(0.028, 7e-4, 2e-6),
-    step_tokens=1024, source="default",
+    model="default",
+    dtype="bf16",
+    device="cpu",
+    threads=2,
+    prefill=(0.03, 2.0e-4, 1.5e-7),
+    decode=(0.028, 7e-4, 2e-6),
+    step_tokens=1024,
+    source="default",
 )
 
 
@@ -45,8 +50,9 @@ def model_key(model: str | os.PathLike | None) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def profile_path(model: str | os.PathLike | None, dtype: str, device: str, threads: int,
-                 cache_dir: str | os.PathLike | None = None) -> Path:
+def profile_path(
+    model: str | os.PathLike | None, dtype: str, device: str, threads: int, cache_dir: str | os.PathLike | None = None
+) -> Path:
     return profiles_dir(cache_dir) / f"{model_key(model)}-{dtype}-{device}-t{threads}.json"
 
 
@@ -54,8 +60,13 @@ def save_curves(curves: LatencyCurves, cache_dir: str | os.PathLike | None = Non
     return curves.save(profile_path(curves.model, curves.dtype, curves.device, curves.threads, cache_dir))
 
 
-def load_curves(model: str | os.PathLike | None, dtype: str = "auto", device: str = "cpu",
-                threads: int | None = None, cache_dir: str | os.PathLike | None = None) -> LatencyCurves:
+def load_curves(
+    model: str | os.PathLike | None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    threads: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> LatencyCurves:
     """The profiled curves for this key, else ``DEFAULT_CURVES`` relabelled for it, with a warning.
 
     ``dtype="auto"`` takes whichever of the bf16 and fp32 profiles is faster, as the engine's own
@@ -66,8 +77,9 @@ def load_curves(model: str | os.PathLike | None, dtype: str = "auto", device: st
 
         threads = torch.get_num_threads()
     dtypes = ("bf16", "fp32") if dtype == "auto" else (dtype,)
-    found = [LatencyCurves.load(p) for d in dtypes
-             if (p := profile_path(model, d, device, threads, cache_dir)).is_file()]
+    found = [
+        LatencyCurves.load(p) for d in dtypes if (p := profile_path(model, d, device, threads, cache_dir)).is_file()
+    ]
     if found:
         return min(found, key=lambda c: c.generate_s(256, 0, 32, 8))
     wanted = profile_path(model, dtypes[0], device, threads, cache_dir)

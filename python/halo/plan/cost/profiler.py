@@ -87,8 +87,9 @@ class EngineTimer:
         batches = sorted((b for b in batches if b <= fits), reverse=True)
         if not batches:
             return []
-        ids = [self.engine.add_request(self.tokens(context), self._params(max_tokens=headroom))
-               for _ in range(batches[0])]
+        ids = [
+            self.engine.add_request(self.tokens(context), self._params(max_tokens=headroom)) for _ in range(batches[0])
+        ]
         running = self.engine.scheduler.running
         for _ in range(batches[0] * context // self.engine.scheduler.max_batch_tokens + 4):
             if len(running) == batches[0] and all(s.num_uncomputed == 1 for s in running):
@@ -139,8 +140,7 @@ def profile_engine(engine: Any, model: str | None = None, grid: ProfileGrid | No
     t_start = time.perf_counter()
     timer.prefill(128, repeats=2)  # warm-up: first-touch allocations, thread pool, kernels
     timer.decode(8, 64, repeats=1)
-    prefill = [timer.prefill(n, c, 1, grid.repeats)
-               for c in grid.prefill_cached for n in grid.prefill_new]
+    prefill = [timer.prefill(n, c, 1, grid.repeats) for c in grid.prefill_cached for n in grid.prefill_new]
     prefill += [timer.prefill(n, 0, b, grid.repeats) for b, n in grid.prefill_batched]
     decode = [s for c in grid.decode_context for s in timer.decode_sweep(grid.decode_batch, c, grid.repeats)]
     info = engine.describe()
@@ -153,7 +153,12 @@ def profile_engine(engine: Any, model: str | None = None, grid: ProfileGrid | No
         "decode_samples": [list(s) for s in decode],
     }
     return fit_latency_curves(
-        prefill, decode, model=model or engine.config.name, dtype=info["dtype"],
-        device=str(info["device"]).split(":")[0], threads=int(info["threads"]),
-        step_tokens=engine.scheduler.max_batch_tokens, facts=facts,
+        prefill,
+        decode,
+        model=model or engine.config.name,
+        dtype=info["dtype"],
+        device=str(info["device"]).split(":")[0],
+        threads=int(info["threads"]),
+        step_tokens=engine.scheduler.max_batch_tokens,
+        facts=facts,
     )
