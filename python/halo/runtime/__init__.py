@@ -1,0 +1,1 @@
+"""The Processor: executes an optimized plan over LLM workers and a CPU tool pool (pipeline stage 3)."""
