@@ -12,6 +12,11 @@ quiet=(-q --disable-pip-version-check)
 if ! command -v dot >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null
 fi
+# PostgreSQL server binaries: the SQL tool tests start a throwaway cluster on loopback with them
+# (scripts/postgres.sh). Same rule: installed from Debian's packages when we are root, else skipped.
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  scripts/postgres.sh install
+fi
 
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
