@@ -19,3 +19,15 @@ class ContextLengthError(InvalidRequestError):
 
 class KVCacheFullError(HaloError):
     """A single request needs more KV blocks than the whole pool holds, even after preemption."""
+
+
+class ToolError(HaloError):
+    """A tool call (sql, http, python, rule) failed; `node_id` names the graph node that made it."""
+
+    def __init__(self, node_id: str, message: str) -> None:
+        super().__init__(f"{node_id}: {message}")
+        self.node_id = node_id
+        self.message = message
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.node_id, self.message))  # picklable across processes (Ray, pools)
