@@ -1,4 +1,4 @@
-"""The ``halo`` command line: generate now; run, explain, serve and bench as their stages land."""
+"""The ``halo`` command line: run, explain, profile and generate (serve and bench as their stages land)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,12 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from halo.runtime.run_command import run
+
+    return run(args)
+
+
 def _profile(args: argparse.Namespace) -> int:
     from halo.engine import LLMEngine
     from halo.plan.cost import model_key, profile_engine, save_curves
@@ -117,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", help="PNG path for --format png (default plan.png)")
     e.add_argument("--workers", type=int, default=1, help="workers to plan for (default 1)")
     e.set_defaults(func=_explain)
+
+    r = sub.add_parser("run", help="run a workflow over a batch of rows")
+    from halo.runtime.run_command import add_arguments as run_arguments
+
+    run_arguments(r)
+    r.set_defaults(func=_run)
 
     p = sub.add_parser("profile", help="measure the engine's prefill/decode latency curves for the cost model")
     p.add_argument("--model", default=None, help="registered name, .gguf file or HF directory (default smollm2-135m)")

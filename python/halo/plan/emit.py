@@ -1,0 +1,93 @@
+"""Emit: the plan leaves Python as an `ExecutionGraph`, flat arrays the native scheduler core reads.
+
+One entry per physical node of the consolidated batch: whom it waits for (CSR upstream arrays),
+which ready queue hands it out (the planned worker for llm nodes, the tool pool for the rest) and
+its priority (the plan's epoch first, then the physical id, which is topological). Placement and
+epoch come from the `ExecutionPlan`'s tasks, one per llm graph node; a tool node is prepared in the
+earliest epoch among the llm nodes that read it, so it runs ahead of them on the CPU pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from halo.plan.consolidated_graph import ConsolidatedGraph
+from halo.plan.search import ExecutionPlan
+
+EPOCH_STRIDE = 1 << 32  # priority = epoch * stride + physical id: epochs first, then topological order
+
+
+@dataclass(frozen=True)
+class ExecutionGraph:
+    """The flat, per-physical-node view of a plan that `halo._core.SchedulerCore` consumes."""
+
+    upstream_offsets: np.ndarray  # int64 (n + 1,)
+    upstream_indices: np.ndarray  # int32
+    queue: np.ndarray  # int32 (n,): worker index for llm nodes, `tool_queue` for the others
+    priority: np.ndarray  # int64 (n,)
+    epoch_of: dict[str, int]  # graph node id -> planned epoch (0-based)
+    worker_of: dict[str, int]  # llm graph node id -> planned worker index
+    num_workers: int
+
+    @property
+    def tool_queue(self) -> int:
+        return self.num_workers
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.queue)
+
+
+def emit(graph: ConsolidatedGraph, plan: ExecutionPlan | None, num_workers: int) -> ExecutionGraph:
+    """Flatten `graph` under `plan` (None: every llm node on worker 0, all in epoch 0)."""
+    wf = graph.workflow
+    worker_index = {f"w{i}": i for i in range(num_workers)}
+    epoch_of: dict[str, int] = {}
+    worker_of: dict[str, int] = {}
+    if plan is not None:
+        for e, epoch in enumerate(plan.epochs):
+            for placement in epoch.placements:
+                epoch_of[placement.task] = e
+                worker_of[placement.task] = worker_index.get(placement.worker, 0)
+    # A tool runs in the earliest epoch of the llm nodes downstream of it (prepared ahead); a node
+    # with no llm consumer runs as soon as it can (epoch of its own upstream, else 0).
+    readers: dict[str, list[str]] = {}
+    for node in wf.nodes:
+        for up in node.upstream:
+            readers.setdefault(up, []).append(node.id)
+    for node in reversed(wf.nodes):
+        if node.kind == "llm":
+            epoch_of.setdefault(node.id, 0)
+            worker_of.setdefault(node.id, 0)
+            continue
+        below = [epoch_of[r] for r in readers.get(node.id, ()) if r in epoch_of]
+        epoch_of[node.id] = min(below) if below else -1
+    for node in wf.nodes:  # nodes nobody reads inherit their upstream's epoch
+        if epoch_of[node.id] < 0:
+            epoch_of[node.id] = max((epoch_of[u] for u in node.upstream), default=0)
+
+    table = graph.physical
+    n = len(table)
+    counts = np.zeros(n + 1, dtype=np.int64)
+    indices: list[int] = []
+    queue = np.empty(n, dtype=np.int32)
+    priority = np.empty(n, dtype=np.int64)
+    kinds = {node.id: node.kind for node in wf.nodes}
+    for pid in range(n):
+        node_id = table.node[pid]
+        upstream = table.key[pid][2]
+        indices.extend(upstream)
+        counts[pid + 1] = len(upstream)
+        queue[pid] = worker_of[node_id] if kinds[node_id] == "llm" else num_workers
+        priority[pid] = epoch_of[node_id] * EPOCH_STRIDE + pid
+    return ExecutionGraph(
+        upstream_offsets=np.cumsum(counts),
+        upstream_indices=np.asarray(indices, dtype=np.int32),
+        queue=queue,
+        priority=priority,
+        epoch_of=epoch_of,
+        worker_of=worker_of,
+        num_workers=num_workers,
+    )

@@ -1,0 +1,348 @@
+"""`halo.compile(workflow).run(batch)`: the public face of the runtime.
+
+`compile` validates the workflow, starts the workers and loads the models they will run, and binds
+databases and tools. `run` consolidates the batch, plans it (epoch DP, greedy, or the serial
+baseline), emits the execution graph and hands it to the Processor; the result has one output dict
+per input row in input order, the per-row errors, and the run's counters.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from halo.engine import LLMEngine
+from halo.errors import InvalidRequestError
+from halo.plan import consolidate
+from halo.plan.consolidated_graph import ConsolidatedGraph
+from halo.plan.cost import LatencyCurves, ProfileMissingWarning, load_curves
+from halo.plan.emit import emit
+from halo.plan.plan_problem import build_plan_problem
+from halo.plan.search import ExecutionPlan, plan_dp, plan_greedy
+from halo.runtime import journal as journal_io
+from halo.runtime.batch import split_valid, to_rows
+from halo.runtime.llm_worker import EngineSet, LocalWorker, RayWorker, engine_factory
+from halo.runtime.processor import Processor, Progress
+from halo.runtime.results import EpochTiming, RowError, RunResult, RunStats, Span
+from halo.runtime.serial import run_serial
+from halo.runtime.tools.tool_runner import ToolRunner
+from halo.spec.workflow import Workflow
+
+PlanMode = Literal["dp", "greedy", "serial"]
+
+
+def compile(  # noqa: A001 - the public name the design asks for
+    workflow: Workflow | str | os.PathLike[str],
+    *,
+    workers: int = 1,
+    models: Mapping[str, str] | None = None,
+    plan: PlanMode = "dp",
+    dtype: str = "auto",
+    engine_options: Mapping[str, Any] | None = None,
+    allowed_hosts: Collection[str] = (),
+    tool_threads: int = 16,
+    max_inflight: int | None = None,
+    ray_address: str | None = None,
+) -> CompiledWorkflow:
+    """Validate `workflow`, start `workers` LLM workers with their models loaded, bind its tools.
+
+    `models` maps a model source named in the workflow to another one to load instead (e.g. a local
+    GGUF). `engine_options` go to every `LLMEngine` (kv_memory_gb, max_num_seqs, ...). With more than
+    one worker each runs in a Ray actor on its share of the cores (a local Ray is started on demand,
+    or `ray_address` joins a cluster).
+    """
+    if isinstance(workflow, str | os.PathLike):
+        workflow = Workflow.from_yaml(workflow)
+    workflow.validate()
+    if plan not in ("dp", "greedy", "serial"):
+        raise InvalidRequestError(f"plan must be 'dp', 'greedy' or 'serial', got {plan!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise InvalidRequestError(f"workers must be a positive integer, got {workers!r}")
+    if plan == "serial" and workers != 1:
+        raise InvalidRequestError("the serial baseline runs on one worker")
+    return CompiledWorkflow(
+        workflow,
+        workers=workers,
+        models=dict(models or {}),
+        plan=plan,
+        engine_options={"dtype": dtype, **dict(engine_options or {})},
+        allowed_hosts=tuple(allowed_hosts),
+        tool_threads=tool_threads,
+        max_inflight=max_inflight,
+        ray_address=ray_address,
+    )
+
+
+@dataclass
+class _RunContext:
+    rows: list[Any]
+    valid: list[int]
+    input_errors: list[RowError]
+    graph: ConsolidatedGraph | None
+    plan: ExecutionPlan | None
+    plan_s: float
+
+
+class CompiledWorkflow:
+    """A workflow bound to workers, models and tools; `run` it over as many batches as you like."""
+
+    def __init__(
+        self,
+        workflow: Workflow,
+        *,
+        workers: int,
+        models: dict[str, str],
+        plan: PlanMode,
+        engine_options: dict[str, Any],
+        allowed_hosts: tuple[str, ...],
+        tool_threads: int,
+        max_inflight: int | None,
+        ray_address: str | None,
+    ) -> None:
+        self.workflow = workflow
+        self.graph = workflow.graph
+        self.plan_mode = plan
+        self.num_workers = workers
+        self._models = models
+        self._engine_options = engine_options
+        self._max_inflight = max_inflight
+        self.model_sources = sorted({self.graph.model_source(n) or "" for n in self.graph.nodes if n.kind == "llm"})
+        self.tools = ToolRunner(workflow, max_threads=tool_threads, allowed_hosts=allowed_hosts)
+        self._workers: list[Any] = []
+        self._curves: dict[str, LatencyCurves] = {}
+        self._tokenizers: dict[str, Any] = {}
+        self.warnings: list[str] = []
+        if workers == 1:
+            factory = engine_factory(engine_options)
+            engines = EngineSet(
+                lambda source: factory(self._models.get(source, source)), capacity=max(2, len(self.model_sources))
+            )
+            self._workers = [LocalWorker(0, engines)]
+            for source in self.model_sources:
+                engine = engines.get(source)
+                assert engine is not None
+                self._tokenizers[source] = engine.tokenizer
+        else:
+            self._start_ray(ray_address)
+            threads = max(1, (os.cpu_count() or 2) // workers)
+            self._workers = [RayWorker(i, engine_options, threads) for i in range(workers)]
+            for source in self.model_sources:
+                from halo.engine.checkpoint import load_tokenizer
+
+                self._tokenizers[source] = load_tokenizer(self._models.get(source, source))
+            for worker in self._workers:  # every worker gets the first model; others load on demand
+                if self.model_sources:
+                    worker.preload(self.model_sources[0])
+
+    # -- public -------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        batch: Any,
+        *,
+        journal: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> RunResult:
+        """Run the workflow over `batch`; with `journal`, finished work is recorded there as it happens
+        and `resume=True` skips what an earlier (interrupted) run with the same journal finished."""
+        clock = time.perf_counter()
+        context = self._prepare(batch, plan=self.plan_mode != "serial")
+        stats = RunStats(rows=len(context.rows), plan_s=context.plan_s, planner=self.plan_mode)
+        if self.plan_mode == "serial":
+            outcome, timeline = self._run_serial(context, stats)
+        else:
+            outcome, timeline = self._run_planned(context, stats, journal, resume, on_progress)
+        outputs: list[dict[str, Any]] = [dict.fromkeys(b.name for b in self.graph.outputs) for _ in context.rows]
+        errors = list(context.input_errors)
+        for local, original in enumerate(context.valid):
+            if local in outcome.outputs:
+                outputs[original] = outcome.outputs[local]
+            if local in outcome.errors:
+                e = outcome.errors[local]
+                errors.append(RowError(original, e.node, e.message))
+        errors.sort(key=lambda e: e.row)
+        stats.rows_failed = len(errors)
+        stats.wall_s = time.perf_counter() - clock
+        for span in timeline:
+            stats.seconds_by_kind[span.kind] = stats.seconds_by_kind.get(span.kind, 0.0) + span.end - span.start
+        return RunResult(outputs, errors, stats, timeline)
+
+    def explain(self, batch: Any) -> str:
+        """The consolidated batch and the plan that `run` would follow, as text."""
+        from halo.plan import explain_text
+
+        context = self._prepare(batch, plan=True)
+        assert context.graph is not None and context.plan is not None
+        return explain_text(context.graph) + "\n\n" + context.plan.explain()
+
+    def close(self) -> None:
+        self.tools.close()
+        for worker in self._workers:
+            if isinstance(worker, RayWorker):
+                worker.shutdown()
+        self._workers = []
+
+    def __enter__(self) -> CompiledWorkflow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- stages -------------------------------------------------------------------------------------
+
+    def _prepare(self, batch: Any, *, plan: bool) -> _RunContext:
+        clock = time.perf_counter()
+        rows = to_rows(batch)
+        valid, input_errors = split_valid(rows, self.workflow.spec.inputs)
+        graph = None
+        chosen = None
+        if plan:
+            graph = consolidate(self.graph, [rows[i] for i in valid], self._tokenizers, check=False)
+            problem = build_plan_problem(graph, self._curves_for, workers=self.num_workers)
+            chosen = plan_greedy(problem) if self.plan_mode == "greedy" else plan_dp(problem, time_limit_s=1.0)
+        return _RunContext(rows, valid, input_errors, graph, chosen, time.perf_counter() - clock)
+
+    def _curves_for(self, model: str) -> LatencyCurves:
+        curves = self._curves.get(model)
+        if curves is None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ProfileMissingWarning)
+                dtype = self._engine_options.get("dtype", "auto")
+                curves = self._curves[model] = load_curves(self._models.get(model, model), dtype=str(dtype))
+            self.warnings.extend(str(w.message) for w in caught)
+        return curves
+
+    def _run_planned(
+        self,
+        context: _RunContext,
+        stats: RunStats,
+        journal: str | os.PathLike[str] | None,
+        resume: bool,
+        on_progress: Callable[[Progress], None] | None,
+    ) -> tuple[Any, list[Span]]:
+        graph, plan = context.graph, context.plan
+        assert graph is not None and plan is not None
+        execution = emit(graph, plan, self.num_workers)
+        writer = state = None
+        if journal is not None:
+            path = Path(journal)
+            print_ = journal_io.fingerprint(self.workflow.spec, context.rows)
+            if resume and path.exists():
+                state = journal_io.load(path, print_)
+            writer = journal_io.JournalWriter(path, print_, fresh=not (resume and path.exists()))
+        before = [w.stats() for w in self._workers]
+        tool_before = self.tools.stats.snapshot()
+        try:
+            processor = Processor(
+                graph,
+                [context.rows[i] for i in context.valid],
+                execution,
+                self._workers,
+                self.tools,
+                max_inflight=self._max_inflight or self._adaptive_inflight(),
+                journal=writer,
+                resume=state,
+                on_progress=on_progress,
+            )
+            outcome = processor.run()
+        finally:
+            if writer is not None:
+                writer.close()
+        after = [w.stats() for w in self._workers]
+        for b, a in zip(before, after, strict=True):
+            stats.prompt_tokens += a.prompt_tokens - b.prompt_tokens
+            stats.prefill_tokens += a.prefill_tokens - b.prefill_tokens
+            stats.cached_tokens += a.cached_tokens - b.cached_tokens
+            stats.decode_tokens += a.decode_tokens - b.decode_tokens
+        tool_delta = self.tools.stats.snapshot() - tool_before
+        llm_nodes = [n for n in self.graph.nodes if n.kind == "llm"]
+        stats.llm_calls_logical = len(context.valid) * len(llm_nodes)
+        stats.llm_calls_executed = outcome.llm_executed
+        stats.llm_calls_coalesced = outcome.llm_coalesced
+        stats.tool_calls_logical = len(context.valid) * (len(self.graph.nodes) - len(llm_nodes))
+        stats.tool_calls_executed = tool_delta.executed
+        stats.tool_calls_coalesced = tool_delta.coalesced
+        stats.tool_cache_hits = tool_delta.cache_hits
+        stats.nodes_skipped = outcome.skipped
+        stats.rows_resumed = len(outcome.resumed_rows)
+        stats.calls_by_worker = dict(outcome.calls_by_worker)
+        stats.planner = plan.planner
+        stats.predicted_s = plan.makespan_s
+        for span in outcome.timeline:
+            if span.kind == "llm":
+                workers = stats.workers_by_node.setdefault(span.node, [])
+                if span.worker not in workers:
+                    workers.append(span.worker)
+        stats.epochs = _epoch_timings(plan, outcome.timeline)
+        return outcome, outcome.timeline
+
+    def _run_serial(self, context: _RunContext, stats: RunStats) -> tuple[Any, list[Span]]:
+        worker = self._workers[0]
+        assert isinstance(worker, LocalWorker)
+
+        def engine_for(source: str) -> LLMEngine:
+            engine = worker.engines.get(source)
+            assert engine is not None
+            return engine
+
+        def call_tool(node: Any, request: dict[str, Any]) -> dict[str, Any]:
+            return self.tools.submit(node, request, use_cache=False).result()
+
+        rows = [context.rows[i] for i in context.valid]
+        before = worker.stats()
+        outcome = run_serial(self.graph, rows, engine_for, call_tool)
+        after = worker.stats()
+        stats.prompt_tokens = after.prompt_tokens - before.prompt_tokens
+        stats.prefill_tokens = after.prefill_tokens - before.prefill_tokens
+        stats.cached_tokens = after.cached_tokens - before.cached_tokens
+        stats.decode_tokens = after.decode_tokens - before.decode_tokens
+        llm_nodes = sum(1 for n in self.graph.nodes if n.kind == "llm")
+        stats.llm_calls_logical = len(rows) * llm_nodes
+        stats.llm_calls_executed = outcome.llm_executed
+        stats.tool_calls_logical = len(rows) * (len(self.graph.nodes) - llm_nodes)
+        stats.tool_calls_executed = outcome.tool_executed
+        stats.nodes_skipped = outcome.skipped
+        return outcome, outcome.timeline
+
+    def _adaptive_inflight(self) -> int:
+        """Requests in flight per worker: the smallest batch that reaches 95% of the best decode
+        throughput the cost model predicts (more only adds latency and KV pressure)."""
+        limit = int(self._engine_options.get("max_num_seqs", 128))
+        best = 1
+        for source in self.model_sources or [""]:
+            curves = self._curves_for(source)
+            rate = [b / max(curves.decode_step_s(b, 256.0), 1e-9) for b in range(1, limit + 1)]
+            peak = max(rate)
+            best = max(best, next(b for b, r in enumerate(rate, 1) if r >= 0.95 * peak))
+        return best
+
+    @staticmethod
+    def _start_ray(address: str | None) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                num_cpus=None if address else os.cpu_count(),
+            )
+
+
+def _epoch_timings(plan: ExecutionPlan, timeline: list[Span]) -> list[EpochTiming]:
+    spans: dict[str, list[Span]] = {}
+    for span in timeline:
+        spans.setdefault(span.node, []).append(span)
+    out = []
+    for index, epoch in enumerate(plan.epochs):
+        nodes = tuple(p.task for p in epoch.placements)
+        mine = [s for n in nodes for s in spans.get(n, [])]
+        actual = max(s.end for s in mine) - min(s.start for s in mine) if mine else 0.0
+        out.append(EpochTiming(index, nodes, epoch.time_s, actual))
+    return out

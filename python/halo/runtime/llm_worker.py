@@ -1,0 +1,268 @@
+"""LLM workers: one engine per resident model, in this process (one worker) or as Ray actors (several).
+
+Both kinds take `LLMJob`s and hand back `LLMDone`s through the same three calls, so the Processor
+drives them alike: `submit(jobs)` (returns jobs that failed validation at once, e.g. a prompt over
+the context window), `poll()` (advances the work a little and returns what finished) and
+`inflight`. A local worker advances by one engine step per poll, so new requests join the running
+batch between steps (continuous batching across nodes). A Ray worker runs whole batches in its
+actor; the next batch starts as soon as the previous one returns.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from halo.engine import EngineStats, LLMEngine, SamplingParams
+from halo.errors import HaloError
+
+
+@dataclass(frozen=True)
+class LLMJob:
+    pid: int  # the physical node this request executes
+    model: str  # model source
+    prompt: list[dict[str, str]]  # chat messages
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class LLMDone:
+    pid: int
+    worker: int
+    text: str | None  # None when the request failed
+    error: str | None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    start: float = 0.0  # perf_counter of submission and of completion (this process's clock)
+    end: float = 0.0
+
+
+@dataclass
+class EngineSet:
+    """The engines one worker holds, by model, at most `capacity` of them (least recently used leaves)."""
+
+    factory: Callable[[str], LLMEngine]
+    capacity: int = 2
+    engines: OrderedDict[str, LLMEngine] = field(default_factory=OrderedDict)
+    loads: int = 0
+    load_seconds: float = 0.0
+
+    def get(self, model: str, busy: Callable[[str], bool] = lambda m: False) -> LLMEngine | None:
+        """The engine of `model`, loading it if needed; None while no idle engine can make room."""
+        engine = self.engines.get(model)
+        if engine is not None:
+            self.engines.move_to_end(model)
+            return engine
+        if len(self.engines) >= self.capacity:
+            idle = next((m for m in self.engines if not busy(m)), None)
+            if idle is None:
+                return None
+            del self.engines[idle]
+        clock = time.perf_counter()
+        engine = self.engines[model] = self.factory(model)
+        self.loads += 1
+        self.load_seconds += time.perf_counter() - clock
+        return engine
+
+    def stats(self) -> EngineStats:
+        total = EngineStats()
+        for engine in self.engines.values():
+            s = engine.stats()
+            for name, value in s.as_dict().items():
+                setattr(total, name, getattr(total, name) + value)
+        return total
+
+
+class LocalWorker:
+    """A worker whose engines run in this process, one engine step per `poll`."""
+
+    def __init__(self, index: int, engines: EngineSet) -> None:
+        self.index = index
+        self.engines = engines
+        self._waiting: list[LLMJob] = []  # jobs whose model has no room yet
+        self._running: dict[str, tuple[LLMJob, float]] = {}  # request id -> job, submit time
+        self._by_model: dict[str, int] = {}
+
+    @property
+    def inflight(self) -> int:
+        return len(self._running) + len(self._waiting)
+
+    def preload(self, model: str) -> None:
+        self.engines.get(model, self._busy)
+
+    def submit(self, jobs: Sequence[LLMJob]) -> list[LLMDone]:
+        failed: list[LLMDone] = []
+        for job in jobs:
+            done = self._start(job)
+            if done is not None:
+                failed.append(done)
+        return failed
+
+    def poll(self) -> list[LLMDone]:
+        if self._waiting:
+            waiting, self._waiting = self._waiting, []
+            failed = self.submit(waiting)
+            if failed:
+                return failed
+        finished: list[LLMDone] = []
+        for model, engine in list(self.engines.engines.items()):
+            if not self._by_model.get(model) or not engine.has_unfinished():
+                continue
+            for result in engine.step():
+                job, start = self._running.pop(result.request_id)
+                self._by_model[model] -= 1
+                finished.append(
+                    LLMDone(
+                        job.pid,
+                        self.index,
+                        result.text,
+                        None,
+                        result.prompt_tokens,
+                        result.cached_tokens,
+                        len(result.token_ids),
+                        start,
+                        time.perf_counter(),
+                    )
+                )
+        return finished
+
+    def stats(self) -> EngineStats:
+        return self.engines.stats()
+
+    def _busy(self, model: str) -> bool:
+        return self._by_model.get(model, 0) > 0
+
+    def _start(self, job: LLMJob) -> LLMDone | None:
+        start = time.perf_counter()
+        try:
+            engine = self.engines.get(job.model, self._busy)
+        except HaloError as exc:
+            return LLMDone(job.pid, self.index, None, str(exc), start=start, end=time.perf_counter())
+        if engine is None:
+            self._waiting.append(job)
+            return None
+        request_id = f"p{job.pid}"
+        try:
+            engine.add_request(job.prompt, job.params, request_id=request_id)
+        except HaloError as exc:
+            return LLMDone(job.pid, self.index, None, str(exc), start=start, end=time.perf_counter())
+        self._running[request_id] = (job, start)
+        self._by_model[job.model] = self._by_model.get(job.model, 0) + 1
+        return None
+
+
+def engine_factory(options: Mapping[str, Any]) -> Callable[[str], LLMEngine]:
+    """Builds engines for model sources with the run's engine options (dtype, pool size, threads...)."""
+
+    def build(model: str) -> LLMEngine:
+        return LLMEngine(model=model, **dict(options))
+
+    return build
+
+
+class EngineActor:
+    """The body of a Ray worker: its engines, driven a batch at a time (`run` returns when all finish)."""
+
+    def __init__(self, index: int, options: Mapping[str, Any], threads: int, capacity: int) -> None:
+        import torch
+
+        # Each actor owns its share of the cores: more threads than cores makes every op 10-50x slower.
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        self.worker = LocalWorker(index, EngineSet(engine_factory({**options, "num_threads": threads}), capacity))
+
+    def preload(self, model: str) -> float:
+        clock = time.perf_counter()
+        self.worker.preload(model)
+        return time.perf_counter() - clock
+
+    def run(self, jobs: list[LLMJob]) -> list[tuple[LLMDone, float]]:
+        """Run `jobs` to completion; each result comes with its (start, end) as offsets from the call."""
+        base = time.perf_counter()
+        out = self.worker.submit(jobs)
+        while self.worker.inflight:
+            out.extend(self.worker.poll())
+        return [(d, d.start - base) for d in out]
+
+    def stats(self) -> EngineStats:
+        return self.worker.stats()
+
+
+class RayWorker:
+    """A worker in a Ray actor (one engine process per worker), fed one batch at a time."""
+
+    def __init__(self, index: int, options: Mapping[str, Any], threads: int, capacity: int = 2) -> None:
+        import ray
+
+        self.index = index
+        actor_class = ray.remote(num_cpus=threads)(EngineActor)
+        self._actor = actor_class.remote(index, dict(options), threads, capacity)
+        self._pending: list[LLMJob] = []
+        self._call: Any = None  # the ObjectRef of the batch running now
+        self._call_jobs = 0
+        self._call_start = 0.0
+
+    @property
+    def inflight(self) -> int:
+        return len(self._pending) + self._call_jobs
+
+    def preload(self, model: str) -> None:
+        import ray
+
+        ray.get(self._actor.preload.remote(model))
+
+    def submit(self, jobs: Sequence[LLMJob]) -> list[LLMDone]:
+        self._pending.extend(jobs)
+        self._launch()
+        return []
+
+    def poll(self) -> list[LLMDone]:
+        import ray
+
+        if self._call is None:
+            self._launch()
+            return []
+        ready, _ = ray.wait([self._call], timeout=0)
+        if not ready:
+            return []
+        base, end = self._call_start, time.perf_counter()
+        results = ray.get(self._call)
+        self._call, self._call_jobs = None, 0
+        self._launch()
+        # The actor's clock is not ours: place each request by its offset inside the call.
+        return [
+            LLMDone(
+                d.pid,
+                self.index,
+                d.text,
+                d.error,
+                d.prompt_tokens,
+                d.cached_tokens,
+                d.generated_tokens,
+                base + offset,
+                end,
+            )
+            for d, offset in results
+        ]
+
+    def stats(self) -> EngineStats:
+        import ray
+
+        return ray.get(self._actor.stats.remote())
+
+    def shutdown(self) -> None:
+        import ray
+
+        ray.kill(self._actor)
+
+    def _launch(self) -> None:
+        if self._call is None and self._pending:
+            jobs, self._pending = self._pending, []
+            self._call_start = time.perf_counter()
+            self._call_jobs = len(jobs)
+            self._call = self._actor.run.remote(jobs)

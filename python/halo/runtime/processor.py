@@ -1,0 +1,373 @@
+"""The Processor: executes one consolidated batch under its plan, over LLM workers and the tool pool.
+
+The native scheduler core (`halo._core.SchedulerCore`) holds the readiness of every physical node;
+this loop only executes what the core hands out and reports completions back:
+
+    loop until the core is finished:
+        hand ready tool nodes to the tool pool (they run on threads, overlapping model work)
+        hand ready llm nodes to their planned worker, up to its adaptive in-flight limit
+        advance every worker a little (one engine step in-process) and collect what finished
+        collect finished tool calls
+
+Nothing waits for an epoch to end: a node is handed out as soon as its inputs exist, in plan order
+within its queue (no global barrier). Equal pure llm requests discovered at run time (deferred
+prompts that render the same) run once. A failing node follows its `on_error` policy; under
+`fail_row` the core cancels everything downstream of it, and each affected row records the error.
+Every finished physical node and row is journaled as soon as it exists (see `journal.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from halo._core import SchedulerCore
+from halo.errors import HaloError
+from halo.plan.consolidated_graph import ConsolidatedGraph
+from halo.plan.emit import ExecutionGraph
+from halo.runtime.journal import JournalState, JournalWriter
+from halo.runtime.llm_worker import LLMDone, LLMJob
+from halo.runtime.node_io import (
+    SKIPPED,
+    fallback_result,
+    llm_prompt,
+    llm_result,
+    render_values,
+    row_outputs,
+    sampling_params,
+)
+from halo.runtime.results import RowError, Span
+from halo.spec.graph import GraphNode
+
+
+class Worker(Protocol):
+    index: int
+
+    @property
+    def inflight(self) -> int: ...
+
+    def submit(self, jobs: Sequence[LLMJob]) -> list[LLMDone]: ...
+
+    def poll(self) -> list[LLMDone]: ...
+
+
+class Tools(Protocol):
+    def submit(self, node: GraphNode, request: dict[str, Any]) -> Future: ...
+
+
+@dataclass
+class Progress:
+    rows_done: int
+    rows_total: int
+    generated_tokens: int
+    tools_in_flight: int
+    llm_in_flight: int
+
+
+@dataclass
+class ProcessorOutcome:
+    outputs: dict[int, dict[str, Any]]  # consolidated row -> outputs
+    errors: dict[int, RowError]  # consolidated row -> first error
+    timeline: list[Span]
+    llm_executed: int = 0
+    llm_coalesced: int = 0
+    generated_tokens: int = 0
+    skipped: int = 0
+    resumed_rows: set[int] = field(default_factory=set)
+    calls_by_worker: dict[int, int] = field(default_factory=dict)
+
+
+class Processor:
+    """Runs one consolidated batch; `run()` returns outputs, errors and the timeline."""
+
+    def __init__(
+        self,
+        graph: ConsolidatedGraph,
+        rows: Sequence[Mapping[str, Any]],
+        execution: ExecutionGraph,
+        workers: Sequence[Worker],
+        tools: Tools,
+        *,
+        max_inflight: int = 64,
+        journal: JournalWriter | None = None,
+        resume: JournalState | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        progress_every_s: float = 0.2,
+    ) -> None:
+        self.graph = graph
+        self.wf = graph.workflow
+        self.rows = rows
+        self.execution = execution
+        self.workers = list(workers)
+        self.tools = tools
+        self.max_inflight = max_inflight
+        self.journal = journal
+        self.on_progress = on_progress
+        self.progress_every_s = progress_every_s
+        self.core = SchedulerCore(
+            execution.upstream_offsets, execution.upstream_indices, execution.queue, execution.priority
+        )
+        n = len(graph.physical)
+        self.results: list[Any] = [None] * n
+        self.ok = bytearray(n)  # 1: has a result (or was skipped)
+        self.attempts = [0] * n
+        self.start_time: dict[int, float] = {}
+        self.tool_futures: dict[Future, int] = {}
+        self.llm_followers: dict[tuple, list[int]] = {}  # request key -> pids waiting on the same request
+        self.llm_key: dict[int, tuple] = {}
+        self.row_left = [len(self.wf.nodes)] * graph.rows
+        self.out = ProcessorOutcome({}, {}, [])
+        self._last_progress = 0.0
+        if resume is not None:
+            self._restore(resume)
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> ProcessorOutcome:
+        core = self.core
+        tool_queue = self.execution.tool_queue
+        while not core.finished:
+            self._dispatch_tools(core.pop(tool_queue))
+            for worker in self.workers:
+                room = self.max_inflight - worker.inflight
+                if room > 0 and core.ready_count(worker.index):
+                    self._dispatch_llm(worker, core.pop(worker.index, room))
+            stepped = False
+            for worker in self.workers:
+                busy = worker.inflight > 0
+                for done in worker.poll():
+                    self._llm_finished(done)
+                stepped |= busy
+            finished = [f for f in self.tool_futures if f.done()]
+            for future in finished:
+                self._tool_finished(future)
+            if not stepped and not finished and not core.finished:
+                self._idle_wait()
+            self._report_progress()
+        self._report_progress(force=True)
+        return self.out
+
+    def _idle_wait(self) -> None:
+        if any(self.core.ready_count(q) for q in range(self.core.num_queues)):
+            return
+        if self.tool_futures:
+            wait(list(self.tool_futures), timeout=0.005, return_when=FIRST_COMPLETED)
+        elif self.core.running == 0:
+            raise RuntimeError(f"scheduler stalled: {self.core.remaining} nodes left, none ready or running (a cycle?)")
+        else:
+            time.sleep(0.001)  # remote workers are computing
+
+    # -- handing out work ---------------------------------------------------------------------------
+
+    def _context(self, pid: int) -> tuple[GraphNode, Mapping[str, Any], dict[str, Any]]:
+        """The node, row and upstream results (by graph node id) of a physical node's first instance."""
+        table = self.graph.physical
+        node = self.wf.node(table.node[pid])
+        row = table.row[pid]
+        results: dict[str, Any] = {}
+        for up in node.upstream:
+            upid = self.graph.assignment[up][row]
+            if self.ok[upid] and self.results[upid] is not SKIPPED:
+                results[up] = self.results[upid]
+        return node, self.rows[row], results
+
+    def _prepare(self, pid: int) -> tuple[GraphNode, tuple] | None:
+        """Render a node about to run; None if it was settled instead (skipped, or failed to render)."""
+        self.start_time.setdefault(pid, time.perf_counter())
+        node, row, results = self._context(pid)
+        if node.guards and self.wf.skipped(node, row, results):
+            self.out.skipped += 1
+            self._finish(pid, SKIPPED)
+            return None
+        values = self.graph.physical.values[pid]
+        if values is None:
+            try:
+                values = render_values(self.wf, node, row, results)
+            except HaloError as exc:
+                self._fail(pid, str(exc))
+                return None
+        return node, values
+
+    def _dispatch_tools(self, pids: Any) -> None:
+        for pid in pids.tolist():
+            prepared = self._prepare(int(pid))
+            if prepared is None:
+                continue
+            node, values = prepared
+            request = self.wf.template(node).request(values)
+            future = self.tools.submit(node, request)
+            self.tool_futures[future] = int(pid)
+
+    def _dispatch_llm(self, worker: Worker, pids: Any) -> None:
+        jobs: list[LLMJob] = []
+        for pid in pids.tolist():
+            pid = int(pid)
+            prepared = self._prepare(pid)
+            if prepared is None:
+                continue
+            node, values = prepared
+            prompt = llm_prompt(node, values)
+            params = sampling_params(node)
+            model = self.wf.model_source(node) or ""
+            if node.pure:
+                key = (model, json.dumps(prompt), params)
+                waiting = self.llm_followers.get(key)
+                if waiting is not None:  # the same request is already running: share its result
+                    waiting.append(pid)
+                    self.out.llm_coalesced += 1
+                    continue
+                self.llm_followers[key] = []
+                self.llm_key[pid] = key
+            jobs.append(LLMJob(pid, model, prompt, params))
+        self.out.llm_executed += len(jobs)
+        self.out.calls_by_worker[worker.index] = self.out.calls_by_worker.get(worker.index, 0) + len(jobs)
+        for done in worker.submit(jobs):
+            self._llm_finished(done)
+
+    # -- completions --------------------------------------------------------------------------------
+
+    def _llm_finished(self, done: LLMDone) -> None:
+        key = self.llm_key.pop(done.pid, None)
+        followers = self.llm_followers.pop(key, []) if key is not None else []
+        self.out.generated_tokens += done.generated_tokens
+        for pid in (done.pid, *followers):
+            node = self.wf.node(self.graph.physical.node[pid])
+            self._span(pid, node, done.worker, done.end, done.error is None)
+            if done.error is not None:
+                self._failed_attempt(pid, node, done.error)
+                continue
+            try:
+                result = llm_result(node, done.text or "")
+            except ValueError as exc:
+                self._failed_attempt(pid, node, str(exc))
+                continue
+            self._finish(pid, result)
+
+    def _tool_finished(self, future: Future) -> None:
+        pid = self.tool_futures.pop(future)
+        node = self.wf.node(self.graph.physical.node[pid])
+        error = future.exception()
+        self._span(pid, node, -1, time.perf_counter(), error is None)
+        if error is None:
+            self._finish(pid, future.result())
+        else:
+            self._failed_attempt(pid, node, str(error))
+
+    def _failed_attempt(self, pid: int, node: GraphNode, message: str) -> None:
+        policy = node.spec.on_error
+        if policy == "retry" and self.attempts[pid] < node.spec.retries:
+            self.attempts[pid] += 1
+            self._retry(pid, node)
+        elif policy == "default":
+            self._finish(pid, fallback_result(node))
+        else:
+            self._fail(pid, message)
+
+    def _retry(self, pid: int, node: GraphNode) -> None:
+        if node.kind == "llm":
+            worker = self.workers[int(self.execution.worker_of.get(node.id, 0)) % len(self.workers)]
+            self._dispatch_llm(worker, np.asarray([pid]))
+        else:
+            self._dispatch_tools(np.asarray([pid]))
+
+    def _finish(self, pid: int, result: Any) -> None:
+        self.results[pid] = result
+        self.ok[pid] = 1
+        if self.journal is not None:
+            journaled = {"$skipped": True} if result is SKIPPED else result
+            self.journal.node(self.graph.physical.signature(pid), journaled)
+        self.core.complete(pid)
+        self._settled(pid)
+
+    def _fail(self, pid: int, message: str) -> None:
+        node_id = self.graph.physical.node[pid]
+        for _, row in self.graph.physical.instances[pid]:
+            self.out.errors.setdefault(row, RowError(row, node_id, message))
+        cancelled = self.core.fail(pid)
+        self._settled(pid)
+        for other in cancelled.tolist():
+            self._settled(int(other))
+
+    def _settled(self, pid: int) -> None:
+        """A physical node reached a final state: count its instances off their rows."""
+        for _, row in self.graph.physical.instances[pid]:
+            self.row_left[row] -= 1
+            if self.row_left[row] == 0:
+                self._row_done(row)
+
+    def _row_done(self, row: int) -> None:
+        results: dict[str, Any] = {}
+        for node in self.wf.nodes:
+            pid = self.graph.assignment[node.id][row]
+            if self.ok[pid] and self.results[pid] is not SKIPPED:
+                results[node.id] = self.results[pid]
+        outputs = row_outputs(self.wf, self.rows[row], results)
+        self.out.outputs[row] = outputs
+        if self.journal is not None and row not in self.out.resumed_rows:
+            error = self.out.errors.get(row)
+            self.journal.row(row, outputs, {"node": error.node, "message": error.message} if error else None)
+
+    def _span(self, pid: int, node: GraphNode, worker: int, end: float, ok: bool) -> None:
+        start = self.start_time.pop(pid, end)
+        self.out.timeline.append(Span(pid, node.id, node.kind, worker, start, end, ok))
+
+    # -- resume ---------------------------------------------------------------------------------------
+
+    def _restore(self, state: JournalState) -> None:
+        """Mark what an earlier run finished as done, so only the rest runs."""
+        table = self.graph.physical
+        restored: list[int] = []
+        for pid in range(len(table)):
+            result = state.nodes.get(table.signature(pid), _MISSING)
+            if result is _MISSING:
+                continue
+            self.results[pid] = SKIPPED if result == {"$skipped": True} else result
+            self.ok[pid] = 1
+            restored.append(pid)
+        for row, record in state.rows.items():
+            if 0 <= row < self.graph.rows:
+                self.out.resumed_rows.add(row)
+                self.out.outputs[row] = record["output"]
+                if record.get("error"):
+                    self.out.errors[row] = RowError(row, record["error"]["node"], record["error"]["message"])
+        # A physical node that only finished rows use need not run again, even if it failed then.
+        done_rows = self.out.resumed_rows
+        for pid in range(len(table)):
+            if not self.ok[pid] and all(r in done_rows for _, r in table.instances[pid]):
+                self.ok[pid] = 1
+                self.results[pid] = SKIPPED
+                restored.append(pid)
+        if restored:
+            self.core.complete(sorted(restored))
+        for pid in restored:
+            for _, row in table.instances[pid]:
+                self.row_left[row] -= 1
+        for row in range(self.graph.rows):
+            if self.row_left[row] == 0 and row not in done_rows:
+                self._row_done(row)
+
+    def _report_progress(self, force: bool = False) -> None:
+        if self.on_progress is None:
+            return
+        now = time.perf_counter()
+        if not force and now - self._last_progress < self.progress_every_s:
+            return
+        self._last_progress = now
+        self.on_progress(
+            Progress(
+                rows_done=len(self.out.outputs),
+                rows_total=self.graph.rows,
+                generated_tokens=self.out.generated_tokens,
+                tools_in_flight=len(self.tool_futures),
+                llm_in_flight=sum(w.inflight for w in self.workers),
+            )
+        )
+
+
+_MISSING = object()

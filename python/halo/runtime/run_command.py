@@ -1,0 +1,156 @@
+"""`halo run WORKFLOW.yaml --input rows.jsonl --output out.jsonl`: a batch run from the command line.
+
+Shows a progress bar (rows done, generated tokens/s, tool calls in flight, ETA), journals finished
+work next to the output (`OUT.journal.jsonl`; `--resume` continues an interrupted run from it), writes
+the output atomically in input order, and ends with a summary table. Row errors are reported and
+recorded in the output (`_error`); the exit status is non-zero for them only with `--strict`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from halo.runtime.processor import Progress as RunProgress
+from halo.runtime.results import RunResult
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workflow", help="workflow YAML file")
+    parser.add_argument("--input", required=True, help="batch rows: .jsonl, .csv or .parquet")
+    parser.add_argument("--output", required=True, help="where the outputs go: .jsonl, .csv or .parquet")
+    parser.add_argument("--workers", type=int, default=1, help="LLM workers (more than one run as Ray actors)")
+    parser.add_argument(
+        "--plan",
+        default="dp",
+        choices=["dp", "greedy", "serial"],
+        help="planner: epoch DP (default), greedy, or the plain per-call serial baseline",
+    )
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--resume", action="store_true", help="skip the work a previous run journaled")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 if any row failed")
+    parser.add_argument("--allow-host", action="append", default=[], help="extra host http nodes may call")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from halo.batch_io import read_rows
+    from halo.runtime.compiled import compile
+
+    console = Console(stderr=True)
+    rows = read_rows(args.input)
+    output = Path(args.output)
+    journal = output.with_name(output.name + ".journal.jsonl")
+    if journal.exists() and not args.resume:
+        console.print(f"[yellow]starting over: {journal} exists (pass --resume to continue that run)[/]")
+    clock = time.perf_counter()
+    with console.status("loading models and binding tools ...", spinner="dots") if not args.quiet else _Null():
+        app = compile(
+            args.workflow, workers=args.workers, plan=args.plan, dtype=args.dtype, allowed_hosts=args.allow_host
+        )
+    load_s = time.perf_counter() - clock
+    for warning in app.warnings:
+        console.print(f"[yellow]{warning}[/]")
+    try:
+        result = _run_with_progress(app, rows, journal, args, console)
+    finally:
+        app.close()
+    _write_output(output, result)
+    if result.stats.rows_failed == 0:
+        journal.unlink(missing_ok=True)  # nothing left to resume
+    _summary(console, result, load_s, output)
+    return 1 if args.strict and result.errors else 0
+
+
+def _run_with_progress(
+    app: Any, rows: list[dict], journal: Path, args: argparse.Namespace, console: Console
+) -> RunResult:
+    if args.quiet:
+        return app.run(rows, journal=journal, resume=args.resume)
+    columns = (
+        TextColumn("[bold]rows"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[tools]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("run", total=len(rows), rate="", tools="")
+        start = time.perf_counter()
+
+        def update(p: RunProgress) -> None:
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.update(
+                task,
+                completed=p.rows_done,
+                rate=f"{p.generated_tokens / elapsed:,.0f} tok/s",
+                tools=f"{p.tools_in_flight} tool calls in flight",
+            )
+
+        result = app.run(rows, journal=journal, resume=args.resume, on_progress=update)
+        bar.update(task, completed=len(rows))
+    return result
+
+
+def _write_output(path: Path, result: RunResult) -> None:
+    by_row = {e.row: e for e in result.errors}
+    records = []
+    for index, outputs in enumerate(result.outputs):
+        record = dict(outputs)
+        if index in by_row:
+            record["_error"] = {"node": by_row[index].node, "message": by_row[index].message}
+        records.append(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".parquet"):
+        frame = result.to_pandas()
+        frame.to_csv(tmp, index=False) if suffix == ".csv" else frame.to_parquet(tmp, index=False)
+    else:
+        with tmp.open("w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _summary(console: Console, result: RunResult, load_s: float, output: Path) -> None:
+    s = result.stats
+    table = Table(title=f"halo run: {s.rows} rows -> {output}", show_header=True)
+    table.add_column("")
+    table.add_column("logical", justify="right")
+    table.add_column("executed", justify="right")
+    table.add_row("llm calls", f"{s.llm_calls_logical:,}", f"{s.llm_calls_executed:,}")
+    table.add_row("tool calls", f"{s.tool_calls_logical:,}", f"{s.tool_calls_executed:,}")
+    table.add_row("prompt tokens", f"{s.prompt_tokens:,}", f"{s.prefill_tokens:,} computed")
+    table.add_row("prefix-cache hits", "", f"{s.cached_tokens:,} tokens")
+    table.add_row("decode tokens", "", f"{s.decode_tokens:,}")
+    table.add_row("rows failed", "", f"{s.rows_failed:,}")
+    if s.rows_resumed:
+        table.add_row("rows resumed", "", f"{s.rows_resumed:,}")
+    table.add_row("time", f"load {load_s:.1f}s  plan {s.plan_s:.2f}s", f"run {s.wall_s:.1f}s")
+    console.print(table)
+    for error in result.errors[:10]:
+        console.print(f"[red]row {error.row}[/] {error.node}: {error.message}")
+    if len(result.errors) > 10:
+        console.print(f"... and {len(result.errors) - 10} more failed rows (see `_error` in the output)")
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

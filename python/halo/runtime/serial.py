@@ -1,0 +1,97 @@
+"""The plain per-call baseline (`plan="serial"`): every node of every row, one call at a time.
+
+No consolidation, no prefix cache (it is cleared before every request), no coalescing, no tool cache,
+no overlap. This is what a user's hand-written loop over the batch does; the fidelity tests compare
+the Processor against it and the benchmarks use it as the baseline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from halo.engine import LLMEngine
+from halo.errors import HaloError
+from halo.runtime.node_io import (
+    fallback_result,
+    llm_prompt,
+    llm_result,
+    render_values,
+    row_outputs,
+    sampling_params,
+)
+from halo.runtime.results import RowError, Span
+from halo.spec.graph import GraphNode, WorkflowGraph
+
+
+@dataclass
+class SerialOutcome:
+    outputs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[int, RowError] = field(default_factory=dict)
+    timeline: list[Span] = field(default_factory=list)
+    llm_executed: int = 0
+    tool_executed: int = 0
+    generated_tokens: int = 0
+    skipped: int = 0
+
+
+def run_serial(
+    wf: WorkflowGraph,
+    rows: Sequence[Mapping[str, Any]],
+    engine_for: Callable[[str], LLMEngine],
+    call_tool: Callable[[GraphNode, dict[str, Any]], dict[str, Any]],
+    on_row: Callable[[int], None] | None = None,
+) -> SerialOutcome:
+    out = SerialOutcome()
+    for r, row in enumerate(rows):
+        results: dict[str, Any] = {}
+        for node in wf.nodes:
+            context = {u: results[u] for u in node.upstream if u in results}
+            if node.guards and wf.skipped(node, row, context):
+                out.skipped += 1
+                continue
+            start = time.perf_counter()
+            result, error = _run_node(wf, node, row, context, engine_for, call_tool, out)
+            out.timeline.append(
+                Span(-1, node.id, node.kind, 0 if node.kind == "llm" else -1, start, time.perf_counter(), error is None)
+            )
+            if error is not None:
+                out.errors[r] = RowError(r, node.id, error)
+                break
+            results[node.id] = result
+        out.outputs[r] = row_outputs(wf, row, results)
+        if on_row is not None:
+            on_row(r)
+    return out
+
+
+def _run_node(
+    wf: WorkflowGraph,
+    node: GraphNode,
+    row: Mapping[str, Any],
+    context: dict[str, Any],
+    engine_for: Callable[[str], LLMEngine],
+    call_tool: Callable[[GraphNode, dict[str, Any]], dict[str, Any]],
+    out: SerialOutcome,
+) -> tuple[Any, str | None]:
+    attempts = node.spec.retries + 1 if node.spec.on_error == "retry" else 1
+    error = ""
+    for _ in range(attempts):
+        try:
+            values = render_values(wf, node, row, context)
+            if node.kind == "llm":
+                engine = engine_for(wf.model_source(node) or "")
+                engine.reset_prefix_cache()
+                out.llm_executed += 1
+                [generated] = engine.generate([llm_prompt(node, values)], sampling_params(node))
+                out.generated_tokens += len(generated.token_ids)
+                return llm_result(node, generated.text), None
+            out.tool_executed += 1
+            return call_tool(node, wf.template(node).request(values)), None
+        except (HaloError, ValueError) as exc:
+            error = str(exc)
+    if node.spec.on_error == "default":
+        return fallback_result(node), None
+    return None, error
