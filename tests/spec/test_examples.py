@@ -46,7 +46,7 @@ def ticket_triage() -> Workflow:
 def invoice_audit() -> Workflow:
     return (
         Workflow("invoice-audit")
-        .database("erp", path="erp.duckdb")
+        .database("erp", init="data/erp.sql")
         .inputs("invoice_text", "amount")
         .llm(
             "vendor",

@@ -148,13 +148,18 @@ class CompiledWorkflow:
         journal: str | os.PathLike[str] | None = None,
         resume: bool = False,
         on_progress: Callable[[Progress], None] | None = None,
+        plan: PlanMode | None = None,
     ) -> RunResult:
         """Run the workflow over `batch`; with `journal`, finished work is recorded there as it happens
-        and `resume=True` skips what an earlier (interrupted) run with the same journal finished."""
+        and `resume=True` skips what an earlier (interrupted) run with the same journal finished.
+        `plan` overrides the compiled planner for this run (e.g. "serial" for a baseline)."""
         clock = time.perf_counter()
-        context = self._prepare(batch, plan=self.plan_mode != "serial")
-        stats = RunStats(rows=len(context.rows), plan_s=context.plan_s, planner=self.plan_mode)
-        if self.plan_mode == "serial":
+        mode = plan or self.plan_mode
+        if mode not in ("dp", "greedy", "serial") or (mode == "serial" and self.num_workers != 1):
+            raise InvalidRequestError(f"plan {mode!r} is not available here (dp, greedy; serial on one worker)")
+        context = self._prepare(batch, mode)
+        stats = RunStats(rows=len(context.rows), plan_s=context.plan_s, planner=mode)
+        if mode == "serial":
             outcome, timeline = self._run_serial(context, stats)
         else:
             outcome, timeline = self._run_planned(context, stats, journal, resume, on_progress)
@@ -177,7 +182,7 @@ class CompiledWorkflow:
         """The consolidated batch and the plan that `run` would follow, as text."""
         from halo.plan import explain_text
 
-        context = self._prepare(batch, plan=True)
+        context = self._prepare(batch, "greedy" if self.plan_mode == "greedy" else "dp")
         assert context.graph is not None and context.plan is not None
         return explain_text(context.graph) + "\n\n" + context.plan.explain()
 
@@ -196,16 +201,16 @@ class CompiledWorkflow:
 
     # -- stages -------------------------------------------------------------------------------------
 
-    def _prepare(self, batch: Any, *, plan: bool) -> _RunContext:
+    def _prepare(self, batch: Any, mode: PlanMode) -> _RunContext:
         clock = time.perf_counter()
         rows = to_rows(batch)
         valid, input_errors = split_valid(rows, self.workflow.spec.inputs)
         graph = None
         chosen = None
-        if plan:
+        if mode != "serial":
             graph = consolidate(self.graph, [rows[i] for i in valid], self._tokenizers, check=False)
             problem = build_plan_problem(graph, self._curves_for, workers=self.num_workers)
-            chosen = plan_greedy(problem) if self.plan_mode == "greedy" else plan_dp(problem, time_limit_s=1.0)
+            chosen = plan_greedy(problem) if mode == "greedy" else plan_dp(problem, time_limit_s=1.0)
         return _RunContext(rows, valid, input_errors, graph, chosen, time.perf_counter() - clock)
 
     def _curves_for(self, model: str) -> LatencyCurves:
