@@ -14,6 +14,7 @@ from halo.plan.cost.profile_cache import (
     save_curves,
 )
 from halo.plan.cost.profiler import EngineTimer, ProfileGrid, profile_engine
+from halo.plan.cost.tool_cost import ToolCostModel
 
 __all__ = [
     "DEFAULT_CURVES",
@@ -23,6 +24,7 @@ __all__ = [
     "PrefillSample",
     "ProfileGrid",
     "ProfileMissingWarning",
+    "ToolCostModel",
     "fit_latency_curves",
     "load_curves",
     "model_key",
