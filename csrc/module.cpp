@@ -8,6 +8,7 @@ void bind_block_allocator(py::module_& m);
 void bind_radix_tree(py::module_& m);
 void bind_cpu_attention(py::module_& m);
 void bind_ring_buffer(py::module_& m);  // also cuda_enabled(): the ring buffer's pinning depends on it
+void bind_scheduler_core(py::module_& m);
 #ifdef HALO_WITH_CUDA
 void bind_cuda_block_copy(py::module_& m);  // csrc/cuda, only in a HALO_CUDA=ON build
 #endif
@@ -19,6 +20,7 @@ PYBIND11_MODULE(_core, m) {
   halo::bind_radix_tree(m);
   halo::bind_cpu_attention(m);
   halo::bind_ring_buffer(m);
+  halo::bind_scheduler_core(m);
 #ifdef HALO_WITH_CUDA
   halo::bind_cuda_block_copy(m);
 #endif
