@@ -80,6 +80,7 @@ class LoopbackServer:
     GET /text                    text/plain "plain words"
     GET /redirect?to=URL         302 to URL
     POST /echo                   {"method": "POST", "body": <the JSON body>}
+    POST /status/CODE            that status; POSTs count under `hits["post:" + path]`
     """
 
     url: str
@@ -143,15 +144,24 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length) or b"null")
             server.hit("post:" + self.path)
-            self._send(200, {"method": "POST", "body": body})
+            segments = urlsplit(self.path).path.strip("/").split("/")
+            if segments[0] == "status":
+                self._send(int(segments[1]), "status body", "text/plain")
+            else:
+                self._send(200, {"method": "POST", "body": body})
 
     return Handler
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients that time out on purpose close their sockets mid-answer: not worth a traceback
 
 
 @pytest.fixture(scope="session")
 def http_server() -> Iterator[LoopbackServer]:
     state = LoopbackServer(url="")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    httpd = _QuietServer(("127.0.0.1", 0), _handler(state))
     httpd.daemon_threads = True
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, name="loopback-http", daemon=True)
