@@ -123,7 +123,7 @@ def test_listed_hosts_and_wildcards_pass_the_check():
 
     tool = HttpTool(["api.example.com", "*.corp.test"])
     try:
-        assert tool.allowed("API.example.com") and tool.allowed("a.b.corp.test")
+        assert tool.allowed("API.example.com") and tool.allowed("a.b.corp.test") and tool.allowed("data.example.net")
         assert tool.allowed("localhost") and tool.allowed("127.0.0.9") and tool.allowed("::1")
         assert not tool.allowed("example.com") and not tool.allowed("corp.test.evil.io")
     finally:

@@ -1,8 +1,8 @@
 """The http tool: one shared httpx client, an allowed-hosts list, retries with exponential backoff.
 
 Hosts: loopback (localhost, 127.0.0.0/8, ::1) is always allowed; any other host must be listed
-(exactly, or as `*.example.com` for its subdomains). The check runs on every request httpx sends,
-redirects included, so a redirect cannot leave the allowed set.
+(exactly, or as `*.example.com` for its subdomains; a port in an entry is ignored). The check runs
+on every request httpx sends, redirects included, so a redirect cannot leave the allowed set.
 
 Retries (`attempts` in all, waiting `backoff_s`, then twice that, ...): a connection that could not
 be made is retried for every method (the server never saw the request); 5xx answers and broken
@@ -48,7 +48,7 @@ class HttpTool:
     """Sends rendered http requests; thread-safe (httpx.Client pools connections across threads)."""
 
     def __init__(self, allowed_hosts: Collection[str] = (), *, attempts: int = 3, backoff_s: float = 0.1) -> None:
-        self.allowed_hosts = frozenset(host.lower() for host in allowed_hosts)
+        self.allowed_hosts = frozenset(_host_only(host) for host in allowed_hosts)
         self.attempts = attempts
         self.backoff_s = backoff_s
         self._client = httpx.Client(
@@ -114,6 +114,14 @@ class HttpTool:
     def _check_host(self, request: httpx.Request) -> None:
         if not self.allowed(request.url.host):
             raise HostNotAllowed(request.url.host)
+
+
+def _host_only(entry: str) -> str:
+    """`api.example.com:8443` -> `api.example.com`: the list names hosts, any port of theirs is fine."""
+    entry = entry.strip().lower()
+    if entry.startswith("["):  # [::1]:8080
+        return entry[1 : entry.index("]")] if "]" in entry else entry
+    return entry.rsplit(":", 1)[0] if entry.count(":") == 1 else entry
 
 
 def _result(node_id: str, method: str, url: str, response: httpx.Response, response_path: str | None) -> dict[str, Any]:

@@ -6,6 +6,8 @@ Calls run on a thread pool; `cpu_bound` nodes run on a process pool (started on 
 the `spawn` method: forking a process that holds DuckDB, httpx and engine threads can deadlock), so
 their function and arguments must pickle. A call past its timeout fails its node, but Python cannot
 stop a running thread or a busy worker process: the call finishes in the background, its result dropped.
+The timeout counts from submission, so time queued behind other cpu-bound calls (one process per
+core) counts too.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ class SqlTool:
         self.statement_timeout_s = statement_timeout_s
         self._open: dict[str | None, Database] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     def target_key(self, db: str | None) -> str:
         """What identifies the database a query runs on (part of the coalescing and cache key)."""
@@ -73,6 +74,8 @@ class SqlTool:
     def database(self, node_id: str, db: str | None) -> Database:
         """The open database `db` names (opening it on first use)."""
         with self._lock:  # one open per database even when many threads ask first at once
+            if self._closed:
+                raise ToolError(node_id, "the sql tool is closed (its run has ended)")
             database = self._open.get(db)
             if database is None:
                 database = self._connect(node_id, db)
@@ -81,6 +84,7 @@ class SqlTool:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for database in self._open.values():
                 database.close()
             self._open.clear()

@@ -136,6 +136,8 @@ class ToolRunner:
         for future, node_id in stranded:
             if not future.done():
                 future.set_exception(ToolError(node_id, "the tool runner was closed before the call ran"))
+        if self.cost_model is not None and self.cost_model.explain == self.explain_cost:
+            self.cost_model.explain = None  # the model may outlive this run; its databases close now
         self._python.close()
         self._http.close()
         self._sql.close()
