@@ -12,7 +12,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -112,7 +112,8 @@ class CompiledWorkflow:
         self._engine_options = engine_options
         self._max_inflight = max_inflight
         self.model_sources = sorted({self.graph.model_source(n) or "" for n in self.graph.nodes if n.kind == "llm"})
-        self.tools = ToolRunner(workflow, max_threads=tool_threads, allowed_hosts=allowed_hosts)
+        self._tool_options = {"max_threads": tool_threads, "allowed_hosts": allowed_hosts}
+        self._new_tools().close()  # bind databases and functions now: a broken one fails compile, not a run
         self._workers: list[Any] = []
         self._curves: dict[str, LatencyCurves] = {}
         self._tokenizers: dict[str, Any] = {}
@@ -187,7 +188,6 @@ class CompiledWorkflow:
         return explain_text(context.graph) + "\n\n" + context.plan.explain()
 
     def close(self) -> None:
-        self.tools.close()
         for worker in self._workers:
             if isinstance(worker, RayWorker):
                 worker.shutdown()
@@ -210,8 +210,17 @@ class CompiledWorkflow:
         if mode != "serial":
             graph = consolidate(self.graph, [rows[i] for i in valid], self._tokenizers, check=False)
             problem = build_plan_problem(graph, self._curves_for, workers=self.num_workers)
+            if self.model_sources and problem.tasks:
+                # compile() loaded the first model on every worker: the plan starts from there.
+                first = self.model_sources[0]
+                if first in problem.model_load_s:
+                    problem = replace(problem, resident={w.id: first for w in problem.workers})
             chosen = plan_greedy(problem) if mode == "greedy" else plan_dp(problem, time_limit_s=1.0)
         return _RunContext(rows, valid, input_errors, graph, chosen, time.perf_counter() - clock)
+
+    def _new_tools(self, *, cache: bool = True, coalesce: bool = True) -> ToolRunner:
+        """A tool runner for one run: its result cache and coalescing never outlive the run."""
+        return ToolRunner(self.workflow, cache=cache, coalesce=coalesce, **self._tool_options)
 
     def _curves_for(self, model: str) -> LatencyCurves:
         curves = self._curves.get(model)
@@ -242,14 +251,14 @@ class CompiledWorkflow:
                 state = journal_io.load(path, print_)
             writer = journal_io.JournalWriter(path, print_, fresh=not (resume and path.exists()))
         before = [w.stats() for w in self._workers]
-        tool_before = self.tools.stats.snapshot()
+        tools = self._new_tools()
         try:
             processor = Processor(
                 graph,
                 [context.rows[i] for i in context.valid],
                 execution,
                 self._workers,
-                self.tools,
+                tools,
                 max_inflight=self._max_inflight or self._adaptive_inflight(),
                 journal=writer,
                 resume=state,
@@ -257,6 +266,7 @@ class CompiledWorkflow:
             )
             outcome = processor.run()
         finally:
+            tools.close()
             if writer is not None:
                 writer.close()
         after = [w.stats() for w in self._workers]
@@ -265,15 +275,15 @@ class CompiledWorkflow:
             stats.prefill_tokens += a.prefill_tokens - b.prefill_tokens
             stats.cached_tokens += a.cached_tokens - b.cached_tokens
             stats.decode_tokens += a.decode_tokens - b.decode_tokens
-        tool_delta = self.tools.stats.snapshot() - tool_before
+        tool_stats = tools.stats
         llm_nodes = [n for n in self.graph.nodes if n.kind == "llm"]
         stats.llm_calls_logical = len(context.valid) * len(llm_nodes)
         stats.llm_calls_executed = outcome.llm_executed
         stats.llm_calls_coalesced = outcome.llm_coalesced
         stats.tool_calls_logical = len(context.valid) * (len(self.graph.nodes) - len(llm_nodes))
-        stats.tool_calls_executed = tool_delta.executed
-        stats.tool_calls_coalesced = tool_delta.coalesced
-        stats.tool_cache_hits = tool_delta.cache_hits
+        stats.tool_calls_executed = tool_stats.executed
+        stats.tool_calls_coalesced = tool_stats.coalesced
+        stats.tool_cache_hits = tool_stats.cache_hits
         stats.nodes_skipped = outcome.skipped
         stats.rows_resumed = len(outcome.resumed_rows)
         stats.calls_by_worker = dict(outcome.calls_by_worker)
@@ -296,12 +306,15 @@ class CompiledWorkflow:
             assert engine is not None
             return engine
 
+        tools = self._new_tools(cache=False, coalesce=False)
+
         def call_tool(node: Any, request: dict[str, Any]) -> dict[str, Any]:
-            return self.tools.submit(node, request, use_cache=False).result()
+            return tools.submit(node, request).result()
 
         rows = [context.rows[i] for i in context.valid]
         before = worker.stats()
-        outcome = run_serial(self.graph, rows, engine_for, call_tool)
+        with tools:
+            outcome = run_serial(self.graph, rows, engine_for, call_tool)
         after = worker.stats()
         stats.prompt_tokens = after.prompt_tokens - before.prompt_tokens
         stats.prefill_tokens = after.prefill_tokens - before.prefill_tokens
