@@ -121,7 +121,7 @@ def test_hosts_outside_the_allowed_list_are_refused(http_server, call):
 def test_listed_hosts_and_wildcards_pass_the_check():
     from halo.runtime.tools.http import HttpTool
 
-    tool = HttpTool(["api.example.com", "*.corp.test"])
+    tool = HttpTool(["api.example.com", "*.corp.test", "Data.Example.net:8443"])
     try:
         assert tool.allowed("API.example.com") and tool.allowed("a.b.corp.test") and tool.allowed("data.example.net")
         assert tool.allowed("localhost") and tool.allowed("127.0.0.9") and tool.allowed("::1")
