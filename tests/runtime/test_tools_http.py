@@ -118,6 +118,15 @@ def test_hosts_outside_the_allowed_list_are_refused(http_server, call):
         call(runner, wf, "h", {"v": 1})
 
 
+def test_urls_that_are_not_http_are_refused_before_sending(call):
+    wf = _http_workflow("{{ v }}")
+    with ToolRunner(wf) as runner:
+        for bad in ("/relative/path", "ftp://127.0.0.1/file", ""):
+            with pytest.raises(ToolError, match="must start with http:// or https://"):
+                call(runner, wf, "h", {"v": bad})
+        assert runner.stats.by_kind["http"].failures == 3
+
+
 def test_listed_hosts_and_wildcards_pass_the_check():
     from halo.runtime.tools.http import HttpTool
 

@@ -68,6 +68,12 @@ class HttpTool:
         method = str(request.get("method", "GET")).upper()
         url = str(request["url"])
         try:
+            scheme = httpx.URL(url).scheme
+        except httpx.InvalidURL as exc:
+            raise ToolError(node_id, f"invalid url {url!r}: {exc}") from None
+        if scheme not in ("http", "https"):
+            raise ToolError(node_id, f"url {url!r} must start with http:// or https://")
+        try:
             response = self._send_with_retries(method, url, request)
         except HostNotAllowed as exc:
             raise ToolError(
