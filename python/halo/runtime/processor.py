@@ -111,7 +111,11 @@ class Processor:
         self.on_progress = on_progress
         self.progress_every_s = progress_every_s
         self.core = SchedulerCore(
-            execution.upstream_offsets, execution.upstream_indices, execution.queue, execution.priority
+            execution.upstream_offsets,
+            execution.upstream_indices,
+            execution.queue,
+            execution.priority,
+            num_queues=execution.num_workers + 1,
         )
         n = len(graph.physical)
         self.results: list[Any] = [None] * n
