@@ -3,9 +3,8 @@ timeline shows those calls in flight together and alongside the llm requests (no
 
 from __future__ import annotations
 
-import pytest
-
 import halo
+import pytest
 from halo.spec import Workflow
 
 pytestmark = pytest.mark.slow

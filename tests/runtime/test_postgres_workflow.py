@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 import halo
+import pytest
 from halo.spec import Workflow
 
 pytestmark = pytest.mark.slow
@@ -15,8 +14,12 @@ def test_sql_nodes_on_postgres(postgres_dsn):
         Workflow("pg-prices")
         .database("shop", kind="postgres", dsn=postgres_dsn)
         .inputs("fruit")
-        .sql("price", "SELECT name, price::float AS price FROM items WHERE name = :fruit", db="shop",
-             params={"fruit": "{{ fruit }}"})
+        .sql(
+            "price",
+            "SELECT name, price::float AS price FROM items WHERE name = :fruit",
+            db="shop",
+            params={"fruit": "{{ fruit }}"},
+        )
         .sql("count", "SELECT count(*) AS n FROM items", db="shop")
         .llm("pitch", prompt="Sell {{ fruit }} at {{ price.rows[0].price }} dollars in five words:", max_tokens=6)
         .outputs(price="price.rows", n="count.rows", pitch="pitch.output")
@@ -27,8 +30,10 @@ def test_sql_nodes_on_postgres(postgres_dsn):
         serial = app.run(rows, plan="serial")
     assert res.errors == []
     assert [o["price"] for o in res.outputs] == [
-        [{"name": "apple", "price": 1.5}], [{"name": "pear", "price": 2.25}],
-        [{"name": "apple", "price": 1.5}], [{"name": "fig", "price": 4.0}],
+        [{"name": "apple", "price": 1.5}],
+        [{"name": "pear", "price": 2.25}],
+        [{"name": "apple", "price": 1.5}],
+        [{"name": "fig", "price": 4.0}],
     ]
     assert all(o["n"] == [{"n": 3}] for o in res.outputs)
     assert res.stats.tool_calls_logical == 8 and res.stats.tool_calls_executed == 4  # 3 prices + 1 count

@@ -7,9 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
 import halo
+import pytest
 from halo.spec import Workflow
 
 sys.path.insert(0, str(Path(__file__).parent))  # workflow_functions
@@ -92,13 +91,14 @@ def test_sharing_counters_are_exact():
     assert res.outputs[0] == res.outputs[2] and res.outputs[1] == res.outputs[3] == res.outputs[4]
     # The 3 `answer` prompts share the system prompt: after the first, each reuses its full blocks.
     prompts = [
-        tokenizer.encode(tokenizer.render_chat([{"role": "system", "content": system},
-                                                {"role": "user", "content": f"Question: {q}"}]))
+        tokenizer.encode(
+            tokenizer.render_chat(
+                [{"role": "system", "content": system}, {"role": "user", "content": f"Question: {q}"}]
+            )
+        )
         for q in dict.fromkeys(questions)
     ]
-    shared = min(
-        next(i for i, (a, b) in enumerate(zip(prompts[0], p, strict=False)) if a != b) for p in prompts[1:]
-    )
+    shared = min(next(i for i, (a, b) in enumerate(zip(prompts[0], p, strict=False)) if a != b) for p in prompts[1:])
     assert shared > 64
     block = 16
     assert s.cached_tokens >= 2 * (shared // block) * block

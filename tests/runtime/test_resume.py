@@ -53,8 +53,9 @@ def test_kill_and_resume_gives_every_row_once(tmp_path):
     wf = tmp_path / "wf.yaml"
     wf.write_text(WORKFLOW)
     rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"i": i, "text": f"note number {i} about topic {i % 3}"}) + "\n"
-                            for i in range(ROWS)))
+    rows.write_text(
+        "".join(json.dumps({"i": i, "text": f"note number {i} about topic {i % 3}"}) + "\n" for i in range(ROWS))
+    )
     out = tmp_path / "out.jsonl"
     journal = tmp_path / "out.jsonl.journal.jsonl"
     common = [str(wf), "--input", str(rows), "--quiet", "--dtype", "fp32"]
@@ -71,8 +72,7 @@ def test_kill_and_resume_gives_every_row_once(tmp_path):
     assert 3 <= finished_before < ROWS, finished_before
     assert not out.exists()
 
-    resumed = _halo(["run", *common, "--output", str(out), "--resume"], stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE)
+    resumed = _halo(["run", *common, "--output", str(out), "--resume"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err.decode()[-2000:]
     assert "rows resumed" in err.decode()

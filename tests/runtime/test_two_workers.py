@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 import halo
+import pytest
 from halo.spec import Workflow
 
 pytestmark = pytest.mark.slow

@@ -51,7 +51,7 @@ _TOKEN = re.compile(
   | (?P<block_comment>/\*.*?(?:\*/|\Z))
   | (?P<string>[EeXxBbNn]?'(?:[^']|'')*(?:'|\Z))
   | (?P<quoted>"(?:[^"]|"")*(?:"|\Z))
-  | (?P<dollar>\$(?P<tag>[A-Za-z_]\w*)?\$.*?(?:\$(?P=tag)\$|\Z))
+  | (?P<dollar>\$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?(?:\$(?P=tag)\$|\Z))
   | (?P<cast>::)
   | (?P<named>:[A-Za-z_]\w*)
   | (?P<dollar_param>\$(?:[A-Za-z_]\w*|\d+))
