@@ -198,3 +198,10 @@ def test_python_callable_registered_by_builder():
         "name: t\nnodes:\n  - {id: s, kind: python, function: score}\n", functions={"score": score}
     )
     assert ok.spec.nodes[0].function == "score"
+
+
+def test_placeholders_after_dollar_quotes_are_found():
+    from halo.spec.sql_statement import lex
+
+    assert lex("select $$ :not_me $$, :id").placeholders == ["id"]
+    assert lex("select $t$ :not_me $t$, :id").placeholders == ["id"]
