@@ -59,7 +59,7 @@ def invoice_audit() -> Workflow:
             "vendor_record",
             db="erp",
             query="SELECT name, approved, max_invoice\nFROM vendors\n"
-            "WHERE lower(name) = lower(:vendor)\nLIMIT 1\n",
+            "WHERE strpos(lower(:vendor), lower(name)) > 0\nLIMIT 1\n",
             params={"vendor": "{{ vendor.output | trim }}"},
         )
         .llm(
