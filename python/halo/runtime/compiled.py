@@ -113,7 +113,8 @@ class CompiledWorkflow:
         self._max_inflight = max_inflight
         self.model_sources = sorted({self.graph.model_source(n) or "" for n in self.graph.nodes if n.kind == "llm"})
         self._tool_options = {"max_threads": tool_threads, "allowed_hosts": allowed_hosts}
-        self._new_tools().close()  # bind databases and functions now: a broken one fails compile, not a run
+        with self._new_tools() as tools:  # bind databases and functions now: a broken one fails compile
+            tools.open_databases()
         self._workers: list[Any] = []
         self._curves: dict[str, LatencyCurves] = {}
         self._tokenizers: dict[str, Any] = {}

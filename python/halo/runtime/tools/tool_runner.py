@@ -107,6 +107,12 @@ class ToolRunner:
             self._pool.submit(self._execute, node, request, key, cacheable, primary, submitted)
         return primary
 
+    def open_databases(self) -> None:
+        """Open every declared database now; a missing file or failing init script raises ToolError here
+        (at compile time) instead of failing every row that queries it."""
+        for name in self.workflow.spec.databases:
+            self._sql.database("databases", name)
+
     def explain_cost(self, db: str | None, query: str, params: Mapping[str, Any]) -> float:
         """The database's own cost estimate of a query (PostgreSQL: `EXPLAIN (FORMAT JSON)` total cost
         in its cost units; DuckDB: estimated rows emitted, summed over the plan's operators)."""
