@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from halo.engine import LLMEngine
+from halo.engine.model_source import default_cache_dir
 from halo.errors import InvalidRequestError
 from halo.plan import consolidate
 from halo.plan.consolidated_graph import ConsolidatedGraph
-from halo.plan.cost import LatencyCurves, ProfileMissingWarning, load_curves
+from halo.plan.cost import LatencyCurves, ProfileMissingWarning, ToolCostModel, load_curves
 from halo.plan.emit import emit
 from halo.plan.plan_problem import build_plan_problem
 from halo.plan.search import ExecutionPlan, plan_dp, plan_greedy
@@ -113,6 +114,9 @@ class CompiledWorkflow:
         self._max_inflight = max_inflight
         self.model_sources = sorted({self.graph.model_source(n) or "" for n in self.graph.nodes if n.kind == "llm"})
         self._tool_options = {"max_threads": tool_threads, "allowed_hosts": allowed_hosts}
+        # Observed tool latencies (and the SQL seconds-per-EXPLAIN-unit fit) carry over between runs.
+        self.tool_costs_path = default_cache_dir() / "tool_costs.json"
+        self.tool_costs = _load_tool_costs(self.tool_costs_path)
         with self._new_tools() as tools:  # bind databases and functions now: a broken one fails compile
             tools.open_databases()
         self._workers: list[Any] = []
@@ -221,7 +225,15 @@ class CompiledWorkflow:
 
     def _new_tools(self, *, cache: bool = True, coalesce: bool = True) -> ToolRunner:
         """A tool runner for one run: its result cache and coalescing never outlive the run."""
-        return ToolRunner(self.workflow, cache=cache, coalesce=coalesce, **self._tool_options)
+        return ToolRunner(
+            self.workflow, cache=cache, coalesce=coalesce, cost_model=self.tool_costs, **self._tool_options
+        )
+
+    def _save_tool_costs(self) -> None:
+        try:
+            self.tool_costs.save(self.tool_costs_path)
+        except OSError as exc:  # a read-only cache only costs the next run its latency history
+            self.warnings.append(f"could not save tool latencies to {self.tool_costs_path}: {exc.strerror}")
 
     def _curves_for(self, model: str) -> LatencyCurves:
         curves = self._curves.get(model)
@@ -270,6 +282,7 @@ class CompiledWorkflow:
             tools.close()
             if writer is not None:
                 writer.close()
+            self._save_tool_costs()
         after = [w.stats() for w in self._workers]
         for b, a in zip(before, after, strict=True):
             stats.prompt_tokens += a.prompt_tokens - b.prompt_tokens
@@ -352,6 +365,13 @@ class CompiledWorkflow:
                 log_to_driver=False,
                 num_cpus=None if address else os.cpu_count(),
             )
+
+
+def _load_tool_costs(path: Path) -> ToolCostModel:
+    try:
+        return ToolCostModel.load(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return ToolCostModel()  # none yet, or unreadable: start from the declared defaults
 
 
 def _epoch_timings(plan: ExecutionPlan, timeline: list[Span]) -> list[EpochTiming]:

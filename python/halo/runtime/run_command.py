@@ -141,6 +141,13 @@ def _summary(console: Console, result: RunResult, load_s: float, output: Path) -
     if s.rows_resumed:
         table.add_row("rows resumed", "", f"{s.rows_resumed:,}")
     table.add_row("time", f"load {load_s:.1f}s  plan {s.plan_s:.2f}s", f"run {s.wall_s:.1f}s")
+    if s.epochs:
+        actual = sum(e.actual_s for e in s.epochs)
+        table.add_row(
+            f"plan ({s.planner})",
+            f"{len(s.epochs)} epochs, {s.predicted_s:.2f}s predicted",
+            f"{actual:.2f}s in llm epochs",
+        )
     console.print(table)
     for error in result.errors[:10]:
         console.print(f"[red]row {error.row}[/] {error.node}: {error.message}")
