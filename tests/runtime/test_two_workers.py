@@ -49,3 +49,46 @@ def test_two_workers_use_both_and_match_one_worker(ray_cluster):
     with halo.compile(wf, dtype="fp32") as one:
         single = one.run(rows)
     assert res.outputs == single.outputs
+
+
+def test_a_planned_kv_move_pulls_the_prefix_to_the_child_worker(ray_cluster):
+    from halo.plan import consolidate
+    from halo.plan.emit import emit
+    from halo.plan.search import LLMTask, PlanProblem, Worker, evaluate
+    from halo.runtime.processor import Processor
+    from halo.runtime.tools import ToolRunner
+
+    system = "You are a careful travel writer who answers in plain words. " * 6  # ~8 shared KV blocks
+    wf = (
+        Workflow("kv-move")
+        .inputs("city")
+        .llm("intro", system=system, prompt="City: {{ city }}", max_tokens=5)
+        .llm("more", system=system, prompt="City: {{ city }}\nIntro: {{ intro.output }}\nOne more fact:", max_tokens=5)
+        .outputs(intro="intro.output", more="more.output")
+    )
+    rows = [{"city": c} for c in ("Oslo", "Lima", "Oslo")]
+    model = "smollm2-135m"
+    # The plan under test: the parent on w0, the child on w1 with its shared prefix moved over.
+    problem = PlanProblem(
+        tasks=(
+            LLMTask("intro", model, 1.0, 1.0),
+            LLMTask("more", model, 1.0, 1.0, depends_on=("intro",), kv_parent="intro", kv_saving_s=0.5, kv_move_s=0.01),
+        ),
+        workers=(Worker("w0"), Worker("w1")),
+        model_load_s={model: 4.0},
+    )
+    plan = evaluate(problem, [[("intro", "w0")], [("more", "w1")]], "forced")
+    assert [p.kv for e in plan.epochs for p in e.placements] == ["-", "move"]
+    with halo.compile(wf, workers=2, dtype="fp32") as app:
+        graph = consolidate(wf, rows, app._tokenizers)
+        execution = emit(graph, plan, 2, {"more": "intro"})
+        before = [w.stats() for w in app._workers]
+        with ToolRunner(wf) as tools:
+            outcome = Processor(graph, rows, execution, app._workers, tools).run()
+        after = [w.stats() for w in app._workers]
+        moved = app._workers[1].imported_tokens()
+        reference = app.run(rows)
+    assert outcome.kv_moves == 2  # two distinct cities
+    assert moved >= 4 * 16  # whole blocks of the shared system prompt (blocks w1 already had are not copied)
+    assert after[1].cached_tokens - before[1].cached_tokens >= moved  # the child reused them on w1
+    assert [outcome.outputs[r] for r in range(len(rows))] == reference.outputs

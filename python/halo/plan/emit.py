@@ -9,7 +9,8 @@ earliest epoch among the llm nodes that read it, so it runs ahead of them on the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +31,7 @@ class ExecutionGraph:
     epoch_of: dict[str, int]  # graph node id -> planned epoch (0-based)
     worker_of: dict[str, int]  # llm graph node id -> planned worker index
     num_workers: int
+    kv_source: dict[str, int] = field(default_factory=dict)  # llm node -> worker to pull its prefix KV from
 
     @property
     def tool_queue(self) -> int:
@@ -40,8 +42,17 @@ class ExecutionGraph:
         return len(self.queue)
 
 
-def emit(graph: ConsolidatedGraph, plan: ExecutionPlan | None, num_workers: int) -> ExecutionGraph:
-    """Flatten `graph` under `plan` (None: every llm node on worker 0, all in epoch 0)."""
+def emit(
+    graph: ConsolidatedGraph,
+    plan: ExecutionPlan | None,
+    num_workers: int,
+    kv_parents: Mapping[str, str] | None = None,
+) -> ExecutionGraph:
+    """Flatten `graph` under `plan` (None: every llm node on worker 0, all in epoch 0).
+
+    `kv_parents` (llm node -> the llm node whose prompt prefix it shares) marks the placements the
+    plan prices as a KV move: the child's prefix is pulled from the parent's worker before it runs.
+    """
     wf = graph.workflow
     worker_index = {f"w{i}": i for i in range(num_workers)}
     epoch_of: dict[str, int] = {}
@@ -51,6 +62,13 @@ def emit(graph: ConsolidatedGraph, plan: ExecutionPlan | None, num_workers: int)
             for placement in epoch.placements:
                 epoch_of[placement.task] = e
                 worker_of[placement.task] = worker_index.get(placement.worker, 0)
+    kv_source: dict[str, int] = {}
+    if plan is not None:
+        for epoch in plan.epochs:
+            for placement in epoch.placements:
+                parent = (kv_parents or {}).get(placement.task)
+                if placement.kv == "move" and parent is not None and parent in worker_of:
+                    kv_source[placement.task] = worker_of[parent]
     # A tool runs in the earliest epoch of the llm nodes downstream of it (prepared ahead); a node
     # with no llm consumer runs as soon as it can (epoch of its own upstream, else 0).
     readers: dict[str, list[str]] = {}
@@ -90,4 +108,5 @@ def emit(graph: ConsolidatedGraph, plan: ExecutionPlan | None, num_workers: int)
         epoch_of=epoch_of,
         worker_of=worker_of,
         num_workers=num_workers,
+        kv_source=kv_source,
     )

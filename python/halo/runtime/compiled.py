@@ -87,6 +87,7 @@ class _RunContext:
     graph: ConsolidatedGraph | None
     plan: ExecutionPlan | None
     plan_s: float
+    kv_parents: dict[str, str]
 
 
 class CompiledWorkflow:
@@ -212,6 +213,7 @@ class CompiledWorkflow:
         valid, input_errors = split_valid(rows, self.workflow.spec.inputs)
         graph = None
         chosen = None
+        kv_parents: dict[str, str] = {}
         if mode != "serial":
             graph = consolidate(self.graph, [rows[i] for i in valid], self._tokenizers, check=False)
             problem = build_plan_problem(graph, self._curves_for, workers=self.num_workers)
@@ -221,7 +223,8 @@ class CompiledWorkflow:
                 if first in problem.model_load_s:
                     problem = replace(problem, resident={w.id: first for w in problem.workers})
             chosen = plan_greedy(problem) if mode == "greedy" else plan_dp(problem, time_limit_s=1.0)
-        return _RunContext(rows, valid, input_errors, graph, chosen, time.perf_counter() - clock)
+            kv_parents = {t.id: t.kv_parent for t in problem.tasks if t.kv_parent is not None}
+        return _RunContext(rows, valid, input_errors, graph, chosen, time.perf_counter() - clock, kv_parents)
 
     def _new_tools(self, *, cache: bool = True, coalesce: bool = True) -> ToolRunner:
         """A tool runner for one run: its result cache and coalescing never outlive the run."""
@@ -255,7 +258,7 @@ class CompiledWorkflow:
     ) -> tuple[Any, list[Span]]:
         graph, plan = context.graph, context.plan
         assert graph is not None and plan is not None
-        execution = emit(graph, plan, self.num_workers)
+        execution = emit(graph, plan, self.num_workers, context.kv_parents)
         writer = state = None
         if journal is not None:
             path = Path(journal)
@@ -301,6 +304,7 @@ class CompiledWorkflow:
         stats.nodes_skipped = outcome.skipped
         stats.rows_resumed = len(outcome.resumed_rows)
         stats.calls_by_worker = dict(outcome.calls_by_worker)
+        stats.kv_moves = outcome.kv_moves
         stats.planner = plan.planner
         stats.predicted_s = plan.makespan_s
         for span in outcome.timeline:

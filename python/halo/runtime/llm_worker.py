@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from halo.engine import EngineStats, LLMEngine, SamplingParams
+from halo.engine.kv_prefix import KVPrefix
 from halo.errors import HaloError
 
 
@@ -134,6 +135,22 @@ class LocalWorker:
     def stats(self) -> EngineStats:
         return self.engines.stats()
 
+    def export_prefix(self, model: str, prompt: list[dict[str, str]]) -> KVPrefix | None:
+        """The K/V this worker caches for the longest whole-block prefix of `prompt` (None if none)."""
+        engine = self.engines.engines.get(model)
+        return engine.export_prefix(prompt) if engine is not None else None
+
+    def import_prefix(self, model: str, prefix: KVPrefix | None) -> int:
+        """Adopt a prefix exported by another worker into this one's prefix cache; tokens added."""
+        if prefix is None:
+            return 0
+        engine = self.engines.get(model, self._busy)
+        return engine.import_prefix(prefix) if engine is not None else 0
+
+    def pull_prefix(self, source: LocalWorker, model: str, prompt: list[dict[str, str]]) -> None:
+        """Copy the KV `source` holds for `prompt`'s prefix here, before the request that needs it runs."""
+        self.import_prefix(model, source.export_prefix(model, prompt))
+
     def _busy(self, model: str) -> bool:
         return self._by_model.get(model, 0) > 0
 
@@ -192,6 +209,12 @@ class EngineActor:
     def stats(self) -> EngineStats:
         return self.worker.stats()
 
+    def export_prefix(self, model: str, prompt: list[dict[str, str]]) -> KVPrefix | None:
+        return self.worker.export_prefix(model, prompt)
+
+    def import_prefix(self, model: str, prefix: KVPrefix | None) -> int:
+        return self.worker.import_prefix(model, prefix)
+
 
 class RayWorker:
     """A worker in a Ray actor (one engine process per worker), fed one batch at a time."""
@@ -206,6 +229,8 @@ class RayWorker:
         self._call: Any = None  # the ObjectRef of the batch running now
         self._call_jobs = 0
         self._call_start = 0.0
+        self._imports: list[Any] = []  # ObjectRefs of KV imports in flight
+        self._moved = 0
 
     @property
     def inflight(self) -> int:
@@ -254,6 +279,23 @@ class RayWorker:
         import ray
 
         return ray.get(self._actor.stats.remote())
+
+    def pull_prefix(self, source: RayWorker, model: str, prompt: list[dict[str, str]]) -> None:
+        """Move the KV `source` holds for `prompt`'s prefix into this worker, without waiting here.
+
+        The exported prefix travels through Ray's object store straight from one actor to the other;
+        an actor runs its calls in order, so the import lands before the next batch this worker runs.
+        """
+        exported = source._actor.export_prefix.remote(model, prompt)
+        self._imports.append(self._actor.import_prefix.remote(model, exported))
+
+    def imported_tokens(self) -> int:
+        """Tokens imported so far by `pull_prefix` (waits for the moves still in flight)."""
+        import ray
+
+        self._moved += sum(ray.get(self._imports))
+        self._imports = []
+        return self._moved
 
     def shutdown(self) -> None:
         import ray

@@ -56,6 +56,8 @@ class Worker(Protocol):
 
     def poll(self) -> list[LLMDone]: ...
 
+    def pull_prefix(self, source: Any, model: str, prompt: list[dict[str, str]]) -> None: ...
+
 
 class Tools(Protocol):
     def submit(self, node: GraphNode, request: dict[str, Any]) -> Future: ...
@@ -81,6 +83,7 @@ class ProcessorOutcome:
     skipped: int = 0
     resumed_rows: set[int] = field(default_factory=set)
     calls_by_worker: dict[int, int] = field(default_factory=dict)
+    kv_moves: int = 0  # prefixes pulled from another worker before a request
 
 
 class Processor:
@@ -228,6 +231,10 @@ class Processor:
                     continue
                 self.llm_followers[key] = []
                 self.llm_key[pid] = key
+            source = self.execution.kv_source.get(node.id)
+            if source is not None and source != worker.index:
+                worker.pull_prefix(self.workers[source], model, prompt)
+                self.out.kv_moves += 1
             jobs.append(LLMJob(pid, model, prompt, params))
         self.out.llm_executed += len(jobs)
         self.out.calls_by_worker[worker.index] = self.out.calls_by_worker.get(worker.index, 0) + len(jobs)

@@ -49,6 +49,7 @@ class RunStats:
     seconds_by_kind: dict[str, float] = field(default_factory=dict)  # busy seconds per node kind
     calls_by_worker: dict[int, int] = field(default_factory=dict)  # llm requests executed per worker
     workers_by_node: dict[str, list[int]] = field(default_factory=dict)  # llm node -> workers it ran on
+    kv_moves: int = 0  # prompt prefixes whose KV was pulled from the worker that computed it
     epochs: list[EpochTiming] = field(default_factory=list)
     planner: str = ""
     predicted_s: float = 0.0
