@@ -96,6 +96,9 @@ class LocalWorker:
     def preload(self, model: str) -> None:
         self.engines.get(model, self._busy)
 
+    def preload_async(self, model: str) -> None:
+        """In-process loading would stall the whole loop; compile() already loaded every model here."""
+
     def submit(self, jobs: Sequence[LLMJob]) -> list[LLMDone]:
         failed: list[LLMDone] = []
         for job in jobs:
@@ -230,6 +233,8 @@ class RayWorker:
         self._call_jobs = 0
         self._call_start = 0.0
         self._imports: list[Any] = []  # ObjectRefs of KV imports in flight
+        self._requested: set[str] = set()  # models asked to load here (resident unless evicted)
+        self.preloads = 0
         self._moved = 0
 
     @property
@@ -239,7 +244,15 @@ class RayWorker:
     def preload(self, model: str) -> None:
         import ray
 
+        self._requested.add(model)
         ray.get(self._actor.preload.remote(model))
+
+    def preload_async(self, model: str) -> None:
+        """Start loading `model` in the actor (it runs before this worker's next batch); no wait here."""
+        if model not in self._requested:
+            self._requested.add(model)
+            self.preloads += 1
+            self._actor.preload.remote(model)
 
     def submit(self, jobs: Sequence[LLMJob]) -> list[LLMDone]:
         self._pending.extend(jobs)

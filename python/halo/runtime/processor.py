@@ -58,6 +58,8 @@ class Worker(Protocol):
 
     def pull_prefix(self, source: Any, model: str, prompt: list[dict[str, str]]) -> None: ...
 
+    def preload_async(self, model: str) -> None: ...
+
 
 class Tools(Protocol):
     def submit(self, node: GraphNode, request: dict[str, Any]) -> Future: ...
@@ -129,6 +131,16 @@ class Processor:
         self.llm_followers: dict[tuple, list[int]] = {}  # request key -> pids waiting on the same request
         self.llm_key: dict[int, tuple] = {}
         self.row_left = [len(self.wf.nodes)] * graph.rows
+        self.node_left = {node.id: 0 for node in self.wf.nodes}  # unsettled physical nodes per graph node
+        for node_id in graph.physical.node:
+            self.node_left[node_id] += 1
+        # Per worker, its planned llm nodes in epoch order: an idle worker preloads the next one's model.
+        self.planned: dict[int, list[tuple[str, str]]] = {}
+        for node in sorted(
+            (n for n in self.wf.nodes if n.kind == "llm"), key=lambda n: execution.epoch_of.get(n.id, 0)
+        ):
+            worker = execution.worker_of.get(node.id, 0)
+            self.planned.setdefault(worker, []).append((node.id, self.wf.model_source(node) or ""))
         self.out = ProcessorOutcome({}, {}, [])
         self._last_progress = 0.0
         if resume is not None:
@@ -147,6 +159,8 @@ class Processor:
                     self._dispatch_llm(worker, core.pop(worker.index, room))
             stepped = False
             for worker in self.workers:
+                if worker.inflight == 0 and not core.ready_count(worker.index):
+                    self._preload_next(worker)
                 busy = worker.inflight > 0
                 for done in worker.poll():
                     self._llm_finished(done)
@@ -159,6 +173,12 @@ class Processor:
             self._report_progress()
         self._report_progress(force=True)
         return self.out
+
+    def _preload_next(self, worker: Worker) -> None:
+        for node_id, model in self.planned.get(worker.index, ()):
+            if self.node_left[node_id] > 0:
+                worker.preload_async(model)
+                return
 
     def _idle_wait(self) -> None:
         if any(self.core.ready_count(q) for q in range(self.core.num_queues)):
@@ -307,6 +327,7 @@ class Processor:
 
     def _settled(self, pid: int) -> None:
         """A physical node reached a final state: count its instances off their rows."""
+        self.node_left[self.graph.physical.node[pid]] -= 1
         for _, row in self.graph.physical.instances[pid]:
             self.row_left[row] -= 1
             if self.row_left[row] == 0:
@@ -357,6 +378,7 @@ class Processor:
         if restored:
             self.core.complete(sorted(restored))
         for pid in restored:
+            self.node_left[table.node[pid]] -= 1
             for _, row in table.instances[pid]:
                 self.row_left[row] -= 1
         for row in range(self.graph.rows):
