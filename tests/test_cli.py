@@ -65,3 +65,21 @@ def test_explain_shows_planned_epochs(capsys):
                  "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert "EXECUTION PLAN  planner=dp" in out and "epoch  1" in out and "saving=" in out
+
+
+def test_run_the_readme_main_job(tmp_path, capsys):
+    """The README's first command: `halo run` on the invoice example writes every row, in order."""
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "invoice_audit.jsonl"
+    argv = ["run", str(root / "examples/invoice_audit.yaml"), "--input", str(root / "examples/invoice_audit.jsonl")]
+    assert main([*argv, "--output", str(out), "--strict"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    inputs = (root / "examples/invoice_audit.jsonl").read_text().splitlines()
+    assert len(rows) == len(inputs) and all(set(r) == {"vendor", "verdict", "reasons"} for r in rows)
+    assert rows[0] == rows[3]  # rows 0 and 3 are the same invoice
+    assert all(r["verdict"] in ("APPROVE", "REJECT", "REVIEW") for r in rows)
+    summary = capsys.readouterr().err
+    assert "llm calls" in summary and "rows failed" in summary
+    assert not out.with_name(out.name + ".journal.jsonl").exists()  # a clean run leaves no journal
