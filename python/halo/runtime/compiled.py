@@ -185,6 +185,18 @@ class CompiledWorkflow:
             stats.seconds_by_kind[span.kind] = stats.seconds_by_kind.get(span.kind, 0.0) + span.end - span.start
         return RunResult(outputs, errors, stats, timeline)
 
+    def engine(self, model: str | None = None) -> LLMEngine:
+        """The loaded engine of `model` (default: the workflow's first model) on a one-worker app, for
+        callers that drive it directly (the benchmark's baselines share it with `run`)."""
+        worker = self._workers[0] if self._workers else None
+        if not isinstance(worker, LocalWorker):
+            raise InvalidRequestError("engine() needs a compiled app with one in-process worker")
+        source = model if model is not None else (self.model_sources[0] if self.model_sources else "")
+        engine = worker.engines.get(source)
+        if engine is None:
+            raise InvalidRequestError(f"no engine for model {source!r} could be loaded")
+        return engine
+
     def explain(self, batch: Any) -> str:
         """The consolidated batch and the plan that `run` would follow, as text."""
         from halo.plan import explain_text
