@@ -82,6 +82,32 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_suite():
+    """bench/suite.py of the source checkout this package runs from (an editable install), else None."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "suite.py"
+    spec = importlib.util.spec_from_file_location("halo_bench_suite", path) if path.exists() else None
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bench(args: argparse.Namespace) -> int:
+    suite = _bench_suite()
+    if suite is None:
+        print("halo: error: `halo bench` runs from a source checkout (bench/ beside python/halo)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(suite.REPO))  # the suite imports its workloads and systems as `bench.*`
+    from bench.suite import run_cli
+
+    return run_cli(args)
+
+
 def _planned_epochs(graph, workers: int) -> str:
     """The optimizer's epochs for the batch (measured curves where `halo profile` ran, else defaults)."""
     import warnings
@@ -134,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="registered name, .gguf file or HF directory (default smollm2-135m)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     p.set_defaults(func=_profile)
+
+    b = sub.add_parser("bench", help="run the workload benchmark suite (from a source checkout)")
+    suite = _bench_suite()
+    if suite is not None:
+        suite.add_arguments(b)
+    b.set_defaults(func=_bench)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Deterministic data for the benchmark workloads: TPC-H, documents, questions, problems, the report API."""

@@ -1,0 +1,221 @@
+"""The workload benchmark suite: every (workload, rows, system) in one process, one compiled app per
+workload, the same engine, model and data for every system; results as JSON, Markdown and plots.
+
+    .venv/bin/halo bench --workloads all --rows 50,200 --systems all [--quick] [--dtype fp32]
+    .venv/bin/python -m bench.suite ...   (the same, without the installed command)
+
+Progress goes to stderr. Fidelity is the fraction of rows whose outputs (and failing node, if any)
+equal those of `serial` (meaningful in fp32 greedy mode) and of `per-call` (same engine and dtype).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = {"rows": [3], "scale_factor": 0.01, "max_tokens": 4, "api_latency_s": 0.01}
+
+
+@dataclass
+class SuiteConfig:
+    workloads: list[str]
+    rows: list[int]
+    systems: list[str]
+    dtype: str = "auto"
+    out: Path | None = None
+    seed: int = 0
+    scale_factor: float = 0.1
+    max_tokens: int | None = None  # cap on every llm node's max_tokens (None: the YAML's values)
+    api_latency_s: float = 0.1  # mean of the report API's Gamma-distributed latency
+    data_dir: Path | None = None  # generated data cache (default: ~/.cache/halo/bench)
+    quick: bool = False
+
+
+@dataclass
+class Measurement:
+    workload: str
+    rows: int
+    system: str
+    wall_s: float
+    counters: dict[str, Any]
+    row_errors: int
+    fidelity_vs_serial: float | None = None
+    fidelity_vs_per_call: float | None = None
+
+
+@dataclass
+class SuiteResult:
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    engines: dict[str, dict[str, Any]] = field(default_factory=dict)  # workload -> engine.describe()
+    measurements: list[Measurement] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_suite(config: SuiteConfig) -> SuiteResult:
+    import halo
+    from halo.engine.dtype_probe import cpu_capability
+    from halo.engine.model_source import default_cache_dir
+
+    from bench import report
+    from bench.generators.report_api import ReportApi
+    from bench.generators.workloads import rows as make_rows
+    from bench.generators.workloads import stage
+    from bench.systems import run_system
+
+    out = config.out or REPO / "bench" / "results" / (dt.date.today().isoformat() + ("-quick" if config.quick else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = config.data_dir or default_cache_dir() / "bench"
+    _log(f"staging {len(config.workloads)} workloads (TPC-H sf={config.scale_factor:g}, seed {config.seed}) ...")
+    staged = stage(
+        out / "workloads",
+        config.workloads,
+        data_dir,
+        scale_factor=config.scale_factor,
+        seed=config.seed,
+        max_tokens=config.max_tokens,
+    )
+    result = SuiteResult(
+        config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        environment={"cpu": cpu_capability(), "python": platform.python_version(), "started": _now()},
+    )
+    with ReportApi(config.api_latency_s, seed=config.seed) as api:
+        for workload in config.workloads:
+            with halo.compile(staged[workload], dtype=config.dtype) as app:
+                result.engines[workload] = app.engine().describe()
+                _log(f"{workload}: engine {_engine_line(result.engines[workload])}")
+                # One untimed row first: kernels, database pages and connections are warm for every system.
+                run_system("serial", app, make_rows(workload, 1, config.seed + 1, api.url))
+                for n in config.rows:
+                    batch = make_rows(workload, n, config.seed, api.url)
+                    runs = {}
+                    for system in config.systems:
+                        run = runs[system] = run_system(system, app, batch)
+                        result.measurements.append(_measure(workload, n, run))
+                        c = run.counters()
+                        _log(
+                            f"{workload} rows={n} {system}: {run.wall_s:.2f} s, llm {c['llm_calls_executed']}"
+                            f"/{c['llm_calls_logical']}, tools {c['tool_calls_executed']}/{c['tool_calls_logical']}"
+                            f", prefill {c['prefill_tokens']} cached {c['cached_tokens']}, errors {len(run.errors)}"
+                        )
+                    _backfill_fidelity(result.measurements, workload, n, runs)
+    result.environment["finished"] = _now()
+    result.files = report.write(result, out)
+    _log("wrote " + ", ".join(result.files.values()))
+    return result
+
+
+def _measure(workload: str, n: int, run: Any) -> Measurement:
+    return Measurement(workload, n, run.system, run.wall_s, run.counters(), len(run.errors))
+
+
+def _backfill_fidelity(measurements: list[Measurement], workload: str, n: int, runs: dict[str, Any]) -> None:
+    for m in measurements:
+        if m.workload == workload and m.rows == n:
+            run = runs[m.system]
+            if "serial" in runs:
+                m.fidelity_vs_serial = fidelity(run, runs["serial"])
+            if "per-call" in runs:
+                m.fidelity_vs_per_call = fidelity(run, runs["per-call"])
+
+
+def fidelity(run: Any, reference: Any) -> float:
+    """Fraction of rows whose outputs and failing node (if any) equal the reference's."""
+    if not reference.outputs:
+        return 1.0
+    same = sum(
+        1
+        for r, (a, b) in enumerate(zip(run.outputs, reference.outputs, strict=True))
+        if a == b and run.errors.get(r) == reference.errors.get(r)
+    )
+    return same / len(reference.outputs)
+
+
+def _engine_line(describe: dict[str, Any]) -> str:
+    probe = ", ".join(f"{k} {v:.0f}" for k, v in (describe.get("probe_gflops") or {}).items())
+    return f"{describe['cpu']}, dtype {describe['dtype']} ({describe['dtype_reason']}{'; ' + probe if probe else ''})"
+
+
+def _now() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workloads", default="all", help="all, or a comma list of workload names")
+    parser.add_argument("--rows", default=None, help="comma list of batch sizes (default 50,200; quick: 3)")
+    parser.add_argument("--systems", default="all", help="all, or a comma list of serial,per-call,opwise,halo")
+    parser.add_argument("--quick", action="store_true", help="few rows, tiny data, tiny max_tokens (a smoke run)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--out", default=None, help="results folder (default bench/results/<date>)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale-factor", type=float, default=None, help="TPC-H scale factor (default 0.1)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="cap every llm node's max_tokens")
+    parser.add_argument("--api-latency", type=float, default=None, help="report API mean latency, s (default 0.1)")
+
+
+def config_from_args(args: argparse.Namespace) -> SuiteConfig:
+    from bench.generators.workloads import WORKLOADS
+    from bench.systems import SYSTEMS
+
+    workloads = list(WORKLOADS) if args.workloads == "all" else _names(args.workloads, WORKLOADS, "workload")
+    systems = list(SYSTEMS) if args.systems == "all" else _names(args.systems, SYSTEMS, "system")
+    quick = QUICK if args.quick else {}
+    rows = [int(n) for n in args.rows.split(",")] if args.rows else quick.get("rows", [50, 200])
+    if any(n < 1 for n in rows):
+        raise SystemExit("halo bench: --rows must be positive integers")
+    return SuiteConfig(
+        workloads=workloads,
+        rows=rows,
+        systems=systems,
+        dtype=args.dtype,
+        out=Path(args.out) if args.out else None,
+        seed=args.seed,
+        scale_factor=args.scale_factor if args.scale_factor is not None else quick.get("scale_factor", 0.1),
+        max_tokens=args.max_tokens if args.max_tokens is not None else quick.get("max_tokens"),
+        api_latency_s=args.api_latency if args.api_latency is not None else quick.get("api_latency_s", 0.1),
+        quick=args.quick,
+    )
+
+
+def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise SystemExit(
+            f"halo bench: unknown {what}(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}"
+        )
+    return names
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """`halo bench`: run the suite and print the Markdown report."""
+    result = run_suite(config_from_args(args))
+    print(Path(result.files["markdown"]).read_text())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_cli(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

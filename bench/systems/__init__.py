@@ -1,0 +1,37 @@
+"""The systems the benchmark compares, all on one compiled app (same engine, model, data):
+
+- `serial`: one row at a time, node by node, every call isolated (`app.run(plan="serial")`);
+- `per-call`: a task per row walking the DAG against one continuously batching engine (per_call.py);
+- `opwise`: one node at a time over the whole batch (opwise.py);
+- `halo`: the full system (`app.run()`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from halo.runtime.compiled import CompiledWorkflow
+
+from bench.systems.opwise import run_opwise
+from bench.systems.per_call import run_per_call
+from bench.systems.system_run import SystemRun
+
+SYSTEMS = ("serial", "per-call", "opwise", "halo")
+
+
+def run_system(
+    name: str, app: CompiledWorkflow, rows: Sequence[Mapping[str, Any]], allowed_hosts: Collection[str] = ()
+) -> SystemRun:
+    """Run `rows` through `app` the way system `name` does; every system starts with a cold prefix cache."""
+    if name == "per-call":
+        return run_per_call(app, rows, allowed_hosts)
+    if name == "opwise":
+        return run_opwise(app, rows, allowed_hosts)
+    if name in ("serial", "halo"):
+        app.engine().reset_prefix_cache()
+        return SystemRun.from_result(name, app.run(list(rows), plan="serial" if name == "serial" else None))
+    raise ValueError(f"unknown system {name!r} (known: {', '.join(SYSTEMS)})")
+
+
+__all__ = ["SYSTEMS", "SystemRun", "run_system"]

@@ -1,0 +1,103 @@
+"""The `per-call` baseline: how an agent framework over a serving engine runs a batch.
+
+Every row is an asyncio task that walks the DAG; each node starts as soon as its upstream nodes are
+done. LLM calls go, one request each, to ONE shared engine that batches whatever is in flight
+(continuous batching) and reuses cached prompt prefixes; tool calls run as they come on a thread
+pool. No consolidation, no coalescing of equal calls, no tool cache: that is what Halo adds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from halo.runtime.compiled import CompiledWorkflow
+from halo.runtime.node_io import llm_prompt, llm_result, render_values, row_outputs, sampling_params
+from halo.runtime.tools.tool_runner import ToolRunner
+from halo.spec.graph import GraphNode
+
+from bench.systems.engine_loop import EngineLoop
+from bench.systems.system_run import EngineCounters, SystemRun, with_policy
+
+_FAILED = object()  # an upstream instance failed: this one does not run
+
+
+def run_per_call(
+    app: CompiledWorkflow, rows: Sequence[Mapping[str, Any]], allowed_hosts: Collection[str] = ()
+) -> SystemRun:
+    engine = app.engine()
+    engine.reset_prefix_cache()
+    counters = EngineCounters(engine)
+    clock = time.perf_counter()
+    with ToolRunner(app.workflow, cache=False, coalesce=False, allowed_hosts=allowed_hosts) as tools:
+        loop = EngineLoop(engine)
+        outputs, errors = asyncio.run(_run_batch(app, rows, loop, tools))
+        executed_tools = tools.stats.executed
+    wf = app.graph
+    llm_nodes = sum(1 for n in wf.nodes if n.kind == "llm")
+    run = SystemRun(
+        "per-call",
+        outputs,
+        errors,
+        wall_s=time.perf_counter() - clock,
+        llm_calls_logical=len(rows) * llm_nodes,
+        llm_calls_executed=loop.executed,
+        tool_calls_logical=len(rows) * (len(wf.nodes) - llm_nodes),
+        tool_calls_executed=executed_tools,
+    )
+    counters.into(run)
+    return run
+
+
+async def _run_batch(
+    app: CompiledWorkflow, rows: Sequence[Mapping[str, Any]], loop: EngineLoop, tools: ToolRunner
+) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    stepper = asyncio.create_task(loop.run())
+    try:
+        done = await asyncio.gather(*(_run_row(app, row, loop, tools) for row in rows))
+    finally:
+        loop.stop()
+        await stepper
+    outputs = [out for out, _ in done]
+    errors = {r: node for r, (_, node) in enumerate(done) if node is not None}
+    return outputs, errors
+
+
+async def _run_row(
+    app: CompiledWorkflow, row: Mapping[str, Any], loop: EngineLoop, tools: ToolRunner
+) -> tuple[dict[str, Any], str | None]:
+    wf = app.graph
+    results: dict[str, Any] = {}
+    failed: list[str] = []
+    tasks: dict[str, asyncio.Task[Any]] = {}
+
+    async def run_node(node: GraphNode) -> Any:
+        upstream = await asyncio.gather(*(tasks[u] for u in node.upstream))
+        if failed or any(u is _FAILED for u in upstream):
+            return _FAILED
+        context = {u: results[u] for u in node.upstream if u in results}
+        if node.guards and wf.skipped(node, row, context):
+            return None
+
+        async def attempt() -> Any:
+            values = render_values(wf, node, row, context)
+            if node.kind == "llm":
+                generated = await loop.generate(llm_prompt(node, values), sampling_params(node))
+                return llm_result(node, generated.text)
+            return await asyncio.wrap_future(tools.submit(node, wf.template(node).request(values)))
+
+        result, error = await with_policy(node, attempt)
+        if error is not None:
+            failed.append(node.id)
+            return _FAILED
+        results[node.id] = result
+        return result
+
+    for node in wf.nodes:  # topological order: a node's upstream tasks exist before it
+        tasks[node.id] = asyncio.create_task(run_node(node))
+    await asyncio.gather(*tasks.values())
+    order = {node.id: i for i, node in enumerate(wf.nodes)}
+    first_failure = min(failed, key=order.__getitem__) if failed else None
+    return row_outputs(wf, row, results), first_failure

@@ -1,0 +1,90 @@
+"""What one system's run of one batch returns, in the shape of `RunResult`, plus the shared node policy."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from halo.engine import LLMEngine
+from halo.errors import HaloError
+from halo.runtime.node_io import fallback_result
+from halo.runtime.results import RunResult
+from halo.spec.graph import GraphNode
+
+
+@dataclass
+class SystemRun:
+    """Outputs (one dict per row, input order), row errors, and the counters every system reports."""
+
+    system: str
+    outputs: list[dict[str, Any]]
+    errors: dict[int, str] = field(default_factory=dict)  # row -> failing node
+    wall_s: float = 0.0
+    llm_calls_logical: int = 0
+    llm_calls_executed: int = 0
+    tool_calls_logical: int = 0
+    tool_calls_executed: int = 0
+    prompt_tokens: int = 0
+    prefill_tokens: int = 0
+    cached_tokens: int = 0
+    decode_tokens: int = 0
+
+    @classmethod
+    def from_result(cls, system: str, result: RunResult) -> SystemRun:
+        s = result.stats
+        return cls(
+            system,
+            result.outputs,
+            {e.row: e.node for e in result.errors},
+            s.wall_s,
+            s.llm_calls_logical,
+            s.llm_calls_executed,
+            s.tool_calls_logical,
+            s.tool_calls_executed,
+            s.prompt_tokens,
+            s.prefill_tokens,
+            s.cached_tokens,
+            s.decode_tokens,
+        )
+
+    def counters(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in ("outputs", "errors", "system")}
+
+
+class EngineCounters:
+    """Token counters of an engine over a span of time (its stats are cumulative)."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self.before = engine.stats()
+
+    def into(self, run: SystemRun) -> None:
+        after = self.engine.stats()
+        run.prompt_tokens = after.prompt_tokens - self.before.prompt_tokens
+        run.prefill_tokens = after.prefill_tokens - self.before.prefill_tokens
+        run.cached_tokens = after.cached_tokens - self.before.cached_tokens
+        run.decode_tokens = after.decode_tokens - self.before.decode_tokens
+
+
+def attempts(node: GraphNode) -> int:
+    """How many times a failing instance is tried (as the serial baseline does)."""
+    return node.spec.retries + 1 if node.spec.on_error == "retry" else 1
+
+
+def settle(node: GraphNode, error: str) -> tuple[Any, str | None]:
+    """An instance that failed every attempt: its fallback under `on_error: default`, else the error."""
+    if node.spec.on_error == "default":
+        return fallback_result(node), None
+    return None, error
+
+
+async def with_policy(node: GraphNode, attempt: Callable[[], Awaitable[Any]]) -> tuple[Any, str | None]:
+    """Run `attempt` under the node's `on_error` policy: (result, None) or (None, error message)."""
+    error = ""
+    for _ in range(attempts(node)):
+        try:
+            return await attempt(), None
+        except (HaloError, ValueError) as exc:
+            error = str(exc)
+    return settle(node, error)

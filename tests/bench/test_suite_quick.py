@@ -1,0 +1,80 @@
+"""The benchmark suite end to end in `--quick` size: every workload under every system on the real
+model (fp32, greedy), outputs identical to the serial baseline, sane counters, report files written."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # the suite lives in bench/, outside the installed package
+
+from bench.generators.workloads import WORKLOADS  # noqa: E402
+from bench.suite import QUICK, SuiteConfig, run_suite  # noqa: E402
+from bench.systems import SYSTEMS  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    config = SuiteConfig(
+        workloads=list(WORKLOADS),
+        rows=QUICK["rows"],
+        systems=list(SYSTEMS),
+        dtype="fp32",
+        out=folder / "results",
+        scale_factor=QUICK["scale_factor"],
+        max_tokens=QUICK["max_tokens"],
+        api_latency_s=QUICK["api_latency_s"],
+        data_dir=folder / "data",
+        quick=True,
+    )
+    return run_suite(config), folder / "results"
+
+
+def test_every_workload_runs_under_every_system(quick_result):
+    result, _ = quick_result
+    seen = {(m.workload, m.system) for m in result.measurements}
+    assert seen == {(w, s) for w in WORKLOADS for s in SYSTEMS}
+
+
+def test_outputs_are_identical_to_serial_in_fp32_greedy(quick_result):
+    result, _ = quick_result
+    assert all(e["dtype"] == "fp32" for e in result.engines.values())
+    mismatched = [(m.workload, m.system) for m in result.measurements if m.fidelity_vs_serial != 1]
+    assert mismatched == []
+    assert [(m.workload, m.system) for m in result.measurements if m.row_errors] == []
+
+
+def test_counters_are_sane(quick_result):
+    result, _ = quick_result
+    by = {(m.workload, m.system): m.counters for m in result.measurements}
+    for workload in WORKLOADS:
+        serial, per_call, opwise, halo = (by[(workload, s)] for s in ("serial", "per-call", "opwise", "halo"))
+        for c in (serial, per_call, opwise):  # the baselines run every call of every row, no sharing
+            assert c["llm_calls_executed"] == c["llm_calls_logical"] > 0
+            assert c["tool_calls_executed"] == c["tool_calls_logical"]
+        assert halo["llm_calls_executed"] <= per_call["llm_calls_executed"]
+        assert halo["tool_calls_executed"] <= per_call["tool_calls_executed"]
+        assert serial["cached_tokens"] == 0  # its prefix cache is cleared before every call
+        assert per_call["prompt_tokens"] == serial["prompt_tokens"] == opwise["prompt_tokens"]
+        for c in (serial, per_call, opwise, halo):
+            assert c["prefill_tokens"] + c["cached_tokens"] >= c["prompt_tokens"] > 0
+            assert c["wall_s"] > 0
+
+
+def test_report_files_are_written(quick_result):
+    result, folder = quick_result
+    data = json.loads((folder / "results.json").read_text())
+    assert len(data["measurements"]) == len(WORKLOADS) * len(SYSTEMS)
+    assert data["environment"]["cpu"]
+    table = (folder / "results.md").read_text()
+    assert all(w in table for w in WORKLOADS) and "Geometric mean" in table
+    for name in ("wall_time.png", "savings.png"):
+        assert (folder / name).read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (folder / "workloads").glob("*.yaml")) == sorted(f"{w}.yaml" for w in WORKLOADS)
