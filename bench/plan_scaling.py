@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "plan"))
 from halo.engine.dtype_probe import cpu_capability  # noqa: E402
 from halo.plan.search import plan_dp, plan_greedy  # noqa: E402
 from halo.plan.search.baselines import operator_at_a_time, random_schedule, round_robin  # noqa: E402
-from test_search_scaling import workflow_problem  # noqa: E402  (the same synthetic workflows the tests plan)
+from plan_problems import workflow_problem  # noqa: E402  (the same synthetic workflows the tests plan)
 
 
 def main() -> int:
@@ -53,10 +53,18 @@ def examples_table() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ProfileMissingWarning)
                 problem = build_plan_problem(graph, lambda m: load_curves(m), workers=workers)
-            costs = [plan_dp(problem, time_limit_s=1.0).cost, plan_greedy(problem).cost, round_robin(problem).cost,
-                     random_schedule(problem, seed=0).cost, operator_at_a_time(problem).cost]
-            print(f"{wf.spec.name:15} {workers:7} " + " ".join(f"{c:8.2f}" for c in costs)
-                  + f" {plan_dp(problem, time_limit_s=1.0).serial_cost:8.2f}")
+            costs = [
+                plan_dp(problem, time_limit_s=1.0).cost,
+                plan_greedy(problem).cost,
+                round_robin(problem).cost,
+                random_schedule(problem, seed=0).cost,
+                operator_at_a_time(problem).cost,
+            ]
+            print(
+                f"{wf.spec.name:15} {workers:7} "
+                + " ".join(f"{c:8.2f}" for c in costs)
+                + f" {plan_dp(problem, time_limit_s=1.0).serial_cost:8.2f}"
+            )
 
 
 def _row(rows: int, nodes: int, workers: int) -> None:
@@ -65,8 +73,10 @@ def _row(rows: int, nodes: int, workers: int) -> None:
     plan = plan_dp(problem, time_limit_s=1.0)
     elapsed = time.perf_counter() - t0
     greedy = plan_greedy(problem)
-    print(f"{rows:<9} {nodes:5} {workers:7} {elapsed:6.3f}  {plan.optimal!s:7} {plan.cost:9.2f} "
-          f"{greedy.cost:12.2f} {plan.serial_cost:12.2f}")
+    print(
+        f"{rows:<9} {nodes:5} {workers:7} {elapsed:6.3f}  {plan.optimal!s:7} {plan.cost:9.2f} "
+        f"{greedy.cost:12.2f} {plan.serial_cost:12.2f}"
+    )
 
 
 if __name__ == "__main__":

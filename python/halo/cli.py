@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from halo.errors import HaloError
 
@@ -71,10 +72,12 @@ def _profile(args: argparse.Namespace) -> int:
     from halo.engine import LLMEngine
     from halo.plan.cost import model_key, profile_engine, save_curves
 
+    t0 = time.perf_counter()
     engine = LLMEngine(model=args.model, dtype=args.dtype)
+    load_s = time.perf_counter() - t0  # what a worker pays to switch to this model
     print(f"profiling {model_key(args.model)} ({engine.dtype_choice.name}, {engine.dtype_choice.reason}) ...",
           file=sys.stderr)
-    curves = profile_engine(engine, model=model_key(args.model))
+    curves = profile_engine(engine, model=model_key(args.model), load_s=load_s)
     path = save_curves(curves)
     print(curves.describe())
     print(f"measured {len(curves.facts['prefill_samples'])} prefill and {len(curves.facts['decode_samples'])} "

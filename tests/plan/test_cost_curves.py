@@ -28,6 +28,16 @@ def test_json_round_trip(tmp_path):
     assert loaded == CURVES and loaded.facts == {"cpu": "AVX2"}
 
 
+def test_load_and_kv_copy_round_trip_and_price_a_move(tmp_path):
+    from dataclasses import replace
+
+    measured = replace(CURVES, model_load_s=3.5, kv_bytes_per_token=46080.0, kv_bytes_per_s=2e9)
+    assert LatencyCurves.load(measured.save(tmp_path / "m.json")) == measured
+    assert measured.kv_move_s(512, batch=4) == pytest.approx(512 * 4 * 46080 / 2e9)
+    assert CURVES.kv_move_s(512) is None and CURVES.model_load_s is None  # older profiles: unmeasured
+    assert "KV copy" in measured.describe() and "3.50 s" in measured.describe()
+
+
 def test_generate_is_prefill_plus_each_decode_step():
     c = CURVES
     expected = c.prefill_s(300, 100, 4) + sum(c.decode_step_s(4, 400 + i) for i in range(1, 20))
@@ -116,8 +126,12 @@ def test_profiled_curves_predict_held_out_shapes_within_25_percent(checkpoint):
     # fastest of 3; should a held-out shape still miss, the whole profile + check is repeated once.
     attempts = []
     for _ in range(2):
-        curves = profile_engine(engine)
+        curves = profile_engine(engine, load_s=1.0)
         assert curves.source == "profiled" and curves.facts["profile_seconds"] < 60
+        cfg = engine.config  # K and V, every layer and KV head, in the engine's dtype
+        itemsize = engine.kv.k.element_size()
+        assert curves.kv_bytes_per_token == 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * itemsize
+        assert curves.kv_bytes_per_s > 1e7 and curves.model_load_s == 1.0
         errors = _held_out_errors(engine, curves)
         attempts.append((max(abs(e) for e in errors.values()), errors, curves))
         if attempts[-1][0] <= TOLERANCE:

@@ -1,23 +1,52 @@
 """From a consolidated batch and measured latency curves to the plan-search problem.
 
-One task per llm node of the workflow graph (all of its rows run inside it as one batch), so the
-problem's size depends on the graph, never on the batch. A task's times come from the model's
-latency curves: prefill of the node's owned executions (prompt tokens after merging equal requests,
-minus those a shared prefix already covers) and ``max_tokens`` decode steps at that batch size.
-Tool nodes are not tasks: an llm node that reads a tool's result depends on the llm nodes behind it.
-Requests rendered only at run time (deferred) are estimated from their static prefix plus the
-``max_tokens`` of the llm results they read.
+One task per node of the workflow graph (all of its rows run inside it as one batch), so the
+problem's size depends on the graph, never on the batch. Every task depends on the graph nodes it
+waits for (llm tasks and tool tasks alike).
+
+LLM tasks: times come from the model's latency curves: prefill of the node's owned executions
+(prompt tokens after merging equal requests, minus those a shared prefix already covers) and decode
+steps at that batch size. Decode runs for the expected output length: the observed mean in an
+`OutputLengthHistory` when one is given and has seen the node, else ``max_tokens``. Requests
+rendered only at run time (deferred) are estimated from their static prefix plus the expected output
+of the llm results they read. Model load time: ``model_load_s`` if given, else the profile's measured
+load time, else `DEFAULT_MODEL_LOAD_S`.
+
+KV parents (the rule): a deferred llm node N shares its parent P's prefix when P is an llm node N
+waits for directly, with the same model, the same system prompt, and N's prompt template begins with
+P's whole prompt template, so every row's request to N starts with that row's request to P (loop
+iterations of one node qualify: their templates are equal and the iteration-only part comes after
+the shared text). The shared tokens per request are P's prompt tokens; `kv_saving_s` is the prefill
+they would cost N, `kv_move_s` the time to copy their KV for N's batch at the profiled bandwidth
+(unmeasured: as dear as recomputing).
+
+Tool tasks: ``tool_cost_s(node, physical_calls)`` gives a tool node's seconds on the CPU tool pool
+(the Processor plugs in its measured tool cost model). By default every call takes the node's
+``expected_latency_s`` (or `DEFAULT_TOOL_CALL_S`) and the calls run `TOOL_POOL_WIDTH` at a time.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 from halo.plan.consolidated_graph import ConsolidatedGraph
-from halo.plan.cost import LatencyCurves
-from halo.plan.search import LLMTask, PlanProblem, Worker
+from halo.plan.cost import LatencyCurves, OutputLengthHistory, output_key
+from halo.plan.search import LLMTask, PlanProblem, ToolTask, Worker
+from halo.spec.graph import GraphNode
 
 DEFAULT_MODEL_LOAD_S = 4.0  # reading and converting the default GGUF on 2 cores (measured ~3.5-4.7 s)
+DEFAULT_TOOL_CALL_S = 0.05  # one tool call before anything was observed or declared
+TOOL_POOL_WIDTH = 16  # tool calls the CPU pool runs at once
+
+ToolCost = Callable[[GraphNode, int], float]
+
+
+def default_tool_cost_s(node: GraphNode, physical_calls: int) -> float:
+    """Seconds a tool node's calls occupy the pool: waves of `TOOL_POOL_WIDTH` calls of the declared latency."""
+    per_call = node.spec.expected_latency_s
+    per_call = DEFAULT_TOOL_CALL_S if per_call is None else float(per_call)
+    return per_call * math.ceil(max(physical_calls, 0) / TOOL_POOL_WIDTH)
 
 
 def build_plan_problem(
@@ -26,38 +55,89 @@ def build_plan_problem(
     workers: int = 1,
     model_load_s: Mapping[str, float] | None = None,
     epoch_overhead_s: float = 0.005,
+    *,
+    tool_cost_s: ToolCost | None = None,
+    output_history: OutputLengthHistory | None = None,
+    makespan_weight: float = 1.0,
+    load_weight: float = 0.0,
 ) -> PlanProblem:
     wf = graph.workflow
-    llm_ids = {n.id for n in wf.nodes if n.kind == "llm"}
-    nearest: dict[str, frozenset[str]] = {}  # node -> the llm nodes its result ultimately comes from
+    tool_cost = tool_cost_s or default_tool_cost_s
     tasks: list[LLMTask] = []
-    models: set[str] = set()
+    tools: list[ToolTask] = []
+    loads: dict[str, float] = {}
+    expected_out: dict[str, int] = {}  # llm node -> expected output tokens per call
+    prompt_of: dict[str, int] = {}  # llm node -> estimated prompt tokens per request
     for node in wf.nodes:  # topological order
-        deps = frozenset().union(*(nearest.get(u, frozenset()) for u in node.upstream))
-        nearest[node.id] = frozenset({node.id}) if node.id in llm_ids else deps
-        if node.id not in llm_ids:
+        deps = tuple(node.upstream)
+        counters = graph.counters[node.id]
+        if node.kind != "llm":
+            tools.append(ToolTask(node.id, float(tool_cost(node, max(counters.owned, 0))), deps))
             continue
         model = wf.model_source(node) or "default"
-        models.add(model)
-        counters = graph.counters[node.id]
+        curves = curves_for(model)
+        if model not in loads:
+            measured = curves.model_load_s
+            loads[model] = DEFAULT_MODEL_LOAD_S if measured is None else float(measured)
         batch = max(counters.owned, 0)
         max_tokens = int(node.spec.max_tokens)
+        out = output_history.expected(output_key(node, model), max_tokens) if output_history else max_tokens
+        expected_out[node.id] = out
+        parent = _kv_parent(graph, node, model) if counters.deferred else None
         if counters.deferred:
-            upstream_out = sum(int(wf.node(d).spec.max_tokens) for d in deps)
-            prompt = (counters.static_prefix_tokens or 0) + upstream_out
+            upstream_out = sum(expected_out.get(d, 0) for d in deps)
+            shared = prompt_of[parent] if parent else 0
+            prompt = max((counters.static_prefix_tokens or 0) + upstream_out, shared + upstream_out)
             cached = 0
         else:
+            shared = 0
             prompt = counters.physical_prompt_tokens // max(batch, 1)
             cached = counters.cached_prompt_tokens // max(batch, 1)
-        curves = curves_for(model)
+        prompt_of[node.id] = prompt
         prefill = curves.prefill_s(prompt - cached, cached, batch)
-        steps = max(0, max_tokens - 1)
+        steps = max(0, out - 1)
         decode = steps * curves.decode_step_s(batch, prompt + (steps + 1) / 2) if batch else 0.0
-        tasks.append(LLMTask(node.id, model, prefill, decode, depends_on=tuple(sorted(deps))))
-    loads = {m: DEFAULT_MODEL_LOAD_S for m in models} | dict(model_load_s or {})
+        saving = move = 0.0
+        if parent and shared > 0:
+            saving = min(prefill, max(0.0, prefill - curves.prefill_s(prompt - shared, shared, batch)))
+            measured_move = curves.kv_move_s(shared, batch)
+            move = saving if measured_move is None else measured_move
+        tasks.append(
+            LLMTask(
+                node.id,
+                model,
+                prefill,
+                decode,
+                depends_on=deps,
+                kv_parent=parent if saving > 0 else None,
+                kv_saving_s=saving,
+                kv_move_s=move,
+            )
+        )
+    loads |= dict(model_load_s or {})
     return PlanProblem(
         tasks=tuple(tasks),
         workers=tuple(Worker(f"w{i}") for i in range(workers)),
         model_load_s=loads,
         epoch_overhead_s=epoch_overhead_s,
+        makespan_weight=makespan_weight,
+        load_weight=load_weight,
+        tools=tuple(tools),
     )
+
+
+def _kv_parent(graph: ConsolidatedGraph, node: GraphNode, model: str) -> str | None:
+    """The llm node whose requests every request of `node` starts with (the module docstring's rule)."""
+    wf = graph.workflow
+    order = {n.id: i for i, n in enumerate(wf.nodes)}
+    best: tuple[int, int, str] | None = None  # longest shared template, then the latest (nearest) node
+    for up in node.upstream:
+        parent = wf.node(up)
+        if parent.kind != "llm" or (wf.model_source(parent) or "default") != model:
+            continue
+        if parent.spec.system != node.spec.system or not node.spec.prompt.startswith(parent.spec.prompt):
+            continue
+        candidate = (len(parent.spec.prompt), order[up], up)
+        if best is None or candidate > best:
+            best = candidate
+    return None if best is None else best[2]

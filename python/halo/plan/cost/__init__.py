@@ -1,10 +1,12 @@
 """The cost model: what each planned step will cost on this machine.
 
-So far the LLM part: per-(model, dtype, device, threads) prefill and decode latency curves, measured
-by ``halo profile`` (``profile_engine``) and cached as JSON (``load_curves``).
+The LLM part: per-(model, dtype, device, threads) prefill and decode latency curves, model load time
+and KV copy bandwidth, measured by ``halo profile`` (``profile_engine``) and cached as JSON
+(``load_curves``); and the observed output lengths per llm node (``OutputLengthHistory``).
 """
 
 from halo.plan.cost.latency_curves import DecodeSample, LatencyCurves, PrefillSample, fit_latency_curves
+from halo.plan.cost.output_history import OutputLengthHistory, output_key
 from halo.plan.cost.profile_cache import (
     DEFAULT_CURVES,
     ProfileMissingWarning,
@@ -21,6 +23,7 @@ __all__ = [
     "DecodeSample",
     "EngineTimer",
     "LatencyCurves",
+    "OutputLengthHistory",
     "PrefillSample",
     "ProfileGrid",
     "ProfileMissingWarning",
@@ -28,6 +31,7 @@ __all__ = [
     "fit_latency_curves",
     "load_curves",
     "model_key",
+    "output_key",
     "profile_engine",
     "profile_path",
     "save_curves",

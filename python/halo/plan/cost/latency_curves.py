@@ -10,6 +10,10 @@ to compute and cheap to evaluate inside the plan search:
 weight matmuls, and ``c``/``f`` attention, which grows with the context each new token attends to
 (a prefill chunk's ``new`` tokens see on average ``cached + new/2`` keys). Cached prefix tokens cost no
 prefill of their own: they only lengthen the context of the new ones.
+
+The same profile records the model's load time (engine construction: read, convert, place the
+weights) and its KV copy cost (bytes per token of K/V, bytes per second through
+``export_prefix``/``import_prefix``), which price model switches and KV moves between workers.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ class LatencyCurves:
     step_tokens: int = 1024  # the engine's token budget per step: longer prefills are chunked
     source: str = "profiled"  # "profiled" (measured here) or "default" (built in, not this machine)
     fit_error: float = 0.0  # largest relative error of the fit on its own samples
+    model_load_s: float | None = None  # measured engine construction time (None: not measured)
+    kv_bytes_per_token: float | None = None  # K and V of one token over all layers
+    kv_bytes_per_s: float | None = None  # measured export + import of a cached prefix
     facts: dict[str, Any] = field(default_factory=dict, compare=False)  # cpu, probe GFLOP/s, samples
 
     # ---- the curves --------------------------------------------------------------------------
@@ -86,6 +93,12 @@ class LatencyCurves:
             mean_context = prompt_tokens + (steps + 1) / 2
             total += steps * (d + e * batch + f * batch * mean_context)
         return total
+
+    def kv_move_s(self, tokens: int, batch: int = 1) -> float | None:
+        """Seconds to move the KV of ``batch`` prefixes of ``tokens`` tokens to another worker (None: unmeasured)."""
+        if not self.kv_bytes_per_token or not self.kv_bytes_per_s:
+            return None
+        return max(0, tokens) * max(0, batch) * self.kv_bytes_per_token / self.kv_bytes_per_s
 
     # ---- JSON --------------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -120,6 +133,13 @@ class LatencyCurves:
                 f"  prefill_s = {a * 1e3:.3f} ms·steps + {b * 1e6:.2f} µs·tokens "
                 f"+ {c * 1e9:.3f} ns·tokens·(cached + new/2)   [steps of {self.step_tokens} tokens]",
                 f"  decode_step_s = {d * 1e3:.3f} ms + {e * 1e6:.2f} µs·batch + {f * 1e9:.3f} ns·batch·context",
+                "  model load: " + ("not measured" if self.model_load_s is None else f"{self.model_load_s:.2f} s"),
+                "  KV copy: "
+                + (
+                    "not measured"
+                    if not self.kv_bytes_per_s or not self.kv_bytes_per_token
+                    else f"{self.kv_bytes_per_token / 1024:.1f} KiB/token at {self.kv_bytes_per_s / 1e9:.2f} GB/s"
+                ),
             ]
         )
 

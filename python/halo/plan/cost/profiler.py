@@ -3,13 +3,15 @@
 Every sample is the best of a few timings of one ``engine.step()`` (the minimum is the least
 disturbed by other work on a shared machine). Prompts are random ordinary tokens, fresh for every
 timing so nothing is served from the prefix cache unless a sample asks for a cached prefix.
+The KV copy bandwidth is the best of a few export + import round trips of one cached prefix; the
+model load time is measured by whoever built the engine (``halo profile`` times the constructor).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from halo.plan.cost.latency_curves import DecodeSample, LatencyCurves, PrefillSample, fit_latency_curves
@@ -27,6 +29,7 @@ class ProfileGrid:
     decode_batch: tuple[int, ...] = (1, 8, 32, 64)
     decode_context: tuple[int, ...] = (128, 448)
     repeats: int = 3  # timings per shape; the fastest counts
+    kv_copy_tokens: int = 512  # prefix length of the KV copy round trips (a multiple of the block size)
 
 
 class EngineTimer:
@@ -116,6 +119,27 @@ class EngineTimer:
             self.engine.abort(rid)
         return samples
 
+    def kv_copy(self, tokens: int, repeats: int = 3) -> tuple[float, float]:
+        """(bytes per token, bytes per second) of exporting a cached ``tokens``-token prefix and importing
+        it back after the prefix cache was cleared: what moving KV to another worker costs."""
+        tokens -= tokens % self.block_size
+        best, per_token, rate = float("inf"), 0.0, 0.0
+        for _ in range(repeats):
+            head = self.cached_head(tokens)
+            t0 = time.perf_counter()
+            prefix = self.engine.export_prefix(head)
+            t1 = time.perf_counter()
+            if prefix is None:
+                raise RuntimeError("the engine cached nothing of the profiled prefix")
+            self.engine.reset_prefix_cache()  # so the import copies every block back in
+            t2 = time.perf_counter()
+            self.engine.import_prefix(prefix)
+            elapsed = (t1 - t0) + (time.perf_counter() - t2)
+            self.engine.reset_prefix_cache()
+            if elapsed < best:
+                best, per_token, rate = elapsed, prefix.nbytes / prefix.num_tokens, prefix.nbytes / elapsed
+        return per_token, rate
+
     def _params(self, max_tokens: int):
         from halo.engine.sampling_params import SamplingParams
 
@@ -130,10 +154,13 @@ class EngineTimer:
             self.engine.step()
 
 
-def profile_engine(engine: Any, model: str | None = None, grid: ProfileGrid | None = None) -> LatencyCurves:
+def profile_engine(
+    engine: Any, model: str | None = None, grid: ProfileGrid | None = None, load_s: float | None = None
+) -> LatencyCurves:
     """Measure ``engine`` (an idle ``halo.engine.LLMEngine``) over ``grid`` and fit its latency curves.
 
-    ``model`` is the key the curves are cached under (default: the checkpoint's name).
+    ``model`` is the key the curves are cached under (default: the checkpoint's name); ``load_s`` the
+    measured time it took to construct the engine, recorded as the model's load time.
     """
     grid = grid or ProfileGrid()
     timer = EngineTimer(engine)
@@ -143,6 +170,7 @@ def profile_engine(engine: Any, model: str | None = None, grid: ProfileGrid | No
     prefill = [timer.prefill(n, c, 1, grid.repeats) for c in grid.prefill_cached for n in grid.prefill_new]
     prefill += [timer.prefill(n, 0, b, grid.repeats) for b, n in grid.prefill_batched]
     decode = [s for c in grid.decode_context for s in timer.decode_sweep(grid.decode_batch, c, grid.repeats)]
+    kv_per_token, kv_bandwidth = timer.kv_copy(grid.kv_copy_tokens, grid.repeats)
     info = engine.describe()
     facts = {
         "cpu": info.get("cpu"),
@@ -152,7 +180,7 @@ def profile_engine(engine: Any, model: str | None = None, grid: ProfileGrid | No
         "prefill_samples": [list(s) for s in prefill],
         "decode_samples": [list(s) for s in decode],
     }
-    return fit_latency_curves(
+    curves = fit_latency_curves(
         prefill,
         decode,
         model=model or engine.config.name,
@@ -162,3 +190,4 @@ def profile_engine(engine: Any, model: str | None = None, grid: ProfileGrid | No
         step_tokens=engine.scheduler.max_batch_tokens,
         facts=facts,
     )
+    return replace(curves, model_load_s=load_s, kv_bytes_per_token=kv_per_token, kv_bytes_per_s=kv_bandwidth)

@@ -1,11 +1,12 @@
 """Plan search: which LLM tasks run in which epoch on which worker, under one explicit cost model.
 
-from halo.plan.search import PlanProblem, LLMTask, Worker, plan_dp
-plan = plan_dp(problem)        # or plan_greedy / solve_milp(problem).plan / the baselines
+from halo.plan.search import PlanProblem, LLMTask, ToolTask, Worker, plan_dp
+plan = plan_dp(problem)        # native search when halo._core has it; or plan_greedy / solve_milp(problem).plan
 print(plan.explain())
 
 `problem.py` states the cost semantics; `cost_table.py` flattens them; `execution_plan.evaluate`
-prices any schedule; `dp.py`, `greedy.py`, `milp.py` and `baselines.py` produce schedules.
+prices any schedule; `dp.py` (with its native twin via `native.py`), `greedy.py`, `milp.py` and
+`baselines.py` produce schedules.
 """
 
 from halo.plan.search.baselines import operator_at_a_time, random_schedule, round_robin, serial
@@ -14,7 +15,7 @@ from halo.plan.search.dp import plan_dp
 from halo.plan.search.execution_plan import Epoch, ExecutionPlan, Placement, evaluate
 from halo.plan.search.greedy import plan_greedy
 from halo.plan.search.milp import MilpResult, solve_milp
-from halo.plan.search.problem import CostCurves, LLMTask, PlanProblem, Worker
+from halo.plan.search.problem import CostCurves, LLMTask, PlanProblem, ToolTask, Worker
 
 __all__ = [
     "CostCurves",
@@ -25,6 +26,7 @@ __all__ = [
     "MilpResult",
     "PlanProblem",
     "Placement",
+    "ToolTask",
     "Worker",
     "evaluate",
     "operator_at_a_time",

@@ -31,7 +31,7 @@ def random_schedule(problem: PlanProblem, seed: int = 0) -> ExecutionPlan:
     rng = random.Random(seed)
     done, order = 0, []
     while done != tb.all_mask:
-        ready = [t for t in range(tb.n) if not done >> t & 1 and tb.dep_mask[t] & done == tb.dep_mask[t]]
+        ready = [t for t in range(tb.n) if not done >> t & 1 and tb.before_mask[t] & done == tb.before_mask[t]]
         t = rng.choice(ready)
         order.append((t, rng.randrange(tb.W)))
         done |= 1 << t
@@ -51,12 +51,13 @@ def operator_at_a_time(problem: PlanProblem) -> ExecutionPlan:
 
 
 def _pack(tb: CostTable, order: list[tuple[int, int]]) -> list[list[tuple[str, str]]]:
-    """Place (task, worker) pairs in order, each in the earliest epoch its dependencies and worker allow."""
+    """Place (task, worker) pairs in order, each in the earliest epoch its dependencies and worker allow
+    (`evaluate` adds the tool-only epochs that tool inputs need)."""
     epoch_of: dict[int, int] = {}
     last: dict[int, tuple[int, int]] = {}  # worker -> (epoch, model) of its latest work
     epochs: list[list[tuple[str, str]]] = []
     for t, w in order:
-        e = max((epoch_of[d] + 1 for d in tb.deps[t]), default=0)
+        e = max((epoch_of[d] + 1 for d in range(tb.n) if tb.before_mask[t] >> d & 1), default=0)
         if w in last:
             le, lm = last[w]
             e = max(e, le if lm == tb.model_of[t] else le + 1)

@@ -1,23 +1,38 @@
 """Epoch DP: depth-first branch-and-bound over plan states, with memoisation and worker symmetry.
 
-A state is (completed-task bitmask, per-worker (kind, resident model, KV mask)), where the KV mask
-keeps only tasks that are still some pending task's kv parent. Workers of one kind in the same state
-are interchangeable, so a state is canonicalised by sorting the per-worker tuples; actions name
-canonical slots and are mapped back to real workers when the plan is replayed.
+A state is (completed LLM tasks, completed tools, per-worker (kind, resident model, KV mask)), all
+masks, where the KV mask keeps only tasks that are still some pending task's kv parent. Workers of
+one kind in the same state are interchangeable, so a state is canonicalised by sorting the
+per-worker tuples; actions name canonical slots and are mapped back to real workers on replay.
+An action is one epoch: a set of ready LLM tasks on slots, or no LLM task at all (a tool-only
+epoch) when the state's tool wave is not empty; the wave itself is never chosen (rule 5).
 
 Invariant of `_Search.solve(state, limit)`: it returns the exact least cost-to-go of `state` if that
 is below `limit`, else some lower bound >= `limit`. Exact values and lower bounds are memoised, so a
-state reached again (by another epoch order) is not searched twice. The admissible bound `bound`
-is max(critical path, total work / workers) + overhead x depth for the makespan term, plus total
-work (including loads of models resident nowhere) for the summed-load term.
+state reached again (by another epoch order) is not searched twice. The admissible bound `bound` is
+max(critical path, total work / workers, remaining tool CPU) + overhead x epochs still needed for
+the makespan term, plus total work (with loads of models resident nowhere) for the summed-load term.
 
-With a state budget or time limit the search stops early and returns the best plan it found (the
-greedy plan if nothing better); `ExecutionPlan.optimal` says whether the search completed.
+Two phases share one incumbent (first the greedy plan):
+1. exact: every action, under the state budget and half the time limit. Completing it without
+   hitting the per-state action cap proves the plan optimal (`ExecutionPlan.optimal`).
+2. heuristic, only if phase 1 proved nothing (out of budget, or capped): the same search with a
+   restricted action set, so large graphs still improve on greedy within the time limit. The
+   documented heuristic (not a proof): only the `heuristic_width` highest-priority ready tasks are
+   considered; a task goes only to a slot already running its model this epoch, a fresh slot
+   holding its model or its KV parent, or the first fresh slot that must load; a worker holding a
+   ready task's model is never left idle while that task waits; at most `heuristic_actions` epochs
+   per state.
+
+`backend="native"` runs the same search in `halo._core` (mirrored step for step, so it returns the
+same optimum and the same proof); this module stays the reference implementation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from dataclasses import dataclass
 
 from halo.plan.search.cost_table import CostTable
 from halo.plan.search.execution_plan import ExecutionPlan, evaluate
@@ -25,12 +40,41 @@ from halo.plan.search.greedy import plan_greedy
 from halo.plan.search.problem import PlanProblem
 
 Slot = tuple[int, int, int]  # (kind, resident model or -1, KV mask)
-State = tuple[int, tuple[Slot, ...]]
-Action = tuple[tuple[int, int], ...]  # (task, canonical slot)
+State = tuple[int, int, tuple[Slot, ...]]  # (LLM tasks done, tools done, canonical slots)
+Action = tuple[tuple[int, int], ...]  # (task, canonical slot); () is a tool-only epoch
 
 
 class _Stop(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Budgets and the heuristic phase's limits (see the module docstring)."""
+
+    state_budget: int = 200_000  # states expanded per phase
+    time_limit_s: float | None = None  # the whole search; phase 1 gets half
+    max_actions: int = 20_000  # per state in phase 1; hitting it voids the proof
+    heuristic_width: int = 6
+    heuristic_actions: int = 64
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a search backend returns: a schedule of (task, worker) indices, or None for the incumbent."""
+
+    schedule: list[list[tuple[int, int]]] | None
+    states: int
+    optimal: bool
+
+
+def native_available(tb: CostTable) -> bool:
+    """The native search handles up to 64 LLM tasks and 64 tools (one machine word per mask)."""
+    try:
+        from halo import _core
+    except ImportError:
+        return False
+    return hasattr(_core, "PlanCost") and tb.n <= 64 and tb.n_tools <= 64
 
 
 def plan_dp(
@@ -39,52 +83,79 @@ def plan_dp(
     state_budget: int = 200_000,
     time_limit_s: float | None = None,
     max_actions: int = 20_000,
+    backend: str | None = None,
+    heuristic_width: int = 6,
+    heuristic_actions: int = 64,
 ) -> ExecutionPlan:
-    """Least-cost plan by epoch DP (optimal unless the budget, time limit or action cap cut it short)."""
+    """Least-cost plan by epoch DP (proven optimal unless a budget or cap cut the exact phase short).
+
+    `backend`: "native" (halo._core), "python" (this module), or None for native when available.
+    """
     tb = CostTable(problem)
     greedy = plan_greedy(problem, tb)
-    search = _Search(tb, state_budget, time_limit_s, max_actions)
-    root, _ = search.canonical(0, [(tb.kind_of[w], tb.initial_model[w], 0) for w in range(tb.W)])
-    search.incumbent_cost = greedy.cost * (1 + 1e-12) + 1e-12
-    complete = True
-    try:
-        search.solve(root, search.incumbent_cost)
-    except _Stop:
-        complete = False
-    path = search.incumbent_path
-    if complete and root in search.exact:
-        path = search.policy_walk(root)
-    if path is None:
-        return evaluate(
-            problem,
-            greedy.schedule(),
-            "dp",
-            optimal=complete and search.exhaustive,
-            states=search.states,
-            table=tb,
-            serial_cost=greedy.serial_cost,
-        )
+    options = SearchOptions(state_budget, time_limit_s, max_actions, heuristic_width, heuristic_actions)
+    if backend is None:
+        backend = "native" if native_available(tb) else "python"
+    if backend == "native":
+        from halo.plan.search.native import search_native
+
+        result = search_native(tb, greedy.cost, options)
+    elif backend == "python":
+        result = search_python(tb, greedy.cost, options)
+    else:
+        raise ValueError(f"unknown backend {backend!r} (native or python)")
+    if result.schedule is None:
+        schedule = greedy.schedule()
+    else:
+        schedule = [[(tb.task_ids[t], tb.worker_ids[w]) for t, w in epoch] for epoch in result.schedule]
     return evaluate(
         problem,
-        search.replay(path),
+        schedule,
         "dp",
-        optimal=complete and search.exhaustive,
-        states=search.states,
+        optimal=result.optimal,
+        states=result.states,
         table=tb,
         serial_cost=greedy.serial_cost,
+        backend=backend,
     )
 
 
+def search_python(tb: CostTable, incumbent_cost: float, options: SearchOptions) -> SearchResult:
+    """The reference two-phase search (module docstring); `incumbent_cost` is a known plan's cost."""
+    start = time.perf_counter()
+    limit = options.time_limit_s
+    exact = _Search(tb, options, None if limit is None else start + limit / 2, restricted=False)
+    root = exact.root()
+    exact.incumbent_cost = incumbent_cost * (1 + 1e-12) + 1e-12
+    try:
+        exact.solve(root, exact.incumbent_cost)
+    except _Stop:
+        pass
+    else:
+        if exact.exhaustive:
+            path = exact.policy_walk(root) if root in exact.exact else exact.incumbent_path
+            return SearchResult(None if path is None else exact.replay(path), exact.states, True)
+    heuristic = _Search(tb, options, None if limit is None else start + limit, restricted=True)
+    heuristic.incumbent_cost = exact.incumbent_cost
+    with contextlib.suppress(_Stop):  # out of budget: keep the best plan found
+        heuristic.solve(root, heuristic.incumbent_cost)
+    best = heuristic if heuristic.incumbent_path is not None else exact
+    path = best.incumbent_path
+    return SearchResult(None if path is None else best.replay(path), exact.states + heuristic.states, False)
+
+
 class _Search:
-    def __init__(self, tb: CostTable, state_budget: int, time_limit_s: float | None, max_actions: int) -> None:
+    def __init__(self, tb: CostTable, options: SearchOptions, deadline: float | None, restricted: bool) -> None:
         self.tb = tb
-        self.state_budget = state_budget
-        self.deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
-        self.max_actions = max_actions
+        self.state_budget = options.state_budget
+        self.deadline = deadline
+        self.restricted = restricted
+        self.max_actions = options.heuristic_actions if restricted else options.max_actions
+        self.width = options.heuristic_width
         self.exact: dict[State, float] = {}
         self.lower: dict[State, float] = {}
         self.policy: dict[State, tuple[Action, State]] = {}
-        self.bound_memo: dict[int, tuple[float, float, float]] = {}
+        self.bound_memo: dict[tuple[int, int], tuple[float, float, float, float]] = {}
         self.priority = tb.bottom_levels()
         self.states = 0
         self.exhaustive = True
@@ -93,18 +164,22 @@ class _Search:
         self.incumbent_cost = float("inf")
         self.incumbent_path: list[tuple[State, Action]] | None = None
 
-    def canonical(self, done: int, slots: list[Slot]) -> tuple[State, list[int]]:
+    def root(self) -> State:
+        tb = self.tb
+        return self.canonical(0, 0, [(tb.kind_of[w], tb.initial_model[w], 0) for w in range(tb.W)])[0]
+
+    def canonical(self, done: int, tools_done: int, slots: list[Slot]) -> tuple[State, list[int]]:
         keep = self.tb.kv_parents_pending(done)
         trimmed = [(k, m, kv & keep) for k, m, kv in slots]
         perm = sorted(range(len(trimmed)), key=lambda i: trimmed[i])
-        return (done, tuple(trimmed[i] for i in perm)), perm
+        return (done, tools_done, tuple(trimmed[i] for i in perm)), perm
 
     # -- search -------------------------------------------------------------------------------
 
     def solve(self, state: State, limit: float) -> float:
         tb = self.tb
-        done, slots = state
-        if done == tb.all_mask:
+        done, tools_done, slots = state
+        if done == tb.all_mask and tools_done == tb.all_tools:
             self._offer([])
             return 0.0
         if state in self.exact:
@@ -112,7 +187,7 @@ class _Search:
             if value < limit:
                 self._offer(self.policy_walk(state))
             return value
-        lb = max(self.bound(done, slots), self.lower.get(state, 0.0))
+        lb = max(self.bound(done, tools_done, slots), self.lower.get(state, 0.0))
         if lb >= limit:
             return lb
         self.states += 1
@@ -130,7 +205,8 @@ class _Search:
             sub = self.solve(nxt, bound - cost)
             self.g -= cost
             self.stack.pop()
-            if (nxt[0] == tb.all_mask or nxt in self.exact) and cost + sub < best:
+            finished = nxt[0] == tb.all_mask and nxt[1] == tb.all_tools
+            if (finished or nxt in self.exact) and cost + sub < best:
                 best, best_move = cost + sub, (action, nxt)
         if best < limit and best_move is not None:
             self.exact[state] = best
@@ -148,7 +224,7 @@ class _Search:
 
     def policy_walk(self, state: State) -> list[tuple[State, Action]]:
         path = []
-        while state[0] != self.tb.all_mask:
+        while state[0] != self.tb.all_mask or state[1] != self.tb.all_tools:
             action, nxt = self.policy[state]
             path.append((state, action))
             state = nxt
@@ -157,16 +233,23 @@ class _Search:
     def actions(self, state: State, limit: float) -> list[tuple[float, float, Action, State]]:
         """Every epoch from `state` whose cost plus bound stays under `limit`, cheapest estimate first."""
         tb = self.tb
-        done, slots = state
+        done, tools_done, slots = state
         W = len(slots)
-        ready = [t for t in range(tb.n) if not done >> t & 1 and tb.dep_mask[t] & done == tb.dep_mask[t]]
-        ready.sort(key=lambda t: -self.priority[t])
+        ready = tb.ready(done, tools_done)
+        ready.sort(key=lambda t: -self.priority[t])  # stable: ties keep task order
+        if self.restricted:
+            ready = ready[: self.width]
+        wave = tb.available_tools(done) & ~tools_done
+        wave_s = tb.wave_s(wave)
+        future_tools = tb.all_tools & ~tools_done & ~wave
         notdone = tb.all_mask & ~done
         speeds = [tb.kind_speed[k] for k, _, _ in slots]
         busy = [0.0] * W
         epoch_model = [-2] * W
         chosen: list[tuple[int, int]] = []
         out: list[tuple[float, float, Action, State]] = []
+        if wave:
+            self._emit(state, wave, wave_s, chosen, busy, epoch_model, out)
         rest_after = [0] * (len(ready) + 1)
         for i in range(len(ready) - 1, -1, -1):
             rest_after[i] = rest_after[i + 1] | 1 << ready[i]
@@ -175,19 +258,21 @@ class _Search:
             if len(out) >= self.max_actions:
                 self.exhaustive = False
                 return
-            used = [b for b, m in zip(busy, epoch_model, strict=True) if m != -2]
-            if used:
-                partial = tb.epoch_cost(used) + self.bound(notdone & ~assigned & ~rest_after[i], None)
+            if chosen:
+                used = [b for b, m in zip(busy, epoch_model, strict=True) if m != -2]
+                remaining = notdone & ~assigned & ~rest_after[i]
+                partial = tb.epoch_cost(used, wave_s) + self.bound_of(remaining, future_tools)[0]
                 if partial >= limit:
                     return
             if i == len(ready):
-                if chosen:
-                    self._emit(state, chosen, busy, epoch_model, out)
+                if chosen and not (self.restricted and self._leaves_idle(slots, ready, epoch_model, assigned)):
+                    self._emit(state, wave, wave_s, chosen, busy, epoch_model, out)
                 return
             t = ready[i]
             m = tb.model_of[t]
             p = tb.parent[t]
             seen: set[Slot] = set()
+            loading_tried = False
             for j in range(W):
                 if epoch_model[j] not in (-2, m):
                     continue
@@ -196,6 +281,10 @@ class _Search:
                     if slots[j] in seen:
                         continue
                     seen.add(slots[j])
+                    if self.restricted and slots[j][1] != m and not (p >= 0 and slots[j][2] >> p & 1):
+                        if loading_tried:
+                            continue
+                        loading_tried = True
                 add = tb.load_s[m] if fresh and slots[j][1] != m else 0.0
                 add += tb.task_time(t, speeds[j], p >= 0 and bool(slots[j][2] >> p & 1))
                 old = busy[j], epoch_model[j]
@@ -211,64 +300,74 @@ class _Search:
         out.sort(key=lambda a: a[0])
         return out
 
-    def _emit(self, state: State, chosen, busy, epoch_model, out) -> None:
+    def _leaves_idle(self, slots, ready: list[int], epoch_model: list[int], assigned: int) -> bool:
+        """Heuristic rule: an idle worker holds the model of a ready task that waits."""
+        idle_models = {slots[j][1] for j in range(len(slots)) if epoch_model[j] == -2}
+        return any(not assigned >> t & 1 and self.tb.model_of[t] in idle_models for t in ready)
+
+    def _emit(self, state: State, wave: int, wave_s: float, chosen, busy, epoch_model, out) -> None:
         tb = self.tb
-        done, slots = state
+        done, tools_done, slots = state
         new_done = done
         new_slots = list(slots)
         for t, j in chosen:
             new_done |= 1 << t
             k, _, kv = new_slots[j]
             new_slots[j] = (k, tb.model_of[t], kv | 1 << t)
-        nxt, _ = self.canonical(new_done, new_slots)
-        cost = tb.epoch_cost([b for b, m in zip(busy, epoch_model, strict=True) if m != -2])
-        out.append((cost + self.bound(nxt[0], nxt[1]), cost, tuple(chosen), nxt))
+        nxt, _ = self.canonical(new_done, tools_done | wave, new_slots)
+        cost = tb.epoch_cost([b for b, m in zip(busy, epoch_model, strict=True) if m != -2], wave_s)
+        out.append((cost + self.bound(*nxt), cost, tuple(chosen), nxt))
 
-    def bound(self, done_or_remaining: int, slots: tuple[Slot, ...] | None) -> float:
-        """Admissible lower bound on the cost to finish. With `slots` the first argument is the done
-        mask (and loads of models resident nowhere count); without, it is the remaining-task mask."""
-        tb = self.tb
-        remaining = tb.all_mask & ~done_or_remaining if slots is not None else done_or_remaining
-        if not remaining:
-            return 0.0
-        cached = self.bound_memo.get(remaining)
+    def bound_of(self, llm: int, tools: int) -> tuple[float, float, float, float]:
+        """(makespan-and-work bound, work, critical path, epochs x overhead) of the remaining masks,
+        without model loads."""
+        key = (llm, tools)
+        cached = self.bound_memo.get(key)
         if cached is None:
-            down = [0.0] * tb.n
-            depth = [0] * tb.n
-            work = cp = 0.0
-            levels = 0
-            for t in reversed(range(tb.n)):
-                if remaining >> t & 1:
-                    w = tb.base_s[t] / tb.max_speed
-                    work += w
-                    kids = [c for c in tb.children[t] if remaining >> c & 1]
-                    down[t] = w + max((down[c] for c in kids), default=0.0)
-                    depth[t] = 1 + max((depth[c] for c in kids), default=0)
-                    cp, levels = max(cp, down[t]), max(levels, depth[t])
-            cached = (work, cp, levels * tb.overhead_s)
-            self.bound_memo[remaining] = cached
-        work, cp, overhead = cached
-        if slots is not None:
-            resident = {m for _, m, _ in slots}
-            needed = {tb.model_of[t] for t in range(tb.n) if remaining >> t & 1}
-            work += sum(tb.load_s[m] for m in needed - resident)
-        return tb.w_makespan * (max(cp, work / tb.W) + overhead) + tb.w_load * work
+            tb = self.tb
+            work = sum(tb.base_s[t] for t in range(tb.n) if llm >> t & 1) / tb.max_speed
+            cpu = tb.wave_s(tools)
+            down, depth, tdown, tdepth = tb.paths(llm, tools)
+            cp = max(max(down, default=0.0), max(tdown, default=0.0))
+            levels = max(max(depth, default=0), max(tdepth, default=0))
+            span = max(cp, work / tb.W, cpu)
+            cached = (tb.w_makespan * (span + levels * tb.overhead_s) + tb.w_load * work, work, span, levels)
+            self.bound_memo[key] = cached
+        return cached
 
-    def replay(self, path: list[tuple[State, Action]]) -> list[list[tuple[str, str]]]:
-        """Map a path of canonical actions back to real workers."""
+    def bound(self, done: int, tools_done: int, slots: tuple[Slot, ...]) -> float:
+        """Admissible lower bound on the cost to finish from a state (loads of models resident nowhere count)."""
         tb = self.tb
-        done = 0
+        llm = tb.all_mask & ~done
+        tools = tb.all_tools & ~tools_done
+        if not llm and not tools:
+            return 0.0
+        value, work, span, levels = self.bound_of(llm, tools)
+        resident = {m for _, m, _ in slots}
+        needed = {tb.model_of[t] for t in range(tb.n) if llm >> t & 1}
+        loads = sum(tb.load_s[m] for m in needed - resident)
+        if not loads:
+            return value
+        work += loads
+        span = max(span, work / tb.W)
+        return tb.w_makespan * (span + levels * tb.overhead_s) + tb.w_load * work
+
+    def replay(self, path: list[tuple[State, Action]]) -> list[list[tuple[int, int]]]:
+        """Map a path of canonical actions back to real workers: epochs of (task, worker) indices."""
+        tb = self.tb
+        done = tools_done = 0
         actual: list[Slot] = [(tb.kind_of[w], tb.initial_model[w], 0) for w in range(tb.W)]
         epochs = []
         for expected, action in path:
-            state, perm = self.canonical(done, actual)
+            state, perm = self.canonical(done, tools_done, actual)
             assert state == expected, "replay diverged from the search"
+            tools_done = tb.available_tools(done)
             epoch = []
             for t, j in action:
                 w = perm[j]
                 k, _, kv = actual[w]
                 actual[w] = (k, tb.model_of[t], kv | 1 << t)
                 done |= 1 << t
-                epoch.append((tb.task_ids[t], tb.worker_ids[w]))
+                epoch.append((t, w))
             epochs.append(epoch)
         return epochs

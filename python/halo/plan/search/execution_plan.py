@@ -1,7 +1,11 @@
 """`ExecutionPlan` and `evaluate`, the reference pricing of a schedule under `problem.py`'s semantics.
 
-Every planner produces plain epochs of (task id, worker id) pairs and calls `evaluate`, so a plan's
-reported cost always comes from this one function.
+Every planner produces plain epochs of (LLM task id, worker id) pairs and calls `evaluate`, so a
+plan's reported cost always comes from this one function. Tools are never in a schedule: `evaluate`
+places each in its epoch (rule 5), adding a tool-only epoch where an LLM task would otherwise read a
+tool that has not run, and one at the end for tools after the last LLM task. An empty epoch in a
+schedule is a tool-only epoch if tools are pending, else it is skipped. `halo._core.PlanCost`
+prices schedules natively under the same rules; a test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ class Epoch:
     placements: tuple[Placement, ...]
     loads: tuple[tuple[str, str], ...]  # (worker, model) switched in at the start of the epoch
     busy_s: tuple[tuple[str, float], ...]  # per worker with work
-    time_s: float  # max busy + epoch overhead
+    time_s: float  # max(max busy, tool_s) + epoch overhead
+    tools: tuple[str, ...] = ()  # tools prepared ahead on the CPU pool during this epoch
+    tool_s: float = 0.0  # their CPU time (overlapped with the LLM work; only the excess costs)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class ExecutionPlan:
     serial_cost: float  # the unoptimized per-call serial schedule under the same cost
     optimal: bool = False  # proven optimal by the planner that made it
     states: int = 0  # search states expanded (DP)
+    backend: str = "python"  # which implementation searched ("native" = halo._core)
 
     @property
     def saving(self) -> float:
@@ -53,7 +60,7 @@ class ExecutionPlan:
     def explain(self) -> str:
         """One line per epoch, EXPLAIN-style: workers, loads, tasks with KV handling, predicted time."""
         lines = [
-            f"EXECUTION PLAN  planner={self.planner}{' (optimal)' if self.optimal else ''}"
+            f"EXECUTION PLAN  planner={self.planner}{' (proven optimal)' if self.optimal else ''}"
             f"  epochs={len(self.epochs)}  predicted={self.makespan_s:.3f}s  cost={self.cost:.3f}"
             f"  serial={self.serial_cost:.3f}  saving={self.saving:.1%}"
         ]
@@ -66,6 +73,8 @@ class ExecutionPlan:
                 )
                 load = f"load {loads[worker]}; " if worker in loads else ""
                 parts.append(f"{worker}[{busy:.3f}s]: {load}{tasks}")
+            if e.tools:
+                parts.append(f"cpu[{e.tool_s:.3f}s]: {', '.join(e.tools)}")
             lines.append(f"epoch {i:>2}  time={e.time_s:.3f}s  " + "  | ".join(parts))
         return "\n".join(lines)
 
@@ -79,17 +88,37 @@ def evaluate(
     states: int = 0,
     table: CostTable | None = None,
     serial_cost: float | None = None,
+    backend: str = "python",
 ) -> ExecutionPlan:
     """Price `schedule` (epochs of (task, worker)); raise ValueError if it breaks the plan rules."""
     tb = table or CostTable(problem)
     windex = {w: i for i, w in enumerate(tb.worker_ids)}
     model = list(tb.initial_model)
     ran_on: dict[int, int] = {}
+    done = tools_done = 0
     epochs: list[Epoch] = []
-    makespan = summed = cost = 0.0
+    totals = [0.0, 0.0, 0.0]  # makespan, summed load, cost
+
+    def tool_only(wave: int) -> None:
+        tool_s = tb.wave_s(wave)
+        totals[0] += tool_s + tb.overhead_s
+        totals[2] += tb.epoch_cost([], tool_s)
+        epochs.append(Epoch((), (), (), tool_s + tb.overhead_s, _tool_names(tb, wave), tool_s))
+
     for raw in schedule:
-        if not raw:
-            continue
+        wave = tb.available_tools(done) & ~tools_done
+        need = 0
+        for tid, _ in raw:
+            need |= tb.tool_dep_mask[tb.task_index[tid]]
+        if not raw or need & ~tools_done:
+            if need & ~tools_done & ~wave:
+                raise ValueError("a task runs before its tool inputs")
+            if wave:
+                tool_only(wave)
+                tools_done |= wave
+                wave = 0
+            if not raw:
+                continue
         epoch_model: dict[int, int] = {}
         busy: dict[int, float] = {}
         loads: list[tuple[str, str]] = []
@@ -116,27 +145,39 @@ def evaluate(
             placements.append(Placement(tid, wid, time_s, kv))
         for tid, wid in raw:
             ran_on[tb.task_index[tid]] = windex[wid]
+            done |= 1 << tb.task_index[tid]
         for w, m in epoch_model.items():
             model[w] = m
         values = list(busy.values())
-        cost += tb.epoch_cost(values)
-        time_s = max(values) + tb.overhead_s
-        makespan += time_s
-        summed += sum(values)
+        tool_s = tb.wave_s(wave)
+        tools_done |= wave
+        totals[2] += tb.epoch_cost(values, tool_s)
+        time_s = max(max(values), tool_s) + tb.overhead_s
+        totals[0] += time_s
+        totals[1] += sum(values)
         epochs.append(
             Epoch(
                 tuple(placements),
                 tuple(loads),
                 tuple((tb.worker_ids[w], b) for w, b in sorted(busy.items())),
                 time_s,
+                _tool_names(tb, wave),
+                tool_s,
             )
         )
     if len(ran_on) != tb.n:
         raise ValueError("schedule leaves tasks unscheduled")
+    if tools_done != tb.all_tools:
+        tool_only(tb.all_tools & ~tools_done)  # tools after the last LLM task
+    makespan, summed, cost = totals
     if serial_cost is None:
         serial = [[(tid, tb.worker_ids[0])] for tid in tb.task_ids]
         serial_cost = cost if planner == "serial" else evaluate(problem, serial, "serial", table=tb, serial_cost=0).cost
-    return ExecutionPlan(tuple(epochs), makespan, summed, cost, planner, serial_cost, optimal, states)
+    return ExecutionPlan(tuple(epochs), makespan, summed, cost, planner, serial_cost, optimal, states, backend)
+
+
+def _tool_names(tb: CostTable, wave: int) -> tuple[str, ...]:
+    return tuple(tb.tool_ids[a] for a in range(tb.n_tools) if wave >> a & 1)
 
 
 def _kv_transfer(problem: PlanProblem, task_id: str) -> str:

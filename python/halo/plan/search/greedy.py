@@ -3,7 +3,8 @@
 Each epoch takes the ready tasks by critical-path priority and puts each on the compatible worker
 (free, or already running that model this epoch) where it would finish first, counting model loads
 and KV locality. Two variants are built and the cheaper kept: `fill` places every ready task;
-`pack` places a task only if it does not lengthen the epoch (the first task always goes).
+`pack` places a task only if it does not lengthen the epoch beyond its LLM work or its tool wave
+(the first task always goes). When every pending LLM task waits for a tool, the epoch is tool-only.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ def _schedule(tb: CostTable, pack: bool) -> list[list[tuple[str, str]]]:
     priority = tb.bottom_levels()
     model = list(tb.initial_model)
     ran_on: dict[int, int] = {}
-    done = 0
+    done = tools_done = 0
     epochs: list[list[tuple[str, str]]] = []
     while done != tb.all_mask:
-        ready = [t for t in range(tb.n) if not done >> t & 1 and tb.dep_mask[t] & done == tb.dep_mask[t]]
+        ready = tb.ready(done, tools_done)
+        wave = tb.available_tools(done) & ~tools_done
+        wave_s = tb.wave_s(wave)
+        tools_done |= wave
         ready.sort(key=lambda t: -priority[t])
         epoch_model: dict[int, int] = {}
         busy = [0.0] * tb.W
@@ -42,7 +46,7 @@ def _schedule(tb: CostTable, pack: bool) -> list[list[tuple[str, str]]]:
                 finish = busy[w] + load + tb.task_time(t, tb.speed[w], p >= 0 and ran_on[p] == w)
                 if finish < best_finish - 1e-12:
                     best_w, best_finish = w, finish
-            if best_w < 0 or (pack and placed and best_finish > max(busy) + 1e-12):
+            if best_w < 0 or (pack and placed and best_finish > max(max(busy), wave_s) + 1e-12):
                 continue
             epoch_model[best_w] = m
             busy[best_w] = best_finish

@@ -1,14 +1,23 @@
 """MILP oracle (scipy.optimize.milp / HiGHS) for small problems: the optimal cost under the same semantics.
 
-Variables, for task t, worker w, epoch e < n (n tasks always suffice), model k:
+Variables, for LLM task t, worker w, epoch e < E, model k, tool a:
   x[t,w,e]  binary: t runs on w in epoch e            r[w,e,k] binary: k resident on w during e
   s[w,e,k]  >= 0: k switched in on w at e (load)      z[t,w,e] in [0,1]: t on w at e with its parent's KV on w
-  T[e] >= 0: epoch makespan                           u[e] binary: epoch e is used
+  T[e] >= 0: epoch time                               u[e] binary: epoch e is used
+  a[a,e] in [0,1]: tool a has run by the end of epoch e (forced to 0/1 by the x)
 busy[w,e] = sum_t x*(base+penalty)/speed - sum_t z*penalty/speed + sum_k s*load.
 Constraints: each task once; epoch(t) >= epoch(d) + 1 per dependency; x <= r (one model per worker
 per epoch, since sum_k r <= 1); r[e] <= r[e-1] + (runs k at e) (no preloading); s >= r[e] - r[e-1];
-z <= x, z <= (parent ran on w); T[e] >= busy[w,e]; u[e] >= x; u[e+1] <= u[e]; and
-identical workers (same kind and initial model) ordered by the lowest task index each runs.
+z <= x, z <= (parent ran on w); T[e] >= busy[w,e]; u[e] >= x; u[e+1] <= u[e].
+Tools run as soon as their inputs are complete (rule 5), so `a` is an AND, not a choice:
+a[a,e] = AND over the tool's LLM ancestors t of (t ran by e-1), linearised both ways; the wave of
+epoch e is a[.,e] - a[.,e-1], and T[e] >= its CPU time; an LLM reader of tool a runs at e only if
+a[a,e-1] = 1.
+Tightening, all valid for some optimal plan: identical workers (same kind and initial model) ordered
+by the lowest task index each runs; each task's epoch window from its chains of dependencies (and
+tool epochs) before and after it; the number of epochs E = LLM tasks + possible tool-only epochs,
+further capped where a per-epoch overhead makes many epochs provably dearer than a known plan; a
+cut at that known plan's cost (the greedy plan, or `upper_bound`).
 Objective: w_makespan * sum_e (T[e] + overhead * u[e]) + w_load * sum busy.
 """
 
@@ -59,42 +68,99 @@ class _Model:
         self.row_hi.append(hi)
 
 
-def solve_milp(problem: PlanProblem, time_limit_s: float = 60.0) -> MilpResult:
+def solve_milp(problem: PlanProblem, time_limit_s: float = 60.0, upper_bound: float | None = None) -> MilpResult:
+    """Optimal plan cost by MILP. `upper_bound`: the cost of a known plan (default: the greedy plan's)."""
     tb = CostTable(problem)
-    n, W, K, E = tb.n, tb.W, len(tb.models), tb.n
+    n, W, K = tb.n, tb.W, len(tb.models)
     wm, wl = tb.w_makespan, tb.w_load
+    greedy_cost = plan_greedy(problem, tb).cost
+    ub = min(greedy_cost, upper_bound if upper_bound is not None else greedy_cost)
+    first, tool_first, depth = _epoch_windows(tb)
+    E = _epoch_count(tb, ub)
     md = _Model()
-    # earliest/latest epoch by chain length keeps x small
-    first = [0] * n
-    for t in range(n):
-        first[t] = max((first[d] + 1 for d in tb.deps[t]), default=0)
-    tail = [1] * n
-    for t in reversed(range(n)):
-        tail[t] = 1 + max((tail[c] for c in tb.children[t]), default=0)
     x: dict[tuple[int, int, int], int] = {}
+    at: list[list[list[int]]] = [[[] for _ in range(E)] for _ in range(n)]  # t -> e -> x vars
     busy: dict[tuple[int, int], dict[int, float]] = {(w, e): {} for w in range(W) for e in range(E)}
     for t in range(n):
         for w in range(W):
             remote = (tb.base_s[t] + tb.penalty_s[t]) / tb.speed[w]
-            for e in range(first[t], E - tail[t] + 1):
+            for e in range(first[t], E - depth[t] + 1):
                 x[t, w, e] = md.var(wl * remote)
+                at[t][e].append(x[t, w, e])
                 busy[w, e][x[t, w, e]] = remote
     r = {(w, e, k): md.var() for w in range(W) for e in range(E) for k in range(K)}
     T = [md.var(wm, hi=np.inf, integral=False) for _ in range(E)]
     u = [md.var(wm * tb.overhead_s) for _ in range(E)]
+
+    def ran_by(t: int, e: int) -> dict[int, float]:
+        """Coefficients of 'task t ran in epoch e or before'."""
+        return {v: 1.0 for ee in range(min(e + 1, E)) for v in at[t][ee]}
+
     for t in range(n):
-        md.row({x[key]: 1.0 for key in x if key[0] == t}, 1.0, 1.0)
+        md.row({v: 1.0 for e in range(E) for v in at[t][e]}, 1.0, 1.0)
         for d in tb.deps[t]:
-            for e in range(first[t], E - tail[t] + 1):  # t at e needs d before e
-                coef = {x[t, w, e]: 1.0 for w in range(W)}
-                coef.update({v: -1.0 for (dt, _, de), v in x.items() if dt == d and de < e})
-                md.row(coef, hi=0.0)
+            for e in range(first[t], E - depth[t] + 1):  # t at e needs d before e
+                md.row({**{v: 1.0 for v in at[t][e]}, **{v: -1.0 for v in ran_by(d, e - 1)}}, hi=0.0)
+    # tools: a[a, e] = AND over the LLM ancestors of (ran by e - 1); the wave of e is a[e] - a[e-1]
+    a_run: list[list[int | None]] = []  # None: constant (0 before the tool's first epoch, 1 if no ancestors)
+    for a in range(tb.n_tools):
+        anc = [t for t in range(n) if tb.tool_anc[a] >> t & 1]
+        row: list[int | None] = []
+        for e in range(E):
+            if not anc or e < tool_first[a]:
+                row.append(None)
+                continue
+            v = md.var(integral=False)
+            for t in anc:
+                md.row({v: 1.0, **{xv: -1.0 for xv in ran_by(t, e - 1)}}, hi=0.0)
+            coef: dict[int, float] = {v: 1.0}
+            for t in anc:
+                for xv in ran_by(t, e - 1):
+                    coef[xv] = coef.get(xv, 0.0) - 1.0
+            md.row(coef, lo=1.0 - len(anc))
+            row.append(v)
+        a_run.append(row)
+
+    def tool_done(a: int, e: int) -> tuple[dict[int, float], float]:
+        """(coefficients, constant) of 'tool a has run by the end of epoch e' (0 for e < 0)."""
+        if e < 0:
+            return {}, 0.0
+        v = a_run[a][e]
+        if v is None:
+            return {}, 1.0 if tb.tool_anc[a] == 0 else 0.0
+        return {v: 1.0}, 0.0
+
+    wave: list[dict[int, float]] = [{} for _ in range(E)]  # CPU seconds of epoch e's wave (+ constant)
+    wave_const = [0.0] * E
+    for a in range(tb.n_tools):
+        for e in range(E):
+            now, c_now = tool_done(a, e)
+            before, c_before = tool_done(a, e - 1)
+            for v, c in now.items():
+                wave[e][v] = wave[e].get(v, 0.0) + c * tb.tool_s[a]
+            for v, c in before.items():
+                wave[e][v] = wave[e].get(v, 0.0) - c * tb.tool_s[a]
+            wave_const[e] += (c_now - c_before) * tb.tool_s[a]
+            if now or before or c_now - c_before:  # the epoch is used if the tool runs in it
+                md.row(
+                    {**{v: c for v, c in now.items()}, **{v: -c for v, c in before.items()}, u[e]: -1.0},
+                    hi=c_before - c_now,
+                )
+    for t in range(n):
+        for a in range(tb.n_tools):
+            if tb.tool_dep_mask[t] >> a & 1:
+                for e in range(first[t], E - depth[t] + 1):  # t at e reads a, which ran by e - 1
+                    done, const = tool_done(a, e - 1)
+                    md.row({**{v: 1.0 for v in at[t][e]}, **{v: -c for v, c in done.items()}}, hi=const)
+    for e in range(E):
+        if wave[e] or wave_const[e]:
+            md.row({**{v: -c for v, c in wave[e].items()}, T[e]: 1.0}, lo=wave_const[e])
     _break_worker_symmetry(md, tb, x)
     for w in range(W):
         for e in range(E):
             md.row({r[w, e, k]: 1.0 for k in range(K)}, hi=1.0)
             for k in range(K):
-                runs = {v: -1.0 for (t, ww, ee), v in x.items() if ww == w and ee == e and tb.model_of[t] == k}
+                runs = {x[t, w, e]: -1.0 for t in range(n) if tb.model_of[t] == k and (t, w, e) in x}
                 prev = (1.0 if tb.initial_model[w] == k else 0.0) if e == 0 else None
                 coef = {r[w, e, k]: 1.0, **runs}
                 if prev is None:
@@ -115,18 +181,17 @@ def solve_milp(problem: PlanProblem, time_limit_s: float = 60.0) -> MilpResult:
             z = md.var(-wl * gain, integral=False)
             busy[w, e][z] = -gain
             md.row({z: 1.0, v: -1.0}, hi=0.0)
-            md.row({z: 1.0, **{pv: -1.0 for (pt, pw, _), pv in x.items() if pt == p and pw == w}}, hi=0.0)
+            md.row({z: 1.0, **{x[p, w, pe]: -1.0 for pe in range(E) if (p, w, pe) in x}}, hi=0.0)
     for (_w, e), coef in busy.items():
         md.row({**coef, T[e]: -1.0}, hi=0.0)
     for e in range(E):
         for t in range(n):
-            xs = {x[t, w, e]: 1.0 for w in range(W) if (t, w, e) in x}
-            if xs:
-                md.row({**xs, u[e]: -1.0}, hi=0.0)
+            if at[t][e]:
+                md.row({**{v: 1.0 for v in at[t][e]}, u[e]: -1.0}, hi=0.0)
         if e + 1 < E:
             md.row({u[e + 1]: 1.0, u[e]: -1.0}, hi=0.0)
-    # the greedy plan is feasible: the optimum is no worse (a valid cut that helps HiGHS prune)
-    md.row({j: cj for j, cj in enumerate(md.c) if cj}, hi=plan_greedy(problem, tb).cost * (1 + 1e-9) + 1e-9)
+    # a known plan is feasible: the optimum is no worse (a valid cut that helps HiGHS prune)
+    md.row({j: cj for j, cj in enumerate(md.c) if cj}, hi=ub * (1 + 1e-9) + 1e-9)
     rows, cols, vals = [], [], []
     for i, coef in enumerate(md.rows):
         for j, a in coef.items():
@@ -143,7 +208,7 @@ def solve_milp(problem: PlanProblem, time_limit_s: float = 60.0) -> MilpResult:
     )
     if res.x is None:
         raise RuntimeError(f"MILP found no solution: {res.message}")
-    epochs: list[list[tuple[str, str]]] = [[] for _ in range(E)]
+    epochs: list[list[tuple[str, str]]] = [[] for _ in range(E)]  # tool-only epochs stay empty
     for (t, w, e), v in x.items():
         if res.x[v] > 0.5:
             epochs[e].append((tb.task_ids[t], tb.worker_ids[w]))
@@ -166,3 +231,35 @@ def _break_worker_symmetry(md: _Model, tb: CostTable, x: dict[tuple[int, int, in
             for t1 in range(t):
                 coef.update({v: -1.0 for v in on[t1, w1]})
             md.row(coef, hi=0.0)
+
+
+def _epoch_windows(tb: CostTable) -> tuple[list[int], list[int], list[int]]:
+    """Per LLM task its earliest epoch, per tool its earliest epoch, and per LLM task the least number
+    of epochs from its own to the end (itself, later readers, trailing tool epochs)."""
+    first, tool_first = [0] * tb.n, [0] * tb.n_tools
+    for is_tool, i in tb.node_order:
+        if is_tool:
+            tool_first[i] = max(
+                [first[d] + 1 for d in tb.tool_llm_deps[i]] + [tool_first[d] for d in tb.tool_tool_deps[i]], default=0
+            )
+        else:
+            tool_in = [tool_first[a] + 1 for a in range(tb.n_tools) if tb.tool_dep_mask[i] >> a & 1]
+            first[i] = max([first[d] + 1 for d in tb.deps[i]] + tool_in, default=0)
+    _, depth, _, _ = tb.paths(tb.all_mask, tb.all_tools)
+    return first, tool_first, depth
+
+
+def _epoch_count(tb: CostTable, upper_bound: float) -> int:
+    """Epochs enough for an optimal plan: one per LLM task plus one per distinct set of tool inputs
+    (a tool-only epoch runs at least one newly complete wave), capped when each epoch's overhead
+    would push a plan with more epochs above `upper_bound` (then no optimal plan has more)."""
+    count = tb.n + len({tb.tool_anc[a] for a in range(tb.n_tools)})
+    if tb.overhead_s > 0 and tb.w_makespan > 0:
+        work = sum(tb.base_s) / tb.max_speed
+        work += sum(tb.load_s[m] for m in set(tb.model_of) if m not in tb.initial_model)
+        down, depth, tdown, _ = tb.paths(tb.all_mask, tb.all_tools)
+        span = max([*down, *tdown, work / tb.W, sum(tb.tool_s)], default=0.0)
+        rest = tb.w_makespan * span + tb.w_load * work
+        cap = int((upper_bound * (1 + 1e-9) + 1e-9 - rest) / (tb.w_makespan * tb.overhead_s)) + 1
+        count = min(count, max(cap, max(depth, default=1)))
+    return max(count, 1)

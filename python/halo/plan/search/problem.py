@@ -1,4 +1,4 @@
-"""The plan-search problem: LLM tasks, workers, and the one cost semantics every planner shares.
+"""The plan-search problem: LLM tasks, CPU tool tasks, workers, and the one cost semantics every planner shares.
 
 A task is one workflow node (all of its batch rows run inside it as one batch), so the problem's
 size depends on the graph, never on the number of rows.
@@ -20,8 +20,18 @@ these; `CostTable` holds the numbers and `evaluate` is the one reference impleme
 4. A worker's busy time in an epoch is its load time plus the sum of its tasks' times (tasks of one
    model on one worker run back to back in one engine; batching inside a task is already priced in
    its times).
-5. Epoch time = max busy time over workers + `epoch_overhead_s`. The plan's makespan is the sum of
-   its epoch times, its summed load the sum of all busy times, and its cost
+5. Tools are "prepared ahead", never chosen: a `ToolTask` runs on the CPU tool pool in the first
+   epoch at whose start all of its inputs are complete, overlapped with that epoch's LLM work. Its
+   inputs are complete once every LLM task it reaches through tool-only paths (`llm_ancestors`) ran
+   in an earlier epoch, so a chain of tools fed by the same LLM results runs within one epoch. The
+   tools of one epoch (its "wave") run back to back: `cpu_s` is a node's time with the whole pool
+   (all of its rows spread over the pool's width), so the wave's CPU time is the sum of theirs. An
+   LLM task that reads a tool is ready only in an epoch after that tool's epoch. An epoch may run
+   no LLM task at all (a tool-only epoch) when its wave is not empty, e.g. when every ready LLM task
+   waits for a tool, or for tools after the last LLM task.
+6. Epoch time = max(max busy time over workers, the wave's CPU time) + `epoch_overhead_s`: only the
+   tool time that exceeds the LLM work costs. The plan's makespan is the sum of its epoch times, its
+   summed load the sum of all busy times (LLM workers only), and its cost
    `makespan_weight * makespan + load_weight * summed load`.
 
 Measured latency curves plug in through `CostCurves`: whoever builds a `PlanProblem` from a
@@ -60,6 +70,15 @@ class LLMTask:
 
 
 @dataclass(frozen=True)
+class ToolTask:
+    """One tool node (sql/http/python/rule) with all its rows: `cpu_s` seconds on the whole tool pool."""
+
+    id: str
+    cpu_s: float
+    depends_on: tuple[str, ...] = ()  # LLM task ids and tool ids
+
+
+@dataclass(frozen=True)
 class Worker:
     """One engine. Workers of the same `kind` are interchangeable (and must share `speed`)."""
 
@@ -77,14 +96,22 @@ class PlanProblem:
     epoch_overhead_s: float = 0.0
     makespan_weight: float = 1.0
     load_weight: float = 0.0
+    tools: tuple[ToolTask, ...] = ()
 
     def __post_init__(self) -> None:
-        ids = [t.id for t in self.tasks]
+        ids = [t.id for t in self.tasks] + [t.id for t in self.tools]
         if len(set(ids)) != len(ids):
-            raise ValueError("task ids must be unique")
+            raise ValueError("task ids must be unique (LLM and tool tasks share one namespace)")
         if not self.workers or len({w.id for w in self.workers}) != len(self.workers):
             raise ValueError("need at least one worker, with unique ids")
         by_id = {t.id: t for t in self.tasks}
+        tool_ids = {t.id for t in self.tools}
+        for tool in self.tools:
+            if tool.cpu_s < 0:
+                raise ValueError(f"tool {tool.id}: cpu_s must be non-negative")
+            for d in tool.depends_on:
+                if d not in by_id and d not in tool_ids:
+                    raise ValueError(f"tool {tool.id}: unknown dependency {d!r}")
         speeds: dict[str, float] = {}
         for w in self.workers:
             if w.speed <= 0 or speeds.setdefault(w.kind, w.speed) != w.speed:
@@ -95,7 +122,7 @@ class PlanProblem:
             if min(t.prefill_s, t.decode_s, t.kv_saving_s, t.kv_move_s) < 0:
                 raise ValueError(f"task {t.id}: times must be non-negative")
             for d in t.depends_on:
-                if d not in by_id:
+                if d not in by_id and d not in tool_ids:
                     raise ValueError(f"task {t.id}: unknown dependency {d!r}")
             if t.kv_parent is not None:
                 parent = by_id.get(t.kv_parent)
@@ -113,19 +140,33 @@ class PlanProblem:
     def task(self, task_id: str) -> LLMTask:
         return next(t for t in self.tasks if t.id == task_id)
 
+    def tool(self, tool_id: str) -> ToolTask:
+        return next(t for t in self.tools if t.id == tool_id)
+
     def topological_order(self) -> list[str]:
-        """Task ids in dependency order (ties keep declaration order)."""
-        indeg = {t.id: len(set(t.depends_on)) for t in self.tasks}
-        children: dict[str, list[str]] = {t.id: [] for t in self.tasks}
-        for t in self.tasks:
+        """LLM task ids in dependency order (ties keep declaration order)."""
+        llm = {t.id for t in self.tasks}
+        return [tid for tid in self.all_in_order() if tid in llm]
+
+    def tool_order(self) -> list[str]:
+        """Tool ids in dependency order (ties keep declaration order)."""
+        tools = {t.id for t in self.tools}
+        return [tid for tid in self.all_in_order() if tid in tools]
+
+    def all_in_order(self) -> list[str]:
+        """LLM task and tool ids together in dependency order (raises on a cycle)."""
+        nodes = [*self.tasks, *self.tools]
+        indeg = {t.id: len(set(t.depends_on)) for t in nodes}
+        children: dict[str, list[str]] = {t.id: [] for t in nodes}
+        for t in nodes:
             for d in set(t.depends_on):
                 children[d].append(t.id)
-        order = [t.id for t in self.tasks if indeg[t.id] == 0]
+        order = [t.id for t in nodes if indeg[t.id] == 0]
         for tid in order:
             for c in children[tid]:
                 indeg[c] -= 1
                 if indeg[c] == 0:
                     order.append(c)
-        if len(order) != len(self.tasks):
+        if len(order) != len(nodes):
             raise ValueError("task dependencies contain a cycle")
         return order

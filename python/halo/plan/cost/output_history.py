@@ -1,0 +1,82 @@
+"""OutputLengthHistory: how many tokens an llm node's calls actually generated, to price decode.
+
+Before any observation a call is assumed to run to ``max_tokens``; afterwards the estimate is the
+running mean of what calls under the same key generated (capped at ``max_tokens``). Keys name a node's
+request shape, not a row: `output_key` hashes the model, system prompt, prompt template and
+``max_tokens``, so the same node of the same workflow shares its history across runs. The Processor
+feeds ``observe``; ``build_plan_problem`` reads ``expected``. Persisted as one small JSON file
+(``$HALO_CACHE_DIR/output_lengths.json``), written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from halo.spec.graph import GraphNode
+
+
+def history_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser() / "output_lengths.json"
+    env = os.environ.get("HALO_CACHE_DIR")
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "halo") / "output_lengths.json"
+
+
+def output_key(node: GraphNode, model: str | None) -> str:
+    """The history key of an llm node: its model and request template, not its rows."""
+    spec = node.spec
+    text = json.dumps(
+        [model, getattr(spec, "system", None), getattr(spec, "prompt", None), getattr(spec, "max_tokens", None)]
+    )
+    return f"{node.name}:{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+
+
+@dataclass
+class _Stat:
+    count: int = 0
+    mean: float = 0.0
+
+
+@dataclass
+class OutputLengthHistory:
+    """Observed output lengths per key (running mean and count)."""
+
+    path: Path | None = None  # where `save` writes; None: in memory only
+    stats: dict[str, _Stat] = field(default_factory=dict)
+
+    def observe(self, key: str, tokens: int, calls: int = 1) -> None:
+        """Record that ``calls`` calls under ``key`` generated ``tokens`` tokens each on average."""
+        if calls <= 0:
+            return
+        stat = self.stats.setdefault(key, _Stat())
+        stat.mean += (tokens - stat.mean) * calls / (stat.count + calls)
+        stat.count += calls
+
+    def expected(self, key: str, max_tokens: int) -> int:
+        """Tokens a call under ``key`` is expected to generate: the observed mean, else ``max_tokens``."""
+        stat = self.stats.get(key)
+        if stat is None or stat.count == 0:
+            return max_tokens
+        return max(1, min(max_tokens, round(stat.mean)))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> OutputLengthHistory:
+        """The history at ``path`` (default: under the halo cache dir); empty if there is none yet."""
+        target = Path(path) if path is not None else history_path()
+        stats: dict[str, _Stat] = {}
+        if target.is_file():
+            raw = json.loads(target.read_text())
+            stats = {k: _Stat(int(v["count"]), float(v["mean"])) for k, v in raw.items()}
+        return cls(target, stats)
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        target = Path(path) if path is not None else self.path or history_path()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({k: {"count": s.count, "mean": s.mean} for k, s in sorted(self.stats.items())}))
+        tmp.replace(target)  # readers never see a half-written file
+        return target

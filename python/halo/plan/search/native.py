@@ -1,0 +1,51 @@
+"""The bridge to the native plan search: a `CostTable` becomes `halo._core.PlanCost`, searched by
+`halo._core.plan_dp_search` (csrc/epoch_dp.cpp, a mirror of `dp.search_python`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from halo.plan.search.cost_table import CostTable
+
+if TYPE_CHECKING:
+    from halo.plan.search.dp import SearchOptions, SearchResult
+
+
+def native_cost(tb: CostTable):  # -> halo._core.PlanCost
+    from halo import _core
+
+    return _core.PlanCost(
+        model_of=tb.model_of,
+        parent=tb.parent,
+        base_s=tb.base_s,
+        penalty_s=tb.penalty_s,
+        deps=tb.deps,
+        tool_deps=[[a for a in range(tb.n_tools) if mask >> a & 1] for mask in tb.tool_dep_mask],
+        tool_s=tb.tool_s,
+        tool_llm_deps=tb.tool_llm_deps,
+        tool_tool_deps=tb.tool_tool_deps,
+        node_order=tb.node_order,
+        load_s=tb.load_s,
+        kind_of=tb.kind_of,
+        kind_speed=tb.kind_speed,
+        initial_model=tb.initial_model,
+        overhead_s=tb.overhead_s,
+        w_makespan=tb.w_makespan,
+        w_load=tb.w_load,
+    )
+
+
+def search_native(tb: CostTable, incumbent_cost: float, options: SearchOptions) -> SearchResult:
+    from halo import _core
+    from halo.plan.search.dp import SearchResult
+
+    schedule, states, optimal, _ = _core.plan_dp_search(
+        native_cost(tb),
+        incumbent_cost,
+        options.state_budget,
+        options.time_limit_s,
+        options.max_actions,
+        options.heuristic_width,
+        options.heuristic_actions,
+    )
+    return SearchResult(None if schedule is None else [list(map(tuple, e)) for e in schedule], states, optimal)
