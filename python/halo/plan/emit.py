@@ -4,7 +4,8 @@ One entry per physical node of the consolidated batch: whom it waits for (CSR up
 which ready queue hands it out (the planned worker for llm nodes, the tool pool for the rest) and
 its priority (the plan's epoch first, then the physical id, which is topological). Placement and
 epoch come from the `ExecutionPlan`'s tasks, one per llm graph node; a tool node is prepared in the
-earliest epoch among the llm nodes that read it, so it runs ahead of them on the CPU pool.
+epoch the plan prepares it in (else the earliest epoch among the llm nodes that read it), so it runs
+ahead of them on the CPU pool.
 """
 
 from __future__ import annotations
@@ -57,11 +58,14 @@ def emit(
     worker_index = {f"w{i}": i for i in range(num_workers)}
     epoch_of: dict[str, int] = {}
     worker_of: dict[str, int] = {}
+    planned_tools: dict[str, int] = {}
     if plan is not None:
         for e, epoch in enumerate(plan.epochs):
             for placement in epoch.placements:
                 epoch_of[placement.task] = e
                 worker_of[placement.task] = worker_index.get(placement.worker, 0)
+            for tool in epoch.tools:  # prepared ahead in this epoch on the CPU pool
+                planned_tools.setdefault(tool, e)
     kv_source: dict[str, int] = {}
     if plan is not None:
         for epoch in plan.epochs:
@@ -79,6 +83,9 @@ def emit(
         if node.kind == "llm":
             epoch_of.setdefault(node.id, 0)
             worker_of.setdefault(node.id, 0)
+            continue
+        if node.id in planned_tools:
+            epoch_of[node.id] = planned_tools[node.id]
             continue
         below = [epoch_of[r] for r in readers.get(node.id, ()) if r in epoch_of]
         epoch_of[node.id] = min(below) if below else -1

@@ -21,7 +21,14 @@ from halo.engine.model_source import default_cache_dir
 from halo.errors import InvalidRequestError
 from halo.plan import consolidate
 from halo.plan.consolidated_graph import ConsolidatedGraph
-from halo.plan.cost import LatencyCurves, ProfileMissingWarning, ToolCostModel, load_curves
+from halo.plan.cost import (
+    LatencyCurves,
+    OutputLengthHistory,
+    ProfileMissingWarning,
+    ToolCostModel,
+    load_curves,
+    output_key,
+)
 from halo.plan.emit import emit
 from halo.plan.plan_problem import build_plan_problem
 from halo.plan.search import ExecutionPlan, plan_dp, plan_greedy
@@ -118,6 +125,7 @@ class CompiledWorkflow:
         # Observed tool latencies (and the SQL seconds-per-EXPLAIN-unit fit) carry over between runs.
         self.tool_costs_path = default_cache_dir() / "tool_costs.json"
         self.tool_costs = _load_tool_costs(self.tool_costs_path)
+        self.output_history = _load_output_history()
         with self._new_tools() as tools:  # bind databases and functions now: a broken one fails compile
             tools.open_databases()
         self._workers: list[Any] = []
@@ -228,7 +236,13 @@ class CompiledWorkflow:
         kv_parents: dict[str, str] = {}
         if mode != "serial":
             graph = consolidate(self.graph, [rows[i] for i in valid], self._tokenizers, check=False)
-            problem = build_plan_problem(graph, self._curves_for, workers=self.num_workers)
+            problem = build_plan_problem(
+                graph,
+                self._curves_for,
+                workers=self.num_workers,
+                tool_cost_s=self._tool_cost_s,
+                output_history=self.output_history,
+            )
             if self.model_sources and problem.tasks:
                 # compile() loaded the first model on every worker: the plan starts from there.
                 first = self.model_sources[0]
@@ -244,11 +258,25 @@ class CompiledWorkflow:
             self.workflow, cache=cache, coalesce=coalesce, cost_model=self.tool_costs, **self._tool_options
         )
 
+    def _tool_cost_s(self, node: Any, physical_calls: int) -> float:
+        """A tool node's seconds on the pool: its measured (or declared) latency, in waves of pool width."""
+        width = int(self._tool_options["max_threads"])
+        return self.tool_costs.estimate_s(node) * -(-max(physical_calls, 0) // width)
+
     def _save_tool_costs(self) -> None:
         try:
             self.tool_costs.save(self.tool_costs_path)
         except OSError as exc:  # a read-only cache only costs the next run its latency history
             self.warnings.append(f"could not save tool latencies to {self.tool_costs_path}: {exc.strerror}")
+
+    def _learn_output_lengths(self, observed: Mapping[str, tuple[int, int]]) -> None:
+        for node_id, (tokens, calls) in observed.items():
+            node = self.graph.node(node_id)
+            self.output_history.observe(output_key(node, self.graph.model_source(node)), round(tokens / calls), calls)
+        try:
+            self.output_history.save()
+        except OSError as exc:
+            self.warnings.append(f"could not save output lengths: {exc.strerror}")
 
     def _curves_for(self, model: str) -> LatencyCurves:
         curves = self._curves.get(model)
@@ -317,6 +345,7 @@ class CompiledWorkflow:
         stats.rows_resumed = len(outcome.resumed_rows)
         stats.calls_by_worker = dict(outcome.calls_by_worker)
         stats.kv_moves = outcome.kv_moves
+        self._learn_output_lengths(outcome.output_tokens)
         stats.planner = plan.planner
         stats.predicted_s = plan.makespan_s
         for span in outcome.timeline:
@@ -381,6 +410,13 @@ class CompiledWorkflow:
                 log_to_driver=False,
                 num_cpus=None if address else os.cpu_count(),
             )
+
+
+def _load_output_history() -> OutputLengthHistory:
+    try:
+        return OutputLengthHistory.load()
+    except (OSError, ValueError, KeyError, TypeError):
+        return OutputLengthHistory()  # none yet, or unreadable: plan with max_tokens
 
 
 def _load_tool_costs(path: Path) -> ToolCostModel:

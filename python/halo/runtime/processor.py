@@ -86,6 +86,7 @@ class ProcessorOutcome:
     resumed_rows: set[int] = field(default_factory=set)
     calls_by_worker: dict[int, int] = field(default_factory=dict)
     kv_moves: int = 0  # prefixes pulled from another worker before a request
+    output_tokens: dict[str, tuple[int, int]] = field(default_factory=dict)  # llm node -> (tokens, calls)
 
 
 class Processor:
@@ -267,6 +268,10 @@ class Processor:
         key = self.llm_key.pop(done.pid, None)
         followers = self.llm_followers.pop(key, []) if key is not None else []
         self.out.generated_tokens += done.generated_tokens
+        if done.error is None:
+            node_id = self.graph.physical.node[done.pid]
+            tokens, calls = self.out.output_tokens.get(node_id, (0, 0))
+            self.out.output_tokens[node_id] = (tokens + done.generated_tokens, calls + 1)
         for pid in (done.pid, *followers):
             node = self.wf.node(self.graph.physical.node[pid])
             self._span(pid, node, done.worker, done.end, done.error is None)
