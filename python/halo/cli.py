@@ -85,6 +85,18 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from halo.serve import ServeConfig, serve
+
+    config = ServeConfig(epoch_ms=args.epoch_ms, epoch_rows=args.epoch_rows, queue_limit=args.queue_limit,
+                         max_body_bytes=args.max_body_bytes, api_key=args.api_key or os.environ.get("HALO_API_KEY"))
+    serve(args.workflows, host=args.host, port=args.port, config=config, dtype=args.dtype, model=args.model,
+          chat=not args.no_chat)
+    return 0
+
+
 def _bench_suite():
     """bench/suite.py of the source checkout this package runs from (an editable install), else None."""
     import importlib.util
@@ -163,6 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="registered name, .gguf file or HF directory (default smollm2-135m)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     p.set_defaults(func=_profile)
+
+    s = sub.add_parser("serve", help="serve workflow runs and OpenAI-compatible chat completions over HTTP")
+    s.add_argument("--workflows", nargs="+", default=[], metavar="DIR_OR_FILE", help="workflow YAML files or folders")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: env HALO_API_KEY)")
+    s.add_argument("--epoch-ms", type=float, default=50.0, help="close an epoch this long after its first row")
+    s.add_argument("--epoch-rows", type=int, default=256, help="... or once it holds this many rows")
+    s.add_argument("--queue-limit", type=int, default=1024, help="admitted rows + chat requests before 429")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    s.add_argument("--model", default=None, help="chat model: registered name, .gguf or HF dir (default smollm2-135m)")
+    s.add_argument("--no-chat", action="store_true", help="serve workflows only (no chat engine is loaded)")
+    s.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    s.set_defaults(func=_serve)
 
     b = sub.add_parser("bench", help="run the workload benchmark suite (from a source checkout)")
     suite = _bench_suite()

@@ -1,0 +1,13 @@
+"""Online mode: an HTTP server (FastAPI + uvicorn) for workflow runs and OpenAI-compatible chat completions.
+
+Workflow runs are buffered into short epochs (`epoch_batcher`) and each epoch runs as one batch through
+`CompiledWorkflow.run`, so consolidation and prefix sharing apply across concurrent clients. Chat
+completions go to one engine owned by a step-loop thread (`engine_loop`), so concurrent requests join
+its continuous batch. `create_app` builds the ASGI app; `serve` loads workflows and runs uvicorn.
+"""
+
+from halo.serve.app import create_app
+from halo.serve.config import ServeConfig
+from halo.serve.server import load_workflows, serve
+
+__all__ = ["ServeConfig", "create_app", "load_workflows", "serve"]

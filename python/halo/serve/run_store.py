@@ -1,0 +1,125 @@
+"""Workflow run records and the async waiters that watch them.
+
+A record changes state on the epoch runner's thread (queued → running → succeeded | failed) and is read
+by request handlers on the event loop. Every change bumps `version` and wakes the waiters through their
+own loop (`call_soon_threadsafe`), so waiting costs no thread per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+DONE = ("succeeded", "failed")
+
+
+@dataclass
+class RunRecord:
+    """One row of one workflow, submitted by a client and run in some epoch."""
+
+    id: str
+    workflow: str
+    row: dict[str, Any]
+    submitted: float = field(default_factory=time.time)
+    status: str = "queued"  # queued | running | succeeded | failed
+    epoch: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    output: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    version: int = 0
+    _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = field(default_factory=list, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.status in DONE
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "workflow.run",
+            "workflow": self.workflow,
+            "status": self.status,
+            "epoch": self.epoch,
+            "submitted_at": self.submitted,
+            "started_at": self.started,
+            "finished_at": self.finished,
+            "output": self.output,
+            "error": self.error,
+        }
+
+
+class RunStore:
+    """Run records by id; finished ones beyond `max_finished` are dropped oldest first."""
+
+    def __init__(self, max_finished: int = 100_000) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, RunRecord] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._max_finished = max_finished
+
+    def create(self, workflow: str, rows: list[dict[str, Any]]) -> list[RunRecord]:
+        records = [RunRecord(f"run-{uuid.uuid4().hex}", workflow, row) for row in rows]
+        with self._lock:
+            for record in records:
+                self._runs[record.id] = record
+        return records
+
+    def get(self, run_id: str) -> RunRecord | None:
+        with self._lock:
+            return self._runs.get(run_id)
+
+    def mark_running(self, records: list[RunRecord], epoch: int) -> None:
+        now = time.time()
+        for record in records:
+            self._change(record, status="running", epoch=epoch, started=now)
+
+    def finish(self, record: RunRecord, output: dict[str, Any] | None, error: dict[str, str] | None) -> None:
+        self._change(record, status="failed" if error else "succeeded", output=output, error=error,
+                     finished=time.time())
+        with self._lock:
+            self._finished[record.id] = None
+            while len(self._finished) > self._max_finished:
+                old, _ = self._finished.popitem(last=False)
+                self._runs.pop(old, None)
+
+    def _change(self, record: RunRecord, **fields: Any) -> None:
+        with self._lock:
+            for name, value in fields.items():
+                setattr(record, name, value)
+            record.version += 1
+            waiters, record._waiters = record._waiters, []
+        for loop, future in waiters:
+            loop.call_soon_threadsafe(_resolve, future)
+
+    async def wait_change(self, record: RunRecord, seen_version: int, timeout: float) -> bool:
+        """Wait until `record.version` differs from `seen_version`; False if `timeout` passed first."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if record.version != seen_version:
+                return True
+            record._waiters.append((loop, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def wait_done(self, record: RunRecord, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not record.done:
+            left = deadline - time.monotonic()
+            if left <= 0 or not await self.wait_change(record, record.version, left):
+                return record.done
+        return True
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

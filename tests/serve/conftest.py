@@ -1,0 +1,96 @@
+"""A real uvicorn server on a free loopback port, in a thread of the test process, and a stand-in
+workflow app (no model) for the tests of batching and protection."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+from halo.runtime.results import RowError, RunResult, RunStats
+from halo.spec import Workflow
+
+ECHO_YAML = """
+name: echo
+inputs: [x]
+nodes:
+  - id: shout
+    kind: rule
+    input: "{{ x }}"
+    regex: "(.*)"
+outputs:
+  echo: shout.output
+"""
+
+
+@dataclass
+class RunningServer:
+    url: str
+    app: Any
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.halo
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "server did not shut down"
+
+
+def start_server(app: Any) -> RunningServer:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    return RunningServer(f"http://127.0.0.1:{port}", app, server, thread)
+
+
+class EchoApp:
+    """Quacks like a CompiledWorkflow: `run` echoes each row's `x`, fails rows whose x is 'fail', and
+    holds every epoch until `gate` is set (to fill queues on purpose). `batches` records each run's rows."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.workflow = Workflow.from_yaml(ECHO_YAML)
+        self.graph = self.workflow.graph
+        self.model_sources: list[str] = []
+        self.delay_s = delay_s
+        self.gate = threading.Event()
+        self.gate.set()
+        self.batches: list[list[dict[str, Any]]] = []
+
+    def run(self, rows: list[dict[str, Any]]) -> RunResult:
+        self.gate.wait(60)
+        time.sleep(self.delay_s)
+        self.batches.append(list(rows))
+        outputs = [{"echo": str(r["x"])} for r in rows]
+        errors = [RowError(i, "shout", "asked to fail") for i, r in enumerate(rows) if r["x"] == "fail"]
+        return RunResult(outputs, errors, RunStats(rows=len(rows)))
+
+
+@pytest.fixture
+def echo_server() -> Iterator[tuple[RunningServer, EchoApp]]:
+    from halo.serve import ServeConfig, create_app
+
+    echo = EchoApp()
+    running = start_server(create_app({"echo": echo}, None, ServeConfig(epoch_ms=20, queue_limit=8, api_key="sekret",
+                                                                        max_body_bytes=4096)))
+    yield running, echo
+    echo.gate.set()
+    running.stop()
