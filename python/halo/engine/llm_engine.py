@@ -379,6 +379,12 @@ class LLMEngine:
     def reset_prefix_cache(self) -> None:
         self.block_manager.reset_prefix_cache()
 
+    def output_so_far(self, request_id: str) -> list[int] | None:
+        """Token ids a request has generated so far (None for an unknown or aborted id); for
+        streaming, read between steps on the thread that drives the engine."""
+        seq = self._requests.get(request_id)
+        return list(seq.output_ids) if seq is not None else None
+
     @property
     def num_waiting(self) -> int:
         return len(self.scheduler.waiting)

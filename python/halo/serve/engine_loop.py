@@ -142,11 +142,10 @@ class EngineLoop:
         job.post("accepted", len(ids))
 
     def _stream_delta(self, rid: str, job: ChatJob) -> None:
-        # The engine exposes finished results only; the text so far is read from its sequence.
-        seq = self.engine._requests.get(rid)  # noqa: SLF001 - read-only peek between steps, on the owning thread
-        if seq is None or not seq.output_ids:
+        ids = self.engine.output_so_far(rid)  # between steps, on the thread that owns the engine
+        if not ids:
             return
-        text = self.engine.tokenizer.decode(seq.output_ids)
+        text = self.engine.tokenizer.decode(ids)
         hold = max((len(s) for s in job.params.stop), default=1) - 1  # a stop string may still complete
         safe = text[: len(text) - hold].rstrip("\ufffd")  # and a multi-byte character may be half decoded
         if len(safe) > len(job.sent_text) and safe.startswith(job.sent_text):
