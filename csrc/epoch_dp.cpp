@@ -65,6 +65,7 @@ struct Move {
 struct Bound {
   double value, work, span;
   int levels;
+  std::vector<double> through;  // per model: the shortest chain through one of its tasks
 };
 
 struct Stop {};
@@ -334,35 +335,48 @@ class Search {
     work /= pc_.max_speed();
     const double cpu = pc_.wave_s(tools);
     pc_.paths(llm, tools, down_, depth_, tdown_, tdepth_);
+    pc_.heads(llm, tools, head_);
+    std::vector<double> through(a_.load_s.size(), kInf);
+    for (int t = 0; t < pc_.n(); ++t) {
+      if (llm >> t & 1) {
+        const int m = a_.model_of[t];
+        through[m] = std::min(through[m], head_[t] + down_[t]);
+      }
+    }
     double cp = 0.0;
     int levels = 0;
     for (int t = 0; t < pc_.n(); ++t) cp = std::max(cp, down_[t]), levels = std::max(levels, depth_[t]);
     for (int x = 0; x < pc_.n_tools(); ++x) cp = std::max(cp, tdown_[x]), levels = std::max(levels, tdepth_[x]);
     const double span = std::max(std::max(cp, work / pc_.workers()), cpu);
-    const Bound value{a_.w_makespan * (span + levels * a_.overhead_s) + a_.w_load * work, work, span, levels};
-    return bound_memo_.emplace(key, value).first->second;
+    Bound value{a_.w_makespan * (span + levels * a_.overhead_s) + a_.w_load * work, work, span, levels,
+                std::move(through)};
+    return bound_memo_.emplace(key, std::move(value)).first->second;
   }
 
+  // Admissible: a model resident nowhere is loaded at least once (work), and in the epoch of the
+  // first of its tasks to run, so the plan lasts at least its load plus the shortest chain through it.
   double bound(const State& state) {
     const Mask llm = pc_.all_mask() & ~state.done;
     const Mask tools = pc_.all_tools() & ~state.tools;
     if (!llm && !tools) return 0.0;
-    const Bound b = bound_of(llm, tools);
-    // loads of models needed but resident nowhere (each model counted once, in model order)
-    std::vector<char> needed(a_.load_s.size(), 0);
+    const Bound& b = bound_of(llm, tools);
+    std::vector<char> missing(a_.load_s.size(), 0);
     for (int t = 0; t < pc_.n(); ++t) {
-      if (llm >> t & 1) needed[a_.model_of[t]] = 1;
+      if (llm >> t & 1) missing[a_.model_of[t]] = 1;
     }
     for (const Slot& s : state.slots) {
-      if (s.model >= 0) needed[s.model] = 0;
+      if (s.model >= 0) missing[s.model] = 0;
     }
-    double loads = 0.0;
-    for (size_t m = 0; m < needed.size(); ++m) {
-      if (needed[m]) loads += a_.load_s[m];
+    double work = b.work, span = b.span;
+    bool any = false;
+    for (size_t m = 0; m < missing.size(); ++m) {
+      if (!missing[m]) continue;
+      any = true;
+      work += a_.load_s[m];
+      span = std::max(span, a_.load_s[m] + b.through[m]);
     }
-    if (loads == 0.0) return b.value;
-    const double work = b.work + loads;
-    const double span = std::max(b.span, work / pc_.workers());
+    if (!any) return b.value;
+    span = std::max(span, work / pc_.workers());
     return a_.w_makespan * (span + b.levels * a_.overhead_s) + a_.w_load * work;
   }
 
@@ -379,7 +393,7 @@ class Search {
   std::unordered_map<std::pair<Mask, Mask>, Bound, MaskPairHash> bound_memo_;
   std::vector<std::pair<State, Action>> stack_;
   double g_ = 0.0;
-  std::vector<double> down_, tdown_;
+  std::vector<double> down_, tdown_, head_;
   std::vector<int> depth_, tdepth_;
 };
 

@@ -11,7 +11,8 @@ Invariant of `_Search.solve(state, limit)`: it returns the exact least cost-to-g
 is below `limit`, else some lower bound >= `limit`. Exact values and lower bounds are memoised, so a
 state reached again (by another epoch order) is not searched twice. The admissible bound `bound` is
 max(critical path, total work / workers, remaining tool CPU) + overhead x epochs still needed for
-the makespan term, plus total work (with loads of models resident nowhere) for the summed-load term.
+the makespan term, plus total work (with loads of models resident nowhere) for the summed-load term;
+a model resident nowhere also lengthens the span by its load before the shortest chain through it.
 
 Two phases share one incumbent (first the greedy plan):
 1. exact: every action, under the state budget and half the time limit. Completing it without
@@ -155,7 +156,7 @@ class _Search:
         self.exact: dict[State, float] = {}
         self.lower: dict[State, float] = {}
         self.policy: dict[State, tuple[Action, State]] = {}
-        self.bound_memo: dict[tuple[int, int], tuple[float, float, float, float]] = {}
+        self.bound_memo: dict[tuple[int, int], tuple[float, float, float, int, tuple[float, ...]]] = {}
         self.priority = tb.bottom_levels()
         self.states = 0
         self.exhaustive = True
@@ -318,9 +319,9 @@ class _Search:
         cost = tb.epoch_cost([b for b, m in zip(busy, epoch_model, strict=True) if m != -2], wave_s)
         out.append((cost + self.bound(*nxt), cost, tuple(chosen), nxt))
 
-    def bound_of(self, llm: int, tools: int) -> tuple[float, float, float, float]:
-        """(makespan-and-work bound, work, critical path, epochs x overhead) of the remaining masks,
-        without model loads."""
+    def bound_of(self, llm: int, tools: int) -> tuple[float, float, float, int, tuple[float, ...]]:
+        """Bound terms of the remaining masks, before model loads: (makespan-and-work bound, work,
+        span, epochs, per model the shortest chain through one of its tasks: head + down)."""
         key = (llm, tools)
         cached = self.bound_memo.get(key)
         if cached is None:
@@ -328,27 +329,38 @@ class _Search:
             work = sum(tb.base_s[t] for t in range(tb.n) if llm >> t & 1) / tb.max_speed
             cpu = tb.wave_s(tools)
             down, depth, tdown, tdepth = tb.paths(llm, tools)
+            head = tb.heads(llm, tools)
+            through = [float("inf")] * len(tb.models)
+            for t in range(tb.n):
+                if llm >> t & 1:
+                    m = tb.model_of[t]
+                    through[m] = min(through[m], head[t] + down[t])
             cp = max(max(down, default=0.0), max(tdown, default=0.0))
             levels = max(max(depth, default=0), max(tdepth, default=0))
             span = max(cp, work / tb.W, cpu)
-            cached = (tb.w_makespan * (span + levels * tb.overhead_s) + tb.w_load * work, work, span, levels)
+            value = tb.w_makespan * (span + levels * tb.overhead_s) + tb.w_load * work
+            cached = (value, work, span, levels, tuple(through))
             self.bound_memo[key] = cached
         return cached
 
     def bound(self, done: int, tools_done: int, slots: tuple[Slot, ...]) -> float:
-        """Admissible lower bound on the cost to finish from a state (loads of models resident nowhere count)."""
+        """Admissible lower bound on the cost to finish from a state. A model resident nowhere is
+        loaded at least once (work), and before or beside the first of its tasks to run, so the
+        plan lasts at least its load plus the shortest chain through one of its tasks (span)."""
         tb = self.tb
         llm = tb.all_mask & ~done
         tools = tb.all_tools & ~tools_done
         if not llm and not tools:
             return 0.0
-        value, work, span, levels = self.bound_of(llm, tools)
+        value, work, span, levels, through = self.bound_of(llm, tools)
         resident = {m for _, m, _ in slots}
         needed = {tb.model_of[t] for t in range(tb.n) if llm >> t & 1}
-        loads = sum(tb.load_s[m] for m in needed - resident)
-        if not loads:
+        missing = sorted(needed - resident)
+        if not missing:
             return value
-        work += loads
+        for m in missing:
+            work += tb.load_s[m]
+            span = max(span, tb.load_s[m] + through[m])
         span = max(span, work / tb.W)
         return tb.w_makespan * (span + levels * tb.overhead_s) + tb.w_load * work
 
