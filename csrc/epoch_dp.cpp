@@ -428,17 +428,31 @@ DpResult search_epoch_dp(const PlanCost& cost, double incumbent_cost, const DpOp
     }
   } catch (const Stop&) {
   }
-  auto heuristic = std::make_unique<Search>(cost, options, at(1.0), true);
-  heuristic->incumbent_cost = exact->incumbent_cost;
-  try {
-    heuristic->solve(root, heuristic->incumbent_cost);
-  } catch (const Stop&) {
+  // phase 2: restricted rounds, each wider than the last, until the budget or the deadline ends them
+  std::unique_ptr<Search> best = std::move(exact);
+  int64_t states = best->states, used = 0;
+  DpOptions round = options;
+  while (used < options.state_budget) {
+    round.state_budget = options.state_budget - used;
+    auto heuristic = std::make_unique<Search>(cost, round, at(1.0), true);
+    heuristic->incumbent_cost = best->incumbent_cost;
+    bool stopped = false;
+    try {
+      heuristic->solve(root, heuristic->incumbent_cost);
+    } catch (const Stop&) {
+      stopped = true;
+    }
+    states += heuristic->states;
+    used += heuristic->states;
+    if (heuristic->incumbent_path) best = std::move(heuristic);
+    if (stopped || (round.heuristic_width >= cost.n() && round.heuristic_actions >= options.max_actions)) break;
+    round.heuristic_width *= 2;
+    round.heuristic_actions *= 4;
   }
-  const Search& best = heuristic->incumbent_path ? *heuristic : *exact;
-  if (best.incumbent_path) result.schedule = best.replay(*best.incumbent_path);
-  result.states = exact->states + heuristic->states;
+  if (best->incumbent_path) result.schedule = best->replay(*best->incumbent_path);
+  result.states = states;
   result.optimal = false;
-  result.cost = best.incumbent_cost;
+  result.cost = best->incumbent_cost;
   return result;
 }
 

@@ -23,7 +23,8 @@ Two phases share one incumbent (first the greedy plan):
    considered; a task goes only to a slot already running its model this epoch, a fresh slot
    holding its model or its KV parent, or the first fresh slot that must load; a worker holding a
    ready task's model is never left idle while that task waits; at most `heuristic_actions` epochs
-   per state.
+   per state. Rounds repeat with twice the width and four times the actions, sharing the incumbent
+   and one state budget, until the budget or the time limit runs out (or nothing is restricted).
 
 `backend="native"` runs the same search in `halo._core` (mirrored step for step, so it returns the
 same optimum and the same proof); this module stays the reference implementation.
@@ -31,9 +32,8 @@ same optimum and the same proof); this module stays the reference implementation
 
 from __future__ import annotations
 
-import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from halo.plan.search.cost_table import CostTable
 from halo.plan.search.execution_plan import ExecutionPlan, evaluate
@@ -136,13 +136,29 @@ def search_python(tb: CostTable, incumbent_cost: float, options: SearchOptions) 
         if exact.exhaustive:
             path = exact.policy_walk(root) if root in exact.exact else exact.incumbent_path
             return SearchResult(None if path is None else exact.replay(path), exact.states, True)
-    heuristic = _Search(tb, options, None if limit is None else start + limit, restricted=True)
-    heuristic.incumbent_cost = exact.incumbent_cost
-    with contextlib.suppress(_Stop):  # out of budget: keep the best plan found
-        heuristic.solve(root, heuristic.incumbent_cost)
-    best = heuristic if heuristic.incumbent_path is not None else exact
+    # phase 2: restricted rounds, each wider than the last, until the budget or the deadline ends them
+    best, states, used = exact, exact.states, 0
+    width, actions = options.heuristic_width, options.heuristic_actions
+    while used < options.state_budget:
+        round_options = replace(
+            options, state_budget=options.state_budget - used, heuristic_width=width, heuristic_actions=actions
+        )
+        heuristic = _Search(tb, round_options, None if limit is None else start + limit, restricted=True)
+        heuristic.incumbent_cost = best.incumbent_cost
+        stopped = False
+        try:
+            heuristic.solve(root, heuristic.incumbent_cost)
+        except _Stop:
+            stopped = True
+        states += heuristic.states
+        used += heuristic.states
+        if heuristic.incumbent_path is not None:
+            best = heuristic
+        if stopped or (width >= tb.n and actions >= options.max_actions):
+            break
+        width, actions = width * 2, actions * 4
     path = best.incumbent_path
-    return SearchResult(None if path is None else best.replay(path), exact.states + heuristic.states, False)
+    return SearchResult(None if path is None else best.replay(path), states, False)
 
 
 class _Search:
