@@ -65,7 +65,7 @@ struct Move {
 struct Bound {
   double value, work, span;
   int levels;
-  std::vector<double> through;  // per model: the shortest chain through one of its tasks
+  std::vector<double> loaded;  // per model: the span it forces were it resident nowhere (dp.py's bound)
 };
 
 struct Stop {};
@@ -336,11 +336,23 @@ class Search {
     const double cpu = pc_.wave_s(tools);
     pc_.paths(llm, tools, down_, depth_, tdown_, tdepth_);
     pc_.heads(llm, tools, head_);
-    std::vector<double> through(a_.load_s.size(), kInf);
+    const size_t K = a_.load_s.size();
+    std::vector<double> through(K, kInf), shortest(K, kInf), loaded(K, 0.0);
     for (int t = 0; t < pc_.n(); ++t) {
       if (llm >> t & 1) {
         const int m = a_.model_of[t];
         through[m] = std::min(through[m], head_[t] + down_[t]);
+        shortest[m] = std::min(shortest[m], a_.base_s[t] / pc_.max_speed());
+      }
+    }
+    // per model, were it resident nowhere: its first epoch loads it; a task of it either runs there
+    // (its chain plus the load) or later (after that epoch's load and shortest task)
+    for (int t = 0; t < pc_.n(); ++t) {
+      if (llm >> t & 1) {
+        const int m = a_.model_of[t];
+        const double load = a_.load_s[m];
+        const double late = std::max(head_[t], load + shortest[m]);
+        loaded[m] = std::max(std::max(loaded[m], down_[t] + std::min(head_[t] + load, late)), load + through[m]);
       }
     }
     double cp = 0.0;
@@ -349,12 +361,12 @@ class Search {
     for (int x = 0; x < pc_.n_tools(); ++x) cp = std::max(cp, tdown_[x]), levels = std::max(levels, tdepth_[x]);
     const double span = std::max(std::max(cp, work / pc_.workers()), cpu);
     Bound value{a_.w_makespan * (span + levels * a_.overhead_s) + a_.w_load * work, work, span, levels,
-                std::move(through)};
+                std::move(loaded)};
     return bound_memo_.emplace(key, std::move(value)).first->second;
   }
 
-  // Admissible: a model resident nowhere is loaded at least once (work), and in the epoch of the
-  // first of its tasks to run, so the plan lasts at least its load plus the shortest chain through it.
+  // Admissible: a model resident nowhere is loaded at least once (work), in the epoch of the first
+  // of its tasks to run (span: see `bound` in dp.py).
   double bound(const State& state) {
     const Mask llm = pc_.all_mask() & ~state.done;
     const Mask tools = pc_.all_tools() & ~state.tools;
@@ -373,7 +385,7 @@ class Search {
       if (!missing[m]) continue;
       any = true;
       work += a_.load_s[m];
-      span = std::max(span, a_.load_s[m] + b.through[m]);
+      span = std::max(span, b.loaded[m]);
     }
     if (!any) return b.value;
     span = std::max(span, work / pc_.workers());

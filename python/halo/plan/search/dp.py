@@ -12,7 +12,7 @@ is below `limit`, else some lower bound >= `limit`. Exact values and lower bound
 state reached again (by another epoch order) is not searched twice. The admissible bound `bound` is
 max(critical path, total work / workers, remaining tool CPU) + overhead x epochs still needed for
 the makespan term, plus total work (with loads of models resident nowhere) for the summed-load term;
-a model resident nowhere also lengthens the span by its load before the shortest chain through it.
+a model resident nowhere also lengthens the span by its load (see `bound`).
 
 Two phases share one incumbent (first the greedy plan):
 1. exact: every action, under the state budget and half the time limit. Completing it without
@@ -337,7 +337,7 @@ class _Search:
 
     def bound_of(self, llm: int, tools: int) -> tuple[float, float, float, int, tuple[float, ...]]:
         """Bound terms of the remaining masks, before model loads: (makespan-and-work bound, work,
-        span, epochs, per model the shortest chain through one of its tasks: head + down)."""
+        span, epochs, per model the span it forces were it resident nowhere)."""
         key = (llm, tools)
         cached = self.bound_memo.get(key)
         if cached is None:
@@ -347,28 +347,41 @@ class _Search:
             down, depth, tdown, tdepth = tb.paths(llm, tools)
             head = tb.heads(llm, tools)
             through = [float("inf")] * len(tb.models)
+            shortest = [float("inf")] * len(tb.models)
             for t in range(tb.n):
                 if llm >> t & 1:
                     m = tb.model_of[t]
                     through[m] = min(through[m], head[t] + down[t])
+                    shortest[m] = min(shortest[m], tb.base_s[t] / tb.max_speed)
+            # per model, were it resident nowhere: its first epoch loads it; a task of it either runs
+            # there (its chain plus the load) or later (after that epoch's load and shortest task)
+            loaded = [0.0] * len(tb.models)
+            for t in range(tb.n):
+                if llm >> t & 1:
+                    m = tb.model_of[t]
+                    load = tb.load_s[m]
+                    late = max(head[t], load + shortest[m])
+                    loaded[m] = max(loaded[m], down[t] + min(head[t] + load, late), load + through[m])
             cp = max(max(down, default=0.0), max(tdown, default=0.0))
             levels = max(max(depth, default=0), max(tdepth, default=0))
             span = max(cp, work / tb.W, cpu)
             value = tb.w_makespan * (span + levels * tb.overhead_s) + tb.w_load * work
-            cached = (value, work, span, levels, tuple(through))
+            cached = (value, work, span, levels, tuple(loaded))
             self.bound_memo[key] = cached
         return cached
 
     def bound(self, done: int, tools_done: int, slots: tuple[Slot, ...]) -> float:
         """Admissible lower bound on the cost to finish from a state. A model resident nowhere is
-        loaded at least once (work), and before or beside the first of its tasks to run, so the
-        plan lasts at least its load plus the shortest chain through one of its tasks (span)."""
+        loaded at least once (work), in the epoch of the first of its tasks to run, which lasts at
+        least the load plus that task: the plan lasts at least the load plus the shortest chain
+        through one of its tasks, and for each of its tasks t, t's chain after either the load
+        (t runs first) or the longer of t's head and the load plus its model's shortest task (span)."""
         tb = self.tb
         llm = tb.all_mask & ~done
         tools = tb.all_tools & ~tools_done
         if not llm and not tools:
             return 0.0
-        value, work, span, levels, through = self.bound_of(llm, tools)
+        value, work, span, levels, loaded = self.bound_of(llm, tools)
         resident = {m for _, m, _ in slots}
         needed = {tb.model_of[t] for t in range(tb.n) if llm >> t & 1}
         missing = sorted(needed - resident)
@@ -376,7 +389,7 @@ class _Search:
             return value
         for m in missing:
             work += tb.load_s[m]
-            span = max(span, tb.load_s[m] + through[m])
+            span = max(span, loaded[m])
         span = max(span, work / tb.W)
         return tb.w_makespan * (span + levels * tb.overhead_s) + tb.w_load * work
 
