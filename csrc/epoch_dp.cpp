@@ -246,6 +246,8 @@ class Search {
       exhaustive = false;
       return;
     }
+    // one state's epochs can be many: the time limit is checked here too
+    if (deadline_ && ++steps_ % 4096 == 0 && std::chrono::steady_clock::now() > *deadline_) throw Stop{};
     const std::vector<Slot>& slots = b.state->slots;
     const size_t W = slots.size();
     if (!b.chosen.empty()) {
@@ -405,6 +407,7 @@ class Search {
   std::unordered_map<std::pair<Mask, Mask>, Bound, MaskPairHash> bound_memo_;
   std::vector<std::pair<State, Action>> stack_;
   double g_ = 0.0;
+  int64_t steps_ = 0;  // enumeration steps (for the time limit only)
   std::vector<double> down_, tdown_, head_;
   std::vector<int> depth_, tdepth_;
 };

@@ -63,7 +63,7 @@ def test_native_is_the_default_and_budgets_match() -> None:
     assert abs(py.cost - nat.cost) < 1e-9 and py.states == nat.states
 
 
-@pytest.mark.parametrize(("nodes", "workers", "budget"), [(30, 8, 3000), (20, 2, 1500)])
+@pytest.mark.parametrize(("nodes", "workers", "budget"), [(30, 8, 1000), (30, 4, 3000), (20, 2, 1500)])
 def test_native_mirrors_python_through_the_heuristic_phase(nodes: int, workers: int, budget: int) -> None:
     """Out of proof budget both run the same widening heuristic rounds and stop at the same state."""
     problem = workflow_problem(nodes, workers, 100)

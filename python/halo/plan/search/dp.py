@@ -55,7 +55,7 @@ class SearchOptions:
 
     state_budget: int = 200_000  # states expanded per phase
     time_limit_s: float | None = None  # the whole search; phase 1 gets half
-    max_actions: int = 20_000  # per state in phase 1; hitting it voids the proof
+    max_actions: int = 200_000  # per state in phase 1; hitting it voids the proof
     heuristic_width: int = 6
     heuristic_actions: int = 64
 
@@ -83,7 +83,7 @@ def plan_dp(
     *,
     state_budget: int = 200_000,
     time_limit_s: float | None = None,
-    max_actions: int = 20_000,
+    max_actions: int = 200_000,
     backend: str | None = None,
     heuristic_width: int = 6,
     heuristic_actions: int = 64,
@@ -175,6 +175,7 @@ class _Search:
         self.bound_memo: dict[tuple[int, int], tuple[float, float, float, int, tuple[float, ...]]] = {}
         self.priority = tb.bottom_levels()
         self.states = 0
+        self.steps = 0  # enumeration steps (for the time limit only)
         self.exhaustive = True
         self.stack: list[tuple[State, Action]] = []
         self.g = 0.0
@@ -275,6 +276,9 @@ class _Search:
             if len(out) >= self.max_actions:
                 self.exhaustive = False
                 return
+            self.steps += 1  # one state's epochs can be many: the time limit is checked here too
+            if self.deadline is not None and self.steps % 4096 == 0 and time.perf_counter() > self.deadline:
+                raise _Stop
             if chosen:
                 used = [b for b, m in zip(busy, epoch_model, strict=True) if m != -2]
                 remaining = notdone & ~assigned & ~rest_after[i]
