@@ -1,8 +1,9 @@
 """Planning time: by batch rows (10 / 1,000 / 10,000) and by graph size (5 / 15 / 30 nodes × 1-8 workers).
 
 Run: ``.venv/bin/python bench/plan_scaling.py``. Rows only scale task times (each node batches its
-rows), so planning time should not grow with them. The DP runs under a time limit and reports
-whether it proved optimality; the greedy planner and the serial cost are printed beside it.
+rows), so planning time should not grow with them. The DP runs under a 1 s time limit in both
+backends, the native one (halo._core) and the Python reference, side by side, and reports whether
+each proved optimality; the greedy planner and the serial cost are printed beside them.
 Target (issue 5): under 1 s for 30 nodes on 8 workers.
 """
 
@@ -21,7 +22,8 @@ from plan_problems import workflow_problem  # noqa: E402  (the same synthetic wo
 
 def main() -> int:
     print(f"cpu={cpu_capability()}")
-    print("rows      nodes workers   dp_s  optimal  dp_cost   greedy_cost  serial_cost")
+    backend = "{}_s optimal  states     cost"
+    print(f"rows      nodes workers | {backend.format('native')} | {backend.format('python')} |  greedy  serial")
     for rows in (10, 1_000, 10_000):
         _row(rows, 12, 2)
     for nodes in (5, 15, 30):
@@ -69,14 +71,14 @@ def examples_table() -> None:
 
 def _row(rows: int, nodes: int, workers: int) -> None:
     problem = workflow_problem(nodes, workers, rows)
-    t0 = time.perf_counter()
-    plan = plan_dp(problem, time_limit_s=1.0)
-    elapsed = time.perf_counter() - t0
+    cells = []
+    for backend in ("native", "python"):
+        t0 = time.perf_counter()
+        plan = plan_dp(problem, time_limit_s=1.0, backend=backend)
+        elapsed = time.perf_counter() - t0
+        cells.append(f"{elapsed:8.3f} {plan.optimal!s:7} {plan.states:7d} {plan.cost:8.2f}")
     greedy = plan_greedy(problem)
-    print(
-        f"{rows:<9} {nodes:5} {workers:7} {elapsed:6.3f}  {plan.optimal!s:7} {plan.cost:9.2f} "
-        f"{greedy.cost:12.2f} {plan.serial_cost:12.2f}"
-    )
+    print(f"{rows:<9} {nodes:5} {workers:7} | " + " | ".join(cells) + f" | {greedy.cost:7.2f} {plan.serial_cost:7.2f}")
 
 
 if __name__ == "__main__":

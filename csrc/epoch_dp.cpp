@@ -65,6 +65,7 @@ struct Move {
 struct Bound {
   double value, work, span;
   int levels;
+  std::vector<double> loaded;  // per model: the span it forces were it resident nowhere (dp.py's bound)
 };
 
 struct Stop {};
@@ -245,6 +246,8 @@ class Search {
       exhaustive = false;
       return;
     }
+    // one state's epochs can be many: the time limit is checked here too
+    if (deadline_ && ++steps_ % 4096 == 0 && std::chrono::steady_clock::now() > *deadline_) throw Stop{};
     const std::vector<Slot>& slots = b.state->slots;
     const size_t W = slots.size();
     if (!b.chosen.empty()) {
@@ -334,35 +337,60 @@ class Search {
     work /= pc_.max_speed();
     const double cpu = pc_.wave_s(tools);
     pc_.paths(llm, tools, down_, depth_, tdown_, tdepth_);
+    pc_.heads(llm, tools, head_);
+    const size_t K = a_.load_s.size();
+    std::vector<double> through(K, kInf), shortest(K, kInf), loaded(K, 0.0);
+    for (int t = 0; t < pc_.n(); ++t) {
+      if (llm >> t & 1) {
+        const int m = a_.model_of[t];
+        through[m] = std::min(through[m], head_[t] + down_[t]);
+        shortest[m] = std::min(shortest[m], a_.base_s[t] / pc_.max_speed());
+      }
+    }
+    // per model, were it resident nowhere: its first epoch loads it; a task of it either runs there
+    // (its chain plus the load) or later (after that epoch's load and shortest task)
+    for (int t = 0; t < pc_.n(); ++t) {
+      if (llm >> t & 1) {
+        const int m = a_.model_of[t];
+        const double load = a_.load_s[m];
+        const double late = std::max(head_[t], load + shortest[m]);
+        loaded[m] = std::max(std::max(loaded[m], down_[t] + std::min(head_[t] + load, late)), load + through[m]);
+      }
+    }
     double cp = 0.0;
     int levels = 0;
     for (int t = 0; t < pc_.n(); ++t) cp = std::max(cp, down_[t]), levels = std::max(levels, depth_[t]);
     for (int x = 0; x < pc_.n_tools(); ++x) cp = std::max(cp, tdown_[x]), levels = std::max(levels, tdepth_[x]);
     const double span = std::max(std::max(cp, work / pc_.workers()), cpu);
-    const Bound value{a_.w_makespan * (span + levels * a_.overhead_s) + a_.w_load * work, work, span, levels};
-    return bound_memo_.emplace(key, value).first->second;
+    Bound value{a_.w_makespan * (span + levels * a_.overhead_s) + a_.w_load * work, work, span, levels,
+                std::move(loaded)};
+    return bound_memo_.emplace(key, std::move(value)).first->second;
   }
 
+  // Admissible: a model resident nowhere is loaded at least once (work), in the epoch of the first
+  // of its tasks to run (span: see `bound` in dp.py).
   double bound(const State& state) {
     const Mask llm = pc_.all_mask() & ~state.done;
     const Mask tools = pc_.all_tools() & ~state.tools;
     if (!llm && !tools) return 0.0;
-    const Bound b = bound_of(llm, tools);
-    // loads of models needed but resident nowhere (each model counted once, in model order)
-    std::vector<char> needed(a_.load_s.size(), 0);
+    const Bound& b = bound_of(llm, tools);
+    std::vector<char> missing(a_.load_s.size(), 0);
     for (int t = 0; t < pc_.n(); ++t) {
-      if (llm >> t & 1) needed[a_.model_of[t]] = 1;
+      if (llm >> t & 1) missing[a_.model_of[t]] = 1;
     }
     for (const Slot& s : state.slots) {
-      if (s.model >= 0) needed[s.model] = 0;
+      if (s.model >= 0) missing[s.model] = 0;
     }
-    double loads = 0.0;
-    for (size_t m = 0; m < needed.size(); ++m) {
-      if (needed[m]) loads += a_.load_s[m];
+    double work = b.work, span = b.span;
+    bool any = false;
+    for (size_t m = 0; m < missing.size(); ++m) {
+      if (!missing[m]) continue;
+      any = true;
+      work += a_.load_s[m];
+      span = std::max(span, b.loaded[m]);
     }
-    if (loads == 0.0) return b.value;
-    const double work = b.work + loads;
-    const double span = std::max(b.span, work / pc_.workers());
+    if (!any) return b.value;
+    span = std::max(span, work / pc_.workers());
     return a_.w_makespan * (span + b.levels * a_.overhead_s) + a_.w_load * work;
   }
 
@@ -379,7 +407,8 @@ class Search {
   std::unordered_map<std::pair<Mask, Mask>, Bound, MaskPairHash> bound_memo_;
   std::vector<std::pair<State, Action>> stack_;
   double g_ = 0.0;
-  std::vector<double> down_, tdown_;
+  int64_t steps_ = 0;  // enumeration steps (for the time limit only)
+  std::vector<double> down_, tdown_, head_;
   std::vector<int> depth_, tdepth_;
 };
 
@@ -414,17 +443,31 @@ DpResult search_epoch_dp(const PlanCost& cost, double incumbent_cost, const DpOp
     }
   } catch (const Stop&) {
   }
-  auto heuristic = std::make_unique<Search>(cost, options, at(1.0), true);
-  heuristic->incumbent_cost = exact->incumbent_cost;
-  try {
-    heuristic->solve(root, heuristic->incumbent_cost);
-  } catch (const Stop&) {
+  // phase 2: restricted rounds, each wider than the last, until the budget or the deadline ends them
+  std::unique_ptr<Search> best = std::move(exact);
+  int64_t states = best->states, used = 0;
+  DpOptions round = options;
+  while (used < options.state_budget) {
+    round.state_budget = options.state_budget - used;
+    auto heuristic = std::make_unique<Search>(cost, round, at(1.0), true);
+    heuristic->incumbent_cost = best->incumbent_cost;
+    bool stopped = false;
+    try {
+      heuristic->solve(root, heuristic->incumbent_cost);
+    } catch (const Stop&) {
+      stopped = true;
+    }
+    states += heuristic->states;
+    used += heuristic->states;
+    if (heuristic->incumbent_path) best = std::move(heuristic);
+    if (stopped || (round.heuristic_width >= cost.n() && round.heuristic_actions >= options.max_actions)) break;
+    round.heuristic_width *= 2;
+    round.heuristic_actions *= 4;
   }
-  const Search& best = heuristic->incumbent_path ? *heuristic : *exact;
-  if (best.incumbent_path) result.schedule = best.replay(*best.incumbent_path);
-  result.states = exact->states + heuristic->states;
+  if (best->incumbent_path) result.schedule = best->replay(*best->incumbent_path);
+  result.states = states;
   result.optimal = false;
-  result.cost = best.incumbent_cost;
+  result.cost = best->incumbent_cost;
   return result;
 }
 

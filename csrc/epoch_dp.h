@@ -13,7 +13,7 @@ namespace halo {
 struct DpOptions {
   int64_t state_budget = 200000;  // states expanded per phase
   double time_limit_s = -1.0;     // < 0: none; phase 1 gets half
-  int64_t max_actions = 20000;    // per state in phase 1; hitting it voids the proof
+  int64_t max_actions = 200000;   // per state in phase 1; hitting it voids the proof
   int heuristic_width = 6;
   int64_t heuristic_actions = 64;
 };

@@ -156,6 +156,34 @@ void PlanCost::paths(Mask llm, Mask tools, std::vector<double>& down, std::vecto
   }
 }
 
+void PlanCost::heads(Mask llm, Mask tools, std::vector<double>& head) const {
+  std::vector<double> upto(n_, 0.0), tupto(n_tools_, 0.0);  // chains ending with the node, inclusive
+  head.assign(n_, 0.0);
+  for (const auto& [is_tool, i] : a_.node_order) {
+    double best = 0.0;
+    if (is_tool) {
+      if (!(tools >> i & 1)) continue;
+      for (int d : a_.tool_llm_deps[i]) {
+        if (llm >> d & 1) best = std::max(best, upto[d]);
+      }
+      for (int d : a_.tool_tool_deps[i]) {
+        if (tools >> d & 1) best = std::max(best, tupto[d]);
+      }
+      tupto[i] = a_.tool_s[i] + best;
+    } else {
+      if (!(llm >> i & 1)) continue;
+      for (int d : a_.deps[i]) {
+        if (llm >> d & 1) best = std::max(best, upto[d]);
+      }
+      for (int a = 0; a < n_tools_; ++a) {
+        if ((tool_dep_mask_[i] >> a & 1) && (tools >> a & 1)) best = std::max(best, tupto[a]);
+      }
+      head[i] = best;
+      upto[i] = a_.base_s[i] / max_speed_ + best;
+    }
+  }
+}
+
 std::vector<double> PlanCost::bottom_levels() const {
   std::vector<double> down, tdown;
   std::vector<int> depth, tdepth;

@@ -69,6 +69,8 @@ class PlanCost {
   // Longest remaining paths (time, epochs) per LLM task and per tool within the masks.
   void paths(Mask llm, Mask tools, std::vector<double>& down, std::vector<int>& depth, std::vector<double>& tdown,
              std::vector<int>& tdepth) const;
+  // Per LLM task, the longest chain of remaining work that must run in epochs before its own.
+  void heads(Mask llm, Mask tools, std::vector<double>& head) const;
   std::vector<double> bottom_levels() const;
   // Prices a schedule exactly as `execution_plan.evaluate` does; throws std::invalid_argument if it
   // breaks a plan rule.

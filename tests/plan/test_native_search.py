@@ -61,3 +61,14 @@ def test_native_is_the_default_and_budgets_match() -> None:
     nat = plan_dp(problem, backend="native", state_budget=300)
     assert not py.optimal and not nat.optimal
     assert abs(py.cost - nat.cost) < 1e-9 and py.states == nat.states
+
+
+@pytest.mark.parametrize(("nodes", "workers", "budget"), [(30, 8, 1000), (30, 4, 3000), (20, 2, 1500)])
+def test_native_mirrors_python_through_the_heuristic_phase(nodes: int, workers: int, budget: int) -> None:
+    """Out of proof budget both run the same widening heuristic rounds and stop at the same state."""
+    problem = workflow_problem(nodes, workers, 100)
+    py = plan_dp(problem, backend="python", state_budget=budget)
+    nat = plan_dp(problem, backend="native", state_budget=budget)
+    assert not py.optimal and not nat.optimal
+    assert py.states == nat.states and abs(py.cost - nat.cost) < 1e-9
+    assert nat.cost <= plan_greedy(problem).cost + 1e-9

@@ -1,8 +1,19 @@
-"""The DP against the MILP oracle and the baselines on seeded random problems (same cost semantics)."""
+"""The DP against the MILP oracle and the baselines on seeded random problems (same cost semantics).
+
+Problems have up to `MAX_TASKS` LLM tasks, 1-4 workers of two kinds, 1-3 models, tool tasks between
+them, KV parents, overheads and load weights (`plan_problems.random_problem`). The MILP runs until
+its plan is within `MILP_GAP` of its proven lower bound: that bound proves the DP within 5% of the
+optimum (DP <= 1.05 x bound), and a DP plan below it would mean the two disagree on costs.
+
+Why 9 and not 12 LLM tasks (issue 5 asks for up to 12): the DP proves optimality on all of them in
+milliseconds, but the time-indexed MILP does not fit this test's ~90 s budget on 2 shared cores
+beyond 9. Measured with this formulation (54 seeds each, 4% gap): up to 8 tasks 71 s, up to 9 81 s
+(slowest 17 s), up to 10 eight instances still open after 10 s each; 12-task instances with 3-4
+workers and 5-6 tools stay 5-20% open after 30 s (root LP bounds 20-25% below the optimum).
+"""
 
 from __future__ import annotations
 
-import random
 import time
 
 import pytest
@@ -19,49 +30,28 @@ from halo.plan.search import (
     serial,
     solve_milp,
 )
+from plan_problems import random_problem
 
 SEEDS = range(54)
-
-
-def random_problem(seed: int, max_tasks: int = 6, max_workers: int = 4) -> PlanProblem:
-    rng = random.Random(seed)
-    n = rng.randint(3, max_tasks)
-    models = ["m0", "m1", "m2"][: rng.randint(1, 3)]
-    tasks: list[LLMTask] = []
-    for i in range(n):
-        deps = tuple(f"t{j}" for j in range(i) if rng.random() < 0.3)
-        model = rng.choice(models)
-        prefill = round(rng.uniform(0.2, 3.0), 3)
-        same = [d for d in deps if tasks[int(d[1:])].model == model]
-        parent = rng.choice(same) if same and rng.random() < 0.7 else None
-        saving = round(rng.uniform(0, prefill), 3) if parent else 0.0
-        move = round(rng.uniform(0, 2), 3) if parent else 0.0
-        tasks.append(LLMTask(f"t{i}", model, prefill, round(rng.uniform(0.2, 4.0), 3), deps, parent, saving, move))
-    kinds = [("a", 1.0), ("a", 1.0), ("b", 1.5), ("a", 1.0)]
-    workers = tuple(Worker(f"w{i}", *kinds[i]) for i in range(rng.randint(1, max_workers)))
-    return PlanProblem(
-        tuple(tasks),
-        workers,
-        {m: round(rng.uniform(0.5, 4.0), 3) for m in models},
-        {w.id: rng.choice([None, *models]) for w in workers},
-        epoch_overhead_s=rng.choice([0.0, 0.05, 0.3]),
-        load_weight=rng.choice([0.0, 0.0, 0.1, 0.5]),
-    )
+MAX_TASKS = 9  # 10-12 do not fit the CI budget yet: see the module docstring
+MILP_GAP = 0.04
+MILP_TIME_LIMIT_S = 20.0
 
 
 def test_dp_matches_milp_and_beats_baselines() -> None:
     rows = []
     start = time.perf_counter()
     for seed in SEEDS:
-        problem = random_problem(seed)
+        problem = random_problem(seed, max_tasks=MAX_TASKS)
         dp = plan_dp(problem)
-        assert dp.optimal
+        assert dp.optimal, f"seed {seed}: the DP did not prove optimality"
         assert abs(evaluate(problem, dp.schedule(), "check").cost - dp.cost) < 1e-9
-        oracle = solve_milp(problem, time_limit_s=20.0)
+        oracle = solve_milp(problem, time_limit_s=MILP_TIME_LIMIT_S, rel_gap=MILP_GAP)
         scale = max(1.0, oracle.cost)
-        assert abs(oracle.plan.cost - oracle.cost) < 1e-5 * scale, "MILP and evaluator disagree on costs"
-        assert dp.cost >= oracle.dual_bound - 1e-6 * scale, f"seed {seed}: DP below the MILP optimum"
-        assert dp.cost <= oracle.plan.cost * 1.05 + 1e-9, f"seed {seed}: DP more than 5% above the MILP"
+        assert oracle.plan.cost <= oracle.cost + 1e-5 * scale, "the MILP prices its plan below the evaluator"
+        assert dp.cost <= oracle.plan.cost + 1e-9, f"seed {seed}: the MILP found a plan cheaper than the DP optimum"
+        assert dp.cost >= oracle.dual_bound - 1e-6 * scale, f"seed {seed}: DP below the MILP's proven bound"
+        assert dp.cost <= 1.05 * oracle.dual_bound + 1e-9, f"seed {seed}: DP not proven within 5% of the optimum"
         for base in (
             round_robin(problem),
             random_schedule(problem, seed),
@@ -70,16 +60,19 @@ def test_dp_matches_milp_and_beats_baselines() -> None:
         ):
             assert dp.cost <= base.cost + 1e-9, f"seed {seed}: DP worse than {base.planner}"
         greedy = plan_greedy(problem)
-        rows.append((len(problem.tasks), len(problem.workers), dp.cost, oracle.plan.cost, greedy.cost, oracle.optimal))
-    gaps = [d / m - 1 for _, _, d, m, _, _ in rows]
-    greedy_gaps = [g / d - 1 for _, _, d, _, g, _ in rows]
+        rows.append((len(problem.tasks), len(problem.tools), dp.cost, oracle, greedy.cost))
+    gaps = [d / o.dual_bound - 1 for _, _, d, o, _ in rows]
+    greedy_gaps = [g / d - 1 for _, _, d, _, g in rows]
     print(
-        f"\n{len(rows)} problems ({time.perf_counter() - start:.1f}s): MILP proven optimal on"
-        f" {sum(r[5] for r in rows)}; DP vs MILP gap max {max(gaps):+.2e} mean {sum(gaps) / len(gaps):+.2e};"
+        f"\n{len(rows)} problems, {min(r[0] for r in rows)}-{max(r[0] for r in rows)} LLM tasks,"
+        f" {sum(r[1] for r in rows)} tools ({time.perf_counter() - start:.1f}s):"
+        f" MILP closed its gap on {sum(r[3].optimal for r in rows)};"
+        f" DP over the MILP's proven bound max {max(gaps):+.2%} mean {sum(gaps) / len(gaps):+.2%};"
+        f" DP == MILP plan on {sum(abs(r[3].plan.cost - r[2]) < 1e-6 for r in rows)};"
         f" greedy vs DP gap mean {sum(greedy_gaps) / len(greedy_gaps):.1%} max {max(greedy_gaps):.1%},"
         f" optimal on {sum(g < 1e-9 for g in greedy_gaps)}"
     )
-    assert sum(r[5] for r in rows) >= 50
+    assert len(rows) >= 50
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -105,3 +98,28 @@ def test_evaluate_rejects_broken_schedules() -> None:
         evaluate(problem, [[("a", "w0"), ("c", "w0")], [("b", "w0")]], "bad")
     with pytest.raises(ValueError, match="unscheduled"):
         evaluate(problem, [[("a", "w0")]], "bad")
+
+
+def test_tools_are_prepared_ahead_and_only_their_excess_costs() -> None:
+    from halo.plan.search import ToolTask
+
+    # a -> x (tool, 3 s) -> b; y (tool, 0.5 s) reads nothing; c runs beside x's wave
+    problem = PlanProblem(
+        (LLMTask("a", "m", 1, 0), LLMTask("b", "m", 1, 0, ("x",)), LLMTask("c", "m", 2, 0)),
+        (Worker("w0"), Worker("w1")),
+        {"m": 0.0},
+        tools=(ToolTask("x", 3.0, ("a",)), ToolTask("y", 0.5)),
+    )
+    # y overlaps epoch 1 (1 s of LLM work), x overlaps c (2 s) and costs 1 s more; b after x
+    plan = evaluate(problem, [[("a", "w0")], [("c", "w0")], [("b", "w0")]], "check")
+    assert [e.tools for e in plan.epochs] == [("y",), ("x",), ()]
+    assert [e.time_s for e in plan.epochs] == [1.0, 3.0, 1.0]
+    # b would read x before it ran: a tool-only epoch is inserted for x
+    rushed = evaluate(problem, [[("a", "w0"), ("c", "w1")], [("b", "w0")]], "check")
+    assert [(len(e.placements), e.tools) for e in rushed.epochs] == [(2, ("y",)), (0, ("x",)), (1, ())]
+    assert rushed.cost == pytest.approx(2.0 + 3.0 + 1.0)
+    with pytest.raises(ValueError, match="tool inputs"):
+        evaluate(problem, [[("b", "w0")], [("a", "w0"), ("c", "w0")]], "bad")
+    best = plan_dp(problem)
+    assert best.optimal and best.cost == pytest.approx(5.0)
+    assert abs(solve_milp(problem).cost - best.cost) < 1e-6

@@ -182,3 +182,35 @@ class CostTable:
                         best, levels = max(best, tdown[b]), max(levels, tdepth[b])
                 down[i], depth[i] = self.base_s[i] / self.max_speed + best, 1 + levels
         return down, depth, tdown, tdepth
+
+    def heads(self, llm: int, tools: int) -> list[float]:
+        """Per LLM task in `llm`, the longest chain of remaining work (masks) that must run in epochs
+        before its own: LLM tasks at full speed, tools' CPU (a chain of tools in one wave adds up)."""
+        upto = [0.0] * self.n  # chain ending with the task, inclusive
+        tupto = [0.0] * self.n_tools
+        head = [0.0] * self.n
+        for is_tool, i in self.node_order:
+            if is_tool:
+                if not tools >> i & 1:
+                    continue
+                best = 0.0
+                for d in self.tool_llm_deps[i]:
+                    if llm >> d & 1:
+                        best = max(best, upto[d])
+                for d in self.tool_tool_deps[i]:
+                    if tools >> d & 1:
+                        best = max(best, tupto[d])
+                tupto[i] = self.tool_s[i] + best
+            else:
+                if not llm >> i & 1:
+                    continue
+                best = 0.0
+                for d in self.deps[i]:
+                    if llm >> d & 1:
+                        best = max(best, upto[d])
+                for a in range(self.n_tools):
+                    if self.tool_dep_mask[i] >> a & 1 and tools >> a & 1:
+                        best = max(best, tupto[a])
+                head[i] = best
+                upto[i] = self.base_s[i] / self.max_speed + best
+        return head

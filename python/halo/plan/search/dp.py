@@ -11,7 +11,8 @@ Invariant of `_Search.solve(state, limit)`: it returns the exact least cost-to-g
 is below `limit`, else some lower bound >= `limit`. Exact values and lower bounds are memoised, so a
 state reached again (by another epoch order) is not searched twice. The admissible bound `bound` is
 max(critical path, total work / workers, remaining tool CPU) + overhead x epochs still needed for
-the makespan term, plus total work (with loads of models resident nowhere) for the summed-load term.
+the makespan term, plus total work (with loads of models resident nowhere) for the summed-load term;
+a model resident nowhere also lengthens the span by its load (see `bound`).
 
 Two phases share one incumbent (first the greedy plan):
 1. exact: every action, under the state budget and half the time limit. Completing it without
@@ -22,7 +23,8 @@ Two phases share one incumbent (first the greedy plan):
    considered; a task goes only to a slot already running its model this epoch, a fresh slot
    holding its model or its KV parent, or the first fresh slot that must load; a worker holding a
    ready task's model is never left idle while that task waits; at most `heuristic_actions` epochs
-   per state.
+   per state. Rounds repeat with twice the width and four times the actions, sharing the incumbent
+   and one state budget, until the budget or the time limit runs out (or nothing is restricted).
 
 `backend="native"` runs the same search in `halo._core` (mirrored step for step, so it returns the
 same optimum and the same proof); this module stays the reference implementation.
@@ -30,9 +32,8 @@ same optimum and the same proof); this module stays the reference implementation
 
 from __future__ import annotations
 
-import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from halo.plan.search.cost_table import CostTable
 from halo.plan.search.execution_plan import ExecutionPlan, evaluate
@@ -54,7 +55,7 @@ class SearchOptions:
 
     state_budget: int = 200_000  # states expanded per phase
     time_limit_s: float | None = None  # the whole search; phase 1 gets half
-    max_actions: int = 20_000  # per state in phase 1; hitting it voids the proof
+    max_actions: int = 200_000  # per state in phase 1; hitting it voids the proof
     heuristic_width: int = 6
     heuristic_actions: int = 64
 
@@ -82,7 +83,7 @@ def plan_dp(
     *,
     state_budget: int = 200_000,
     time_limit_s: float | None = None,
-    max_actions: int = 20_000,
+    max_actions: int = 200_000,
     backend: str | None = None,
     heuristic_width: int = 6,
     heuristic_actions: int = 64,
@@ -135,13 +136,29 @@ def search_python(tb: CostTable, incumbent_cost: float, options: SearchOptions) 
         if exact.exhaustive:
             path = exact.policy_walk(root) if root in exact.exact else exact.incumbent_path
             return SearchResult(None if path is None else exact.replay(path), exact.states, True)
-    heuristic = _Search(tb, options, None if limit is None else start + limit, restricted=True)
-    heuristic.incumbent_cost = exact.incumbent_cost
-    with contextlib.suppress(_Stop):  # out of budget: keep the best plan found
-        heuristic.solve(root, heuristic.incumbent_cost)
-    best = heuristic if heuristic.incumbent_path is not None else exact
+    # phase 2: restricted rounds, each wider than the last, until the budget or the deadline ends them
+    best, states, used = exact, exact.states, 0
+    width, actions = options.heuristic_width, options.heuristic_actions
+    while used < options.state_budget:
+        round_options = replace(
+            options, state_budget=options.state_budget - used, heuristic_width=width, heuristic_actions=actions
+        )
+        heuristic = _Search(tb, round_options, None if limit is None else start + limit, restricted=True)
+        heuristic.incumbent_cost = best.incumbent_cost
+        stopped = False
+        try:
+            heuristic.solve(root, heuristic.incumbent_cost)
+        except _Stop:
+            stopped = True
+        states += heuristic.states
+        used += heuristic.states
+        if heuristic.incumbent_path is not None:
+            best = heuristic
+        if stopped or (width >= tb.n and actions >= options.max_actions):
+            break
+        width, actions = width * 2, actions * 4
     path = best.incumbent_path
-    return SearchResult(None if path is None else best.replay(path), exact.states + heuristic.states, False)
+    return SearchResult(None if path is None else best.replay(path), states, False)
 
 
 class _Search:
@@ -155,9 +172,10 @@ class _Search:
         self.exact: dict[State, float] = {}
         self.lower: dict[State, float] = {}
         self.policy: dict[State, tuple[Action, State]] = {}
-        self.bound_memo: dict[tuple[int, int], tuple[float, float, float, float]] = {}
+        self.bound_memo: dict[tuple[int, int], tuple[float, float, float, int, tuple[float, ...]]] = {}
         self.priority = tb.bottom_levels()
         self.states = 0
+        self.steps = 0  # enumeration steps (for the time limit only)
         self.exhaustive = True
         self.stack: list[tuple[State, Action]] = []
         self.g = 0.0
@@ -258,6 +276,9 @@ class _Search:
             if len(out) >= self.max_actions:
                 self.exhaustive = False
                 return
+            self.steps += 1  # one state's epochs can be many: the time limit is checked here too
+            if self.deadline is not None and self.steps % 4096 == 0 and time.perf_counter() > self.deadline:
+                raise _Stop
             if chosen:
                 used = [b for b, m in zip(busy, epoch_model, strict=True) if m != -2]
                 remaining = notdone & ~assigned & ~rest_after[i]
@@ -318,9 +339,9 @@ class _Search:
         cost = tb.epoch_cost([b for b, m in zip(busy, epoch_model, strict=True) if m != -2], wave_s)
         out.append((cost + self.bound(*nxt), cost, tuple(chosen), nxt))
 
-    def bound_of(self, llm: int, tools: int) -> tuple[float, float, float, float]:
-        """(makespan-and-work bound, work, critical path, epochs x overhead) of the remaining masks,
-        without model loads."""
+    def bound_of(self, llm: int, tools: int) -> tuple[float, float, float, int, tuple[float, ...]]:
+        """Bound terms of the remaining masks, before model loads: (makespan-and-work bound, work,
+        span, epochs, per model the span it forces were it resident nowhere)."""
         key = (llm, tools)
         cached = self.bound_memo.get(key)
         if cached is None:
@@ -328,27 +349,51 @@ class _Search:
             work = sum(tb.base_s[t] for t in range(tb.n) if llm >> t & 1) / tb.max_speed
             cpu = tb.wave_s(tools)
             down, depth, tdown, tdepth = tb.paths(llm, tools)
+            head = tb.heads(llm, tools)
+            through = [float("inf")] * len(tb.models)
+            shortest = [float("inf")] * len(tb.models)
+            for t in range(tb.n):
+                if llm >> t & 1:
+                    m = tb.model_of[t]
+                    through[m] = min(through[m], head[t] + down[t])
+                    shortest[m] = min(shortest[m], tb.base_s[t] / tb.max_speed)
+            # per model, were it resident nowhere: its first epoch loads it; a task of it either runs
+            # there (its chain plus the load) or later (after that epoch's load and shortest task)
+            loaded = [0.0] * len(tb.models)
+            for t in range(tb.n):
+                if llm >> t & 1:
+                    m = tb.model_of[t]
+                    load = tb.load_s[m]
+                    late = max(head[t], load + shortest[m])
+                    loaded[m] = max(loaded[m], down[t] + min(head[t] + load, late), load + through[m])
             cp = max(max(down, default=0.0), max(tdown, default=0.0))
             levels = max(max(depth, default=0), max(tdepth, default=0))
             span = max(cp, work / tb.W, cpu)
-            cached = (tb.w_makespan * (span + levels * tb.overhead_s) + tb.w_load * work, work, span, levels)
+            value = tb.w_makespan * (span + levels * tb.overhead_s) + tb.w_load * work
+            cached = (value, work, span, levels, tuple(loaded))
             self.bound_memo[key] = cached
         return cached
 
     def bound(self, done: int, tools_done: int, slots: tuple[Slot, ...]) -> float:
-        """Admissible lower bound on the cost to finish from a state (loads of models resident nowhere count)."""
+        """Admissible lower bound on the cost to finish from a state. A model resident nowhere is
+        loaded at least once (work), in the epoch of the first of its tasks to run, which lasts at
+        least the load plus that task: the plan lasts at least the load plus the shortest chain
+        through one of its tasks, and for each of its tasks t, t's chain after either the load
+        (t runs first) or the longer of t's head and the load plus its model's shortest task (span)."""
         tb = self.tb
         llm = tb.all_mask & ~done
         tools = tb.all_tools & ~tools_done
         if not llm and not tools:
             return 0.0
-        value, work, span, levels = self.bound_of(llm, tools)
+        value, work, span, levels, loaded = self.bound_of(llm, tools)
         resident = {m for _, m, _ in slots}
         needed = {tb.model_of[t] for t in range(tb.n) if llm >> t & 1}
-        loads = sum(tb.load_s[m] for m in needed - resident)
-        if not loads:
+        missing = sorted(needed - resident)
+        if not missing:
             return value
-        work += loads
+        for m in missing:
+            work += tb.load_s[m]
+            span = max(span, loaded[m])
         span = max(span, work / tb.W)
         return tb.w_makespan * (span + levels * tb.overhead_s) + tb.w_load * work
 

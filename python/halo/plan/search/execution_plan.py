@@ -54,13 +54,18 @@ class ExecutionPlan:
         """Fraction of the serial schedule's cost this plan saves."""
         return 1.0 - self.cost / self.serial_cost if self.serial_cost > 0 else 0.0
 
+    def _proof(self) -> str:
+        if self.optimal:
+            return " (proven optimal)"
+        return " (best found, not proven optimal)" if self.planner == "dp" else ""
+
     def schedule(self) -> list[list[tuple[str, str]]]:
         return [[(p.task, p.worker) for p in e.placements] for e in self.epochs]
 
     def explain(self) -> str:
         """One line per epoch, EXPLAIN-style: workers, loads, tasks with KV handling, predicted time."""
         lines = [
-            f"EXECUTION PLAN  planner={self.planner}{' (proven optimal)' if self.optimal else ''}"
+            f"EXECUTION PLAN  planner={self.planner}{self._proof()}"
             f"  epochs={len(self.epochs)}  predicted={self.makespan_s:.3f}s  cost={self.cost:.3f}"
             f"  serial={self.serial_cost:.3f}  saving={self.saving:.1%}"
         ]

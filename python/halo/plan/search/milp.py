@@ -68,8 +68,15 @@ class _Model:
         self.row_hi.append(hi)
 
 
-def solve_milp(problem: PlanProblem, time_limit_s: float = 60.0, upper_bound: float | None = None) -> MilpResult:
-    """Optimal plan cost by MILP. `upper_bound`: the cost of a known plan (default: the greedy plan's)."""
+def solve_milp(
+    problem: PlanProblem,
+    time_limit_s: float = 60.0,
+    upper_bound: float | None = None,
+    rel_gap: float = 1e-9,
+    verbose: bool = False,
+) -> MilpResult:
+    """Optimal plan cost by MILP. `upper_bound`: the cost of a known plan (default: the greedy plan's);
+    `rel_gap`: stop once the best plan is within this fraction of the proven bound (`dual_bound`)."""
     tb = CostTable(problem)
     n, W, K = tb.n, tb.W, len(tb.models)
     wm, wl = tb.w_makespan, tb.w_load
@@ -99,8 +106,8 @@ def solve_milp(problem: PlanProblem, time_limit_s: float = 60.0, upper_bound: fl
     for t in range(n):
         md.row({v: 1.0 for e in range(E) for v in at[t][e]}, 1.0, 1.0)
         for d in tb.deps[t]:
-            for e in range(first[t], E - depth[t] + 1):  # t at e needs d before e
-                md.row({**{v: 1.0 for v in at[t][e]}, **{v: -1.0 for v in ran_by(d, e - 1)}}, hi=0.0)
+            for e in range(first[t], E - depth[t] + 1):  # t ran by e => d ran by e - 1 (cumulative: tighter)
+                md.row({**ran_by(t, e), **{v: -1.0 for v in ran_by(d, e - 1)}}, hi=0.0)
     # tools: a[a, e] = AND over the LLM ancestors of (ran by e - 1); the wave of e is a[e] - a[e-1]
     a_run: list[list[int | None]] = []  # None: constant (0 before the tool's first epoch, 1 if no ancestors)
     for a in range(tb.n_tools):
@@ -152,10 +159,23 @@ def solve_milp(problem: PlanProblem, time_limit_s: float = 60.0, upper_bound: fl
                 for e in range(first[t], E - depth[t] + 1):  # t at e reads a, which ran by e - 1
                     done, const = tool_done(a, e - 1)
                     md.row({**{v: 1.0 for v in at[t][e]}, **{v: -c for v, c in done.items()}}, hi=const)
+    for e in range(E):  # a used epoch runs something: no empty epochs, so each plan has one position
+        coef = {v: -1.0 for t in range(n) for v in at[t][e]}
+        const = 0.0
+        for a in range(tb.n_tools):
+            now, c_now = tool_done(a, e)
+            before, c_before = tool_done(a, e - 1)
+            for v, c in now.items():
+                coef[v] = coef.get(v, 0.0) - c
+            for v, c in before.items():
+                coef[v] = coef.get(v, 0.0) + c
+            const += c_now - c_before
+        md.row({**coef, u[e]: 1.0}, hi=const)
     for e in range(E):
         if wave[e] or wave_const[e]:
             md.row({**{v: -c for v, c in wave[e].items()}, T[e]: 1.0}, lo=wave_const[e])
     _break_worker_symmetry(md, tb, x)
+    loads: dict[tuple[int, int, int], int] = {}  # s[w, e, k]
     for w in range(W):
         for e in range(E):
             md.row({r[w, e, k]: 1.0 for k in range(K)}, hi=1.0)
@@ -167,12 +187,15 @@ def solve_milp(problem: PlanProblem, time_limit_s: float = 60.0, upper_bound: fl
                     coef[r[w, e - 1, k]] = -1.0
                 md.row(coef, hi=prev or 0.0)  # r[e] <= r[e-1] + runs
                 if tb.load_s[k] > 0:
-                    s = md.var(wl * tb.load_s[k], hi=np.inf, integral=False)
+                    s = loads[w, e, k] = md.var(wl * tb.load_s[k], hi=np.inf, integral=False)
                     busy[w, e][s] = tb.load_s[k]
                     coef = {r[w, e, k]: 1.0, s: -1.0}
                     if prev is None:
                         coef[r[w, e - 1, k]] = -1.0
                     md.row(coef, hi=prev or 0.0)  # s >= r[e] - r[e-1]
+    for k in set(tb.model_of) - set(tb.initial_model):  # a model resident nowhere is loaded at least once
+        if tb.load_s[k] > 0:
+            md.row({v: 1.0 for (w, e, kk), v in loads.items() if kk == k}, lo=1.0)
     for (t, w, e), v in x.items():
         md.row({v: 1.0, r[w, e, tb.model_of[t]]: -1.0}, hi=0.0)
         p = tb.parent[t]
@@ -184,6 +207,27 @@ def solve_milp(problem: PlanProblem, time_limit_s: float = 60.0, upper_bound: fl
             md.row({z: 1.0, **{x[p, w, pe]: -1.0 for pe in range(E) if (p, w, pe) in x}}, hi=0.0)
     for (_w, e), coef in busy.items():
         md.row({**coef, T[e]: -1.0}, hi=0.0)
+    # chain cuts: the members of a dependency chain run in distinct epochs (tools of one wave add up),
+    # so T[e] >= the time of whichever member runs in e; summed over e the LP sees the chain's length
+    for chain_llm, chain_tools in _chains(tb):
+        for e in range(E):
+            coef: dict[int, float] = {}
+            const = 0.0
+            for t in chain_llm:
+                for w in range(W):
+                    if (t, w, e) in x:
+                        coef[x[t, w, e]] = tb.base_s[t] / tb.speed[w]
+            for a in chain_tools:
+                now, c_now = tool_done(a, e)
+                before, c_before = tool_done(a, e - 1)
+                for v, c in now.items():
+                    coef[v] = coef.get(v, 0.0) + c * tb.tool_s[a]
+                for v, c in before.items():
+                    coef[v] = coef.get(v, 0.0) - c * tb.tool_s[a]
+                const += (c_now - c_before) * tb.tool_s[a]
+            if coef:
+                md.row({**coef, T[e]: -1.0}, hi=-const)
+    md.row({v: 1.0 for v in u}, lo=float(max(depth, default=0)))  # at least the longest chain of epochs
     for e in range(E):
         for t in range(n):
             if at[t][e]:
@@ -191,7 +235,7 @@ def solve_milp(problem: PlanProblem, time_limit_s: float = 60.0, upper_bound: fl
         if e + 1 < E:
             md.row({u[e + 1]: 1.0, u[e]: -1.0}, hi=0.0)
     # a known plan is feasible: the optimum is no worse (a valid cut that helps HiGHS prune)
-    md.row({j: cj for j, cj in enumerate(md.c) if cj}, hi=ub * (1 + 1e-9) + 1e-9)
+    md.row({j: cj for j, cj in enumerate(md.c) if cj}, lo=_root_bound(tb), hi=ub * (1 + 1e-9) + 1e-9)
     rows, cols, vals = [], [], []
     for i, coef in enumerate(md.rows):
         for j, a in coef.items():
@@ -204,7 +248,7 @@ def solve_milp(problem: PlanProblem, time_limit_s: float = 60.0, upper_bound: fl
         integrality=np.array(md.integral),
         bounds=Bounds(np.array(md.lo), np.array(md.hi)),
         constraints=LinearConstraint(A, np.array(md.row_lo), np.array(md.row_hi)),
-        options={"time_limit": time_limit_s, "mip_rel_gap": 1e-9},
+        options={"time_limit": time_limit_s, "mip_rel_gap": rel_gap, "disp": verbose},
     )
     if res.x is None:
         raise RuntimeError(f"MILP found no solution: {res.message}")
@@ -212,7 +256,7 @@ def solve_milp(problem: PlanProblem, time_limit_s: float = 60.0, upper_bound: fl
     for (t, w, e), v in x.items():
         if res.x[v] > 0.5:
             epochs[e].append((tb.task_ids[t], tb.worker_ids[w]))
-    plan = evaluate(problem, epochs, "milp", optimal=res.status == 0, table=tb)
+    plan = evaluate(problem, epochs, "milp", optimal=res.status == 0 and rel_gap <= 1e-6, table=tb)
     dual = getattr(res, "mip_dual_bound", None)
     return MilpResult(float(res.fun), float(res.fun if dual is None else dual), res.status == 0, plan)
 
@@ -249,17 +293,68 @@ def _epoch_windows(tb: CostTable) -> tuple[list[int], list[int], list[int]]:
     return first, tool_first, depth
 
 
+def _root_bound(tb: CostTable) -> float:
+    """The DP's admissible bound from the initial state: no plan costs less (a valid cut)."""
+    from halo.plan.search.dp import SearchOptions, _Search
+
+    search = _Search(tb, SearchOptions(), None, restricted=False)
+    root = search.root()
+    return search.bound(*root) * (1 - 1e-9) - 1e-9
+
+
 def _epoch_count(tb: CostTable, upper_bound: float) -> int:
-    """Epochs enough for an optimal plan: one per LLM task plus one per distinct set of tool inputs
-    (a tool-only epoch runs at least one newly complete wave), capped when each epoch's overhead
-    would push a plan with more epochs above `upper_bound` (then no optimal plan has more)."""
-    count = tb.n + len({tb.tool_anc[a] for a in range(tb.n_tools)})
-    if tb.overhead_s > 0 and tb.w_makespan > 0:
-        work = sum(tb.base_s) / tb.max_speed
-        work += sum(tb.load_s[m] for m in set(tb.model_of) if m not in tb.initial_model)
-        down, depth, tdown, _ = tb.paths(tb.all_mask, tb.all_tools)
-        span = max([*down, *tdown, work / tb.W, sum(tb.tool_s)], default=0.0)
-        rest = tb.w_makespan * span + tb.w_load * work
-        cap = int((upper_bound * (1 + 1e-9) + 1e-9 - rest) / (tb.w_makespan * tb.overhead_s)) + 1
-        count = min(count, max(cap, max(depth, default=1)))
-    return max(count, 1)
+    """Epochs enough for an optimal plan. At most one per LLM task plus one per distinct set of tool
+    inputs (a tool-only epoch runs at least one newly complete wave). And a plan with k epochs, at
+    least j = k - (tool-only epochs) of them with LLM tasks, costs at least
+    w_makespan * (max(span bound, sum of the j smallest task times) + k * overhead) + w_load * work:
+    each LLM epoch lasts as long as its longest task, a distinct task per epoch. No plan that costs
+    more than `upper_bound` (a known plan's cost) is optimal, which caps k."""
+    tool_only = len({tb.tool_anc[a] for a in range(tb.n_tools)})
+    most = tb.n + tool_only
+    work = sum(tb.base_s) / tb.max_speed
+    work += sum(tb.load_s[m] for m in set(tb.model_of) if m not in tb.initial_model)
+    down, depth, tdown, _ = tb.paths(tb.all_mask, tb.all_tools)
+    span = max([*down, *tdown, work / tb.W, sum(tb.tool_s)], default=0.0)
+    times = sorted(b / tb.max_speed for b in tb.base_s)
+    least = max(depth, default=1)
+    k = least
+    while k < most:
+        j = max(0, k + 1 - tool_only)
+        bound = tb.w_makespan * (max(span, sum(times[:j])) + (k + 1) * tb.overhead_s) + tb.w_load * work
+        if bound > upper_bound * (1 + 1e-9) + 1e-9:
+            break
+        k += 1
+    return max(k, 1)
+
+
+def _chains(tb: CostTable) -> list[tuple[list[int], list[int]]]:
+    """Per LLM task and tool, the longest dependency chain through it (distinct chains only), as
+    (LLM tasks, tools)."""
+    nodes = tb.node_order
+    weight = {node: (tb.tool_s[node[1]] if node[0] else tb.base_s[node[1]] / tb.max_speed) for node in nodes}
+    preds: dict[tuple[bool, int], list[tuple[bool, int]]] = {node: [] for node in nodes}
+    for is_tool, i in nodes:
+        if is_tool:
+            preds[True, i] = [(False, d) for d in tb.tool_llm_deps[i]] + [(True, d) for d in tb.tool_tool_deps[i]]
+        else:
+            tools = [(True, a) for a in range(tb.n_tools) if tb.tool_dep_mask[i] >> a & 1]
+            preds[False, i] = [(False, d) for d in tb.deps[i]] + tools
+    succs: dict[tuple[bool, int], list[tuple[bool, int]]] = {node: [] for node in nodes}
+    for node in nodes:
+        for p in preds[node]:
+            succs[p].append(node)
+    up: dict[tuple[bool, int], tuple[float, list[tuple[bool, int]]]] = {}
+    for node in nodes:
+        best = max((up[p] for p in preds[node]), key=lambda v: v[0], default=(0.0, []))
+        up[node] = (best[0] + weight[node], [*best[1], node])
+    down: dict[tuple[bool, int], tuple[float, list[tuple[bool, int]]]] = {}
+    for node in reversed(nodes):
+        best = max((down[c] for c in succs[node]), key=lambda v: v[0], default=(0.0, []))
+        down[node] = (best[0] + weight[node], [node, *best[1]])
+    chains: dict[frozenset[tuple[bool, int]], tuple[list[int], list[int]]] = {}
+    for node in nodes:
+        members = up[node][1] + down[node][1][1:]
+        key = frozenset(members)
+        if key not in chains:
+            chains[key] = ([i for is_tool, i in members if not is_tool], [i for is_tool, i in members if is_tool])
+    return list(chains.values())
