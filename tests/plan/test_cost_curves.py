@@ -127,7 +127,8 @@ def test_profiled_curves_predict_held_out_shapes_within_25_percent(checkpoint):
     attempts = []
     for _ in range(2):
         curves = profile_engine(engine, load_s=1.0)
-        assert curves.source == "profiled" and curves.facts["profile_seconds"] < 60
+        # Not a timing test (a contended machine doubles it); this only catches a runaway grid.
+        assert curves.source == "profiled" and curves.facts["profile_seconds"] < 300
         cfg = engine.config  # K and V, every layer and KV head, in the engine's dtype
         itemsize = engine.kv.k.element_size()
         assert curves.kv_bytes_per_token == 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * itemsize
