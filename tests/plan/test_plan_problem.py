@@ -56,9 +56,27 @@ def test_tool_nodes_are_tool_tasks_with_a_default_or_plugged_cost():
         return 1.5
 
     plugged = build_plan_problem(graph, lambda _m: DEFAULT_CURVES, tool_cost_s=measured)
-    assert {t.cpu_s for t in plugged.tools} == {1.5} and len(seen) == len(tool_nodes)
+    assert {t.cpu_s for t in plugged.tools} == {1.5}
+    # once per node for its physical calls, once for one call (the per-call estimate)
+    assert sorted(seen) == sorted(
+        [(n.id, graph.counters[n.id].owned) for n in tool_nodes] + [(n.id, 1) for n in tool_nodes]
+    )
     plan = plan_dp(plugged, time_limit_s=2.0)
     assert sum(e.tool_s for e in plan.epochs) == pytest.approx(1.5 * len(tool_nodes))
+
+
+def test_per_call_estimate_prices_every_logical_call_alone():
+    wf = Workflow.from_yaml(EXAMPLES / "ticket_triage.yaml")
+    rows = _rows("ticket_triage")
+    graph = consolidate(wf, rows, WhitespaceTokenizer())
+    problem = build_plan_problem(graph, lambda _m: DEFAULT_CURVES, model_load_s={"smollm2-135m": 2.0})
+    tools = sum(graph.counters[n.id].logical * DEFAULT_TOOL_CALL_S for n in wf.graph.nodes if n.kind != "llm")
+    llm_calls = sum(graph.counters[n.id].logical for n in wf.graph.nodes if n.kind == "llm")
+    # at least the loads, the tool calls, and one batch-1 decode step per generated token of each call
+    assert problem.per_call_s > 2.0 + tools + llm_calls * DEFAULT_CURVES.decode_step_s(1, 1.0)
+    plan = plan_dp(problem, time_limit_s=2.0)
+    assert plan.per_call_s == problem.per_call_s and plan.per_call_s > plan.makespan_s
+    assert "per-call execution" in plan.explain()
 
 
 def test_kv_parent_rule_on_loop_iterations_and_measured_load_and_kv():

@@ -68,11 +68,13 @@ def build_plan_problem(
     loads: dict[str, float] = {}
     expected_out: dict[str, int] = {}  # llm node -> expected output tokens per call
     prompt_of: dict[str, int] = {}  # llm node -> estimated prompt tokens per request
+    per_call = 0.0  # every logical call alone, plus model loads: the plain way of running the batch
     for node in wf.nodes:  # topological order
         deps = tuple(node.upstream)
         counters = graph.counters[node.id]
         if node.kind != "llm":
             tools.append(ToolTask(node.id, float(tool_cost(node, max(counters.owned, 0))), deps))
+            per_call += counters.logical * float(tool_cost(node, 1))
             continue
         model = wf.model_source(node) or "default"
         curves = curves_for(model)
@@ -97,6 +99,8 @@ def build_plan_problem(
         prefill = curves.prefill_s(prompt - cached, cached, batch)
         steps = max(0, out - 1)
         decode = steps * curves.decode_step_s(batch, prompt + (steps + 1) / 2) if batch else 0.0
+        one_call = curves.prefill_s(prompt, 0, 1) + steps * curves.decode_step_s(1, prompt + (steps + 1) / 2)
+        per_call += counters.logical * one_call
         saving = move = 0.0
         if parent and shared > 0:
             saving = min(prefill, max(0.0, prefill - curves.prefill_s(prompt - shared, shared, batch)))
@@ -115,6 +119,7 @@ def build_plan_problem(
             )
         )
     loads |= dict(model_load_s or {})
+    per_call += sum(loads.values())  # the plain way loads every model once too (none is resident yet)
     return PlanProblem(
         tasks=tuple(tasks),
         workers=tuple(Worker(f"w{i}") for i in range(workers)),
@@ -123,6 +128,7 @@ def build_plan_problem(
         makespan_weight=makespan_weight,
         load_weight=load_weight,
         tools=tuple(tools),
+        per_call_s=per_call,
     )
 
 

@@ -247,7 +247,11 @@ class CompiledWorkflow:
                 # compile() loaded the first model on every worker: the plan starts from there.
                 first = self.model_sources[0]
                 if first in problem.model_load_s:
-                    problem = replace(problem, resident={w.id: first for w in problem.workers})
+                    problem = replace(
+                        problem,
+                        resident={w.id: first for w in problem.workers},
+                        per_call_s=problem.per_call_s - problem.model_load_s[first],
+                    )
             chosen = plan_greedy(problem) if mode == "greedy" else plan_dp(problem, time_limit_s=1.0)
             kv_parents = {t.id: t.kv_parent for t in problem.tasks if t.kv_parent is not None}
         return _RunContext(rows, valid, input_errors, graph, chosen, time.perf_counter() - clock, kv_parents)

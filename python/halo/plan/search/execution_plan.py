@@ -48,6 +48,7 @@ class ExecutionPlan:
     optimal: bool = False  # proven optimal by the planner that made it
     states: int = 0  # search states expanded (DP)
     backend: str = "python"  # which implementation searched ("native" = halo._core)
+    per_call_s: float = 0.0  # the plain per-call execution's predicted seconds (`PlanProblem.per_call_s`)
 
     @property
     def saving(self) -> float:
@@ -69,6 +70,11 @@ class ExecutionPlan:
             f"  epochs={len(self.epochs)}  predicted={self.makespan_s:.3f}s  cost={self.cost:.3f}"
             f"  serial={self.serial_cost:.3f}  saving={self.saving:.1%}"
         ]
+        if self.per_call_s > 0 and self.makespan_s > 0:
+            lines.append(
+                f"per-call execution (every call of every row alone): {self.per_call_s:.3f}s predicted; "
+                f"this plan {self.makespan_s:.3f}s, {self.per_call_s / self.makespan_s:.1f}x faster"
+            )
         for i, e in enumerate(self.epochs, 1):
             loads = dict(e.loads)
             parts = []
@@ -178,7 +184,9 @@ def evaluate(
     if serial_cost is None:
         serial = [[(tid, tb.worker_ids[0])] for tid in tb.task_ids]
         serial_cost = cost if planner == "serial" else evaluate(problem, serial, "serial", table=tb, serial_cost=0).cost
-    return ExecutionPlan(tuple(epochs), makespan, summed, cost, planner, serial_cost, optimal, states, backend)
+    return ExecutionPlan(
+        tuple(epochs), makespan, summed, cost, planner, serial_cost, optimal, states, backend, problem.per_call_s
+    )
 
 
 def _tool_names(tb: CostTable, wave: int) -> tuple[str, ...]:

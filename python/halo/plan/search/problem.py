@@ -97,6 +97,9 @@ class PlanProblem:
     makespan_weight: float = 1.0
     load_weight: float = 0.0
     tools: tuple[ToolTask, ...] = ()
+    # For reports only (no planner reads it): the predicted seconds of running the batch the plain
+    # way, every logical call of every row on its own (no merging, no shared prefixes, batch 1).
+    per_call_s: float = 0.0
 
     def __post_init__(self) -> None:
         ids = [t.id for t in self.tasks] + [t.id for t in self.tools]
