@@ -3,6 +3,7 @@ workload, the same engine, model and data for every system; results as JSON, Mar
 
     .venv/bin/halo bench --workloads all --rows 50,200 --systems all [--quick] [--dtype fp32]
     .venv/bin/python -m bench.suite ...   (the same, without the installed command)
+    .venv/bin/halo bench --online [--workloads ...] [--rates 0.5,1,2,4,8] [--duration 20]   (bench/online/)
 
 Progress goes to stderr. Fidelity is the fraction of rows whose outputs (and failing node, if any)
 equal those of `serial` (meaningful in fp32 greedy mode) and of `per-call` (same engine and dtype).
@@ -158,7 +159,8 @@ def _log(message: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workloads", default="all", help="all, or a comma list of workload names")
+    parser.add_argument("--workloads", default=None,
+                        help="all, or a comma list of workload names (default: all; --online: three fast ones)")
     parser.add_argument("--rows", default=None, help="comma list of batch sizes (default 50,200; quick: 3)")
     parser.add_argument("--systems", default="all", help="all, or a comma list of serial,per-call,opwise,halo")
     parser.add_argument("--quick", action="store_true", help="few rows, tiny data, tiny max_tokens (a smoke run)")
@@ -168,13 +170,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale-factor", type=float, default=None, help="TPC-H scale factor (default 0.1)")
     parser.add_argument("--max-tokens", type=int, default=None, help="cap every llm node's max_tokens")
     parser.add_argument("--api-latency", type=float, default=None, help="report API mean latency, s (default 0.1)")
+    online = parser.add_argument_group("online", "Poisson load against `halo serve` and the per-call chat pattern")
+    online.add_argument("--online", action="store_true", help="run the online load benchmark (bench/online/)")
+    online.add_argument("--rates", default=None, help="comma list of offered rates, queries/s (default 0.5,1,2,4,8)")
+    online.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per rate (default 20)")
+    online.add_argument("--drain", type=float, default=60.0, help="seconds a rate's last queries may take (default 60)")
+    online.add_argument("--targets", default=None, help="comma list of halo-serve,per-call (default both)")
 
 
 def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     from bench.generators.workloads import WORKLOADS
     from bench.systems import SYSTEMS
 
-    workloads = list(WORKLOADS) if args.workloads == "all" else _names(args.workloads, WORKLOADS, "workload")
+    workloads = list(WORKLOADS) if args.workloads in (None, "all") else _names(args.workloads, WORKLOADS, "workload")
     systems = list(SYSTEMS) if args.systems == "all" else _names(args.systems, SYSTEMS, "system")
     quick = QUICK if args.quick else {}
     rows = [int(n) for n in args.rows.split(",")] if args.rows else quick.get("rows", [50, 200])
@@ -204,10 +212,38 @@ def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
     return names
 
 
+def online_config_from_args(args: argparse.Namespace) -> Any:
+    from bench.generators.workloads import WORKLOADS
+    from bench.online.sweep import DEFAULT_RATES, DEFAULT_WORKLOADS, TARGETS, OnlineConfig
+
+    names = {None: ",".join(DEFAULT_WORKLOADS), "all": ",".join(WORKLOADS)}.get(args.workloads, args.workloads)
+    rates = [float(r) for r in args.rates.split(",")] if args.rates else list(DEFAULT_RATES)
+    if any(r <= 0 for r in rates) or args.duration <= 0 or args.drain < 0:
+        raise SystemExit("halo bench: --rates and --duration must be positive, --drain not negative")
+    return OnlineConfig(
+        workloads=_names(names, WORKLOADS, "workload"),
+        rates=rates,
+        duration_s=args.duration,
+        drain_s=args.drain,
+        targets=_names(args.targets, TARGETS, "target") if args.targets else list(TARGETS),
+        dtype=args.dtype,
+        out=Path(args.out) if args.out else None,
+        seed=args.seed,
+        scale_factor=args.scale_factor if args.scale_factor is not None else 0.1,
+        max_tokens=args.max_tokens,
+        api_latency_s=args.api_latency if args.api_latency is not None else 0.1,
+    )
+
+
 def run_cli(args: argparse.Namespace) -> int:
-    """`halo bench`: run the suite and print the Markdown report."""
-    result = run_suite(config_from_args(args))
-    print(Path(result.files["markdown"]).read_text())
+    """`halo bench`: run the suite (or, with --online, the load benchmark) and print the Markdown report."""
+    if getattr(args, "online", False):
+        from bench.online.sweep import run_online
+
+        files = run_online(online_config_from_args(args)).files
+    else:
+        files = run_suite(config_from_args(args)).files
+    print(Path(files["markdown"]).read_text())
     return 0
 
 

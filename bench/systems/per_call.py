@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from halo.engine import SamplingParams
 from halo.runtime.compiled import CompiledWorkflow
 from halo.runtime.node_io import llm_prompt, llm_result, render_values, row_outputs, sampling_params
 from halo.runtime.tools.tool_runner import ToolRunner
@@ -22,6 +23,7 @@ from bench.systems.engine_loop import EngineLoop
 from bench.systems.system_run import EngineCounters, SystemRun, with_policy
 
 _FAILED = object()  # an upstream instance failed: this one does not run
+Generate = Callable[[list[dict[str, str]], SamplingParams], Awaitable[str]]  # one llm call: messages -> text
 
 
 def run_per_call(
@@ -56,7 +58,7 @@ async def _run_batch(
 ) -> tuple[list[dict[str, Any]], dict[int, str]]:
     stepper = asyncio.create_task(loop.run())
     try:
-        done = await asyncio.gather(*(_run_row(app, row, loop, tools) for row in rows))
+        done = await asyncio.gather(*(walk_row(app, row, _engine_generate(loop), tools) for row in rows))
     finally:
         loop.stop()
         await stepper
@@ -65,9 +67,18 @@ async def _run_batch(
     return outputs, errors
 
 
-async def _run_row(
-    app: CompiledWorkflow, row: Mapping[str, Any], loop: EngineLoop, tools: ToolRunner
+def _engine_generate(loop: EngineLoop) -> Generate:
+    async def generate(messages: list[dict[str, str]], params: SamplingParams) -> str:
+        return (await loop.generate(messages, params)).text
+
+    return generate
+
+
+async def walk_row(
+    app: CompiledWorkflow, row: Mapping[str, Any], generate: Generate, tools: ToolRunner
 ) -> tuple[dict[str, Any], str | None]:
+    """One row through the DAG, each node as soon as its upstream nodes are done: (outputs, first failing node).
+    Every llm call goes through `generate` on its own; tools go to `tools` (shared by the rows)."""
     wf = app.graph
     results: dict[str, Any] = {}
     failed: list[str] = []
@@ -84,8 +95,7 @@ async def _run_row(
         async def attempt() -> Any:
             values = render_values(wf, node, row, context)
             if node.kind == "llm":
-                generated = await loop.generate(llm_prompt(node, values), sampling_params(node))
-                return llm_result(node, generated.text)
+                return llm_result(node, await generate(llm_prompt(node, values), sampling_params(node)))
             return await asyncio.wrap_future(tools.submit(node, wf.template(node).request(values)))
 
         result, error = await with_policy(node, attempt)
