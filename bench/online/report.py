@@ -41,14 +41,17 @@ def as_json(result: Any) -> dict[str, Any]:
 
 def markdown(result: Any) -> str:
     c = result.config
+    dtypes = sorted({e["dtype"] for e in result.environment.get("engines", {}).values()})
     lines = [
         f"# Halo online benchmark ({result.environment['started']})",
         "",
-        f"CPU `{result.environment['cpu']}`, dtype {c['dtype']}; Poisson arrivals for {c['duration_s']:g} s per "
-        f"offered rate (+ up to {c['drain_s']:g} s drain), seed {c['seed']}; server and load generator in one "
-        "process on loopback. `halo-serve`: one row per POST /v1/workflows/{name}/runs, then GET ?wait=true. "
+        f"CPU `{result.environment['cpu']}`, dtype {c['dtype']} ({', '.join(dtypes)}); Poisson arrivals for "
+        f"{c['duration_s']:g} s per offered rate (+ up to {c['drain_s']:g} s drain), seed {c['seed']}; server and load "
+        "generator in one process on loopback. `halo-serve`: one row per POST /v1/workflows/{name}/runs, then "
+        "GET ?wait=true. "
         "`per-call`: the client walks the DAG, one POST /v1/chat/completions per llm call on the same engine, "
-        "tools client-side without cache or coalescing.",
+        "tools client-side without cache or coalescing. Achieved throughput: completed queries / (last completion "
+        "- first arrival), so at low rates it sits below the offered rate by about one latency over the window.",
         "",
         "## Saturation throughput (max achieved queries/s over the sweep)",
         "",
@@ -116,3 +119,23 @@ def _ratio(s: dict[str, float]) -> float | None:
 
 def _s(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.2f}"
+
+
+def load(paths: list[Path]) -> Any:
+    """An OnlineResult from one or more online.json files (cells appended in order; the first's config), e.g. to
+    rewrite the report or merge a follow-up sweep: `report.write(report.load([a, b]), out)`."""
+    from bench.online.load_generator import RateResult
+    from bench.online.sweep import Cell, OnlineResult
+
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    merged = OnlineResult(config=docs[0]["config"], environment=docs[0]["environment"])
+    fields = set(RateResult.__dataclass_fields__) - {"outputs"}
+    for doc in docs:
+        for cell in doc["cells"]:
+            measured = RateResult(**{k: v for k, v in cell.items() if k in fields})
+            merged.cells.append(Cell(cell["workload"], cell["target"], measured))
+        if isinstance(doc.get("output_check"), dict):
+            merged.output_check.update(doc["output_check"])
+    order = {w: i for i, w in enumerate(dict.fromkeys(c.workload for c in merged.cells))}
+    merged.cells.sort(key=lambda c: (order[c.workload], c.target, c.result.offered_rate))
+    return merged
