@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from halo.engine import LLMEngine
+from halo.engine import EngineStats, LLMEngine
 from halo.engine.model_source import default_cache_dir
 from halo.errors import InvalidRequestError
 from halo.plan import consolidate
@@ -150,9 +150,10 @@ class CompiledWorkflow:
                 from halo.engine.checkpoint import load_tokenizer
 
                 self._tokenizers[source] = load_tokenizer(self._models.get(source, source))
-            for worker in self._workers:  # every worker gets the first model; others load on demand
-                if self.model_sources:
-                    worker.preload(self.model_sources[0])
+            if self.model_sources:  # every worker loads the first model, all at once; others on demand
+                import ray
+
+                ray.get([w.preload_async(self.model_sources[0]) for w in self._workers])
 
     # -- public -------------------------------------------------------------------------------------
 
@@ -330,12 +331,8 @@ class CompiledWorkflow:
             if writer is not None:
                 writer.close()
             self._save_tool_costs()
-        after = [w.stats() for w in self._workers]
-        for b, a in zip(before, after, strict=True):
-            stats.prompt_tokens += a.prompt_tokens - b.prompt_tokens
-            stats.prefill_tokens += a.prefill_tokens - b.prefill_tokens
-            stats.cached_tokens += a.cached_tokens - b.cached_tokens
-            stats.decode_tokens += a.decode_tokens - b.decode_tokens
+        for b, a in zip(before, [w.stats() for w in self._workers], strict=True):
+            _add_token_deltas(stats, b, a)
         tool_stats = tools.stats
         llm_nodes = [n for n in self.graph.nodes if n.kind == "llm"]
         stats.llm_calls_logical = len(context.valid) * len(llm_nodes)
@@ -378,11 +375,7 @@ class CompiledWorkflow:
         before = worker.stats()
         with tools:
             outcome = run_serial(self.graph, rows, engine_for, call_tool)
-        after = worker.stats()
-        stats.prompt_tokens = after.prompt_tokens - before.prompt_tokens
-        stats.prefill_tokens = after.prefill_tokens - before.prefill_tokens
-        stats.cached_tokens = after.cached_tokens - before.cached_tokens
-        stats.decode_tokens = after.decode_tokens - before.decode_tokens
+        _add_token_deltas(stats, before, worker.stats())
         llm_nodes = sum(1 for n in self.graph.nodes if n.kind == "llm")
         stats.llm_calls_logical = len(rows) * llm_nodes
         stats.llm_calls_executed = outcome.llm_executed
@@ -414,6 +407,14 @@ class CompiledWorkflow:
                 log_to_driver=False,
                 num_cpus=None if address else os.cpu_count(),
             )
+
+
+def _add_token_deltas(stats: RunStats, before: EngineStats, after: EngineStats) -> None:
+    """Add what one worker's engines computed between two snapshots to the run's token counters."""
+    stats.prompt_tokens += after.prompt_tokens - before.prompt_tokens
+    stats.prefill_tokens += after.prefill_tokens - before.prefill_tokens
+    stats.cached_tokens += after.cached_tokens - before.cached_tokens
+    stats.decode_tokens += after.decode_tokens - before.decode_tokens
 
 
 def _load_output_history() -> OutputLengthHistory:

@@ -117,7 +117,12 @@ class LocalWorker:
         for model, engine in list(self.engines.engines.items()):
             if not self._by_model.get(model) or not engine.has_unfinished():
                 continue
-            for result in engine.step():
+            try:
+                results = engine.step()
+            except HaloError as exc:  # e.g. a KV pool too small for any waiting request: fail them, go on
+                finished.extend(self._fail_model(model, engine, str(exc)))
+                continue
+            for result in results:
                 job, start = self._running.pop(result.request_id)
                 self._by_model[model] -= 1
                 finished.append(
@@ -137,6 +142,17 @@ class LocalWorker:
 
     def stats(self) -> EngineStats:
         return self.engines.stats()
+
+    def _fail_model(self, model: str, engine: LLMEngine, message: str) -> list[LLMDone]:
+        """Abort every request of `model` here and report each as failed with `message`."""
+        failed: list[LLMDone] = []
+        for request_id, (job, start) in list(self._running.items()):
+            if job.model == model:
+                engine.abort(request_id)
+                del self._running[request_id]
+                failed.append(LLMDone(job.pid, self.index, None, message, start=start, end=time.perf_counter()))
+        self._by_model[model] = 0
+        return failed
 
     def export_prefix(self, model: str, prompt: list[dict[str, str]]) -> KVPrefix | None:
         """The K/V this worker caches for the longest whole-block prefix of `prompt` (None if none)."""
@@ -244,15 +260,18 @@ class RayWorker:
     def preload(self, model: str) -> None:
         import ray
 
-        self._requested.add(model)
-        ray.get(self._actor.preload.remote(model))
+        ref = self.preload_async(model)
+        if ref is not None:
+            ray.get(ref)
 
-    def preload_async(self, model: str) -> None:
-        """Start loading `model` in the actor (it runs before this worker's next batch); no wait here."""
-        if model not in self._requested:
-            self._requested.add(model)
-            self.preloads += 1
-            self._actor.preload.remote(model)
+    def preload_async(self, model: str) -> Any:
+        """Start loading `model` in the actor (it runs before this worker's next batch); no wait here.
+        Returns the load's ObjectRef, or None when it was asked for already."""
+        if model in self._requested:
+            return None
+        self._requested.add(model)
+        self.preloads += 1
+        return self._actor.preload.remote(model)
 
     def submit(self, jobs: Sequence[LLMJob]) -> list[LLMDone]:
         self._pending.extend(jobs)

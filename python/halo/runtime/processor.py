@@ -58,7 +58,7 @@ class Worker(Protocol):
 
     def pull_prefix(self, source: Any, model: str, prompt: list[dict[str, str]]) -> None: ...
 
-    def preload_async(self, model: str) -> None: ...
+    def preload_async(self, model: str) -> Any: ...  # noqa: ANN401 - a Ray ObjectRef or None
 
 
 class Tools(Protocol):
