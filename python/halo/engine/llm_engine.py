@@ -57,6 +57,7 @@ class LLMEngine:
     ``swap_space_gb`` of host memory lets a preempted request keep its KV (copied out through the ring
     buffer when that is predicted cheaper than recomputing; 0 disables). ``device`` is ``cpu`` or
     ``cuda``; ``attention_backend`` ``auto`` picks the native CPU kernel on CPU, Triton on CUDA.
+    ``pack_weights`` pre-packs bf16 CPU weights once for oneDNN (bit-identical, faster small batches).
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class LLMEngine:
         attention_backend: str = "auto",
         num_threads: int | None = None,
         cache_dir: str | os.PathLike | None = None,
+        pack_weights: bool = True,
     ) -> None:
         for name, value in (("block_size", block_size), ("max_batch_tokens", max_batch_tokens),
                             ("max_num_seqs", max_num_seqs)):
@@ -96,7 +98,9 @@ class LLMEngine:
         self.model_path = ckpt.path
         self.config = ckpt.config
         self.tokenizer = ckpt.tokenizer
-        self.model = LlamaModel(ckpt.config, dict(ckpt.weights), self.dtype_choice.dtype, self.device, attention)
+        self.model = LlamaModel(
+            ckpt.config, dict(ckpt.weights), self.dtype_choice.dtype, self.device, attention, pack_weights
+        )
         del ckpt
         if kv_blocks is None:
             per_block = KVCache.bytes_per_block(self.config, block_size, self.dtype_choice.dtype)
@@ -127,6 +131,7 @@ class LLMEngine:
             "threads": torch.get_num_threads(),
             "device": str(self.device),
             "attention": self.model.attention.__name__.rsplit(".", 1)[-1],
+            "packed_weights": self.model.packed_weights,
             "kv_blocks": self.block_manager.num_blocks,
             "block_size": self.block_manager.block_size,
         }

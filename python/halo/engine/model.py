@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from halo.engine import cpu_attention
 from halo.engine.kv_cache import KVCache
+from halo.engine.linear import Linear, packing_available
 from halo.engine.model_config import ModelConfig
 from halo.engine.step_context import StepContext
 
@@ -40,34 +41,42 @@ class LlamaModel:
     """Inference-only weights and forward pass. Not an nn.Module: no autograd, no hooks, plain tensors."""
 
     def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype,
-                 device: torch.device | str = "cpu", attention: ModuleType = cpu_attention) -> None:
-        """``attention`` is the backend module (``cpu_attention`` or ``triton_attention``)."""
+                 device: torch.device | str = "cpu", attention: ModuleType = cpu_attention,
+                 pack_weights: bool = True) -> None:
+        """``attention`` is the backend module (``cpu_attention`` or ``triton_attention``);
+        ``pack_weights`` pre-packs bf16 CPU weights for oneDNN where that is bit-identical (see linear.py)."""
         self.config = config
         self.dtype = dtype
         self.device = torch.device(device)
         self.attention = attention
         c = config
 
+        def convert(w: torch.Tensor) -> torch.Tensor:
+            return w.to(device=self.device, dtype=dtype).contiguous()
+
         def take(name: str) -> torch.Tensor:
             # pop so the fp32 originals are released as soon as each converted copy exists
-            return weights.pop(name).to(device=self.device, dtype=dtype).contiguous()
+            return convert(weights.pop(name))
 
+        pack = pack_weights and packing_available(self.device, dtype)
+        self.packed_weights = pack
         self.embed = take("embed")
-        self.lm_head = take("lm_head") if "lm_head" in weights else self.embed
+        # a tied head gets its own packed copy: the embedding lookup needs the plain layout
+        self.lm_head = Linear(take("lm_head") if "lm_head" in weights else self.embed, pack)
         self.final_norm = take("final_norm")
-        self.layers = []
+        self.layers: list[dict[str, torch.Tensor]] = []
+        self.linears: list[dict[str, Linear]] = []
         for i in range(c.num_layers):
             p = f"layers.{i}."
             wqkv = torch.cat([weights.pop(p + "wq"), weights.pop(p + "wk"), weights.pop(p + "wv")])
             gate_up = torch.cat([weights.pop(p + "w_gate"), weights.pop(p + "w_up")])
-            self.layers.append(
+            self.layers.append({"attn_norm": take(p + "attn_norm"), "ffn_norm": take(p + "ffn_norm")})
+            self.linears.append(
                 {
-                    "attn_norm": take(p + "attn_norm"),
-                    "wqkv": wqkv.to(device=self.device, dtype=dtype).contiguous(),
-                    "wo": take(p + "wo"),
-                    "ffn_norm": take(p + "ffn_norm"),
-                    "w_gate_up": gate_up.to(device=self.device, dtype=dtype).contiguous(),
-                    "w_down": take(p + "w_down"),
+                    "wqkv": Linear(convert(wqkv), pack),
+                    "wo": Linear(take(p + "wo"), pack),
+                    "w_gate_up": Linear(convert(gate_up), pack),
+                    "w_down": Linear(take(p + "w_down"), pack),
                 }
             )
         cos, sin = rope_tables(c, c.context_length)
@@ -77,8 +86,7 @@ class LlamaModel:
         self.scale = c.head_dim**-0.5
         # Two FLOPs per weight per token (attention over the context excluded): what prefill costs.
         self.flops_per_token = 2 * (
-            sum(w.numel() for layer in self.layers for name, w in layer.items() if name.startswith("w"))
-            + self.lm_head.numel()
+            sum(w.numel() for layer in self.linears for w in layer.values()) + self.lm_head.numel()
         )
 
     @torch.inference_mode()
@@ -90,9 +98,9 @@ class LlamaModel:
         cos = self.cos[ctx.positions].unsqueeze(1)
         sin = self.sin[ctx.positions].unsqueeze(1)
         nd = ctx.num_decode
-        for i, w in enumerate(self.layers):
+        for i, (w, lin) in enumerate(zip(self.layers, self.linears, strict=True)):
             h = rms_norm(x, w["attn_norm"], c.rms_eps)
-            qkv = F.linear(h, w["wqkv"])
+            qkv = lin["wqkv"](h)
             # q and k heads rotate together: one pass over [T, H + KV, D] instead of two
             qk = apply_rope(qkv[:, : self.q_size + self.kv_size].view(t, -1, c.head_dim), cos, sin)
             q, k = qk[:, : c.num_heads], qk[:, c.num_heads :]
@@ -104,9 +112,9 @@ class LlamaModel:
             if ctx.prefills:
                 parts.append(self.attention.prefill_attention(q, k, v, kv, i, ctx, self.scale))
             attn = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-            x = x + F.linear(attn, w["wo"])
+            x = x + lin["wo"](attn)
             h = rms_norm(x, w["ffn_norm"], c.rms_eps)
-            gate, up = F.linear(h, w["w_gate_up"]).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w["w_down"])
+            gate, up = lin["w_gate_up"](h).chunk(2, dim=-1)
+            x = x + lin["w_down"](F.silu(gate) * up)
         x = rms_norm(x[ctx.logits_rows], self.final_norm, c.rms_eps)
-        return F.linear(x, self.lm_head).float()
+        return self.lm_head(x).float()

@@ -1,0 +1,70 @@
+"""The model's weight products: oneDNN pre-packed weights for bf16 on CPU, plain ``F.linear`` elsewhere.
+
+``F.linear`` on a bf16 CPU tensor goes to oneDNN, which re-lays the weight out into its blocked
+format on every call. At decode batch sizes that re-layout costs as much as the product itself
+(the weights are read twice and written once), so a decode step spends about half its matmul time
+moving weights. Packing each weight once at load time removes that: the products are the same
+oneDNN kernels on the same blocked data, so the results are bit-identical to ``F.linear`` (checked
+on every load, see `pack_weight`), and a small-batch decode step's matmuls take about half the time
+(`bench/micro/bench_linear.py`).
+
+fp32 stays on ``F.linear``: oneDNN's packed fp32 path sums in another order than MKL's sgemm (results
+differ in the last bits) and is not faster here, and fp32 is the mode the fidelity checks run in.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether weights of this dtype on this device can be pre-packed for oneDNN."""
+    mkldnn = getattr(torch.ops, "mkldnn", None)
+    return (
+        device.type == "cpu"
+        and dtype == torch.bfloat16
+        and torch.backends.mkldnn.is_available()
+        and mkldnn is not None
+        and hasattr(mkldnn, "_reorder_linear_weight")
+        and hasattr(mkldnn, "_linear_pointwise")
+    )
+
+
+class Linear:
+    """``y = x @ weight.T`` for one weight, packed when that gives the same numbers faster."""
+
+    __slots__ = ("weight", "packed", "out_features", "in_features")
+
+    def __init__(self, weight: torch.Tensor, pack: bool) -> None:
+        self.out_features, self.in_features = weight.shape
+        packed = pack_weight_checked(weight) if pack else None
+        self.packed = packed is not None
+        self.weight = packed if packed is not None else weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
+        return F.linear(x, self.weight)
+
+    def numel(self) -> int:
+        return self.out_features * self.in_features
+
+
+def pack_weight_checked(weight: torch.Tensor) -> torch.Tensor | None:
+    """The packed weight if its products equal ``F.linear``'s bit for bit on probe batches, else None.
+
+    The check runs once per weight at load (a few small products): a torch or oneDNN build whose
+    packed kernels round differently falls back to ``F.linear`` instead of changing outputs.
+    """
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight)
+        generator = torch.Generator().manual_seed(0)
+        for rows in (1, 5, 33):
+            x = torch.randn(rows, weight.shape[1], generator=generator).to(weight.dtype)
+            got = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+            if not torch.equal(got, F.linear(x, weight)):
+                return None
+    except RuntimeError:  # an op missing from this build, or a shape it does not take
+        return None
+    return packed
