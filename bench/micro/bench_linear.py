@@ -33,14 +33,22 @@ def _weights() -> dict[str, torch.Tensor]:
 
 def _inputs(batch: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return {name: torch.randn(batch, 1536 if name == "w_down" else HIDDEN, generator=g).bfloat16()
-            for name in [*LAYER, "head"]}
+    return {
+        name: torch.randn(batch, 1536 if name == "w_down" else HIDDEN, generator=g).bfloat16()
+        for name in [*LAYER, "head"]
+    }
 
 
 def _record(benchmark, weights: dict[str, torch.Tensor], packed: bool) -> None:
     nbytes = sum(w.numel() * 2 for w in weights.values())
-    benchmark.extra_info.update(cpu=cpu_capability(), dtype="bf16", threads=torch.get_num_threads(), packed=packed,
-                                weight_bytes=nbytes, gb_per_s=nbytes / benchmark.stats["mean"] / 1e9)
+    benchmark.extra_info.update(
+        cpu=cpu_capability(),
+        dtype="bf16",
+        threads=torch.get_num_threads(),
+        packed=packed,
+        weight_bytes=nbytes,
+        gb_per_s=nbytes / benchmark.stats["mean"] / 1e9,
+    )
 
 
 @pytest.mark.parametrize("batch", BATCHES)
