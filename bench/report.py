@@ -92,7 +92,45 @@ def markdown(result: Any) -> str:
             f"| {c['tool_calls_executed']}/{c['tool_calls_logical']} "
             f"| {c['prefill_tokens']} | {c['cached_tokens']} | {c['decode_tokens']} | {m.row_errors} |"
         )
+    lines += _timelines(result)
     return "\n".join(lines) + "\n"
+
+
+def _timelines(result: Any) -> list[str]:
+    """Where halo's time went at each workload's largest batch: its llm nodes in start order with the
+    span from the first instance's start to the last one's end, and the decode tokens per llm call."""
+    largest: dict[str, Any] = {}
+    for m in result.measurements:
+        if m.system != "halo" or not m.counters.get("node_spans"):
+            continue
+        if m.rows >= getattr(largest.get(m.workload), "rows", 0):
+            largest[m.workload] = m
+    if not largest:
+        return []
+    lines = [
+        "",
+        "## Where halo's time goes",
+        "",
+        "Each llm node of the workflow as `node [instances] start-end s` from the first span, at the largest batch;"
+        " nodes that overlap ran together. Once the distinct work is small, this chain of dependent decodes is the"
+        " wall time (tools and planning are shown for scale).",
+        "",
+        "| workload | rows | wall s | plan s | tools first-last s | decode tokens / llm call | llm chain |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for workload, m in largest.items():
+        c = m.counters
+        spans = c["node_spans"]
+        llm = [(k.split(":", 1)[1], v) for k, v in spans.items() if k.startswith("llm:")]
+        tools = [v for k, v in spans.items() if not k.startswith("llm:")]
+        tool_span = max((v[2] for v in tools), default=0.0) - min((v[1] for v in tools), default=0.0)
+        chain = ", ".join(f"{name} [{n}] {a:.1f}-{b:.1f}" for name, (n, a, b) in llm)
+        per_call = c["decode_tokens"] / max(1, c["llm_calls_executed"])
+        lines.append(
+            f"| {workload} | {m.rows} | {m.wall_s:.2f} | {c.get('plan_s', 0.0):.2f} | {tool_span:.2f} "
+            f"| {per_call:.1f} | {chain} |"
+        )
+    return lines
 
 
 def _pct(value: float | None) -> str:

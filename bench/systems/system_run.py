@@ -29,6 +29,10 @@ class SystemRun:
     prefill_tokens: int = 0
     cached_tokens: int = 0
     decode_tokens: int = 0
+    plan_s: float = 0.0  # consolidation + planning inside wall_s (halo only)
+    # halo only: per graph node [instances, first start, last end] in seconds from the first span, in
+    # start order; the llm nodes' chain is what bounds the run once distinct work is small
+    node_spans: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
     def from_result(cls, system: str, result: RunResult) -> SystemRun:
@@ -46,10 +50,24 @@ class SystemRun:
             s.prefill_tokens,
             s.cached_tokens,
             s.decode_tokens,
+            s.plan_s,
+            _node_spans(result),
         )
 
     def counters(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in ("outputs", "errors", "system")}
+
+
+def _node_spans(result: RunResult) -> dict[str, list[float]]:
+    if not result.timeline:
+        return {}
+    zero = min(span.start for span in result.timeline)
+    spans: dict[str, list[float]] = {}
+    for span in sorted(result.timeline, key=lambda s: s.start):
+        entry = spans.setdefault(f"{span.kind}:{span.node}", [0, span.start - zero, 0.0])
+        entry[0] += 1
+        entry[2] = max(entry[2], span.end - zero)
+    return {name: [int(n), round(a, 3), round(b, 3)] for name, (n, a, b) in spans.items()}
 
 
 class EngineCounters:

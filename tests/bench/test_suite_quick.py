@@ -51,8 +51,14 @@ def test_outputs_are_identical_to_serial_in_fp32_greedy(quick_result):
     assert [(m.workload, m.system) for m in result.measurements if m.row_errors] == []
 
 
+def _llm_node_ids(path: Path) -> set[str]:
+    from halo.spec import Workflow
+
+    return {n.id for n in Workflow.from_yaml(path).graph.nodes if n.kind == "llm"}
+
+
 def test_counters_are_sane(quick_result):
-    result, _ = quick_result
+    result, folder = quick_result
     by = {(m.workload, m.system): m.counters for m in result.measurements}
     for workload in WORKLOADS:
         serial, per_call, opwise, halo = (by[(workload, s)] for s in ("serial", "per-call", "opwise", "halo"))
@@ -66,6 +72,11 @@ def test_counters_are_sane(quick_result):
         for c in (serial, per_call, opwise, halo):
             assert c["prefill_tokens"] + c["cached_tokens"] >= c["prompt_tokens"] > 0
             assert c["wall_s"] > 0
+        # halo's timeline summary: every llm node of the workflow, spans inside the run's wall time
+        llm_spans = {k.split(":", 1)[1] for k in halo["node_spans"] if k.startswith("llm:")}
+        assert llm_spans and llm_spans <= _llm_node_ids(folder / "workloads" / f"{workload}.yaml")
+        for instances, start, end in halo["node_spans"].values():
+            assert instances >= 1 and 0 <= start <= end <= halo["wall_s"]
 
 
 def test_report_files_are_written(quick_result):
@@ -75,6 +86,7 @@ def test_report_files_are_written(quick_result):
     assert data["environment"]["cpu"]
     table = (folder / "results.md").read_text()
     assert all(w in table for w in WORKLOADS) and "Geometric mean" in table
+    assert "## Where halo's time goes" in table
     for name in ("wall_time.png", "savings.png"):
         assert (folder / name).read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in (folder / "workloads").glob("*.yaml")) == sorted(f"{w}.yaml" for w in WORKLOADS)
