@@ -3,12 +3,16 @@ driven at every offered rate in turn, then (fp32 only) their outputs checked aga
 
     .venv/bin/halo bench --online --workloads multi-agent-voting,multi-step-retrieval,multi-turn \\
         --rates 0.5,1,2,4,8 --duration 20
+
+Rows are distinct by default (`OnlineConfig.rows`, see `distinct_rows.py`): the generators' rows repeat
+heavily, and a comparison on them would mostly measure deduplication.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import platform
 import sys
 import time
@@ -38,6 +42,7 @@ class OnlineConfig:
     max_tokens: int | None = None
     api_latency_s: float = 0.1
     data_dir: Path | None = None
+    rows: str = "distinct"  # "distinct": few duplicate rows (bench/online/distinct_rows.py); "generator": as generated
 
 
 @dataclass
@@ -67,11 +72,18 @@ def run_online(config: OnlineConfig) -> OnlineResult:
     from bench.generators.workloads import rows as make_rows
     from bench.generators.workloads import stage
     from bench.online import report
+    from bench.online.distinct_rows import distinct_rows
 
     out = config.out or REPO / "bench" / "results" / (dt.date.today().isoformat() + "-online")
     out.mkdir(parents=True, exist_ok=True)
-    staged = stage(out / "workloads", config.workloads, config.data_dir or default_cache_dir() / "bench",
-                   scale_factor=config.scale_factor, seed=config.seed, max_tokens=config.max_tokens)
+    staged = stage(
+        out / "workloads",
+        config.workloads,
+        config.data_dir or default_cache_dir() / "bench",
+        scale_factor=config.scale_factor,
+        seed=config.seed,
+        max_tokens=config.max_tokens,
+    )
     result = OnlineResult(
         config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         environment={"cpu": cpu_capability(), "python": platform.python_version(), "started": _now()},
@@ -81,7 +93,13 @@ def run_online(config: OnlineConfig) -> OnlineResult:
         for workload in config.workloads:
             with halo.compile(staged[workload], dtype=config.dtype) as app:
                 result.environment.setdefault("engines", {})[workload] = app.engine().describe()
-                rows = make_rows(workload, most, config.seed, api.url)
+                if config.rows == "distinct":
+                    rows = distinct_rows(workload, most, config.seed, api.url)
+                else:
+                    rows = make_rows(workload, most, config.seed, api.url)
+                result.environment.setdefault("distinct_rows", {})[workload] = (
+                    f"{len({json.dumps(r, sort_keys=True) for r in rows})} of {len(rows)}"
+                )
                 app.run(make_rows(workload, 1, config.seed + 1, api.url))  # warm kernels, pages and connections
                 cells = asyncio.run(_sweep_workload(config, workload, app, rows))
                 result.cells += cells
@@ -104,20 +122,25 @@ async def _sweep_workload(config: OnlineConfig, workload: str, app: Any, rows: l
     cells: list[Cell] = []
     limits = httpx.Limits(max_connections=4096, max_keepalive_connections=512)
     timeout = httpx.Timeout(config.duration_s + config.drain_s + 60.0)
-    with LocalServer({workload: app}, app.engine()) as server, \
-            ToolRunner(app.workflow, cache=False, coalesce=False) as tools:
+    with (
+        LocalServer({workload: app}, app.engine()) as server,
+        ToolRunner(app.workflow, cache=False, coalesce=False) as tools,
+    ):
         async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=timeout) as client:
             targets = {"halo-serve": WorkflowTarget(client, workload), "per-call": PerCallTarget(client, app, tools)}
             for name in config.targets:
                 for rate in config.rates:
                     if not cells or cells[-1].result.lost == 0:  # nothing in flight: every cell starts cold
                         app.engine().reset_prefix_cache()
-                    measured = await drive(targets[name].send, rows, rate, config.duration_s, seed=config.seed,
-                                           drain_s=config.drain_s)
+                    measured = await drive(
+                        targets[name].send, rows, rate, config.duration_s, seed=config.seed, drain_s=config.drain_s
+                    )
                     cells.append(Cell(workload, name, measured))
-                    _log(f"{workload} {name} offered {rate:g}/s: sent {measured.sent}, completed {measured.completed}"
-                         f" ({measured.achieved_rate:.2f}/s), p50 {_ms(measured.percentile(50))}"
-                         f" p99 {_ms(measured.percentile(99))}, lost {measured.lost}, 5xx {measured.server_errors}")
+                    _log(
+                        f"{workload} {name} offered {rate:g}/s: sent {measured.sent}, completed {measured.completed}"
+                        f" ({measured.achieved_rate:.2f}/s), p50 {_ms(measured.percentile(50))}"
+                        f" p99 {_ms(measured.percentile(99))}, lost {measured.lost}, 5xx {measured.server_errors}"
+                    )
     return cells
 
 

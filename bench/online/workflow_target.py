@@ -33,7 +33,7 @@ class WorkflowTarget:
             if got.status_code != 200:
                 return QueryOutcome(None, got.text[:200], status=got.status_code, requests=requests)
             record = got.json()
-            if record["status"] in ("succeeded", "failed"):
+            if record["status"] in ("succeeded", "failed", "cancelled"):
                 break
         return QueryOutcome(record.get("output") or {}, _error_node(record.get("error")), requests=requests)
 

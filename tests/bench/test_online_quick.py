@@ -1,5 +1,6 @@
 """`halo bench --online` in miniature: one workload, two low rates, a few seconds each, against both targets;
-no query lost, no 5xx, outputs equal `app.run` in fp32, report files written."""
+no query lost, no 5xx, outputs equal `app.run` in fp32 (epochs overlapping, chat on the workflow's engine),
+distinct rows by default, report files written."""
 
 from __future__ import annotations
 
@@ -41,5 +42,7 @@ def test_online_sweep_loses_nothing_and_writes_its_report(tmp_path):
     folder = tmp_path / "results"
     data = json.loads((folder / "online.json").read_text())
     assert len(data["cells"]) == 4 and set(data["saturation"]["multi-agent-voting"]) == {*TARGETS, "ratio"}
+    distinct, total = data["environment"]["distinct_rows"]["multi-agent-voting"].split(" of ")
+    assert distinct == total  # rows with few duplicates: the ratio measures serving, not deduplication
     assert "Saturation throughput" in (folder / "online.md").read_text()
     assert (folder / "throughput.png").read_bytes()[:4] == b"\x89PNG"

@@ -29,7 +29,7 @@ def test_submits_within_the_window_share_one_epoch_and_size_closes_early():
     assert time.monotonic() - clock < 5
 
 
-def test_oldest_epoch_runs_first_across_workflows():
+def test_epochs_start_oldest_first_and_a_held_epoch_does_not_block_newer_ones():
     first, second = EchoApp(), EchoApp()
     first.gate.clear()
     order: list[str] = []
@@ -38,12 +38,34 @@ def test_oldest_epoch_runs_first_across_workflows():
         app.run = lambda rows, run=run, name=name: (order.append(name), run(rows))[1]
     batcher, store = _batcher({"a": first, "b": second}, epoch_s=0.01)
     batcher.start()
-    batcher.submit("a", store.create("a", [{"x": 0}]))
+    held = store.create("a", [{"x": 0}])
+    batcher.submit("a", held)
     time.sleep(0.1)  # a's epoch is running (held by the gate)
-    batcher.submit("b", store.create("b", [{"x": 1}]))
+    passing = store.create("b", [{"x": 1}])
+    batcher.submit("b", passing)
     time.sleep(0.05)
     batcher.submit("a", store.create("a", [{"x": 2}]))
-    time.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while not passing[0].done and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert passing[0].status == "succeeded" and not held[0].done  # b overlapped a's epoch
     first.gate.set()
     assert batcher.close(10)
     assert order == ["a", "b", "a"]
+
+
+def test_close_past_its_timeout_cancels_what_never_ended():
+    echo = EchoApp()
+    echo.gate.clear()
+    batcher, store = _batcher({"echo": echo}, epoch_s=0.01)
+    batcher.max_active = 1
+    batcher.start()
+    running = store.create("echo", [{"x": 0}])
+    batcher.submit("echo", running)
+    time.sleep(0.1)
+    waiting = store.create("echo", [{"x": 1}])
+    batcher.submit("echo", waiting)
+    assert batcher.close(0.2) is False
+    batcher.cancel_unstarted(join_s=0.1)
+    assert waiting[0].status == "cancelled" and "shutting down" in waiting[0].error["message"]
+    echo.gate.set()

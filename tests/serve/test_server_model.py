@@ -41,14 +41,15 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 @pytest.fixture(scope="module")
 def model_server(checkpoint, tmp_path_factory):
     import halo
-    from halo.engine import LLMEngine
     from halo.serve import ServeConfig, create_app
 
     path = tmp_path_factory.mktemp("serve") / "mini.yaml"
     path.write_text(MINI_YAML)
-    apps = {"mini": halo.compile(path, dtype="fp32"),
-            "invoice-audit": halo.compile(REPO / "examples" / "invoice_audit.yaml", dtype="fp32")}
-    engine = LLMEngine(model=checkpoint, dtype="fp32")
+    apps = {
+        "mini": halo.compile(path, dtype="fp32"),
+        "invoice-audit": halo.compile(REPO / "examples" / "invoice_audit.yaml", dtype="fp32"),
+    }
+    engine = apps["mini"].engine()  # chat shares the workflow's engine (one engine, stepped by the session)
     server = start_server(create_app(apps, engine, ServeConfig(epoch_ms=30), shutdown_timeout_s=60))
     yield server
     server.stop()
@@ -77,17 +78,25 @@ def test_openai_client_chat_completions_equal_engine_generate(model_server, refe
     assert done.usage.prompt_tokens == expected.prompt_tokens
     assert done.usage.completion_tokens == len(expected.token_ids)
 
-    stream = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=8, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="smollm2-135m",
+        messages=QUESTION,
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == expected.text
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
-        expected.finish_reason]
+        expected.finish_reason
+    ]
     assert chunks[-1].usage.completion_tokens == len(expected.token_ids)
 
-    stopped = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=8, temperature=0,
-                                             stop=[" France"])
+    stopped = client.chat.completions.create(
+        model="smollm2-135m", messages=QUESTION, max_tokens=8, temperature=0, stop=[" France"]
+    )
     want = reference.generate([QUESTION], SamplingParams(max_tokens=8, stop=(" France",)))[0]
     assert stopped.choices[0].message.content == want.text and stopped.choices[0].finish_reason == "stop"
 
@@ -133,9 +142,15 @@ def test_fifty_concurrent_clients_lose_nothing(model_server):
             n = 0
             while time.monotonic() < stop:
                 if (k + n) % 2:
-                    r = c.post("/v1/chat/completions", json={
-                        "model": "smollm2-135m", "max_tokens": 2, "temperature": 0,
-                        "messages": [{"role": "user", "content": f"Say {k}"}]})
+                    r = c.post(
+                        "/v1/chat/completions",
+                        json={
+                            "model": "smollm2-135m",
+                            "max_tokens": 2,
+                            "temperature": 0,
+                            "messages": [{"role": "user", "content": f"Say {k}"}],
+                        },
+                    )
                     ok = r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None
                     kind = "chat"
                 else:
@@ -159,3 +174,27 @@ def test_fifty_concurrent_clients_lose_nothing(model_server):
     assert {kind for kind, _ in answers} == {"chat", "run"}
     assert all(model_server.state.store.get(i).status == "succeeded" for i in runs)
     assert model_server.state.admission.depth == 0
+
+
+def test_chat_shares_the_workflow_engine_while_an_epoch_runs(model_server, reference):
+    from halo.engine import LLMEngine, SamplingParams
+    from halo.serve.session_chat import SessionChatLoop
+
+    state = model_server.state
+    mini = state.apps["mini"]
+    assert isinstance(state.loop, SessionChatLoop) and state.loop.engine is mini.engine()
+    held = [e for app in state.apps.values() for w in app.workers for e in w.engines.engines.values()]
+    assert len(held) == len(state.apps) and all(isinstance(e, LLMEngine) for e in held)  # chat added none
+
+    rows = [{"topic": t} for t in ("bird", "tree", "city", "fish", "song", "tool")]
+    expected = reference.generate([QUESTION], SamplingParams(max_tokens=12, temperature=0.0))[0]
+    with httpx.Client(base_url=model_server.url, timeout=120) as c:
+        ids = c.post("/v1/workflows/mini/runs", json=rows).json()["ids"]
+        time.sleep(0.1)  # the epoch is running when the chat request arrives
+        chat = c.post(
+            "/v1/chat/completions",
+            json={"model": "smollm2-135m", "messages": QUESTION, "max_tokens": 12, "temperature": 0},
+        ).json()
+        got = [c.get(f"/v1/runs/{i}", params={"wait": "true"}).json() for i in ids]
+    assert chat["choices"][0]["message"]["content"] == expected.text
+    assert [g["output"] for g in got] == mini.run(rows).outputs

@@ -2,8 +2,10 @@
 
 `compile` validates the workflow, starts the workers and loads the models they will run, and binds
 databases and tools. `run` consolidates the batch, plans it (epoch DP, greedy, or the serial
-baseline), emits the execution graph and hands it to the Processor; the result has one output dict
-per input row in input order, the per-row errors, and the run's counters.
+baseline) from the workers' current state (the models resident on each), emits the execution graph
+and hands it to the Processor; the result has one output dict per input row in input order, the
+per-row errors, and the run's counters. An app `attach`ed to an `OnlineSession` runs its batches on
+the session's loop thread, beside other runs in flight (planning stays on the calling thread).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from halo.plan.search import ExecutionPlan, plan_dp, plan_greedy
 from halo.runtime import journal as journal_io
 from halo.runtime.batch import split_valid, to_rows
 from halo.runtime.llm_worker import EngineSet, LocalWorker, RayWorker, engine_factory
+from halo.runtime.online_session import OnlineSession
 from halo.runtime.processor import Processor, Progress
 from halo.runtime.results import EpochTiming, RowError, RunResult, RunStats, Span
 from halo.runtime.serial import run_serial
@@ -129,6 +132,7 @@ class CompiledWorkflow:
         with self._new_tools() as tools:  # bind databases and functions now: a broken one fails compile
             tools.open_databases()
         self._workers: list[Any] = []
+        self._session: OnlineSession | None = None  # where runs execute when attached (else: the caller)
         self._curves: dict[str, LatencyCurves] = {}
         self._tokenizers: dict[str, Any] = {}
         self.warnings: list[str] = []
@@ -170,6 +174,7 @@ class CompiledWorkflow:
         and `resume=True` skips what an earlier (interrupted) run with the same journal finished.
         `plan` overrides the compiled planner for this run (e.g. "serial" for a baseline)."""
         clock = time.perf_counter()
+        arrived = time.monotonic()  # the run's age on a shared session: older runs are served first
         mode = plan or self.plan_mode
         if mode not in ("dp", "greedy", "serial") or (mode == "serial" and self.num_workers != 1):
             raise InvalidRequestError(f"plan {mode!r} is not available here (dp, greedy; serial on one worker)")
@@ -178,7 +183,7 @@ class CompiledWorkflow:
         if mode == "serial":
             outcome, timeline = self._run_serial(context, stats)
         else:
-            outcome, timeline = self._run_planned(context, stats, journal, resume, on_progress)
+            outcome, timeline = self._run_planned(context, stats, journal, resume, on_progress, arrived)
         outputs: list[dict[str, Any]] = [dict.fromkeys(b.name for b in self.graph.outputs) for _ in context.rows]
         errors = list(context.input_errors)
         for local, original in enumerate(context.valid):
@@ -193,6 +198,18 @@ class CompiledWorkflow:
         for span in timeline:
             stats.seconds_by_kind[span.kind] = stats.seconds_by_kind.get(span.kind, 0.0) + span.end - span.start
         return RunResult(outputs, errors, stats, timeline)
+
+    def attach(self, session: OnlineSession) -> None:
+        """Run every later batch on `session`'s loop (with other runs in flight); one worker in-process
+        or Ray workers alike. `detach` goes back to running on the caller's thread."""
+        self._session = session
+
+    def detach(self) -> None:
+        self._session = None
+
+    @property
+    def workers(self) -> list[Any]:
+        return list(self._workers)
 
     def engine(self, model: str | None = None) -> LLMEngine:
         """The loaded engine of `model` (default: the workflow's first model) on a one-worker app, for
@@ -244,18 +261,26 @@ class CompiledWorkflow:
                 tool_cost_s=self._tool_cost_s,
                 output_history=self.output_history,
             )
-            if self.model_sources and problem.tasks:
-                # compile() loaded the first model on every worker: the plan starts from there.
-                first = self.model_sources[0]
-                if first in problem.model_load_s:
-                    problem = replace(
-                        problem,
-                        resident={w.id: first for w in problem.workers},
-                        per_call_s=problem.per_call_s - problem.model_load_s[first],
-                    )
+            resident = self._resident_models(problem)
+            if resident:  # the plan starts from the models the workers hold now (in flight or idle)
+                loaded = sum(problem.model_load_s[m] for m in set(resident.values()))
+                problem = replace(problem, resident=resident, per_call_s=problem.per_call_s - loaded)
             chosen = plan_greedy(problem) if mode == "greedy" else plan_dp(problem, time_limit_s=1.0)
             kv_parents = {t.id: t.kv_parent for t in problem.tasks if t.kv_parent is not None}
         return _RunContext(rows, valid, input_errors, graph, chosen, time.perf_counter() - clock, kv_parents)
+
+    def _resident_models(self, problem: Any) -> dict[str, str]:
+        """Plan worker id -> the model it holds now, for the models this problem runs (the worker's
+        most recently used one: in an online session, the model its in-flight runs are decoding)."""
+        needed = set(problem.model_load_s)
+        resident: dict[str, str] = {}
+        if not problem.tasks:
+            return resident
+        for plan_worker, worker in zip(problem.workers, self._workers, strict=False):
+            held = [m for m in worker.resident_models() if m in needed]
+            if held:
+                resident[plan_worker.id] = held[-1]
+        return resident
 
     def _new_tools(self, *, cache: bool = True, coalesce: bool = True) -> ToolRunner:
         """A tool runner for one run: its result cache and coalescing never outlive the run."""
@@ -300,6 +325,7 @@ class CompiledWorkflow:
         journal: str | os.PathLike[str] | None,
         resume: bool,
         on_progress: Callable[[Progress], None] | None,
+        arrived: float,
     ) -> tuple[Any, list[Span]]:
         graph, plan = context.graph, context.plan
         assert graph is not None and plan is not None
@@ -311,7 +337,7 @@ class CompiledWorkflow:
             if resume and path.exists():
                 state = journal_io.load(path, print_)
             writer = journal_io.JournalWriter(path, print_, fresh=not (resume and path.exists()))
-        before = [w.stats() for w in self._workers]
+        before = [w.stats() for w in self._workers] if self._session is None else []
         tools = self._new_tools()
         try:
             processor = Processor(
@@ -325,19 +351,26 @@ class CompiledWorkflow:
                 resume=state,
                 on_progress=on_progress,
             )
-            outcome = processor.run()
+            session = self._session
+            outcome = session.execute(processor, arrived) if session is not None else processor.run()
         finally:
             tools.close()
             if writer is not None:
                 writer.close()
             self._save_tool_costs()
-        for b, a in zip(before, [w.stats() for w in self._workers], strict=True):
-            _add_token_deltas(stats, b, a)
+        if self._session is None:
+            for b, a in zip(before, [w.stats() for w in self._workers], strict=True):
+                _add_token_deltas(stats, b, a)
+        else:  # other runs share the engines: count this run's own requests (joined ones cost nothing)
+            stats.prompt_tokens = outcome.prompt_tokens
+            stats.cached_tokens = outcome.cached_tokens
+            stats.prefill_tokens = outcome.prompt_tokens - outcome.cached_tokens
+            stats.decode_tokens = outcome.generated_tokens
         tool_stats = tools.stats
         llm_nodes = [n for n in self.graph.nodes if n.kind == "llm"]
         stats.llm_calls_logical = len(context.valid) * len(llm_nodes)
         stats.llm_calls_executed = outcome.llm_executed
-        stats.llm_calls_coalesced = outcome.llm_coalesced
+        stats.llm_calls_coalesced = outcome.llm_coalesced + outcome.llm_joined
         stats.tool_calls_logical = len(context.valid) * (len(self.graph.nodes) - len(llm_nodes))
         stats.tool_calls_executed = tool_stats.executed
         stats.tool_calls_coalesced = tool_stats.coalesced

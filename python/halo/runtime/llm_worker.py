@@ -4,8 +4,12 @@ Both kinds take `LLMJob`s and hand back `LLMDone`s through the same three calls,
 drives them alike: `submit(jobs)` (returns jobs that failed validation at once, e.g. a prompt over
 the context window), `poll()` (advances the work a little and returns what finished) and
 `inflight`. A local worker advances by one engine step per poll, so new requests join the running
-batch between steps (continuous batching across nodes). A Ray worker runs whole batches in its
-actor; the next batch starts as soon as the previous one returns.
+batch between steps (continuous batching across nodes, and across runs: a job's `owner` says which
+run it belongs to, so several runs share one worker and each gets its own completions back). A
+local worker also takes *guest* requests (`add_guest`): engine requests added by whoever owns the
+worker's thread (the server's chat completions), stepped in the same batches, finished through a
+callback. A Ray worker runs whole batches in its actor; the next batch starts as soon as the
+previous one returns.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from halo.engine import EngineStats, LLMEngine, SamplingParams
+from halo.engine import EngineStats, GenerationResult, LLMEngine, SamplingParams
 from halo.engine.kv_prefix import KVPrefix
 from halo.errors import HaloError
 
@@ -28,6 +32,7 @@ class LLMJob:
     model: str  # model source
     prompt: list[dict[str, str]]  # chat messages
     params: SamplingParams
+    owner: int = 0  # the run this job belongs to (request ids and completions are namespaced by it)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,10 @@ class LLMDone:
     generated_tokens: int = 0
     start: float = 0.0  # perf_counter of submission and of completion (this process's clock)
     end: float = 0.0
+    owner: int = 0
+
+
+GuestDone = Callable[[GenerationResult | None, str | None], None]  # (result, error message)
 
 
 @dataclass
@@ -80,18 +89,26 @@ class EngineSet:
 
 
 class LocalWorker:
-    """A worker whose engines run in this process, one engine step per `poll`."""
+    """A worker whose engines run in this process, one engine step per `poll`.
+
+    Only one thread may call into a worker (and so step its engines): the one running its runs.
+    """
 
     def __init__(self, index: int, engines: EngineSet) -> None:
         self.index = index
         self.engines = engines
         self._waiting: list[LLMJob] = []  # jobs whose model has no room yet
         self._running: dict[str, tuple[LLMJob, float]] = {}  # request id -> job, submit time
+        self._guests: dict[str, tuple[str, GuestDone]] = {}  # request id -> model, completion callback
         self._by_model: dict[str, int] = {}
 
     @property
     def inflight(self) -> int:
-        return len(self._running) + len(self._waiting)
+        return len(self._running) + len(self._waiting) + len(self._guests)
+
+    def resident_models(self) -> list[str]:
+        """The models loaded here, least recently used first (the last is the one running now)."""
+        return list(self.engines.engines)
 
     def preload(self, model: str) -> None:
         self.engines.get(model, self._busy)
@@ -106,6 +123,36 @@ class LocalWorker:
             if done is not None:
                 failed.append(done)
         return failed
+
+    def cancel(self, owner: int) -> int:
+        """Abort every job of run `owner` here (its completions will never come); the number aborted."""
+        self._waiting = [j for j in self._waiting if j.owner != owner]
+        aborted = 0
+        for request_id, (job, _) in list(self._running.items()):
+            if job.owner == owner:
+                self._drop(request_id, job.model)
+                aborted += 1
+        return aborted
+
+    def add_guest(
+        self, model: str, prompt: list[int], params: SamplingParams, request_id: str, on_done: GuestDone
+    ) -> None:
+        """Add an engine request that belongs to no run; `on_done` gets its result (or error) from `poll`.
+        Raises what `add_request` raises (too long a prompt, a full pool) or HaloError if no room."""
+        engine = self.engines.get(model, self._busy)
+        if engine is None:
+            raise HaloError(f"worker {self.index} has no room to load model {model!r} now")
+        engine.add_request(prompt, params, request_id=request_id)
+        self._guests[request_id] = (model, on_done)
+        self._by_model[model] = self._by_model.get(model, 0) + 1
+
+    def abort_guest(self, request_id: str) -> None:
+        guest = self._guests.pop(request_id, None)
+        if guest is not None:
+            engine = self.engines.engines.get(guest[0])
+            if engine is not None:
+                engine.abort(request_id)
+            self._by_model[guest[0]] -= 1
 
     def poll(self) -> list[LLMDone]:
         if self._waiting:
@@ -123,8 +170,12 @@ class LocalWorker:
                 finished.extend(self._fail_model(model, engine, str(exc)))
                 continue
             for result in results:
-                job, start = self._running.pop(result.request_id)
                 self._by_model[model] -= 1
+                guest = self._guests.pop(result.request_id, None)
+                if guest is not None:
+                    guest[1](result, None)
+                    continue
+                job, start = self._running.pop(result.request_id)
                 finished.append(
                     LLMDone(
                         job.pid,
@@ -136,12 +187,20 @@ class LocalWorker:
                         len(result.token_ids),
                         start,
                         time.perf_counter(),
+                        job.owner,
                     )
                 )
         return finished
 
     def stats(self) -> EngineStats:
         return self.engines.stats()
+
+    def _drop(self, request_id: str, model: str) -> None:
+        engine = self.engines.engines.get(model)
+        if engine is not None:
+            engine.abort(request_id)
+        del self._running[request_id]
+        self._by_model[model] -= 1
 
     def _fail_model(self, model: str, engine: LLMEngine, message: str) -> list[LLMDone]:
         """Abort every request of `model` here and report each as failed with `message`."""
@@ -150,7 +209,14 @@ class LocalWorker:
             if job.model == model:
                 engine.abort(request_id)
                 del self._running[request_id]
-                failed.append(LLMDone(job.pid, self.index, None, message, start=start, end=time.perf_counter()))
+                failed.append(
+                    LLMDone(job.pid, self.index, None, message, start=start, end=time.perf_counter(), owner=job.owner)
+                )
+        for request_id, (guest_model, on_done) in list(self._guests.items()):
+            if guest_model == model:
+                engine.abort(request_id)
+                del self._guests[request_id]
+                on_done(None, message)
         self._by_model[model] = 0
         return failed
 
@@ -178,15 +244,15 @@ class LocalWorker:
         try:
             engine = self.engines.get(job.model, self._busy)
         except HaloError as exc:
-            return LLMDone(job.pid, self.index, None, str(exc), start=start, end=time.perf_counter())
+            return LLMDone(job.pid, self.index, None, str(exc), start=start, end=time.perf_counter(), owner=job.owner)
         if engine is None:
             self._waiting.append(job)
             return None
-        request_id = f"p{job.pid}"
+        request_id = f"p{job.owner}-{job.pid}"
         try:
             engine.add_request(job.prompt, job.params, request_id=request_id)
         except HaloError as exc:
-            return LLMDone(job.pid, self.index, None, str(exc), start=start, end=time.perf_counter())
+            return LLMDone(job.pid, self.index, None, str(exc), start=start, end=time.perf_counter(), owner=job.owner)
         self._running[request_id] = (job, start)
         self._by_model[job.model] = self._by_model.get(job.model, 0) + 1
         return None
@@ -249,13 +315,25 @@ class RayWorker:
         self._call_jobs = 0
         self._call_start = 0.0
         self._imports: list[Any] = []  # ObjectRefs of KV imports in flight
-        self._requested: set[str] = set()  # models asked to load here (resident unless evicted)
+        self._requested: dict[str, None] = {}  # models asked to load here, in order (resident unless evicted)
         self.preloads = 0
         self._moved = 0
+        self._cancelled: set[int] = set()  # runs whose completions are dropped (see `cancel`)
 
     @property
     def inflight(self) -> int:
         return len(self._pending) + self._call_jobs
+
+    def resident_models(self) -> list[str]:
+        """The models asked to load in the actor, in the order asked (the actor may have evicted some)."""
+        return list(self._requested)
+
+    def cancel(self, owner: int) -> int:
+        """Drop run `owner`'s jobs not sent yet; those inside the running batch finish and are discarded."""
+        before = len(self._pending)
+        self._pending = [j for j in self._pending if j.owner != owner]
+        self._cancelled.add(owner)
+        return before - len(self._pending)
 
     def preload(self, model: str) -> None:
         import ray
@@ -269,7 +347,7 @@ class RayWorker:
         Returns the load's ObjectRef, or None when it was asked for already."""
         if model in self._requested:
             return None
-        self._requested.add(model)
+        self._requested[model] = None
         self.preloads += 1
         return self._actor.preload.remote(model)
 
@@ -303,8 +381,10 @@ class RayWorker:
                 d.generated_tokens,
                 base + offset,
                 end,
+                d.owner,
             )
             for d, offset in results
+            if d.owner not in self._cancelled
         ]
 
     def stats(self) -> EngineStats:

@@ -1,7 +1,8 @@
 """The Processor: executes one consolidated batch under its plan, over LLM workers and the tool pool.
 
 The native scheduler core (`halo._core.SchedulerCore`) holds the readiness of every physical node;
-this loop only executes what the core hands out and reports completions back:
+the Processor only executes what the core hands out and reports completions back. The loop that
+drives it lives in `run_loop.py` (one loop may drive several Processors over the same workers):
 
     loop until the core is finished:
         hand ready tool nodes to the tool pool (they run on threads, overlapping model work)
@@ -11,8 +12,10 @@ this loop only executes what the core hands out and reports completions back:
 
 Nothing waits for an epoch to end: a node is handed out as soon as its inputs exist, in plan order
 within its queue (no global barrier). Equal pure llm requests discovered at run time (deferred
-prompts that render the same) run once. A failing node follows its `on_error` policy; under
-`fail_row` the core cancels everything downstream of it, and each affected row records the error.
+prompts that render the same) run once; through a shared `RequestBoard`, so do equal requests of
+different Processors on one loop (a later run joins the earlier run's request in flight). A failing
+node follows its `on_error` policy; under `fail_row` the core cancels everything downstream of it,
+and each affected row records the error.
 Every finished physical node and row is journaled as soon as it exists (see `journal.py`).
 """
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,6 +45,7 @@ from halo.runtime.node_io import (
     row_outputs,
     sampling_params,
 )
+from halo.runtime.request_board import RequestBoard
 from halo.runtime.results import RowError, Span
 from halo.spec.graph import GraphNode
 
@@ -57,6 +61,8 @@ class Worker(Protocol):
     def poll(self) -> list[LLMDone]: ...
 
     def pull_prefix(self, source: Any, model: str, prompt: list[dict[str, str]]) -> None: ...
+
+    def cancel(self, owner: int) -> int: ...
 
     def preload_async(self, model: str) -> Any: ...  # noqa: ANN401 - a Ray ObjectRef or None
 
@@ -85,12 +91,19 @@ class ProcessorOutcome:
     skipped: int = 0
     resumed_rows: set[int] = field(default_factory=set)
     calls_by_worker: dict[int, int] = field(default_factory=dict)
+    llm_joined: int = 0  # pure llm requests that joined an equal one of another run in flight
+    prompt_tokens: int = 0  # of the requests this run executed (not joined ones), as the engines counted
+    cached_tokens: int = 0
     kv_moves: int = 0  # prefixes pulled from another worker before a request
     output_tokens: dict[str, tuple[int, int]] = field(default_factory=dict)  # llm node -> (tokens, calls)
 
 
 class Processor:
-    """Runs one consolidated batch; `run()` returns outputs, errors and the timeline."""
+    """Runs one consolidated batch; `run()` returns outputs, errors and the timeline.
+
+    A `RunLoop` drives it through `dispatch` / `llm_finished` / `collect_tools`; `run()` is a loop
+    with this Processor alone. `owner` namespaces its jobs on shared workers (the loop assigns it).
+    """
 
     def __init__(
         self,
@@ -129,8 +142,11 @@ class Processor:
         self.attempts = [0] * n
         self.start_time: dict[int, float] = {}
         self.tool_futures: dict[Future, int] = {}
-        self.llm_followers: dict[tuple, list[int]] = {}  # request key -> pids waiting on the same request
+        self.owner = 0
+        self.board = RequestBoard()  # pure requests in flight (the loop shares one board between runs)
+        self.pool = tuple(id(w) for w in self.workers)  # equal requests are joined only on the same workers
         self.llm_key: dict[int, tuple] = {}
+        self.error: BaseException | None = None  # what stopped this run, when it did not finish
         self.row_left = [len(self.wf.nodes)] * graph.rows
         self.node_left = {node.id: 0 for node in self.wf.nodes}  # unsettled physical nodes per graph node
         for node_id in graph.physical.node:
@@ -147,49 +163,66 @@ class Processor:
         if resume is not None:
             self._restore(resume)
 
-    # -- the loop ---------------------------------------------------------------------------------
+    # -- the loop's protocol ------------------------------------------------------------------------
 
     def run(self) -> ProcessorOutcome:
-        core = self.core
-        tool_queue = self.execution.tool_queue
-        while not core.finished:
-            self._dispatch_tools(core.pop(tool_queue))
-            for worker in self.workers:
-                room = self.max_inflight - worker.inflight
-                if room > 0 and core.ready_count(worker.index):
-                    self._dispatch_llm(worker, core.pop(worker.index, room))
-            stepped = False
-            for worker in self.workers:
-                if worker.inflight == 0 and not core.ready_count(worker.index):
-                    self._preload_next(worker)
-                busy = worker.inflight > 0
-                for done in worker.poll():
-                    self._llm_finished(done)
-                stepped |= busy
-            finished = [f for f in self.tool_futures if f.done()]
-            for future in finished:
-                self._tool_finished(future)
-            if not stepped and not finished and not core.finished:
-                self._idle_wait()
-            self._report_progress()
-        self._report_progress(force=True)
+        """Run this batch alone to the end on the calling thread."""
+        from halo.runtime.run_loop import RunLoop
+
+        loop = RunLoop(isolate=False)
+        loop.add(self)
+        while loop.active:
+            loop.step()
         return self.out
+
+    @property
+    def finished(self) -> bool:
+        return self.core.finished
+
+    def dispatch(self) -> None:
+        """Hand out what is ready: tool nodes to the pool, llm nodes to their worker while it has room."""
+        core = self.core
+        self._dispatch_tools(core.pop(self.execution.tool_queue))
+        for worker in self.workers:
+            room = self.max_inflight - worker.inflight
+            if room > 0 and core.ready_count(worker.index):
+                self._dispatch_llm(worker, core.pop(worker.index, room))
+            if worker.inflight == 0 and not core.ready_count(worker.index):
+                self._preload_next(worker)
+
+    def collect_tools(self) -> bool:
+        """Settle finished tool calls; True if any finished."""
+        finished = [f for f in self.tool_futures if f.done()]
+        for future in finished:
+            self._tool_finished(future)
+        return bool(finished)
+
+    def has_ready(self) -> bool:
+        return any(self.core.ready_count(q) for q in range(self.core.num_queues))
+
+    def check_stalled(self) -> None:
+        """Raise if nothing is ready, running or on the tool pool while nodes are left (a cycle?)."""
+        if not self.core.finished and self.core.running == 0 and not self.tool_futures and not self.has_ready():
+            raise RuntimeError(f"scheduler stalled: {self.core.remaining} nodes left, none ready or running (a cycle?)")
+
+    def cancel(self) -> None:
+        """Stop this run where it is: its jobs leave the workers, its tool calls are forgotten."""
+        for worker in self.workers:
+            worker.cancel(self.owner)
+        self.llm_key.clear()
+        for processor, pid in self.board.leave(self):  # others waited on our requests: they run their own
+            processor.resubmit(pid)
+        self.tool_futures.clear()
+
+    def resubmit(self, pid: int) -> None:
+        """Submit an llm node again whose request was led by a cancelled run."""
+        self._retry(pid, self.wf.node(self.graph.physical.node[pid]))
 
     def _preload_next(self, worker: Worker) -> None:
         for node_id, model in self.planned.get(worker.index, ()):
             if self.node_left[node_id] > 0:
                 worker.preload_async(model)
                 return
-
-    def _idle_wait(self) -> None:
-        if any(self.core.ready_count(q) for q in range(self.core.num_queues)):
-            return
-        if self.tool_futures:
-            wait(list(self.tool_futures), timeout=0.005, return_when=FIRST_COMPLETED)
-        elif self.core.running == 0:
-            raise RuntimeError(f"scheduler stalled: {self.core.remaining} nodes left, none ready or running (a cycle?)")
-        else:
-            time.sleep(0.001)  # remote workers are computing
 
     # -- handing out work ---------------------------------------------------------------------------
 
@@ -244,46 +277,54 @@ class Processor:
             params = sampling_params(node)
             model = self.wf.model_source(node) or ""
             if node.pure:
-                key = (model, json.dumps(prompt), params)
-                waiting = self.llm_followers.get(key)
-                if waiting is not None:  # the same request is already running: share its result
-                    waiting.append(pid)
-                    self.out.llm_coalesced += 1
+                key = (self.pool, model, json.dumps(prompt), params)
+                leader = self.board.join(key, self, pid)
+                if leader is not None:  # the same request is already running: share its result
+                    if leader is self:
+                        self.out.llm_coalesced += 1
+                    else:
+                        self.out.llm_joined += 1
                     continue
-                self.llm_followers[key] = []
                 self.llm_key[pid] = key
             source = self.execution.kv_source.get(node.id)
             if source is not None and source != worker.index:
                 worker.pull_prefix(self.workers[source], model, prompt)
                 self.out.kv_moves += 1
-            jobs.append(LLMJob(pid, model, prompt, params))
+            jobs.append(LLMJob(pid, model, prompt, params, self.owner))
         self.out.llm_executed += len(jobs)
         self.out.calls_by_worker[worker.index] = self.out.calls_by_worker.get(worker.index, 0) + len(jobs)
         for done in worker.submit(jobs):
-            self._llm_finished(done)
+            self.llm_finished(done)
 
     # -- completions --------------------------------------------------------------------------------
 
-    def _llm_finished(self, done: LLMDone) -> None:
+    def llm_finished(self, done: LLMDone) -> None:
+        """A request this Processor submitted finished: settle it and every request that joined it."""
         key = self.llm_key.pop(done.pid, None)
-        followers = self.llm_followers.pop(key, []) if key is not None else []
+        followers = self.board.finish(key) if key is not None else []
         self.out.generated_tokens += done.generated_tokens
+        self.out.prompt_tokens += done.prompt_tokens
+        self.out.cached_tokens += done.cached_tokens
         if done.error is None:
             node_id = self.graph.physical.node[done.pid]
             tokens, calls = self.out.output_tokens.get(node_id, (0, 0))
             self.out.output_tokens[node_id] = (tokens + done.generated_tokens, calls + 1)
-        for pid in (done.pid, *followers):
-            node = self.wf.node(self.graph.physical.node[pid])
-            self._span(pid, node, done.worker, done.end, done.error is None)
-            if done.error is not None:
-                self._failed_attempt(pid, node, done.error)
-                continue
-            try:
-                result = llm_result(node, done.text or "")
-            except ValueError as exc:
-                self._failed_attempt(pid, node, str(exc))
-                continue
-            self._finish(pid, result)
+        self._settle_llm(done.pid, done)
+        for processor, pid in followers:
+            processor._settle_llm(pid, done)
+
+    def _settle_llm(self, pid: int, done: LLMDone) -> None:
+        node = self.wf.node(self.graph.physical.node[pid])
+        self._span(pid, node, done.worker, done.end, done.error is None)
+        if done.error is not None:
+            self._failed_attempt(pid, node, done.error)
+            return
+        try:
+            result = llm_result(node, done.text or "")
+        except ValueError as exc:
+            self._failed_attempt(pid, node, str(exc))
+            return
+        self._finish(pid, result)
 
     def _tool_finished(self, future: Future) -> None:
         pid = self.tool_futures.pop(future)
@@ -390,7 +431,7 @@ class Processor:
             if self.row_left[row] == 0 and row not in done_rows:
                 self._row_done(row)
 
-    def _report_progress(self, force: bool = False) -> None:
+    def report_progress(self, force: bool = False) -> None:
         if self.on_progress is None:
             return
         now = time.perf_counter()

@@ -1,14 +1,25 @@
 """`create_app`: the FastAPI app over compiled workflows and a chat engine, with its background threads.
 
 The app does not own the workflows or the engine (whoever compiled them closes them); it owns the
-epoch runner and the engine loop, started with the app and drained when it shuts down: buffered
-epochs and chat requests in flight finish before the threads stop.
+threads that run them, started with the app: one `OnlineSession` that every compiled workflow is
+attached to while the app runs (its loop thread steps all their engines, epochs overlapping), the
+epoch batcher, and the chat loop. When the chat engine *is* a workflow's engine (the same object),
+chat requests ride the session's loop (`SessionChatLoop`): one engine in memory, one thread stepping
+it; otherwise a separate `EngineLoop` owns the chat engine.
+
+Shutdown (`ServeState.begin_shutdown`, called on SIGTERM or when the lifespan ends): no new work;
+epochs and chat requests in flight get `shutdown_timeout_s` to finish; then the runs still in flight
+are cancelled and every row not finished ends as `cancelled` (with a journal folder, those rows stay
+unfinished in the journal and a server restarted on it runs them again under the same ids).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +29,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from halo.runtime.llm_worker import LocalWorker
+from halo.runtime.online_session import OnlineSession
 from halo.serve.api_errors import ApiError, error_response
 from halo.serve.config import ServeConfig
 from halo.serve.engine_loop import EngineLoop
@@ -25,7 +38,9 @@ from halo.serve.epoch_batcher import EpochBatcher
 from halo.serve.metrics import LatencyMiddleware, Metrics
 from halo.serve.openai_routes import router as openai_router
 from halo.serve.protection import AdmissionQueue, ProtectionMiddleware
-from halo.serve.run_store import RunStore
+from halo.serve.run_journal import RunJournal
+from halo.serve.run_store import RunRecord, RunStore
+from halo.serve.session_chat import SessionChatLoop
 from halo.serve.workflow_routes import router as workflow_router
 
 
@@ -43,6 +58,8 @@ class ServeState:
     metrics: Metrics
     created: int
     shutdown_timeout_s: float | None = None
+    session: OnlineSession | None = None
+    begin_shutdown: Any = None  # () -> None: start draining now (idempotent); see the module doc
 
 
 def create_app(
@@ -57,17 +74,52 @@ def create_app(
     on it as model `model_name`."""
     config = config or ServeConfig()
     metrics = Metrics()
-    store = RunStore(config.max_finished_runs)
+    journal = RunJournal(config.journal_dir) if config.journal_dir else None
+    store = RunStore(config.max_finished_runs, journal)
+    resumed = _restore(store, journal, config)
     admission = AdmissionQueue(config.queue_limit)
-    batcher = EpochBatcher(workflows, store, metrics, epoch_s=config.epoch_ms / 1000.0,
-                           epoch_rows=config.epoch_rows, on_finished=admission.release)
-    loop = None
+    cancel_message = "cancelled: the server is shutting down" + (
+        "; a server restarted with the same journal runs it again" if journal is not None else ""
+    )
+    batcher = EpochBatcher(
+        workflows,
+        store,
+        metrics,
+        epoch_s=config.epoch_ms / 1000.0,
+        epoch_rows=config.epoch_rows,
+        max_active=config.max_active_epochs,
+        on_finished=admission.release,
+        cancel_message=cancel_message,
+        resumable=journal is not None,
+    )
+    attachable = [a for a in workflows.values() if hasattr(a, "attach")]
+    session = OnlineSession() if attachable else None
+    loop: EngineLoop | None = None
     if engine is not None:
-        loop = EngineLoop(engine, default_max_tokens=config.default_max_tokens,
-                          on_done=lambda job, r: metrics.observe_chat(len(r.token_ids), r.prompt_tokens,
-                                                                      r.cached_tokens))
-    state = ServeState(config, dict(workflows), [model_name] if engine is not None else [], loop, batcher, store,
-                       admission, metrics, int(time.time()), shutdown_timeout_s)
+
+        def on_chat_done(job: Any, r: Any) -> None:
+            metrics.observe_chat(len(r.token_ids), r.prompt_tokens, r.cached_tokens)
+
+        shared = _holder_of(engine, attachable)
+        if session is not None and shared is not None:
+            loop = SessionChatLoop(
+                engine, session, *shared, default_max_tokens=config.default_max_tokens, on_done=on_chat_done
+            )
+        else:
+            loop = EngineLoop(engine, default_max_tokens=config.default_max_tokens, on_done=on_chat_done)
+    state = ServeState(
+        config,
+        dict(workflows),
+        [model_name] if engine is not None else [],
+        loop,
+        batcher,
+        store,
+        admission,
+        metrics,
+        int(time.time()),
+        shutdown_timeout_s,
+        session,
+    )
     metrics.gauges = {
         "queue_depth": lambda: admission.depth,
         "queue_limit": lambda: admission.limit,
@@ -75,18 +127,33 @@ def create_app(
         "epoch_running_rows": lambda: batcher.running_rows,
         "chat_in_flight": lambda: loop.in_flight if loop is not None else 0,
     }
+    drainer = threading.Thread(target=lambda: _drain(state, attachable, journal), name="halo-shutdown", daemon=True)
+    draining = threading.Lock()
+
+    def begin_shutdown() -> None:
+        with draining:
+            if not drainer.is_alive() and drainer.ident is None:
+                drainer.start()
+
+    state.begin_shutdown = begin_shutdown
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if session is not None:
+            session.start()
+            for compiled in attachable:
+                compiled.attach(session)
         batcher.start()
         if loop is not None:
             loop.start()
+        for record in resumed:  # admitted by an earlier server, never finished: run them now
+            admission.try_acquire(1)
+            batcher.submit(record.workflow, [record])
         try:
             yield
-        finally:  # graceful: what was admitted finishes before the threads stop
-            batcher.close(shutdown_timeout_s)
-            if loop is not None:
-                loop.close(shutdown_timeout_s)
+        finally:  # graceful: what was admitted finishes (or ends cancelled) before the threads stop
+            begin_shutdown()
+            await asyncio.get_running_loop().run_in_executor(None, drainer.join)
 
     app = FastAPI(title="Halo", version="0.1.0", lifespan=lifespan)
     app.state.halo = state
@@ -95,8 +162,13 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "workflows": sorted(state.apps), "models": state.chat_models,
-                "queue_depth": admission.depth, "queue_limit": admission.limit}
+        return {
+            "status": "ok",
+            "workflows": sorted(state.apps),
+            "models": state.chat_models,
+            "queue_depth": admission.depth,
+            "queue_limit": admission.limit,
+        }
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
@@ -120,3 +192,49 @@ def create_app(
     return app
 
 
+log = logging.getLogger("halo.serve")
+
+
+def _holder_of(engine: Any, apps: Sequence[Any]) -> tuple[LocalWorker, str] | None:
+    """The in-process worker (and model key) of a compiled app that holds `engine` itself, if any."""
+    for compiled in apps:
+        for worker in compiled.workers:
+            if isinstance(worker, LocalWorker):
+                for model, held in worker.engines.engines.items():
+                    if held is engine:
+                        return worker, model
+    return None
+
+
+def _restore(store: RunStore, journal: RunJournal | None, config: ServeConfig) -> list[RunRecord]:
+    """Load an earlier server's runs from the journal: ended ones answer GETs, the rest run again."""
+    if journal is None:
+        return []
+    ended, pending = journal.load(config.max_finished_runs)
+    for record in ended + pending:
+        store.restore(record)
+    if pending:
+        log.info("resuming %d runs admitted by an earlier server", len(pending))
+    return pending
+
+
+def _drain(state: ServeState, attached: Sequence[Any], journal: RunJournal | None) -> None:
+    """Stop taking work, give what is in flight `shutdown_timeout_s`, then cancel the rest (see module doc)."""
+    grace = state.shutdown_timeout_s
+    deadline = None if grace is None else time.monotonic() + grace
+
+    def left() -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    finished = state.batcher.close(grace)
+    if state.loop is not None:
+        state.loop.close(left())
+    if state.session is not None:
+        finished = state.session.close(left()) and finished
+    state.batcher.cancel_unstarted()
+    for compiled in attached:
+        compiled.detach()
+    if journal is not None:
+        journal.close()
+    if not finished:
+        log.warning("shutdown grace period over: unfinished runs were cancelled")

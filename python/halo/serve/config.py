@@ -17,9 +17,18 @@ class ServeConfig:
     default_max_tokens: int = 512  # chat completions that name no max_tokens (clipped to the context)
     wait_timeout_s: float = 300.0  # the longest `GET /v1/runs/{id}?wait=true` holds a request
     max_finished_runs: int = 100_000  # finished run records kept for GET before the oldest are dropped
+    max_active_epochs: int = 8  # epochs planned or running at once (they overlap on the one session loop)
+    journal_dir: str | None = None  # when set, admitted runs and their ends are journaled there (see run_journal)
 
     def __post_init__(self) -> None:
-        for name in ("epoch_rows", "queue_limit", "max_body_bytes", "default_max_tokens", "max_finished_runs"):
+        for name in (
+            "epoch_rows",
+            "queue_limit",
+            "max_body_bytes",
+            "default_max_tokens",
+            "max_finished_runs",
+            "max_active_epochs",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

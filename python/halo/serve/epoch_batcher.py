@@ -1,9 +1,16 @@
 """`EpochBatcher`: workflow rows arriving from many clients, buffered into epochs and run as batches.
 
 Invariant: an epoch holds rows of one workflow; it closes `epoch_s` after its first row arrived or when
-it holds `epoch_rows` rows; closed epochs run one at a time on the runner thread, oldest first (by
-their first arrival, so no query starves), each as one `CompiledWorkflow.run` over all its rows, so
-consolidation and prefix sharing apply across clients and a row's output equals `app.run` on its epoch.
+it holds `epoch_rows` rows; closed epochs start oldest first (by their first arrival) on up to
+`max_active` runner threads, each as one `CompiledWorkflow.run` over all its rows, so consolidation
+and prefix sharing apply across clients and a row's output equals `app.run` on its epoch. Epochs
+overlap: an app attached to the server's `OnlineSession` runs its epochs on the session's one loop,
+where a newer epoch's nodes join the engine batch while older epochs decode, and older epochs get a
+worker's room first (no query starves).
+
+Shutdown (`close`): no new rows; buffered epochs still start; at the deadline whatever has not ended
+is cancelled by whoever owns the session, and `cancel_unstarted` ends epochs that never started, so
+every admitted row ends in a state a client can read (succeeded, failed or cancelled).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from halo.runtime.online_session import RunCancelled
 from halo.serve.metrics import Metrics
 from halo.serve.run_store import RunRecord, RunStore
 
@@ -35,7 +43,7 @@ class Epoch:
 
 
 class EpochBatcher:
-    """Buffers rows per workflow into epochs and runs them on one runner thread (see the module doc)."""
+    """Buffers rows per workflow into epochs and runs them on runner threads (see the module doc)."""
 
     def __init__(
         self,
@@ -45,23 +53,30 @@ class EpochBatcher:
         *,
         epoch_s: float,
         epoch_rows: int,
+        max_active: int = 8,
         on_finished: Callable[[int], None] = lambda n: None,
+        cancel_message: str = "cancelled: the server is shutting down",
+        resumable: bool = False,
     ) -> None:
         self.apps = dict(apps)
         self.store = store
         self.metrics = metrics
         self.epoch_s = epoch_s
         self.epoch_rows = epoch_rows
+        self.max_active = max_active
         self.on_finished = on_finished  # rows that left the system (frees admission slots)
+        self.cancel_message = cancel_message
+        self.resumable = resumable  # a journal keeps cancelled rows for the next server
         self._cond = threading.Condition()
         self._open: dict[str, Epoch] = {}
         self._ready: list[Epoch] = []
-        self._running: Epoch | None = None
+        self._running: list[Epoch] = []
         self._closing = False
         self._indices = itertools.count()
-        self._thread = threading.Thread(target=self._loop, name="halo-epoch-runner", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="halo-epoch-dispatcher", daemon=True)
+        self._runners: list[threading.Thread] = []
 
-    # -- protocol: start / submit / close ---------------------------------------------------------
+    # -- protocol: start / submit / close / cancel_unstarted ---------------------------------------
 
     def start(self) -> None:
         self._thread.start()
@@ -81,15 +96,32 @@ class EpochBatcher:
             self._cond.notify_all()
 
     def close(self, timeout: float | None = None) -> bool:
-        """Take no new rows, run every buffered epoch to the end; False if `timeout` passed first."""
+        """Take no new rows, close every open epoch and wait for all epochs to end; False if `timeout`
+        passed first (the caller then cancels the runs in flight and calls `cancel_unstarted`)."""
         with self._cond:
             self._closing = True
             self._ready.extend(self._open.values())
             self._open.clear()
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self._ready or self._running:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def cancel_unstarted(self, join_s: float = 30.0) -> None:
+        """End every epoch that never started as cancelled, then wait for the runners to settle theirs."""
+        with self._cond:
+            unstarted, self._ready = self._ready, []
+            self._cond.notify_all()
+        for epoch in unstarted:
+            self._cancel(epoch)
+        deadline = time.monotonic() + join_s
+        for runner in list(self._runners):
+            runner.join(max(0.0, deadline - time.monotonic()))
+        self._thread.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def buffered_rows(self) -> int:
@@ -98,10 +130,10 @@ class EpochBatcher:
 
     @property
     def running_rows(self) -> int:
-        running = self._running
-        return len(running.records) if running is not None else 0
+        with self._cond:
+            return sum(len(e.records) for e in self._running)
 
-    # -- the runner thread --------------------------------------------------------------------------
+    # -- the dispatcher thread and its runners -------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
@@ -109,25 +141,25 @@ class EpochBatcher:
                 epoch = self._next_epoch()
                 if epoch is None:
                     return
-                self._running = epoch
-            try:
-                self._run(epoch)
-            finally:
-                with self._cond:
-                    self._running = None
+                self._running.append(epoch)
+                runner = threading.Thread(
+                    target=self._run, args=(epoch,), name=f"halo-epoch-{epoch.index}", daemon=True
+                )
+                self._runners = [r for r in self._runners if r.is_alive()] + [runner]
+            runner.start()
 
     def _next_epoch(self) -> Epoch | None:
-        """The oldest closed epoch, waiting for one to close; None once closing and nothing is left."""
+        """The oldest closed epoch once a runner is free; None once closing and nothing is left."""
         while True:
             now = time.monotonic()
             for name, epoch in list(self._open.items()):
                 if now - epoch.opened >= self.epoch_s:
                     self._ready.append(self._open.pop(name))
-            if self._ready:
+            if self._ready and len(self._running) < self.max_active:
                 oldest = min(self._ready, key=lambda e: (e.opened, e.index))
                 self._ready.remove(oldest)
                 return oldest
-            if self._closing and not self._open:
+            if self._closing and not self._open and not self._ready:
                 return None
             deadlines = [e.opened + self.epoch_s for e in self._open.values()]
             self._cond.wait(max(0.0, min(deadlines) - now) if deadlines else None)
@@ -145,6 +177,10 @@ class EpochBatcher:
             for i, record in enumerate(records):
                 failed += i in errors
                 self.store.finish(record, result.outputs[i], errors.get(i))
+        except RunCancelled:
+            log.warning("epoch %d of %s cancelled at shutdown (%d rows)", epoch.index, epoch.workflow, len(records))
+            self._cancel(epoch, count=False)
+            failed = len(records)
         except Exception as exc:  # the whole epoch failed: every row says why, the server keeps going
             log.exception("epoch %d of %s failed", epoch.index, epoch.workflow)
             for record in records:
@@ -153,4 +189,14 @@ class EpochBatcher:
                     self.store.finish(record, None, {"node": "<epoch>", "message": f"{type(exc).__name__}: {exc}"})
         finally:
             self.metrics.observe_epoch(time.perf_counter() - clock, len(records) - failed, failed, stats)
+            with self._cond:
+                self._running.remove(epoch)
+                self._cond.notify_all()
             self.on_finished(len(records))
+
+    def _cancel(self, epoch: Epoch, *, count: bool = True) -> None:
+        for record in epoch.records:
+            if not record.done:
+                self.store.cancel(record, self.cancel_message, resumable=self.resumable)
+        if count:
+            self.on_finished(len(epoch.records))

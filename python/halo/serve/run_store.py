@@ -1,8 +1,11 @@
 """Workflow run records and the async waiters that watch them.
 
-A record changes state on the epoch runner's thread (queued → running → succeeded | failed) and is read
-by request handlers on the event loop. Every change bumps `version` and wakes the waiters through their
-own loop (`call_soon_threadsafe`), so waiting costs no thread per client.
+A record changes state on an epoch runner thread (queued → running → succeeded | failed | cancelled) and
+is read by request handlers on the event loop. `cancelled` is the end of a run the server stopped at
+shutdown (its error says whether a restart with the same journal resumes it). With a `RunJournal`,
+every admitted row and every end is recorded, so a restarted server answers for them. Every change
+bumps `version` and wakes the waiters through their own loop (`call_soon_threadsafe`), so waiting
+costs no thread per client.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-DONE = ("succeeded", "failed")
+if TYPE_CHECKING:
+    from halo.serve.run_journal import RunJournal
+
+DONE = ("succeeded", "failed", "cancelled")
 
 
 @dataclass
@@ -26,7 +32,7 @@ class RunRecord:
     workflow: str
     row: dict[str, Any]
     submitted: float = field(default_factory=time.time)
-    status: str = "queued"  # queued | running | succeeded | failed
+    status: str = "queued"  # queued | running | succeeded | failed | cancelled
     epoch: int | None = None
     started: float | None = None
     finished: float | None = None
@@ -57,18 +63,28 @@ class RunRecord:
 class RunStore:
     """Run records by id; finished ones beyond `max_finished` are dropped oldest first."""
 
-    def __init__(self, max_finished: int = 100_000) -> None:
+    def __init__(self, max_finished: int = 100_000, journal: RunJournal | None = None) -> None:
         self._lock = threading.Lock()
         self._runs: dict[str, RunRecord] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._max_finished = max_finished
+        self.journal = journal
 
     def create(self, workflow: str, rows: list[dict[str, Any]]) -> list[RunRecord]:
         records = [RunRecord(f"run-{uuid.uuid4().hex}", workflow, row) for row in rows]
         with self._lock:
             for record in records:
                 self._runs[record.id] = record
+        if self.journal is not None:
+            self.journal.admitted(records)
         return records
+
+    def restore(self, record: RunRecord) -> None:
+        """Take back a record a journal kept (finished, or admitted and to be run again)."""
+        with self._lock:
+            self._runs[record.id] = record
+            if record.done:
+                self._finished[record.id] = None
 
     def get(self, run_id: str) -> RunRecord | None:
         with self._lock:
@@ -80,8 +96,21 @@ class RunStore:
             self._change(record, status="running", epoch=epoch, started=now)
 
     def finish(self, record: RunRecord, output: dict[str, Any] | None, error: dict[str, str] | None) -> None:
-        self._change(record, status="failed" if error else "succeeded", output=output, error=error,
-                     finished=time.time())
+        self._change(
+            record, status="failed" if error else "succeeded", output=output, error=error, finished=time.time()
+        )
+        if self.journal is not None:
+            self.journal.ended(record)
+        self._forget_old(record)
+
+    def cancel(self, record: RunRecord, message: str, *, resumable: bool) -> None:
+        """End a run the server stops at shutdown; a `resumable` one stays unfinished in the journal."""
+        self._change(record, status="cancelled", error={"node": "<server>", "message": message}, finished=time.time())
+        if self.journal is not None and not resumable:
+            self.journal.ended(record)
+        self._forget_old(record)
+
+    def _forget_old(self, record: RunRecord) -> None:
         with self._lock:
             self._finished[record.id] = None
             while len(self._finished) > self._max_finished:

@@ -1,11 +1,20 @@
-"""`halo serve`: load workflows, compile them, load the chat engine, and run uvicorn until a signal."""
+"""`halo serve`: load workflows, compile them, load the chat engine, and run uvicorn until a signal.
+
+The chat engine is a compiled workflow's own engine when the chat model is one a workflow runs (one
+worker, in-process): one copy of the weights and KV pool, stepped by one thread. SIGTERM (or Ctrl-C)
+drains: no new work, `shutdown_timeout_s` for what is in flight, the rest cancelled (or journaled,
+with `HALO_SERVE_JOURNAL_DIR`), then the process exits with status 0.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from halo.errors import HaloError
@@ -59,6 +68,10 @@ def serve(
     from halo.serve.app import create_app
 
     workflows = load_workflows(workflow_paths)
+    config = config or ServeConfig()
+    if os.environ.get("HALO_SERVE_JOURNAL_DIR") and config.journal_dir is None:
+        config = replace(config, journal_dir=os.environ["HALO_SERVE_JOURNAL_DIR"])
+    shutdown_timeout_s = float(os.environ.get("HALO_SERVE_GRACE_S", shutdown_timeout_s))
     apps: dict[str, Any] = {}
     engine = None
     try:
@@ -66,9 +79,46 @@ def serve(
             log.info("compiling workflow %s", name)
             apps[name] = halo.compile(workflow, dtype=dtype)
         if chat:
-            engine = LLMEngine(model=model, dtype=dtype)
+            engine = shared_engine(apps, model or DEFAULT_MODEL)
+            if engine is None:
+                engine = LLMEngine(model=model, dtype=dtype)
+            else:
+                log.info("chat completions share the workflows' engine of %s", model or DEFAULT_MODEL)
         app = create_app(apps, engine, config, model_name=model or DEFAULT_MODEL, shutdown_timeout_s=shutdown_timeout_s)
-        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=shutdown_timeout_s)
+        # uvicorn waits for open connections first: they end once runs end (finished or cancelled).
+        settings = uvicorn.Config(
+            app, host=host, port=port, log_level="info", timeout_graceful_shutdown=shutdown_timeout_s + 10.0
+        )
+        GracefulServer(settings, app.state.halo.begin_shutdown).run()
     finally:
         for compiled in apps.values():
             compiled.close()
+
+
+def shared_engine(apps: dict[str, Any], model: str) -> Any:
+    """The engine a compiled app (one in-process worker) already holds for `model`, or None."""
+    for compiled in apps.values():
+        if compiled.num_workers == 1 and model in compiled.model_sources:
+            return compiled.engine(model)
+    return None
+
+
+class GracefulServer:
+    """uvicorn's server whose SIGTERM starts the app's drain at once and ends the process with status 0
+    (plain uvicorn re-raises the signal after a graceful shutdown, so the exit status would say -15)."""
+
+    def __init__(self, settings: Any, begin_shutdown: Any) -> None:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+                begin_shutdown()  # the grace period starts now, not after uvicorn closed its connections
+                if sig == signal.SIGTERM:
+                    self.should_exit = True  # not recorded as captured: nothing re-raises it afterwards
+                    return
+                super().handle_exit(sig, frame)
+
+        self.server = _Server(settings)
+
+    def run(self) -> None:
+        self.server.run()

@@ -1,0 +1,121 @@
+"""`RunLoop`: drives one or several Processors over shared workers, one iteration per `step`.
+
+Invariant: older runs come first. Each step hands out ready work run by run in the order the runs
+were added (oldest first), so an older run's ready llm nodes take a worker's in-flight room before a
+newer run's do, and no run starves however many arrive after it; the room a run leaves is filled by
+the next one, so a new run's first nodes join the engine batch while older runs still decode
+(continuous batching across runs). Then every worker advances once (one engine step in-process) and
+each completion goes back to the run whose `owner` id it carries; guest requests (chat) ride the same
+steps. `CompiledWorkflow.run` is a loop with one run; the online session keeps one loop for all.
+Only the thread calling `step` touches the workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from concurrent.futures import FIRST_COMPLETED, wait
+from typing import Any
+
+from halo.runtime.processor import Processor
+from halo.runtime.request_board import RequestBoard
+
+log = logging.getLogger("halo.runtime")
+
+
+class RunLoop:
+    """Runs added Processors to their end; `isolate=True` confines a failing run's exception to it."""
+
+    def __init__(self, *, isolate: bool = True) -> None:
+        self.isolate = isolate
+        self.active: list[Processor] = []  # oldest first
+        self.guest_workers: list[Any] = []  # workers that may hold guest requests of no run
+        self.board = RequestBoard()
+        self._by_owner: dict[int, Processor] = {}
+        self._owners = itertools.count()
+
+    # -- protocol: add / step / cancel ----------------------------------------------------------------
+
+    def add(self, processor: Processor) -> None:
+        processor.owner = next(self._owners)
+        processor.board = self.board
+        self.active.append(processor)
+        self._by_owner[processor.owner] = processor
+
+    def step(self) -> list[Processor]:
+        """One iteration over every active run; returns the runs that ended in it (finished or failed)."""
+        for processor in list(self.active):
+            self._guarded(processor, processor.dispatch)
+        stepped = False
+        for worker in self._workers():
+            busy = worker.inflight > 0
+            for done in worker.poll():
+                processor = self._by_owner.get(done.owner)
+                if processor is not None:  # else its run was cancelled meanwhile
+                    self._guarded(processor, lambda p=processor, d=done: p.llm_finished(d))
+            stepped |= busy
+        tools_done = False
+        for processor in list(self.active):
+            tools_done |= bool(self._guarded(processor, processor.collect_tools))
+        ended = [p for p in self.active if p.finished or p.error is not None]
+        for processor in ended:
+            self._remove(processor)
+            processor.report_progress(force=True)
+        for processor in self.active:
+            processor.report_progress()
+        if self.active and not stepped and not tools_done and not ended:
+            self._idle_wait()
+        return ended
+
+    def cancel(self, processor: Processor, reason: BaseException) -> None:
+        """End `processor` now: its jobs leave the workers and `reason` becomes its error."""
+        if processor in self.active:
+            self._remove(processor)
+            processor.error = reason
+            processor.cancel()
+
+    @property
+    def busy(self) -> bool:
+        """Anything to step: active runs, or guest requests on a worker."""
+        return bool(self.active) or any(w.inflight for w in self.guest_workers)
+
+    # -- inside -------------------------------------------------------------------------------------------
+
+    def _workers(self) -> list[Any]:
+        seen: dict[int, Any] = {}
+        for processor in self.active:
+            for worker in processor.workers:
+                seen.setdefault(id(worker), worker)
+        for worker in self.guest_workers:
+            seen.setdefault(id(worker), worker)
+        return list(seen.values())
+
+    def _guarded(self, processor: Processor, action: Any) -> Any:
+        """Run `action` of `processor`; with `isolate`, an exception ends that run only."""
+        if processor.error is not None:
+            return None
+        try:
+            return action()
+        except Exception as exc:
+            if not self.isolate:
+                raise
+            log.exception("run %d failed", processor.owner)
+            self.cancel(processor, exc)
+            return None
+
+    def _remove(self, processor: Processor) -> None:
+        self.active.remove(processor)
+        self._by_owner.pop(processor.owner, None)
+
+    def _idle_wait(self) -> None:
+        """Nothing advanced: wait a little for a tool call (or a remote worker), or report a stall."""
+        if any(p.has_ready() for p in self.active):
+            return
+        futures = [f for p in self.active for f in p.tool_futures]
+        if futures:
+            wait(futures, timeout=0.005, return_when=FIRST_COMPLETED)
+            return
+        for processor in list(self.active):
+            self._guarded(processor, processor.check_stalled)
+        time.sleep(0.001)  # remote workers are computing

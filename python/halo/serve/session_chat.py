@@ -1,0 +1,99 @@
+"""`SessionChatLoop`: chat completions on a compiled workflow's own engine, stepped by the `OnlineSession`.
+
+When the chat model is the model a served workflow already loaded, the server keeps one engine, not
+two: the session's loop thread owns it (it steps the workflow epochs there), so chat requests cross
+to that thread through `call_soon` and enter the engine as *guest* requests of the worker holding it
+(`LocalWorker.add_guest`). They share engine steps with the epochs' requests (continuous batching
+across chat and workflows); the worker hands each finished one back through a callback on the same
+thread. The job protocol is `EngineLoop`'s (accepted | error, delta..., done).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from halo.engine import GenerationResult, LLMEngine
+from halo.runtime.online_session import OnlineSession
+from halo.serve.engine_loop import ChatJob, EngineLoop, EngineLoopClosed
+
+
+class SessionChatLoop(EngineLoop):
+    """An `EngineLoop` without a thread of its own: `session` steps `engine`, held by `worker` as `model`."""
+
+    def __init__(
+        self,
+        engine: LLMEngine,
+        session: OnlineSession,
+        worker: Any,
+        model: str,
+        *,
+        default_max_tokens: int = 512,
+        on_done: Any = None,
+    ) -> None:
+        super().__init__(engine, default_max_tokens=default_max_tokens, on_done=on_done)
+        self.session = session
+        self.worker = worker
+        self.model = model
+
+    def start(self) -> None:
+        self.session.add_guest_worker(self.worker)
+        self.session.after_step(self._stream_all)
+
+    def submit(self, job: ChatJob) -> ChatJob:
+        if self._closing:
+            raise EngineLoopClosed("the server is shutting down and accepts no new completions")
+        job.request_id = f"chat-{next(self._ids)}"
+        self.session.call_soon(lambda: self._add(job))
+        return job
+
+    def abort(self, job: ChatJob) -> None:
+        def drop() -> None:
+            if self._jobs.pop(job.request_id, None) is not None:
+                self.worker.abort_guest(job.request_id)
+
+        self.session.call_soon(drop)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Take no new requests and wait for those in flight; False if `timeout` passed first."""
+        self._closing = True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._jobs:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    # -- on the session thread ----------------------------------------------------------------------------
+
+    def _add(self, job: ChatJob) -> None:
+        try:
+            ids = self.engine.encode_prompt(job.messages)
+            max_tokens = job.max_tokens
+            if max_tokens is None:
+                max_tokens = max(1, min(self.default_max_tokens, self.engine.config.context_length - len(ids)))
+            self.worker.add_guest(
+                self.model,
+                ids,
+                replace(job.params, max_tokens=max_tokens),
+                job.request_id,
+                lambda result, error: self._guest_done(job, result, error),
+            )
+        except Exception as exc:  # invalid prompt, too long for the context, too big for the pool
+            job.post("error", exc)
+            return
+        self._jobs[job.request_id] = job
+        job.post("accepted", len(ids))
+
+    def _guest_done(self, job: ChatJob, result: GenerationResult | None, error: str | None) -> None:
+        self._jobs.pop(job.request_id, None)
+        if result is None:
+            job.post("error", RuntimeError(error or "the engine failed"))
+        else:
+            self._finish(job, result)
+
+    def _stream_all(self) -> None:
+        for rid, job in list(self._jobs.items()):
+            if job.stream:
+                self._stream_delta(rid, job)
