@@ -2,6 +2,8 @@
 
 Run: ``.venv/bin/python bench/engine_throughput.py [--dtype auto|bf16|fp32] [--json out.json]``.
 Every figure is printed with the CPU capability, the dtype and the dtype probe's GFLOP/s.
+``--compare-unpacked`` also measures prefill and decode on an engine built with ``pack_weights=False``
+(plain ``F.linear``) in the same run and prints the ratios (bf16 only: fp32 is never packed).
 """
 
 from __future__ import annotations
@@ -127,13 +129,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--batches", default="1,8,32,64")
     ap.add_argument("--json", help="also write the figures and machine facts here")
+    ap.add_argument("--compare-unpacked", action="store_true", help="also measure with pack_weights=False")
     args = ap.parse_args(argv)
+    batches = tuple(int(b) for b in args.batches.split(","))
     engine = LLMEngine(dtype=args.dtype)
-    figures = measure(engine, tuple(int(b) for b in args.batches.split(",")))
+    figures = measure(engine, batches)
     print(report(engine, figures))
+    out: dict = {"machine": engine.describe(), "figures": figures.__dict__}
+    if args.compare_unpacked:
+        plain = LLMEngine(dtype=args.dtype, pack_weights=False)
+        prefill = prefill_throughput(plain)
+        decode = {b: decode_throughput(plain, b) for b in batches}
+        print(
+            f"unpacked weights (F.linear), same run: prefill 512 {prefill:.0f} tok/s "
+            f"(packed/unpacked {figures.prefill_512_tok_s / prefill:.2f}x)"
+        )
+        for b, v in decode.items():
+            print(f"  decode batch {b:3d}: {v:8.0f} tok/s  (packed/unpacked {figures.decode_tok_s[b] / v:.2f}x)")
+        out["unpacked"] = {"prefill_512_tok_s": prefill, "decode_tok_s": decode}
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"machine": engine.describe(), "figures": figures.__dict__}, fh, indent=2, default=str)
+            json.dump(out, fh, indent=2, default=str)
     return 0
 
 
