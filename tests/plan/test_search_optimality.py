@@ -1,15 +1,17 @@
 """The DP against the MILP oracle and the baselines on seeded random problems (same cost semantics).
 
-Problems have up to `MAX_TASKS` LLM tasks, 1-4 workers of two kinds, 1-3 models, tool tasks between
-them, KV parents, overheads and load weights (`plan_problems.random_problem`). The MILP runs until
-its plan is within `MILP_GAP` of its proven lower bound: that bound proves the DP within 5% of the
-optimum (DP <= 1.05 x bound), and a DP plan below it would mean the two disagree on costs.
+Problems have 3 to `MAX_TASKS` (12, as issue 5 asks) LLM tasks, 1-4 workers of two kinds, 1-3
+models, tool tasks between them, KV parents, overheads and load weights (`plan_problems.random_problem`).
+The MILP (`milp.py`: exact models over a growing number of epochs, each paired with a relaxed tail
+for longer plans) stops once its best plan is within `MILP_GAP` of its proven lower bound: the test
+asserts against that bound, so "DP within 5% of the optimum" is proven on every instance (DP <= 1.05
+x bound), a DP plan below the bound would mean the two disagree on costs, and a MILP plan cheaper
+than the DP's would mean the DP missed the optimum. No instance may end on the time limit.
 
-Why 9 and not 12 LLM tasks (issue 5 asks for up to 12): the DP proves optimality on all of them in
-milliseconds, but the time-indexed MILP does not fit this test's ~90 s budget on 2 shared cores
-beyond 9. Measured with this formulation (54 seeds each, 4% gap): up to 8 tasks 71 s, up to 9 81 s
-(slowest 17 s), up to 10 eight instances still open after 10 s each; 12-task instances with 3-4
-workers and 5-6 tools stay 5-20% open after 30 s (root LP bounds 20-25% below the optimum).
+Measured on a shared 2-core machine (54 seeds, up to 12 LLM tasks): about 100 s of MILP time with a
+4% gap, the slowest instance 10-15 s; closing every gap to 0 takes about twice that (the proofs
+that no plan with more epochs is cheaper dominate), so the test keeps the 4% gap. With `-s` it
+prints the DP's gap over the proven bound and the greedy planner's gap over the DP optimum.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from halo.plan.search import (
 from plan_problems import random_problem
 
 SEEDS = range(54)
-MAX_TASKS = 9  # 10-12 do not fit the CI budget yet: see the module docstring
+MAX_TASKS = 12
 MILP_GAP = 0.04
-MILP_TIME_LIMIT_S = 20.0
+MILP_TIME_LIMIT_S = 90.0  # a safety net only: an instance that reaches it fails the test
 
 
 def test_dp_matches_milp_and_beats_baselines() -> None:
@@ -46,7 +48,10 @@ def test_dp_matches_milp_and_beats_baselines() -> None:
         dp = plan_dp(problem)
         assert dp.optimal, f"seed {seed}: the DP did not prove optimality"
         assert abs(evaluate(problem, dp.schedule(), "check").cost - dp.cost) < 1e-9
+        began = time.perf_counter()
         oracle = solve_milp(problem, time_limit_s=MILP_TIME_LIMIT_S, rel_gap=MILP_GAP)
+        milp_s = time.perf_counter() - began
+        assert oracle.optimal, f"seed {seed}: the MILP did not close its gap in {MILP_TIME_LIMIT_S} s"
         scale = max(1.0, oracle.cost)
         assert oracle.plan.cost <= oracle.cost + 1e-5 * scale, "the MILP prices its plan below the evaluator"
         assert dp.cost <= oracle.plan.cost + 1e-9, f"seed {seed}: the MILP found a plan cheaper than the DP optimum"
@@ -60,19 +65,22 @@ def test_dp_matches_milp_and_beats_baselines() -> None:
         ):
             assert dp.cost <= base.cost + 1e-9, f"seed {seed}: DP worse than {base.planner}"
         greedy = plan_greedy(problem)
-        rows.append((len(problem.tasks), len(problem.tools), dp.cost, oracle, greedy.cost))
-    gaps = [d / o.dual_bound - 1 for _, _, d, o, _ in rows]
-    greedy_gaps = [g / d - 1 for _, _, d, _, g in rows]
+        rows.append((seed, len(problem.tasks), len(problem.tools), dp.cost, oracle, greedy.cost, milp_s))
+    gaps = [r[3] / r[4].dual_bound - 1 for r in rows]
+    greedy_gaps = [r[5] / r[3] - 1 for r in rows]
+    slowest = max(rows, key=lambda r: r[6])
     print(
-        f"\n{len(rows)} problems, {min(r[0] for r in rows)}-{max(r[0] for r in rows)} LLM tasks,"
-        f" {sum(r[1] for r in rows)} tools ({time.perf_counter() - start:.1f}s):"
-        f" MILP closed its gap on {sum(r[3].optimal for r in rows)};"
-        f" DP over the MILP's proven bound max {max(gaps):+.2%} mean {sum(gaps) / len(gaps):+.2%};"
-        f" DP == MILP plan on {sum(abs(r[3].plan.cost - r[2]) < 1e-6 for r in rows)};"
-        f" greedy vs DP gap mean {sum(greedy_gaps) / len(greedy_gaps):.1%} max {max(greedy_gaps):.1%},"
+        f"\n{len(rows)} problems, {min(r[1] for r in rows)}-{max(r[1] for r in rows)} LLM tasks"
+        f" ({sum(r[1] == MAX_TASKS for r in rows)} with {MAX_TASKS}), {sum(r[2] for r in rows)} tools,"
+        f" {time.perf_counter() - start:.1f}s (MILP {sum(r[6] for r in rows):.1f}s, slowest seed {slowest[0]}"
+        f" with {slowest[1]} tasks {slowest[6]:.1f}s, {sum(r[4].solves for r in rows)} MILPs solved)\n"
+        f"DP over the MILP's proven bound: max {max(gaps):+.2%} mean {sum(gaps) / len(gaps):+.2%}"
+        f" (bound proven within {MILP_GAP:.0%}; exactly 0 on {sum(g < 1e-9 for g in gaps)});"
+        f" DP == MILP plan cost on {sum(abs(r[4].plan.cost - r[3]) < 1e-6 for r in rows)}\n"
+        f"greedy over the DP optimum: mean {sum(greedy_gaps) / len(greedy_gaps):.1%} max {max(greedy_gaps):.1%},"
         f" optimal on {sum(g < 1e-9 for g in greedy_gaps)}"
     )
-    assert len(rows) >= 50
+    assert len(rows) >= 50 and max(r[1] for r in rows) == MAX_TASKS
 
 
 @pytest.mark.parametrize("seed", range(5))
