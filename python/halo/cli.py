@@ -97,6 +97,14 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_hf(args: argparse.Namespace) -> int:
+    from halo.engine.hf_export import export_hf
+
+    out = export_hf(args.out_dir, args.model, force=args.force)
+    print(out)
+    return 0
+
+
 def _bench_suite():
     """bench/suite.py of the source checkout this package runs from (an editable install), else None."""
     import importlib.util
@@ -189,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-chat", action="store_true", help="serve workflows only (no chat engine is loaded)")
     s.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     s.set_defaults(func=_serve)
+
+    x = sub.add_parser("export-hf", help="write a model as a Hugging Face Llama directory (e.g. for vLLM)")
+    x.add_argument("out_dir", nargs="?", default=None, help="target directory (default <cache>/hf-export/<model>)")
+    x.add_argument("--model", default=None, help="registered name, .gguf file or HF directory (default smollm2-135m)")
+    x.add_argument("--force", action="store_true", help="rewrite even an up-to-date export")
+    x.set_defaults(func=_export_hf)
 
     b = sub.add_parser("bench", help="run the workload benchmark suite (from a source checkout)")
     suite = _bench_suite()
