@@ -18,23 +18,31 @@ epoch e is a[.,e] - a[.,e-1], and T[e] >= its CPU time; an LLM reader of tool a 
 a[a,e-1] = 1.
 Objective: w_makespan * sum_e (T[e] + overhead * u[e]) + w_load * sum busy.
 
-Why a tail: the LP relaxation spreads tasks thinly over epochs, so its bound is weak, and the gap
-HiGHS must close by branching grows steeply with E. The number of epochs an optimal plan may need
-(`_epoch_count`, sound but up to tasks + tool waves) is far above what optimal plans use (about
-the longest chain). So the oracle solves a sequence of models with k = longest chain, k + 1, ...
-exact epochs plus one relaxed "tail" standing for all epochs after the k-th: y[t] = t runs in the
-tail, and the tail costs a lower bound of those epochs (each dependency chain's remaining members run
-back to back, the remaining work and loads of models resident nowhere spread over all workers, the
-remaining tool CPU, an overhead per epoch the remaining chain needs). Every plan maps onto each
-model at no more than its cost, so each model's optimum (or HiGHS's dual bound) is a proven lower
-bound on the optimum; a solution with an empty tail is a real plan. The sequence stops once the best
-real plan meets the best bound (within `rel_gap`); at k = `_epoch_count` the tail is dropped (no
-optimal plan needs more epochs), so it always ends with a proof unless the time limit cuts it.
+Why a tail: the LP relaxation spreads tasks thinly over epochs, so its bound is weak (20-30% below
+the optimum at 10-12 tasks), and the gap HiGHS must close by branching grows steeply with E. The
+number of epochs an optimal plan may need (`_epoch_count`: one per LLM task plus one per tool wave,
+capped by overhead) is far above what optimal plans use (about the longest chain). So for k = the
+longest chain, k + 1, ... the oracle splits the plans in two and solves two models:
+- within: plans with at most k epochs, exactly (E = k, no tail). Small and fast; its solution is a
+  real plan (the incumbent) and its bound holds for all such plans.
+- beyond: plans with more than k epochs: the first k exact and all used, the rest in one relaxed
+  "tail" that must run something: y[t] = t runs in the tail, tools not run by epoch k run there, and
+  the tail costs a lower bound of those epochs: each dependency chain's remaining members back to
+  back (LLM members in distinct epochs, overhead each); each tail task at least its own time on
+  the fastest worker holding its model after epoch k, or on the fastest worker plus a load; the
+  remaining work and loads of models held by no worker spread over all workers (by count and by
+  speed); the remaining tool CPU. Every such plan maps onto it at no more than its cost. It is asked
+  only whether a plan cheaper than the incumbent / (1 + rel_gap) exists (objective cut, first
+  solution ends it): infeasible proves the incumbent within the gap; otherwise k grows.
+min(within bound, beyond bound) is a proven lower bound for every k (each plan is in one of the two);
+the oracle reports the largest. At k = `_epoch_count` no beyond model is needed (no optimal plan
+has more epochs), so the sequence always ends with a proof unless the time limit cuts it.
 
 Tightening, all valid for some optimal plan: identical workers (same kind and initial model) ordered
-by the lowest task index each runs; each task's epoch window from its chains of dependencies (and
-tool epochs) before and after it; chain cuts (T[e] >= the member of a dependency chain that runs in
-e); a cut at a known plan's cost (the greedy plan, or `upper_bound`).
+by the lowest task index each runs (on exact epochs); each task's epoch window from its chains of
+dependencies (and tool epochs) before it, and after it in a model without a tail; chain cuts
+(T[e] >= the member of a dependency chain that runs in e); a cut at a known plan's cost (the greedy
+plan, `upper_bound`, or the within model's best plan). Nothing here reads the DP.
 """
 
 from __future__ import annotations
@@ -56,10 +64,10 @@ from halo.plan.search.problem import PlanProblem
 class MilpResult:
     cost: float  # cost of the best plan found (`plan.cost`)
     dual_bound: float  # proven lower bound on the optimum (== cost when solved to optimality)
-    optimal: bool
+    optimal: bool  # the plan is proven within `rel_gap` of the optimum (dual_bound)
     plan: ExecutionPlan
-    solves: int = 1  # MILPs solved (one per number of exact epochs tried)
-    epochs: int = 0  # exact epochs of the last model solved
+    solves: int = 1  # MILPs solved (a within and a beyond model per number of exact epochs tried)
+    epochs: int = 0  # exact epochs of the last models solved
 
 
 class _Model:
@@ -115,8 +123,8 @@ def solve_milp(
     def left() -> float:
         return max(deadline - time.perf_counter(), 0.01)
 
-    def proven() -> bool:
-        return best.cost <= bound * (1 + rel_gap) * (1 + 1e-9) + 1e-9
+    def proven() -> bool:  # HiGHS stops within an absolute 1e-6 of its bound (its `mip_abs_gap`)
+        return best.cost <= bound * (1 + rel_gap) * (1 + 1e-9) + 2e-6
 
     while True:
         # plans with at most k epochs, exactly: the best of them (a real plan), or a bound on them
