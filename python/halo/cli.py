@@ -91,9 +91,12 @@ def _serve(args: argparse.Namespace) -> int:
     from halo.serve import ServeConfig, serve
 
     config = ServeConfig(epoch_ms=args.epoch_ms, epoch_rows=args.epoch_rows, queue_limit=args.queue_limit,
-                         max_body_bytes=args.max_body_bytes, api_key=args.api_key or os.environ.get("HALO_API_KEY"))
+                         max_body_bytes=args.max_body_bytes, api_key=args.api_key or os.environ.get("HALO_API_KEY"),
+                         max_active_epochs=args.max_active_epochs,
+                         journal_dir=args.journal_dir or os.environ.get("HALO_SERVE_JOURNAL_DIR"))
+    grace = args.shutdown_grace if args.shutdown_grace is not None else float(os.environ.get("HALO_SERVE_GRACE_S", 60))
     serve(args.workflows, host=args.host, port=args.port, config=config, dtype=args.dtype, model=args.model,
-          chat=not args.no_chat)
+          chat=not args.no_chat, shutdown_timeout_s=grace)
     return 0
 
 
@@ -196,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="chat model: registered name, .gguf or HF dir (default smollm2-135m)")
     s.add_argument("--no-chat", action="store_true", help="serve workflows only (no chat engine is loaded)")
     s.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    s.add_argument("--max-active-epochs", type=int, default=8, help="epochs planned or running at once (overlapping)")
+    s.add_argument("--journal-dir", default=None,
+                   help="journal admitted runs here; a restart on the same folder answers or reruns them "
+                        "(default: env HALO_SERVE_JOURNAL_DIR, else none)")
+    s.add_argument("--shutdown-grace", type=float, default=None, metavar="SECONDS",
+                   help="on SIGTERM, let runs in flight finish this long, then cancel the rest "
+                        "(default: env HALO_SERVE_GRACE_S, else 60)")
     s.set_defaults(func=_serve)
 
     x = sub.add_parser("export-hf", help="write a model as a Hugging Face Llama directory (e.g. for vLLM)")

@@ -81,7 +81,7 @@ outputs:
 
 
 def _start(folder, port: int, journal, grace_s: float) -> subprocess.Popen:
-    env = {**os.environ, "HALO_SERVE_JOURNAL_DIR": str(journal), "HALO_SERVE_GRACE_S": str(grace_s)}
+    env = {**os.environ, "HALO_SERVE_GRACE_S": str(grace_s)}  # the env default; the journal by flag
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -97,6 +97,8 @@ def _start(folder, port: int, journal, grace_s: float) -> subprocess.Popen:
             "fp32",
             "--epoch-ms",
             "10",
+            "--journal-dir",
+            str(journal),
         ],
         env=env,
         stdout=subprocess.PIPE,

@@ -3,7 +3,7 @@
 The chat engine is a compiled workflow's own engine when the chat model is one a workflow runs (one
 worker, in-process): one copy of the weights and KV pool, stepped by one thread. SIGTERM (or Ctrl-C)
 drains: no new work, `shutdown_timeout_s` for what is in flight, the rest cancelled (or journaled,
-with `HALO_SERVE_JOURNAL_DIR`), then the process exits with status 0.
+with `ServeConfig.journal_dir`, `--journal-dir`), then the process exits with status 0.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -69,9 +68,6 @@ def serve(
 
     workflows = load_workflows(workflow_paths)
     config = config or ServeConfig()
-    if os.environ.get("HALO_SERVE_JOURNAL_DIR") and config.journal_dir is None:
-        config = replace(config, journal_dir=os.environ["HALO_SERVE_JOURNAL_DIR"])
-    shutdown_timeout_s = float(os.environ.get("HALO_SERVE_GRACE_S", shutdown_timeout_s))
     apps: dict[str, Any] = {}
     engine = None
     try:
