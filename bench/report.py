@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-BASELINES = ("serial", "per-call", "opwise")
+BASELINES = ("serial", "per-call", "opwise", "vllm-per-call")
 
 
 def write(result: Any, out: Path) -> dict[str, str]:
