@@ -51,6 +51,14 @@ class BlockManager:
         seq.num_published_blocks = len(blocks)
         return seq.num_computed
 
+    def cached_prefix_len(self, tokens: list[int]) -> int:
+        """Tokens a new request with prompt `tokens` would find cached now (what `match_prefix` would
+        reuse); takes no references. The matched nodes count as used for the LRU: they are about to be."""
+        if not self.enable_prefix_cache:
+            return 0
+        usable = (len(tokens) - 1) // self.block_size * self.block_size
+        return len(self.tree.match(tokens[:usable])) * self.block_size if usable > 0 else 0
+
     def can_append(self, seq: Sequence, num_new_tokens: int) -> bool:
         """Whether blocks for ``num_new_tokens`` more computed tokens exist, evicting cold cache if needed."""
         need = self.blocks_for(seq.num_computed + num_new_tokens) - len(seq.block_table)

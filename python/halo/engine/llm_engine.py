@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Iterable
 from collections.abc import Sequence as Seq
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -383,6 +384,12 @@ class LLMEngine:
 
     def reset_prefix_cache(self) -> None:
         self.block_manager.reset_prefix_cache()
+
+    def cached_prefix_lengths(self, prompts: Iterable[list[int]]) -> list[int]:
+        """For each prompt (token ids), how many of its leading tokens the prefix cache holds now, as a
+        request added now would reuse them. Call it on the thread that steps the engine (planners
+        ask it to price prefill against what earlier work left in the cache)."""
+        return [self.block_manager.cached_prefix_len(list(p)) for p in prompts]
 
     def output_so_far(self, request_id: str) -> list[int] | None:
         """Token ids a request has generated so far (None for an unknown or aborted id); for

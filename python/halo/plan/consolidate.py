@@ -14,7 +14,7 @@ per distinct input combination) and, for llm nodes, tokenized to build the per-m
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from halo.plan.chat_tokenizer import ChatTokenizer
@@ -35,6 +35,9 @@ from halo.spec.graph import GraphNode, WorkflowGraph
 from halo.spec.nodes import LlmNode
 from halo.spec.workflow import Workflow
 
+# (model source, prompts' token ids) -> tokens of each prompt an engine caches already
+WarmPrefix = Callable[[str, list[list[int]]], list[int]]
+
 
 def consolidate(
     workflow: Workflow | WorkflowGraph,
@@ -43,9 +46,12 @@ def consolidate(
     *,
     check: bool = True,
     min_group_tokens: int = 1,
+    warm_prefix: WarmPrefix | None = None,
 ) -> ConsolidatedGraph:
-    """Consolidate `rows` for `workflow`; `tokenizer` (one, or one per model source) enables prefixes."""
-    return Consolidator(workflow, tokenizer, min_group_tokens).consolidate(rows, check=check)
+    """Consolidate `rows` for `workflow`; `tokenizer` (one, or one per model source) enables prefixes.
+    `warm_prefix(model, prompts)` says how many leading tokens of each prompt an engine already caches
+    (earlier runs' KV): a request is priced as cached up to the longer of that and the batch's own sharing."""
+    return Consolidator(workflow, tokenizer, min_group_tokens).consolidate(rows, check=check, warm_prefix=warm_prefix)
 
 
 class Consolidator:
@@ -68,7 +74,9 @@ class Consolidator:
             self._static_text[node.id] = text
             self._static_id[node.id] = statics.setdefault(text, len(statics))
 
-    def consolidate(self, rows: Sequence[Mapping[str, Any]], *, check: bool = True) -> ConsolidatedGraph:
+    def consolidate(
+        self, rows: Sequence[Mapping[str, Any]], *, check: bool = True, warm_prefix: WarmPrefix | None = None
+    ) -> ConsolidatedGraph:
         if check:
             check_batch(rows, self.graph.spec.inputs)
         state = _State()
@@ -84,7 +92,7 @@ class Consolidator:
                 model = self.graph.model_source(node) or ""
                 prompts.submit(model, ids, [self._messages(state, pid) for pid in ids])
         state.timings["instantiate"] = time.perf_counter() - clock
-        tokens, cached, prefixes = self._prefixes(state, prompts)
+        tokens, cached, prefixes = self._prefixes(state, prompts, warm_prefix)
         clock = time.perf_counter()
         physical = PhysicalTable(
             self.graph,
@@ -162,7 +170,7 @@ class Consolidator:
         return self.tokenizer.get(model)
 
     def _prefixes(
-        self, state: _State, prompts: PromptTokens
+        self, state: _State, prompts: PromptTokens, warm_prefix: WarmPrefix | None = None
     ) -> tuple[dict[int, int], dict[int, int], dict[str, ModelPrefixes]]:
         encoded = prompts.collect()
         state.timings.update(prompts.timings)
@@ -186,6 +194,9 @@ class Consolidator:
             state.lap("prefix_index", clock)
             tokens.update(index.lengths)
             cached.update(index.cached)
+            if warm_prefix is not None and ids:
+                for pid, warm in zip(ids, warm_prefix(model, sequences), strict=True):
+                    cached[pid] = max(cached[pid], min(warm, index.lengths[pid]))
             logical = sum(index.lengths[pid] * len(state.instances[pid]) for pid in ids)
             prefixes[model] = ModelPrefixes(
                 model,

@@ -14,6 +14,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,8 @@ from halo.runtime.results import EpochTiming, RowError, RunResult, RunStats, Spa
 from halo.runtime.serial import run_serial
 from halo.runtime.tools.tool_runner import ToolRunner
 from halo.spec.workflow import Workflow
+
+WARM_PREFIX_WAIT_S = 2.0  # how long planning waits for the session thread to read the prefix cache
 
 PlanMode = Literal["dp", "greedy", "serial"]
 
@@ -253,7 +256,9 @@ class CompiledWorkflow:
         chosen = None
         kv_parents: dict[str, str] = {}
         if mode != "serial":
-            graph = consolidate(self.graph, [rows[i] for i in valid], self._tokenizers, check=False)
+            graph = consolidate(
+                self.graph, [rows[i] for i in valid], self._tokenizers, check=False, warm_prefix=self._warm_prefix
+            )
             problem = build_plan_problem(
                 graph,
                 self._curves_for,
@@ -268,6 +273,31 @@ class CompiledWorkflow:
             chosen = plan_greedy(problem) if mode == "greedy" else plan_dp(problem, time_limit_s=1.0)
             kv_parents = {t.id: t.kv_parent for t in problem.tasks if t.kv_parent is not None}
         return _RunContext(rows, valid, input_errors, graph, chosen, time.perf_counter() - clock, kv_parents)
+
+    def _warm_prefix(self, model: str, prompts: list[list[int]]) -> list[int]:
+        """Per prompt, the longest prefix an in-process engine of `model` caches now (0 where none does).
+
+        The engines are stepped by one thread only: on an online session the question crosses to the
+        session's thread (answered between two steps); otherwise this thread is the one that steps them.
+        """
+        engines = [e for w in self._workers if isinstance(w, LocalWorker) and (e := w.engines.engines.get(model))]
+        if not engines or not prompts:
+            return [0] * len(prompts)
+
+        def ask() -> list[int]:
+            per_engine = [engine.cached_prefix_lengths(prompts) for engine in engines]
+            return [max(lengths) for lengths in zip(*per_engine, strict=True)]
+
+        session = self._session
+        if session is None:
+            return ask()
+        answer: Future[list[int]] = Future()
+        session.call_soon(lambda: answer.set_result(ask()) if not answer.done() else None)
+        try:
+            return answer.result(timeout=WARM_PREFIX_WAIT_S)
+        except TimeoutError:  # the loop is stuck in a long step: plan as if nothing were cached
+            answer.cancel()
+            return [0] * len(prompts)
 
     def _resident_models(self, problem: Any) -> dict[str, str]:
         """Plan worker id -> the model it holds now, for the models this problem runs (the worker's
