@@ -20,6 +20,20 @@ def write(result: Any, out: Path) -> dict[str, str]:
     return {kind: str(path) for kind, path in files.items()}
 
 
+def load(paths: list[Path]) -> Any:
+    """A SuiteResult from one or more results.json files (measurements appended in order; the first's config
+    and environment, every file's engines), e.g. to merge per-workload runs: `write(load([a, b]), out)`."""
+    from bench.suite import Measurement, SuiteResult
+
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    merged = SuiteResult(config=docs[0]["config"], environment=dict(docs[0]["environment"]))
+    for doc in docs:
+        merged.engines.update(doc.get("engines", {}))
+        merged.measurements += [Measurement(**m) for m in doc["measurements"]]
+    merged.environment["finished"] = docs[-1]["environment"].get("finished")
+    return merged
+
+
 def _wall(result: Any) -> dict[tuple[str, int], dict[str, float]]:
     walls: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
     for m in result.measurements:
