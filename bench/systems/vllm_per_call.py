@@ -26,7 +26,6 @@ from halo.runtime.compiled import CompiledWorkflow
 from halo.runtime.tools.tool_runner import ToolRunner
 
 from bench.online.load_generator import QueryOutcome
-from bench.online.per_call_target import PerCallTarget
 from bench.systems.system_run import SystemRun
 from bench.systems.vllm_server import SERVED_MODEL, VllmServer, VllmServerError, vllm_python
 
@@ -167,6 +166,10 @@ async def _run_batch(
         timeout=httpx.Timeout(REQUEST_TIMEOUT_S),
         event_hooks={"response": [usage.on_response]},
     ) as client:
+        # imported here: bench.online.per_call_target imports bench.systems (its walker), so a module-level
+        # import would make `halo bench --online` (which loads bench.online first) a circular import
+        from bench.online.per_call_target import PerCallTarget
+
         target = PerCallTarget(client, app, tools)
         return list(await asyncio.gather(*(target.send(row) for row in rows)))
 

@@ -104,3 +104,13 @@ def test_the_server_is_stopped_and_its_log_kept(quick_run) -> None:
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=5.0)
     assert "vllm-per-call" in (folder / "results.md").read_text()
+
+
+@pytest.mark.parametrize("first", ["bench.online.per_call_target", "bench.online.sweep", "bench.systems"])
+def test_bench_modules_import_in_any_order(first: str) -> None:
+    """`halo bench --online` loads bench.online before bench.systems: no circular import either way."""
+    import subprocess
+
+    code = f"import {first}, bench.systems, bench.online.per_call_target, bench.online.sweep"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
