@@ -236,3 +236,30 @@ def test_wrapper_rejects_bad_tensors():
         decode(kernel, q, k, v, tables[:1], lens, 0.125)
     with pytest.raises(ValueError, match=r"\[B, H, D\]"):
         decode(kernel, q[0], k, v, tables, lens, 0.125)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_slots_past_a_length_may_hold_nan(dtype):
+    """The pool is allocated empty, so unwritten slots can hold NaN bit patterns: neither path reads them."""
+    bs, lens = 16, [5, 40]
+    _, k, v, tables, lens_t = _problem(dtype, 9, 3, 64, bs, lens)
+    kv = KVCache(CONFIG, k.shape[1], bs, dtype)
+    kv.k[0].copy_(k)
+    kv.v[0].copy_(v)
+    for row, length in enumerate(lens):
+        for pos in range(length, tables.shape[1] * bs):
+            block = tables[row, pos // bs]
+            kv.k[0][:, block, pos % bs] = float("nan")
+            kv.v[0][:, block, pos % bs] = float("nan")
+    max_blocks = tables.shape[1]
+    mask = (torch.arange(max_blocks * bs).unsqueeze(0) >= lens_t.unsqueeze(1)).view(2, 1, 1, -1)
+    ctx = StepContext(
+        input_ids=torch.zeros(2, dtype=torch.int64), positions=torch.zeros(2, dtype=torch.int64),
+        slots=torch.zeros(2, dtype=torch.int64), num_decode=2, decode_blocks=tables.reshape(-1),
+        decode_max_blocks=max_blocks, decode_lens=lens_t, decode_mask=mask, prefills=(),
+        logits_rows=torch.zeros(0, dtype=torch.int64),
+    )
+    q = torch.randn(2, 9, 64).to(dtype)
+    for out in (cpu_attention.decode_attention(q, kv, 0, ctx, 0.125),
+                cpu_attention.decode_attention_torch(q, kv, 0, ctx, 0.125)):
+        assert torch.isfinite(out.float()).all()

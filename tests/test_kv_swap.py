@@ -56,7 +56,10 @@ def test_swap_round_trip_is_bit_identical(checkpoint):
     assert set(new_blocks).isdisjoint(old_blocks)
     assert eng.swapper.swap_in(seq, new_blocks) == computed
     k2, v2 = eng.kv.read_blocks(torch.tensor(new_blocks))
-    assert torch.equal(k, k2) and torch.equal(v, v2)
+    # compared as bits: slots past the computed tokens hold whatever the empty pool held (NaN patterns
+    # included, and NaN != NaN as a value)
+    assert torch.equal(k.view(torch.int16), k2.view(torch.int16))
+    assert torch.equal(v.view(torch.int16), v2.view(torch.int16))
     eng.block_manager.allocator.free(new_blocks)
 
 

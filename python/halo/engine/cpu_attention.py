@@ -105,6 +105,9 @@ def decode_attention_torch(
     scores = torch.matmul(qg, k.transpose(-1, -2)).float()  # [KV, B, G, L]
     if ctx.decode_mask is not None:
         scores.masked_fill_(ctx.decode_mask.transpose(0, 1), float("-inf"))
+        # the pool is allocated empty: a slot past a sequence's length may hold a NaN bit pattern,
+        # and a zero weight times NaN is NaN
+        v = v.masked_fill(ctx.decode_mask.view(1, b, length, 1), 0.0)
     probs = torch.softmax(scores, dim=-1).to(q.dtype)
     out = torch.matmul(probs, v)  # [KV, B, G, D]
     return out.transpose(0, 1).reshape(b, h * d)
