@@ -136,20 +136,25 @@ def test_decode_attention_routes_to_native_and_matches_torch_path(dtype):
     torch.testing.assert_close(native.float(), torch_path.float(), **loose)
 
 
+def _decode_context(tables: torch.Tensor, lens: torch.Tensor, bs: int) -> StepContext:
+    """A decode-only step over `tables` (padded block ids) and `lens`, as the model runner builds it."""
+    n, max_blocks = tables.shape
+    mask = (torch.arange(max_blocks * bs).unsqueeze(0) >= lens.unsqueeze(1)).view(n, 1, 1, -1)
+    return StepContext(
+        input_ids=torch.zeros(n, dtype=torch.int64), positions=torch.zeros(n, dtype=torch.int64),
+        slots=torch.zeros(n, dtype=torch.int64), num_decode=n, decode_blocks=tables.reshape(-1),
+        decode_max_blocks=max_blocks, decode_lens=lens, decode_mask=mask, prefills=(),
+        logits_rows=torch.zeros(0, dtype=torch.int64),
+    )
+
+
 def test_decode_attention_falls_back_without_native(monkeypatch):
     bs, lens = 16, [5, 40]
     _, k, v, tables, lens_t = _problem(torch.float32, 9, 3, 64, bs, lens)
     kv = KVCache(CONFIG, k.shape[1], bs, torch.float32)
     kv.k[0].copy_(k)
     kv.v[0].copy_(v)
-    max_blocks = tables.shape[1]
-    mask = (torch.arange(max_blocks * bs).unsqueeze(0) >= lens_t.unsqueeze(1)).view(2, 1, 1, -1)
-    ctx = StepContext(
-        input_ids=torch.zeros(2, dtype=torch.int64), positions=torch.zeros(2, dtype=torch.int64),
-        slots=torch.zeros(2, dtype=torch.int64), num_decode=2, decode_blocks=tables.reshape(-1),
-        decode_max_blocks=max_blocks, decode_lens=lens_t, decode_mask=mask, prefills=(),
-        logits_rows=torch.zeros(0, dtype=torch.int64),
-    )
+    ctx = _decode_context(tables, lens_t, bs)
     q = torch.randn(2, 9, 64)
     monkeypatch.setattr(cpu_attention, "native_kernel", lambda num_threads: None)
     out = cpu_attention.decode_attention(q, kv, 0, ctx, 0.125)
@@ -251,14 +256,7 @@ def test_slots_past_a_length_may_hold_nan(dtype):
             block = tables[row, pos // bs]
             kv.k[0][:, block, pos % bs] = float("nan")
             kv.v[0][:, block, pos % bs] = float("nan")
-    max_blocks = tables.shape[1]
-    mask = (torch.arange(max_blocks * bs).unsqueeze(0) >= lens_t.unsqueeze(1)).view(2, 1, 1, -1)
-    ctx = StepContext(
-        input_ids=torch.zeros(2, dtype=torch.int64), positions=torch.zeros(2, dtype=torch.int64),
-        slots=torch.zeros(2, dtype=torch.int64), num_decode=2, decode_blocks=tables.reshape(-1),
-        decode_max_blocks=max_blocks, decode_lens=lens_t, decode_mask=mask, prefills=(),
-        logits_rows=torch.zeros(0, dtype=torch.int64),
-    )
+    ctx = _decode_context(tables, lens_t, bs)
     q = torch.randn(2, 9, 64).to(dtype)
     for out in (cpu_attention.decode_attention(q, kv, 0, ctx, 0.125),
                 cpu_attention.decode_attention_torch(q, kv, 0, ctx, 0.125)):
