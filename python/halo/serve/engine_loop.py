@@ -134,12 +134,16 @@ class EngineLoop:
             max_tokens = job.max_tokens
             if max_tokens is None:
                 max_tokens = max(1, min(self.default_max_tokens, self.engine.config.context_length - len(ids)))
-            self.engine.add_request(ids, replace(job.params, max_tokens=max_tokens), job.request_id)
+            self._submit(job, ids, replace(job.params, max_tokens=max_tokens))
         except Exception as exc:  # invalid prompt, too long for the context, too big for the pool
             job.post("error", exc)
             return
         self._jobs[job.request_id] = job
         job.post("accepted", len(ids))
+
+    def _submit(self, job: ChatJob, ids: list[int], params: SamplingParams) -> None:
+        """Queue the encoded request where this loop steps it (here: its own engine)."""
+        self.engine.add_request(ids, params, job.request_id)
 
     def _stream_delta(self, rid: str, job: ChatJob) -> None:
         ids = self.engine.output_so_far(rid)  # between steps, on the thread that owns the engine

@@ -11,10 +11,9 @@ thread. The job protocol is `EngineLoop`'s (accepted | error, delta..., done).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any
 
-from halo.engine import GenerationResult, LLMEngine
+from halo.engine import GenerationResult, LLMEngine, SamplingParams
 from halo.runtime.online_session import OnlineSession
 from halo.serve.engine_loop import ChatJob, EngineLoop, EngineLoopClosed
 
@@ -67,24 +66,10 @@ class SessionChatLoop(EngineLoop):
 
     # -- on the session thread ----------------------------------------------------------------------------
 
-    def _add(self, job: ChatJob) -> None:
-        try:
-            ids = self.engine.encode_prompt(job.messages)
-            max_tokens = job.max_tokens
-            if max_tokens is None:
-                max_tokens = max(1, min(self.default_max_tokens, self.engine.config.context_length - len(ids)))
-            self.worker.add_guest(
-                self.model,
-                ids,
-                replace(job.params, max_tokens=max_tokens),
-                job.request_id,
-                lambda result, error: self._guest_done(job, result, error),
-            )
-        except Exception as exc:  # invalid prompt, too long for the context, too big for the pool
-            job.post("error", exc)
-            return
-        self._jobs[job.request_id] = job
-        job.post("accepted", len(ids))
+    def _submit(self, job: ChatJob, ids: list[int], params: SamplingParams) -> None:
+        self.worker.add_guest(
+            self.model, ids, params, job.request_id, lambda result, error: self._guest_done(job, result, error)
+        )
 
     def _guest_done(self, job: ChatJob, result: GenerationResult | None, error: str | None) -> None:
         self._jobs.pop(job.request_id, None)
