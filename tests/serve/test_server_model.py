@@ -198,3 +198,23 @@ def test_chat_shares_the_workflow_engine_while_an_epoch_runs(model_server, refer
         got = [c.get(f"/v1/runs/{i}", params={"wait": "true"}).json() for i in ids]
     assert chat["choices"][0]["message"]["content"] == expected.text
     assert [g["output"] for g in got] == mini.run(rows).outputs
+
+
+def test_chat_on_its_own_engine_without_workflows(checkpoint, reference):
+    """No workflow shares the model: chat runs on the server's own `EngineLoop` (plain and streaming)."""
+    import openai
+    from halo.engine import LLMEngine, SamplingParams
+    from halo.serve import ServeConfig, create_app
+
+    server = start_server(create_app({}, LLMEngine(model=checkpoint, dtype="fp32"), ServeConfig()))
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        expected = reference.generate([QUESTION], SamplingParams(max_tokens=6, temperature=0.0))[0]
+        done = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=6, temperature=0)
+        assert done.choices[0].message.content == expected.text
+        stream = client.chat.completions.create(
+            model="smollm2-135m", messages=QUESTION, max_tokens=6, temperature=0, stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected.text
+    finally:
+        server.stop()
