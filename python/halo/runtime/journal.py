@@ -44,20 +44,28 @@ def fingerprint(workflow_spec: Any, rows: list[Any]) -> str:
     return h.hexdigest()
 
 
-def load(path: Path, expected_fingerprint: str) -> JournalState:
-    """Read a journal; a torn last line is ignored. Raises JournalError if it belongs to another run."""
-    state = JournalState()
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON records of an append-only JSONL journal; a torn last line (a write a kill interrupted) is
+    dropped. JournalError names the file and line of anything else unreadable."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise JournalError(f"cannot read journal {path}: {exc.strerror}") from None
+    records = []
     for number, line in enumerate(lines, 1):
         try:
-            record = json.loads(line)
+            records.append(json.loads(line))
         except json.JSONDecodeError:
             if number == len(lines):
-                break  # the write a kill interrupted
+                break
             raise JournalError(f"journal {path} line {number} is not valid JSON") from None
+    return records
+
+
+def load(path: Path, expected_fingerprint: str) -> JournalState:
+    """Read a journal; a torn last line is ignored. Raises JournalError if it belongs to another run."""
+    state = JournalState()
+    for record in read_records(path):
         kind = record.get("type")
         if kind == "header":
             if record.get("fingerprint") != expected_fingerprint:

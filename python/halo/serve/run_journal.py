@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
+from halo.runtime.journal import read_records
 from halo.serve.run_store import RunRecord
 
 FILE = "runs.jsonl"
@@ -36,23 +37,15 @@ class RunJournal:
     def load(self, keep_finished: int) -> tuple[list[RunRecord], list[RunRecord]]:
         """(ended runs, runs to queue again) from an earlier server, oldest first; compacts the file."""
         runs: dict[str, RunRecord] = {}
-        if self.path.exists():
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            for number, line in enumerate(lines, 1):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    if number == len(lines):
-                        break  # the write a kill interrupted
-                    raise
-                if record["type"] == "admitted":
-                    runs[record["id"]] = RunRecord(
-                        record["id"], record["workflow"], record["row"], submitted=record["submitted"]
-                    )
-                elif record["type"] == "ended" and record["id"] in runs:
-                    run = runs[record["id"]]
-                    run.status, run.output, run.error = record["status"], record["output"], record["error"]
-                    run.epoch, run.started, run.finished = record["epoch"], record["started"], record["finished"]
+        for record in read_records(self.path) if self.path.exists() else []:
+            if record["type"] == "admitted":
+                runs[record["id"]] = RunRecord(
+                    record["id"], record["workflow"], record["row"], submitted=record["submitted"]
+                )
+            elif record["type"] == "ended" and record["id"] in runs:
+                run = runs[record["id"]]
+                run.status, run.output, run.error = record["status"], record["output"], record["error"]
+                run.epoch, run.started, run.finished = record["epoch"], record["started"], record["finished"]
         ended = [r for r in runs.values() if r.done][-keep_finished:]
         pending = [r for r in runs.values() if not r.done]
         tmp = self.path.with_suffix(".tmp")
