@@ -1,5 +1,5 @@
 """The epoch policy: rows from concurrent submits share an epoch; an epoch closes by size or by age;
-the oldest closed epoch runs first across workflows."""
+the oldest closed epoch runs first across workflows; closed epochs waiting for a runner merge."""
 
 from __future__ import annotations
 
@@ -52,6 +52,26 @@ def test_epochs_start_oldest_first_and_a_held_epoch_does_not_block_newer_ones():
     first.gate.set()
     assert batcher.close(10)
     assert order == ["a", "b", "a"]
+
+
+def test_epochs_waiting_for_a_runner_merge_up_to_the_row_limit():
+    echo = EchoApp()
+    echo.gate.clear()
+    batcher, store = _batcher({"echo": echo}, epoch_s=0.01, epoch_rows=3)
+    batcher.max_active = 1
+    batcher.start()
+    records = store.create("echo", [{"x": 0}])
+    batcher.submit("echo", records)
+    time.sleep(0.1)  # epoch 0 holds the only runner
+    for i in range(1, 5):  # four one-row epochs close while they wait
+        batch = store.create("echo", [{"x": i}])
+        records += batch
+        batcher.submit("echo", batch)
+        time.sleep(0.05)
+    echo.gate.set()
+    assert batcher.close(10)
+    assert [[r["x"] for r in b] for b in echo.batches] == [[0], [1, 2, 3], [4]]  # oldest first, in arrival order
+    assert [r.output for r in records] == [{"echo": str(i)} for i in range(5)]
 
 
 def test_close_past_its_timeout_cancels_what_never_ended():

@@ -3,7 +3,9 @@
 Invariant: an epoch holds rows of one workflow; it closes `epoch_s` after its first row arrived or when
 it holds `epoch_rows` rows; closed epochs start oldest first (by their first arrival) on up to
 `max_active` runner threads, each as one `CompiledWorkflow.run` over all its rows, so consolidation
-and prefix sharing apply across clients and a row's output equals `app.run` on its epoch. Epochs
+and prefix sharing apply across clients and a row's output equals `app.run` on its epoch. Closed
+epochs of one workflow that wait for a runner merge when it frees (up to `epoch_rows`): the busier
+the server, the larger its epochs, instead of a queue of one-row epochs. Epochs
 overlap: an app attached to the server's `OnlineSession` runs its epochs on the session's one loop,
 where a newer epoch's nodes join the engine batch while older epochs decode, and older epochs get a
 worker's room first (no query starves).
@@ -158,11 +160,22 @@ class EpochBatcher:
             if self._ready and len(self._running) < self.max_active:
                 oldest = min(self._ready, key=lambda e: (e.opened, e.index))
                 self._ready.remove(oldest)
+                self._absorb(oldest)
                 return oldest
             if self._closing and not self._open and not self._ready:
                 return None
             deadlines = [e.opened + self.epoch_s for e in self._open.values()]
             self._cond.wait(max(0.0, min(deadlines) - now) if deadlines else None)
+
+    def _absorb(self, epoch: Epoch) -> None:
+        """Merge into `epoch` the later closed epochs of its workflow that waited for a runner (up to
+        `epoch_rows` rows): under load, epochs grow instead of queueing, so the engines get more rows
+        to batch and consolidate at once, and the waiting rows keep the age of the oldest among them."""
+        for other in sorted(self._ready, key=lambda e: (e.opened, e.index)):
+            if other.workflow != epoch.workflow or len(epoch.records) + len(other.records) > self.epoch_rows:
+                continue
+            self._ready.remove(other)
+            epoch.records.extend(other.records)
 
     def _run(self, epoch: Epoch) -> None:
         records = epoch.records
