@@ -205,6 +205,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     online.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per rate (default 20)")
     online.add_argument("--drain", type=float, default=60.0, help="seconds a rate's last queries may take (default 60)")
     online.add_argument("--targets", default=None, help="comma list of halo-serve,per-call (default both)")
+    online.add_argument(
+        "--online-rows",
+        default="distinct",
+        choices=["distinct", "workload"],
+        help="distinct: every query's text unique (no shared work but prompt prefixes; default); workload: the "
+        "workload generator's rows as they come, repeats included (shared work across queries)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SuiteConfig:
@@ -271,6 +278,7 @@ def online_config_from_args(args: argparse.Namespace) -> Any:
         scale_factor=args.scale_factor if args.scale_factor is not None else 0.1,
         max_tokens=args.max_tokens,
         api_latency_s=args.api_latency if args.api_latency is not None else 0.1,
+        rows=getattr(args, "online_rows", "distinct"),
     )
 
 

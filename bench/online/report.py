@@ -34,9 +34,24 @@ def as_json(result: Any) -> dict[str, Any]:
         measured.update({f"p{q}_s": cell.result.percentile(q) for q in (50, 95, 99)})
         cells.append({"workload": cell.workload, "target": cell.target, **measured})
     sat = saturation(result)
-    return {"config": result.config, "environment": result.environment, "cells": cells,
-            "saturation": {w: {**s, "ratio": _ratio(s)} for w, s in sat.items()},
-            "output_check": result.output_check or "speed-only (outputs are checked against app.run in fp32 only)"}
+    return {
+        "config": result.config,
+        "environment": result.environment,
+        "cells": cells,
+        "saturation": {w: {**s, "ratio": _ratio(s)} for w, s in sat.items()},
+        "output_check": result.output_check or "speed-only (outputs are checked against app.run in fp32 only)",
+    }
+
+
+def _rows_text(result: Any) -> str:
+    mode = result.config.get("rows", "distinct")
+    counts = ", ".join(f"{w} {n}" for w, n in result.environment.get("distinct_rows", {}).items())
+    what = (
+        "distinct (each query's text unique, see bench/online/distinct_rows.py)"
+        if mode == "distinct"
+        else "as the workload generator makes them, repeats included"
+    )
+    return f"{what}; distinct rows sent of rows prepared: {counts}" if counts else what
 
 
 def markdown(result: Any) -> str:
@@ -47,7 +62,8 @@ def markdown(result: Any) -> str:
         "",
         f"CPU `{result.environment['cpu']}`, dtype {c['dtype']} ({', '.join(dtypes)}); Poisson arrivals for "
         f"{c['duration_s']:g} s per offered rate (+ up to {c['drain_s']:g} s drain), seed {c['seed']}; server and load "
-        "generator in one process on loopback. `halo-serve`: one row per POST /v1/workflows/{name}/runs, then "
+        f"generator in one process on loopback. Rows: {_rows_text(result)}. "
+        "`halo-serve`: one row per POST /v1/workflows/{name}/runs, then "
         "GET ?wait=true. "
         "`per-call`: the client walks the DAG, one POST /v1/chat/completions per llm call on the same engine, "
         "tools client-side without cache or coalescing. Achieved throughput: completed queries / (last completion "
@@ -60,22 +76,31 @@ def markdown(result: Any) -> str:
     ]
     for workload, s in saturation(result).items():
         ratio = _ratio(s)
-        lines.append(f"| {workload} | {s.get(HALO, 0):.2f} | {s.get(PER_CALL, 0):.2f} | "
-                     f"{'-' if ratio is None else f'{ratio:.2f}x'} |")
-    lines += ["", "## Per offered rate", "",
-              "| workload | system | offered/s | sent | completed | achieved/s | p50 s | p95 s | p99 s | lost | 5xx "
-              "| 4xx | row errors | HTTP requests |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {workload} | {s.get(HALO, 0):.2f} | {s.get(PER_CALL, 0):.2f} | "
+            f"{'-' if ratio is None else f'{ratio:.2f}x'} |"
+        )
+    lines += [
+        "",
+        "## Per offered rate",
+        "",
+        "| workload | system | offered/s | sent | completed | achieved/s | p50 s | p95 s | p99 s | lost | 5xx "
+        "| 4xx | row errors | HTTP requests |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for cell in result.cells:
         r = cell.result
         p = [_s(r.percentile(q)) for q in (50, 95, 99)]
-        lines.append(f"| {cell.workload} | {cell.target} | {r.offered_rate:g} | {r.sent} | {r.completed} | "
-                     f"{r.achieved_rate:.2f} | {' | '.join(p)} | {r.lost} | {r.server_errors} | {r.client_errors} | "
-                     f"{r.row_errors} | {r.requests} |")
+        lines.append(
+            f"| {cell.workload} | {cell.target} | {r.offered_rate:g} | {r.sent} | {r.completed} | "
+            f"{r.achieved_rate:.2f} | {' | '.join(p)} | {r.lost} | {r.server_errors} | {r.client_errors} | "
+            f"{r.row_errors} | {r.requests} |"
+        )
     lines += ["", "## Outputs", ""]
     if result.output_check:
-        lines.append("Fraction of the lowest rate's answered queries whose outputs equal `app.run` on the same rows "
-                     "(fp32):")
+        lines.append(
+            "Fraction of the lowest rate's answered queries whose outputs equal `app.run` on the same rows (fp32):"
+        )
         lines.append("")
         for workload, check in result.output_check.items():
             lines.append(f"- {workload}: " + ", ".join(f"{t} {v:.0%}" for t, v in sorted(check.items())))
@@ -96,11 +121,17 @@ def plot(result: Any, path: Path) -> None:
         rates = sorted({c.result.offered_rate for c in result.cells if c.workload == workload})
         ax.plot(rates, rates, ":", color="gray", label="offered")
         for target, style in ((HALO, "o-"), (PER_CALL, "s--")):
-            cells = sorted((c for c in result.cells if c.workload == workload and c.target == target),
-                           key=lambda c: c.result.offered_rate)
+            cells = sorted(
+                (c for c in result.cells if c.workload == workload and c.target == target),
+                key=lambda c: c.result.offered_rate,
+            )
             if cells:
-                ax.plot([c.result.offered_rate for c in cells], [max(c.result.achieved_rate, 1e-3) for c in cells],
-                        style, label=target)
+                ax.plot(
+                    [c.result.offered_rate for c in cells],
+                    [max(c.result.achieved_rate, 1e-3) for c in cells],
+                    style,
+                    label=target,
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(workload)
