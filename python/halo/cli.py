@@ -92,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(epoch_ms=args.epoch_ms, epoch_rows=args.epoch_rows, queue_limit=args.queue_limit,
                          max_body_bytes=args.max_body_bytes, api_key=args.api_key or os.environ.get("HALO_API_KEY"),
-                         max_active_epochs=args.max_active_epochs,
+                         max_active_epochs=args.max_active_epochs, merge_rows=args.merge_rows,
                          journal_dir=args.journal_dir or os.environ.get("HALO_SERVE_JOURNAL_DIR"))
     grace = args.shutdown_grace if args.shutdown_grace is not None else float(os.environ.get("HALO_SERVE_GRACE_S", 60))
     serve(args.workflows, host=args.host, port=args.port, config=config, dtype=args.dtype, model=args.model,
@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-chat", action="store_true", help="serve workflows only (no chat engine is loaded)")
     s.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     s.add_argument("--max-active-epochs", type=int, default=8, help="epochs planned or running at once (overlapping)")
+    s.add_argument("--merge-rows", type=int, default=64,
+                   help="closed epochs that wait for a runner merge up to this many rows (default 64)")
     s.add_argument("--journal-dir", default=None,
                    help="journal admitted runs here; a restart on the same folder answers or reruns them "
                         "(default: env HALO_SERVE_JOURNAL_DIR, else none)")

@@ -151,8 +151,14 @@ def test_failing_rows_are_recorded_and_the_batch_completes():
     assert len(res.outputs) == 5
     # Now with policies: the http node defaults, so only the genuinely bad rows fail.
     wf2 = Workflow.from_yaml(_policy_yaml())
+    reported: list[tuple] = []
     with halo.compile(wf2, dtype="fp32") as app:
-        res2 = app.run(rows)
+        res2 = app.run(rows, on_row=lambda *row: reported.append(row))
+    # on_row: each row once, as it ended (the rejected input first), with the result's own values.
+    assert sorted(i for i, _, _ in reported) == [0, 1, 2, 3, 4] and reported[0][0] == 4
+    assert {i: (out, err) for i, out, err in reported} == {
+        i: (res2.outputs[i], next((e for e in res2.errors if e.row == i), None)) for i in range(5)
+    }
     by_row = {e.row: e for e in res2.errors}
     assert set(by_row) == {1, 2, 3, 4}
     assert by_row[1].node == "flip"

@@ -73,14 +73,19 @@ class EchoApp:
         self.delay_s = delay_s
         self.gate = threading.Event()
         self.gate.set()
+        self.tail_gate = threading.Event()  # holds an epoch after its first row is answered
+        self.tail_gate.set()
         self.batches: list[list[dict[str, Any]]] = []
 
-    def run(self, rows: list[dict[str, Any]]) -> RunResult:
+    def run(self, rows: list[dict[str, Any]], on_row: Any = None) -> RunResult:
         self.gate.wait(60)
         time.sleep(self.delay_s)
         self.batches.append(list(rows))
         outputs = [{"echo": str(r["x"])} for r in rows]
         errors = [RowError(i, "shout", "asked to fail") for i, r in enumerate(rows) if r["x"] == "fail"]
+        if on_row is not None and rows:  # the first row is done early; the others once `tail_gate` opens
+            on_row(0, outputs[0], next((e for e in errors if e.row == 0), None))
+        self.tail_gate.wait(60)
         return RunResult(outputs, errors, RunStats(rows=len(rows)))
 
 

@@ -35,7 +35,7 @@ def test_epochs_start_oldest_first_and_a_held_epoch_does_not_block_newer_ones():
     order: list[str] = []
     for name, app in (("a", first), ("b", second)):
         run = app.run
-        app.run = lambda rows, run=run, name=name: (order.append(name), run(rows))[1]
+        app.run = lambda rows, run=run, name=name, **kw: (order.append(name), run(rows, **kw))[1]
     batcher, store = _batcher({"a": first, "b": second}, epoch_s=0.01)
     batcher.start()
     held = store.create("a", [{"x": 0}])
@@ -57,8 +57,8 @@ def test_epochs_start_oldest_first_and_a_held_epoch_does_not_block_newer_ones():
 def test_epochs_waiting_for_a_runner_merge_up_to_the_row_limit():
     echo = EchoApp()
     echo.gate.clear()
-    batcher, store = _batcher({"echo": echo}, epoch_s=0.01, epoch_rows=3)
-    batcher.max_active = 1
+    batcher, store = _batcher({"echo": echo}, epoch_s=0.01)
+    batcher.max_active, batcher.merge_rows = 1, 3
     batcher.start()
     records = store.create("echo", [{"x": 0}])
     batcher.submit("echo", records)
@@ -72,6 +72,23 @@ def test_epochs_waiting_for_a_runner_merge_up_to_the_row_limit():
     assert batcher.close(10)
     assert [[r["x"] for r in b] for b in echo.batches] == [[0], [1, 2, 3], [4]]  # oldest first, in arrival order
     assert [r.output for r in records] == [{"echo": str(i)} for i in range(5)]
+
+
+def test_a_row_is_answered_when_it_is_done_not_when_its_epoch_is():
+    echo = EchoApp()
+    echo.tail_gate.clear()
+    batcher, store = _batcher({"echo": echo}, epoch_s=0.01)
+    batcher.start()
+    first, second = records = store.create("echo", [{"x": "a"}, {"x": "b"}])
+    batcher.submit("echo", records)
+    deadline = time.monotonic() + 5
+    while not first.done and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first.status == "succeeded" and first.output == {"echo": "a"}
+    assert second.status == "running"  # its epoch is still going
+    echo.tail_gate.set()
+    assert batcher.close(10)
+    assert second.output == {"echo": "b"}
 
 
 def test_close_past_its_timeout_cancels_what_never_ended():

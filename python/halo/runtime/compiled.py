@@ -172,10 +172,14 @@ class CompiledWorkflow:
         resume: bool = False,
         on_progress: Callable[[Progress], None] | None = None,
         plan: PlanMode | None = None,
+        on_row: Callable[[int, dict[str, Any], RowError | None], None] | None = None,
     ) -> RunResult:
         """Run the workflow over `batch`; with `journal`, finished work is recorded there as it happens
         and `resume=True` skips what an earlier (interrupted) run with the same journal finished.
-        `plan` overrides the compiled planner for this run (e.g. "serial" for a baseline)."""
+        `plan` overrides the compiled planner for this run (e.g. "serial" for a baseline).
+        `on_row(index, outputs, error)` is called once per input row as soon as that row is done (its
+        values are those of the result; rows rejected before running come first, serial runs report at
+        the end); it runs on the thread executing the batch, so it must be quick."""
         clock = time.perf_counter()
         arrived = time.monotonic()  # the run's age on a shared session: older runs are served first
         mode = plan or self.plan_mode
@@ -183,10 +187,22 @@ class CompiledWorkflow:
             raise InvalidRequestError(f"plan {mode!r} is not available here (dp, greedy; serial on one worker)")
         context = self._prepare(batch, mode)
         stats = RunStats(rows=len(context.rows), plan_s=context.plan_s, planner=mode)
+        reported: set[int] = set()
+        report_row = None
+        if on_row is not None:
+            for error in context.input_errors:
+                reported.add(error.row)
+                on_row(error.row, dict.fromkeys(b.name for b in self.graph.outputs), error)
+
+            def report_row(local: int, row_outputs: dict[str, Any], error: RowError | None) -> None:
+                original = context.valid[local]
+                reported.add(original)
+                on_row(original, row_outputs, None if error is None else RowError(original, error.node, error.message))
+
         if mode == "serial":
             outcome, timeline = self._run_serial(context, stats)
         else:
-            outcome, timeline = self._run_planned(context, stats, journal, resume, on_progress, arrived)
+            outcome, timeline = self._run_planned(context, stats, journal, resume, on_progress, arrived, report_row)
         outputs: list[dict[str, Any]] = [dict.fromkeys(b.name for b in self.graph.outputs) for _ in context.rows]
         errors = list(context.input_errors)
         for local, original in enumerate(context.valid):
@@ -196,6 +212,11 @@ class CompiledWorkflow:
                 e = outcome.errors[local]
                 errors.append(RowError(original, e.node, e.message))
         errors.sort(key=lambda e: e.row)
+        if on_row is not None:
+            by_row = {e.row: e for e in errors}
+            for index in range(len(context.rows)):
+                if index not in reported:
+                    on_row(index, outputs[index], by_row.get(index))
         stats.rows_failed = len(errors)
         stats.wall_s = time.perf_counter() - clock
         for span in timeline:
@@ -356,6 +377,7 @@ class CompiledWorkflow:
         resume: bool,
         on_progress: Callable[[Progress], None] | None,
         arrived: float,
+        on_row: Callable[[int, dict[str, Any], RowError | None], None] | None = None,
     ) -> tuple[Any, list[Span]]:
         graph, plan = context.graph, context.plan
         assert graph is not None and plan is not None
@@ -380,6 +402,7 @@ class CompiledWorkflow:
                 journal=writer,
                 resume=state,
                 on_progress=on_progress,
+                on_row=on_row,
             )
             session = self._session
             outcome = session.execute(processor, arrived) if session is not None else processor.run()

@@ -118,6 +118,7 @@ class Processor:
         resume: JournalState | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         progress_every_s: float = 0.2,
+        on_row: Callable[[int, dict[str, Any], RowError | None], None] | None = None,
     ) -> None:
         self.graph = graph
         self.wf = graph.workflow
@@ -129,6 +130,7 @@ class Processor:
         self.journal = journal
         self.on_progress = on_progress
         self.progress_every_s = progress_every_s
+        self.on_row = on_row  # (consolidated row, outputs, error) as soon as a row's last node settles
         self.core = SchedulerCore(
             execution.upstream_offsets,
             execution.upstream_indices,
@@ -387,9 +389,11 @@ class Processor:
                 results[node.id] = self.results[pid]
         outputs = row_outputs(self.wf, self.rows[row], results)
         self.out.outputs[row] = outputs
+        error = self.out.errors.get(row)
         if self.journal is not None and row not in self.out.resumed_rows:
-            error = self.out.errors.get(row)
             self.journal.row(row, outputs, {"node": error.node, "message": error.message} if error else None)
+        if self.on_row is not None:
+            self.on_row(row, outputs, error)
 
     def _span(self, pid: int, node: GraphNode, worker: int, end: float, ok: bool) -> None:
         start = self.start_time.pop(pid, end)

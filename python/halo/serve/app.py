@@ -88,6 +88,7 @@ def create_app(
         epoch_s=config.epoch_ms / 1000.0,
         epoch_rows=config.epoch_rows,
         max_active=config.max_active_epochs,
+        merge_rows=config.merge_rows,
         on_finished=admission.release,
         cancel_message=cancel_message,
         resumable=journal is not None,

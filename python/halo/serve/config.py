@@ -18,6 +18,7 @@ class ServeConfig:
     wait_timeout_s: float = 300.0  # the longest `GET /v1/runs/{id}?wait=true` holds a request
     max_finished_runs: int = 100_000  # finished run records kept for GET before the oldest are dropped
     max_active_epochs: int = 8  # epochs planned or running at once (they overlap on the one session loop)
+    merge_rows: int = 64  # closed epochs waiting for a runner merge up to this many rows
     journal_dir: str | None = None  # when set, admitted runs and their ends are journaled there (see run_journal)
 
     def __post_init__(self) -> None:
@@ -28,6 +29,7 @@ class ServeConfig:
             "default_max_tokens",
             "max_finished_runs",
             "max_active_epochs",
+            "merge_rows",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

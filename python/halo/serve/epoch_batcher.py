@@ -4,8 +4,9 @@ Invariant: an epoch holds rows of one workflow; it closes `epoch_s` after its fi
 it holds `epoch_rows` rows; closed epochs start oldest first (by their first arrival) on up to
 `max_active` runner threads, each as one `CompiledWorkflow.run` over all its rows, so consolidation
 and prefix sharing apply across clients and a row's output equals `app.run` on its epoch. Closed
-epochs of one workflow that wait for a runner merge when it frees (up to `epoch_rows`): the busier
-the server, the larger its epochs, instead of a queue of one-row epochs. Epochs
+epochs of one workflow that wait for a runner merge when it frees (up to `merge_rows`): the busier
+the server, the larger its epochs, instead of a queue of one-row epochs. A row is answered as soon
+as its own nodes are done, not when its whole epoch is. Epochs
 overlap: an app attached to the server's `OnlineSession` runs its epochs on the session's one loop,
 where a newer epoch's nodes join the engine batch while older epochs decode, and older epochs get a
 worker's room first (no query starves).
@@ -56,6 +57,7 @@ class EpochBatcher:
         epoch_s: float,
         epoch_rows: int,
         max_active: int = 8,
+        merge_rows: int = 64,
         on_finished: Callable[[int], None] = lambda n: None,
         cancel_message: str = "cancelled: the server is shutting down",
         resumable: bool = False,
@@ -66,6 +68,7 @@ class EpochBatcher:
         self.epoch_s = epoch_s
         self.epoch_rows = epoch_rows
         self.max_active = max_active
+        self.merge_rows = merge_rows
         self.on_finished = on_finished  # rows that left the system (frees admission slots)
         self.cancel_message = cancel_message
         self.resumable = resumable  # a journal keeps cancelled rows for the next server
@@ -168,11 +171,13 @@ class EpochBatcher:
             self._cond.wait(max(0.0, min(deadlines) - now) if deadlines else None)
 
     def _absorb(self, epoch: Epoch) -> None:
-        """Merge into `epoch` the later closed epochs of its workflow that waited for a runner (up to
-        `epoch_rows` rows): under load, epochs grow instead of queueing, so the engines get more rows
-        to batch and consolidate at once, and the waiting rows keep the age of the oldest among them."""
+        """Merge into `epoch` the later closed epochs of its workflow that waited for a runner, while it
+        holds at most `merge_rows` (and `epoch_rows`) rows: under load, epochs grow instead of queueing,
+        so the engines get more rows to batch and consolidate at once. The cap keeps epochs a size the engines finish in
+        turn (oldest first), so completions keep flowing instead of arriving in one late burst."""
         for other in sorted(self._ready, key=lambda e: (e.opened, e.index)):
-            if other.workflow != epoch.workflow or len(epoch.records) + len(other.records) > self.epoch_rows:
+            limit = min(self.merge_rows, self.epoch_rows)
+            if other.workflow != epoch.workflow or len(epoch.records) + len(other.records) > limit:
                 continue
             self._ready.remove(other)
             epoch.records.extend(other.records)
@@ -183,17 +188,30 @@ class EpochBatcher:
         clock = time.perf_counter()
         stats = None
         failed = 0
+        released = 0
+
+        def row_done(index: int, outputs: dict[str, Any], error: Any) -> None:
+            # A row is answered (and its admission slot freed) as soon as it is done, not when its epoch is.
+            nonlocal failed, released
+            record = records[index]
+            if record.done:
+                return
+            failed += error is not None
+            ended = None if error is None else {"node": error.node, "message": error.message}
+            self.store.finish(record, outputs, ended)
+            released += 1
+            self.on_finished(1)
+
         try:
-            result = self.apps[epoch.workflow].run([r.row for r in records])
+            result = self.apps[epoch.workflow].run([r.row for r in records], on_row=row_done)
             stats = result.stats
-            errors = {e.row: {"node": e.node, "message": e.message} for e in result.errors}
-            for i, record in enumerate(records):
-                failed += i in errors
-                self.store.finish(record, result.outputs[i], errors.get(i))
+            errors = {e.row: e for e in result.errors}
+            for i in range(len(records)):
+                row_done(i, result.outputs[i], errors.get(i))
         except RunCancelled:
             log.warning("epoch %d of %s cancelled at shutdown (%d rows)", epoch.index, epoch.workflow, len(records))
+            failed += sum(1 for r in records if not r.done)
             self._cancel(epoch, count=False)
-            failed = len(records)
         except Exception as exc:  # the whole epoch failed: every row says why, the server keeps going
             log.exception("epoch %d of %s failed", epoch.index, epoch.workflow)
             for record in records:
@@ -205,7 +223,7 @@ class EpochBatcher:
             with self._cond:
                 self._running.remove(epoch)
                 self._cond.notify_all()
-            self.on_finished(len(records))
+            self.on_finished(len(records) - released)
 
     def _cancel(self, epoch: Epoch, *, count: bool = True) -> None:
         for record in epoch.records:
