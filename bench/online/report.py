@@ -110,35 +110,54 @@ def markdown(result: Any) -> str:
 
 
 def plot(result: Any, path: Path) -> None:
+    """Achieved vs offered throughput per workload, log axes; a cell that answered nothing is an x on the floor."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
     workloads = list(dict.fromkeys(c.workload for c in result.cells))
     fig, axes = plt.subplots(1, len(workloads), figsize=(4.4 * len(workloads), 3.8), squeeze=False)
     for ax, workload in zip(axes[0], workloads, strict=True):
-        rates = sorted({c.result.offered_rate for c in result.cells if c.workload == workload})
+        mine = [c for c in result.cells if c.workload == workload]
+        rates = sorted({c.result.offered_rate for c in mine})
+        answered = [c.result.achieved_rate for c in mine if c.result.achieved_rate > 0]
+        floor = min(answered + rates) / 3
         ax.plot(rates, rates, ":", color="gray", label="offered")
-        for target, style in ((HALO, "o-"), (PER_CALL, "s--")):
-            cells = sorted(
-                (c for c in result.cells if c.workload == workload and c.target == target),
-                key=lambda c: c.result.offered_rate,
+        for target, style, color in ((HALO, "o-", "C0"), (PER_CALL, "s--", "C1")):
+            cells = sorted((c for c in mine if c.target == target), key=lambda c: c.result.offered_rate)
+            live = [c for c in cells if c.result.achieved_rate > 0]
+            ax.plot(
+                [c.result.offered_rate for c in live],
+                [c.result.achieved_rate for c in live],
+                style,
+                color=color,
+                label=target,
             )
-            if cells:
+            dead = [c.result.offered_rate for c in cells if c.result.achieved_rate <= 0]
+            if dead:
                 ax.plot(
-                    [c.result.offered_rate for c in cells],
-                    [max(c.result.achieved_rate, 1e-3) for c in cells],
-                    style,
-                    label=target,
+                    dead,
+                    [floor] * len(dead),
+                    "x",
+                    color=color,
+                    markersize=9,
+                    label=f"{target}: none answered in the window",
                 )
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(rates)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(NullFormatter())
         ax.set_title(workload)
         ax.set_xlabel("offered rate (queries/s)")
         ax.set_ylabel("achieved throughput (completed/s)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"rows: {result.config.get('rows', 'distinct')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
