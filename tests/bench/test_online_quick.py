@@ -46,3 +46,25 @@ def test_online_sweep_loses_nothing_and_writes_its_report(tmp_path):
     assert distinct == total  # rows with few duplicates: the ratio measures serving, not deduplication
     assert "Saturation throughput" in (folder / "online.md").read_text()
     assert (folder / "throughput.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_online_rows_flag_picks_the_row_mix_and_the_report_names_it():
+    import argparse
+
+    from bench.online import report
+    from bench.online.sweep import OnlineResult
+    from bench.suite import add_arguments, online_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert online_config_from_args(parser.parse_args(["--online"])).rows == "distinct"
+    config = online_config_from_args(parser.parse_args(["--online", "--online-rows", "workload"]))
+    assert config.rows == "workload"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--online", "--online-rows", "some"])
+    result = OnlineResult(
+        config={"rows": "workload", "dtype": "auto", "duration_s": 1.0, "drain_s": 1.0, "seed": 0},
+        environment={"cpu": "x", "started": "now", "distinct_rows": {"multi-turn": "24 of 648"}},
+    )
+    assert "Rows: as the workload generator makes them, repeats included; distinct rows sent of rows prepared: " \
+        "multi-turn 24 of 648" in report.markdown(result)
