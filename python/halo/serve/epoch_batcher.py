@@ -172,15 +172,14 @@ class EpochBatcher:
 
     def _absorb(self, epoch: Epoch) -> None:
         """Merge into `epoch` the later closed epochs of its workflow that waited for a runner, while it
-        holds at most `merge_rows` (and `epoch_rows`) rows: under load, epochs grow instead of queueing,
-        so the engines get more rows to batch and consolidate at once. The cap keeps epochs a size the engines finish in
-        turn (oldest first), so completions keep flowing instead of arriving in one late burst."""
+        holds at most `merge_rows` (and `epoch_rows`) rows: under load, epochs grow instead of
+        queueing, so the engines get more rows to batch and consolidate at once. The cap keeps epochs a
+        size the engines finish in turn (oldest first), so answers keep flowing, not in one late burst."""
+        limit = min(self.merge_rows, self.epoch_rows)
         for other in sorted(self._ready, key=lambda e: (e.opened, e.index)):
-            limit = min(self.merge_rows, self.epoch_rows)
-            if other.workflow != epoch.workflow or len(epoch.records) + len(other.records) > limit:
-                continue
-            self._ready.remove(other)
-            epoch.records.extend(other.records)
+            if other.workflow == epoch.workflow and len(epoch.records) + len(other.records) <= limit:
+                self._ready.remove(other)
+                epoch.records.extend(other.records)
 
     def _run(self, epoch: Epoch) -> None:
         records = epoch.records
