@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from halo.plan import WhitespaceTokenizer, consolidate, explain_text
 from halo.plan.prefix_index import PrefixIndex
@@ -138,12 +140,24 @@ loops:
     assert graph.assignment["critique#1"][0] in draft2.upstream and draft2.deferred
 
 
-def test_render_errors_name_node_and_row():
+def test_a_row_whose_data_breaks_a_template_fails_alone():
     wf = Workflow.from_yaml(
-        "name: t\ninputs: [q]\nnodes:\n  - {id: a, kind: llm, prompt: '{{ q.missing }}'}\n"
+        "name: t\ninputs: [q]\nnodes:\n"
+        "  - {id: a, kind: llm, prompt: '{{ q.missing }}'}\n"
+        "  - {id: b, kind: llm, prompt: 'after {{ a.output }}'}\n"
     )
-    with pytest.raises(TemplateRenderError, match=r"node 'a'.*row 1.*missing"):
-        consolidate(wf, [{"q": {"missing": 1}}, {"q": {}}])
+    rows = [{"q": {"missing": 1}}, {"q": {}}, {"q": {"missing": 2}}, {"q": {}}]
+    graph = consolidate(wf, rows, WhitespaceTokenizer())
+    failed = graph.failed_rows()
+    assert sorted(failed) == [1, 3]
+    assert re.search(r"node 'a', template 'prompt': .*missing", failed[1])
+    # equal failing inputs share one failed node; the rows that rendered are tokenized and counted
+    assert graph.assignment["a"][1] == graph.assignment["a"][3]
+    assert list(graph.render_errors) == [graph.assignment["a"][1]]
+    assert graph.physical_of("a", 0).prompt_tokens is not None
+    assert graph.physical_of("a", 1).prompt_tokens is None
+    [prefixes] = graph.prefixes.values()
+    assert prefixes.requests == 2 and prefixes.deferred_requests == 3  # b: one per distinct a
 
 
 def test_batch_is_checked():

@@ -9,6 +9,11 @@ deferred payload, upstream physical ids) is equal — see `halo.plan.signature` 
 mean equal requests. Nothing is executed; templates that read only row inputs are rendered (once
 per distinct input combination) and, for llm nodes, tokenized to build the per-model prefix index
 (on a worker thread, overlapping the remaining nodes: see `halo.plan.prompt_tokens`).
+
+A template that fails on one row's data is that row's problem, never the batch's: the instance
+becomes a physical node that carries its error (`ConsolidatedGraph.render_errors`), and the
+Processor settles it as failed under the node's `on_error` policy when it is reached, so the rows
+that rendered run as usual.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from halo.errors import HaloError
 from halo.plan.chat_tokenizer import ChatTokenizer
 from halo.plan.consolidated_graph import (
     ConsolidatedGraph,
@@ -30,7 +36,6 @@ from halo.plan.prompt_tokens import PromptTokens, chat_messages, static_prefix_t
 from halo.plan.signature import Frozen, freeze, static_key
 from halo.spec.batch_check import check_batch
 from halo.spec.consistency import ITERATION
-from halo.spec.errors import TemplateRenderError
 from halo.spec.graph import GraphNode, WorkflowGraph
 from halo.spec.nodes import LlmNode
 from halo.spec.workflow import Workflow
@@ -88,7 +93,7 @@ class Consolidator:
             assignment[node.id] = self._assign(node, rows, state)
             if isinstance(node.spec, LlmNode) and node.renderable:
                 # Hand this node's new requests to the tokenizer thread now, not at the end.
-                ids = list(range(first, len(state.node)))
+                ids = [pid for pid in range(first, len(state.node)) if pid not in state.errors]
                 model = self.graph.model_source(node) or ""
                 prompts.submit(model, ids, [self._messages(state, pid) for pid in ids])
         state.timings["instantiate"] = time.perf_counter() - clock
@@ -116,6 +121,7 @@ class Consolidator:
             prefixes=prefixes,
             tokenizer_name=type(self.tokenizer).__name__ if self.tokenizer is not None else None,
             timings=dict(state.timings),
+            render_errors=dict(state.errors),
         )
 
     # -- instances -> physical ids ----------------------------------------------------------------
@@ -126,18 +132,19 @@ class Consolidator:
         inputs = node.inputs
         upstream = [state.columns[u] for u in node.upstream]
         renderable, pure = node.renderable, node.pure
-        rendered: dict[Frozen, tuple[tuple[Any, ...], Frozen]] = {}
+        # distinct row inputs -> (rendered values or None, payload, render error or None)
+        rendered: dict[Frozen, tuple[tuple[Any, ...] | None, Frozen, str | None]] = {}
         table = state.table
         column = [0] * len(rows)
         for r, row in enumerate(rows):
             key_inputs = tuple([freeze(row[name]) for name in inputs])
             values: tuple[Any, ...] | None = None
+            error = None
             if renderable:
                 hit = rendered.get(key_inputs)
                 if hit is None:
-                    values = self._render(node, template, row, r)
-                    hit = rendered[key_inputs] = (values, freeze(values))
-                values, payload = hit
+                    hit = rendered[key_inputs] = self._render(node, template, row)
+                values, payload, error = hit
             else:
                 payload = key_inputs
             ups = tuple([col[r] for col in upstream])
@@ -145,6 +152,8 @@ class Consolidator:
             pid = table.get(key) if pure else None
             if pid is None:
                 pid = state.add(node.id, r, key, values)
+                if error is not None:
+                    state.errors[pid] = error
                 if pure:
                     table[key] = pid
             state.instances[pid].append((node.id, r))
@@ -153,14 +162,22 @@ class Consolidator:
         state.columns[node.id] = result
         return result
 
-    def _render(self, node: GraphNode, template: Any, row: Mapping[str, Any], r: int) -> tuple[Any, ...]:
+    def _render(
+        self, node: GraphNode, template: Any, row: Mapping[str, Any]
+    ) -> tuple[tuple[Any, ...] | None, Frozen, str | None]:
+        """(values, payload, None) for a request that renders; (None, payload, message) for one whose
+        row data breaks its template (equal inputs fail equally, so they still share one node)."""
         context = {name: row[name] for name in node.inputs}
         if node.reads_iteration:
             context[ITERATION] = node.iteration
         try:
-            return template.render(context)
-        except TemplateRenderError as exc:
-            raise TemplateRenderError(node.id, exc.field, f"row {r}: {exc.detail}") from exc
+            values = template.render(context)
+        except HaloError as exc:
+            return None, ("$render_error", str(exc)), str(exc)
+        except Exception as exc:  # noqa: BLE001 - whatever a row's data provokes stays that row's error
+            message = f"node '{node.id}': rendering failed: {type(exc).__name__}: {exc}"
+            return None, ("$render_error", message), message
+        return values, freeze(values), None
 
     # -- tokens and prefixes ------------------------------------------------------------------------
 
@@ -180,7 +197,7 @@ class Consolidator:
         }
         for pid, node_id in enumerate(state.node):
             model = llm_model.get(node_id)
-            if model is not None and state.values[pid] is None:
+            if model is not None and state.values[pid] is None and pid not in state.errors:
                 deferred[model] = deferred.get(model, 0) + 1
         tokens: dict[int, int] = {}
         cached: dict[int, int] = {}
@@ -264,6 +281,7 @@ class _State:
         self.key: list[tuple[int, Frozen, tuple[int, ...]]] = []
         self.values: list[tuple[Any, ...] | None] = []
         self.instances: list[list[Instance]] = []
+        self.errors: dict[int, str] = {}  # physical id -> why its request failed to render
         self.timings: dict[str, float] = {}
 
     def lap(self, phase: str, since: float) -> None:

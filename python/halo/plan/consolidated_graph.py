@@ -156,6 +156,8 @@ class ConsolidatedGraph:
     prefixes: Mapping[str, ModelPrefixes] = field(default_factory=dict)
     tokenizer_name: str | None = None
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per consolidation phase
+    # physical id -> the error of a request one row's data failed to render; such a node never runs
+    render_errors: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def logical_calls(self) -> int:
@@ -172,6 +174,14 @@ class ConsolidatedGraph:
     @property
     def prompt_tokens_unique(self) -> int:
         return sum(p.unique_tokens for p in self.prefixes.values())
+
+    def failed_rows(self) -> dict[int, str]:
+        """Row -> the first (topological) render error among its instances."""
+        failed: dict[int, str] = {}
+        for pid in sorted(self.render_errors):
+            for _, row in self.physical.instances[pid]:
+                failed.setdefault(row, self.render_errors[pid])
+        return failed
 
     def physical_of(self, node: str, row: int) -> PhysicalNode:
         return self.physical[self.assignment[node][row]]

@@ -248,12 +248,16 @@ class Processor:
             self.out.skipped += 1
             self._finish(pid, SKIPPED)
             return None
+        failed = self.graph.render_errors.get(pid)  # the row's data broke the template at consolidation
+        if failed is not None:
+            self._failed_attempt(pid, node, failed)
+            return None
         values = self.graph.physical.values[pid]
         if values is None:
             try:
                 values = render_values(self.wf, node, row, results)
             except HaloError as exc:
-                self._fail(pid, str(exc))
+                self._failed_attempt(pid, node, str(exc))  # on_error applies, as in the serial baseline
                 return None
         return node, values
 
