@@ -83,3 +83,28 @@ def test_run_the_readme_main_job(tmp_path, capsys):
     summary = capsys.readouterr().err
     assert "llm calls" in summary and "rows failed" in summary
     assert not out.with_name(out.name + ".journal.jsonl").exists()  # a clean run leaves no journal
+
+
+def test_run_refuses_a_directory_output_before_running(tmp_path):
+    """The real process: exit status 2 and one line naming the path and why, no traceback, no journal
+    (before the fix the whole run happened first, then the rename failed with a traceback)."""
+    import subprocess
+    import sys
+
+    workflow, rows, out = tmp_path / "wf.yaml", tmp_path / "rows.jsonl", tmp_path / "out"
+    workflow.write_text(
+        "name: tags\ninputs: [t]\nnodes:\n  - {id: tag, kind: rule, input: '{{ t }}', regex: '(\\w+)', default: none}\n"
+        "outputs: {tag: tag.output}\n"
+    )
+    rows.write_text('{"t": "hello world"}\n')
+    out.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "halo.cli", "run", str(workflow), "--input", str(rows), "--output", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"halo: error: --output {out} is a directory, not a regular file; "
+        "halo run writes only a regular file or a new path (it replaces the file by rename)"
+    )
+    assert list(out.iterdir()) == [] and not (tmp_path / "out.journal.jsonl").exists()

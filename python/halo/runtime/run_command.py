@@ -4,13 +4,15 @@ Shows a progress bar (rows done, generated tokens/s, tool calls in flight, ETA),
 work next to the output (`OUT.journal.jsonl`; `--resume` continues an interrupted run from it), writes
 the output atomically in input order, and ends with a summary table. Row errors are reported and
 recorded in the output (`_error`); the exit status is non-zero for them only with `--strict`.
+
+Before any model loads, the output and journal paths are checked (`output_file.check_paths`: a
+regular file or a new name, not the input or the workflow) and, with `--resume`, the journal's
+records (`journal.verify`: none foreign or altered), so a bad path or a tampered journal fails at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from halo.runtime import journal as journal_io
+from halo.runtime.output_file import OutputPathError, check_paths, write_output
 from halo.runtime.processor import Progress as RunProgress
 from halo.runtime.results import RunResult
 
@@ -46,10 +50,15 @@ def run(args: argparse.Namespace) -> int:
     from halo.runtime.compiled import compile
 
     console = Console(stderr=True)
-    rows = read_rows(args.input)
     output = Path(args.output)
     journal = output.with_name(output.name + ".journal.jsonl")
-    if journal.exists() and not args.resume:
+    check_paths(
+        {"--output": output, "journal": journal}, {"input file": Path(args.input), "workflow file": Path(args.workflow)}
+    )
+    rows = read_rows(args.input)
+    if journal.exists() and args.resume:
+        journal_io.verify(journal)
+    elif journal.exists():
         console.print(f"[yellow]starting over: {journal} exists (pass --resume to continue that run)[/]")
     clock = time.perf_counter()
     with console.status("loading models and binding tools ...", spinner="dots") if not args.quiet else _Null():
@@ -63,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
         result = _run_with_progress(app, rows, journal, args, console)
     finally:
         app.close()
-    _write_output(output, result)
+    try:
+        write_output(output, result)
+    except OutputPathError as exc:
+        if journal.exists():  # the work is not lost: a rerun with --resume only writes the output
+            raise OutputPathError(f"{exc}; the finished work is kept in {journal}: rerun with --resume") from None
+        raise
     if result.stats.rows_failed == 0:
         journal.unlink(missing_ok=True)  # nothing left to resume
     _summary(console, result, load_s, output)
@@ -101,29 +115,6 @@ def _run_with_progress(
         result = app.run(rows, journal=journal, resume=args.resume, on_progress=update)
         bar.update(task, completed=len(rows))
     return result
-
-
-def _write_output(path: Path, result: RunResult) -> None:
-    by_row = {e.row: e for e in result.errors}
-    records = []
-    for index, outputs in enumerate(result.outputs):
-        record = dict(outputs)
-        if index in by_row:
-            record["_error"] = {"node": by_row[index].node, "message": by_row[index].message}
-        records.append(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".parquet"):
-        frame = result.to_pandas()
-        frame.to_csv(tmp, index=False) if suffix == ".csv" else frame.to_parquet(tmp, index=False)
-    else:
-        with tmp.open("w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _summary(console: Console, result: RunResult, load_s: float, output: Path) -> None:
