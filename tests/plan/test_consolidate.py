@@ -7,7 +7,7 @@ import re
 import pytest
 from halo.plan import WhitespaceTokenizer, consolidate, explain_text
 from halo.plan.prefix_index import PrefixIndex
-from halo.spec import TemplateRenderError, Workflow
+from halo.spec import Workflow
 
 MIXED = """\
 name: mixed
@@ -214,3 +214,9 @@ def test_segment_encoder_is_exact_or_falls_back():
     assert exact.encode(texts) == Stable().encode_batch(texts) and exact.trusted
     inexact = SegmentEncoder(Gluing(), splitter)
     assert inexact.encode(texts) == Gluing().encode_batch(texts) and not inexact.trusted
+
+
+def test_explain_names_the_rows_that_will_fail_to_render():
+    wf = Workflow.from_yaml("name: t\ninputs: [q]\nnodes:\n  - {id: a, kind: llm, prompt: '{{ q.missing }}'}\n")
+    text = explain_text(consolidate(wf, [{"q": {"missing": 1}}, {"q": {}}], WhitespaceTokenizer()))
+    assert "FAILED ROWS  1 row(s) fail to render" in text and "first: row 1: node 'a'" in text

@@ -41,7 +41,8 @@ def test_a_template_failing_on_one_rows_data_fails_that_row_alone():
 
 
 def test_on_error_default_applies_to_a_render_failure_as_in_the_serial_baseline():
-    wf = RULES.replace('regex: "(.*)"}\n  - {id: tail', 'regex: "(.*)", on_error: default, fallback: "?"}\n  - {id: tail')
+    first = 'regex: "(.*)"}\n  - {id: tail'
+    wf = RULES.replace(first, 'regex: "(.*)", on_error: default, fallback: "?"}\n  - {id: tail')
     rows = [{"x": "a"}, {"x": {"k": 1}}]
     with halo.compile(_workflow(wf)) as app:
         res = app.run(rows)

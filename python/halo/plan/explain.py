@@ -68,6 +68,13 @@ def explain_text(graph: ConsolidatedGraph) -> str:
         )
     if graph.tokenizer_name is None:
         lines.append("PREFIXES  not computed (no tokenizer given)")
+    failed = graph.failed_rows()
+    if failed:
+        first = min(failed)
+        lines.append(
+            f"FAILED ROWS  {len(failed)} row(s) fail to render and will end with an error (first: row {first}:"
+            f" {failed[first]})"
+        )
     return "\n".join(lines)
 
 
