@@ -108,8 +108,18 @@ CONFIG = ModelConfig("test", 1, 576, 9, 3, 64, 1536, 49152, 1e5, 1e-5, 8192, Tru
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_decode_attention_routes_to_native_and_matches_torch_path(dtype):
+def test_decode_attention_routes_to_native_and_matches_torch_path(dtype, monkeypatch):
     """The engine entry point on a KVCache and StepContext as the model runner builds them."""
+    real = cpu_attention.native_kernel(torch.get_num_threads())
+    assert real is not None, "this build of halo._core has no CpuAttention"
+    decoded: list[int] = []
+
+    class CountingKernel:  # the real kernel, with its decode calls counted: proves which path ran
+        def decode(self, *args):
+            decoded.append(args[6])  # the batch size
+            return real.decode(*args)
+
+    monkeypatch.setattr(cpu_attention, "native_kernel", lambda num_threads: CountingKernel())
     bs, lens = 16, [5, 16, 33, 64, 1]
     _, k, v, tables, lens_t = _problem(dtype, 9, 3, 64, bs, lens, pad=0)
     kv = KVCache(CONFIG, k.shape[1], bs, dtype)
@@ -128,7 +138,9 @@ def test_decode_attention_routes_to_native_and_matches_torch_path(dtype):
     qk = torch.randn(n, 12, 64, generator=torch.Generator().manual_seed(1)).to(dtype)
     q = qk[:, :9]
     native = cpu_attention.decode_attention(q, kv, 0, ctx, 0.125)
+    assert decoded == [n]  # routed to the native kernel, once, for the whole decode batch
     torch_path = cpu_attention.decode_attention_torch(q, kv, 0, ctx, 0.125)
+    assert decoded == [n]  # the reference did not touch it
     ref = _sdpa_reference(q, k, v, tables, lens_t, 0.125)
     torch.testing.assert_close(native.float(), ref, **TOL[dtype])
     # The torch path rounds q, scores and probabilities to bf16 on the way: compare it loosely.
