@@ -51,11 +51,12 @@ def test_identical_pure_calls_in_flight_run_once_then_hit_the_cache(http_server)
 def test_pure_python_coalesces_but_is_not_cached_and_impure_never_shares():
     calls: list[str] = []
     lock = threading.Lock()
+    release = threading.Event()  # every call waits for it: all submits happen while leaders are in flight
 
     def slow_upper(text: str) -> str:
         with lock:
             calls.append(text)
-        time.sleep(0.2)
+        assert release.wait(30)
         return text.upper()
 
     wf = (
@@ -69,6 +70,7 @@ def test_pure_python_coalesces_but_is_not_cached_and_impure_never_shares():
     with ToolRunner(wf) as runner:
         rows = ["x", "x", "x", "y", "x", "y"]
         futures = [runner.submit(pure, wf.graph.render(pure, {"v": v})) for v in rows]
+        release.set()
         assert [f.result(timeout=10)["output"] for f in futures] == [v.upper() for v in rows]
         assert sorted(calls) == ["x", "y"]
         runner.submit(pure, wf.graph.render(pure, {"v": "x"})).result(timeout=10)  # python results are not cached
