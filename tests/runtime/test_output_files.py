@@ -194,3 +194,24 @@ def test_nan_and_infinity_are_null_in_parquet_and_mixed_columns_are_json(files, 
     # `x` holds strings and numbers: no single Parquet type, so JSON text (null stays null)
     assert [r["x"] for r in table] == ['"nan"', None, '"inf"', "2", '"-Infinity"']
     assert not any(isinstance(v, float) and not math.isfinite(v) for r in table for v in r.values())
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_a_lone_surrogate_from_the_input_is_written_not_a_crash(tmp_path, suffix):
+    """JSON input may spell a lone surrogate (`"\\ud800"`); UTF-8 cannot hold it, so it is written as its
+    escape (before, encoding the output raised after the whole run)."""
+    workflow, rows, output = tmp_path / "wf.yaml", tmp_path / "rows.jsonl", tmp_path / f"out{suffix}"
+    workflow.write_text(
+        "name: tags\ninputs: [x]\nnodes:\n  - {id: tag, kind: rule, input: '{{ x }}', regex: '(\\w+)', default: none}\n"
+        "outputs: {x: x, tag: tag.output}\n"
+    )
+    rows.write_text('{"x": "a\\ud800b"}\n{"x": "plain"}\n')
+    assert _run(workflow, rows, output) == 0
+    if suffix == ".jsonl":
+        assert [_strict(line)["x"] for line in output.read_text(encoding="utf-8").splitlines()] == ["a\ud800b", "plain"]
+    elif suffix == ".csv":
+        assert output.read_text(encoding="utf-8").splitlines()[1].startswith("a\\ud800b,")
+    else:
+        import pyarrow.parquet as pq
+
+        assert [_strict(r["x"]) for r in pq.read_table(output).to_pylist()] == ["a\ud800b", "plain"]

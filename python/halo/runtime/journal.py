@@ -163,8 +163,9 @@ class JournalWriter:
         if nonfinite:
             signed["nonfinite"] = [[list(path), spelling] for path, spelling in nonfinite]
         signed["journal"] = self._id
-        signed["mac"] = _mac(self._key, signed)
-        self._file.write(json.dumps(signed, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n")
+        body = _canonical(signed)
+        mac = hashlib.blake2b(body.encode(), key=self._key, digest_size=16).hexdigest()
+        self._file.write(f'{body[:-1]},"mac":"{mac}"}}\n')  # the body with "mac" added last
         self._file.flush()
         now = time.monotonic()
         if now - self._last_sync >= self.sync_every_s:
@@ -184,12 +185,16 @@ class JournalWriter:
         self.close()
 
 
+def _canonical(record: dict[str, Any]) -> str:
+    """The text a record's MAC covers: its plain JSON values with sorted keys (a parsed record dumps
+    back to the same text, so the reader recomputes the MAC exactly)."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def _mac(key: bytes, record: dict[str, Any]) -> str:
-    """The MAC of a record: keyed BLAKE2b over its canonical JSON without the "mac" field (a parsed
-    record of plain JSON values dumps back to the same text, so the reader recomputes it exactly)."""
-    body = {k: v for k, v in record.items() if k != "mac"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return hashlib.blake2b(text.encode(), key=key, digest_size=16).hexdigest()
+    """The MAC of a parsed record: keyed BLAKE2b over the canonical text of all but its "mac" field."""
+    body = _canonical({k: v for k, v in record.items() if k != "mac"})
+    return hashlib.blake2b(body.encode(), key=key, digest_size=16).hexdigest()
 
 
 def _header_of(path: Path, number: int, record: dict[str, Any]) -> dict[str, Any]:

@@ -8,11 +8,13 @@ another, through a hard link), in a directory that exists or can be created. The
 output's name once more just before it replaces it.
 
 Every format writes non-finite floats as null (`json_values`): JSON Lines as `null`, CSV as an empty
-cell (nested values in a CSV cell as JSON text), Parquet as a null value.
+cell (nested values in a CSV cell as JSON text), Parquet as a null value. A lone surrogate (JSON
+input may spell one) is written as its `\\uXXXX` escape, since UTF-8 cannot hold it.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import secrets
@@ -53,16 +55,8 @@ def write_output(path: Path, result: RunResult) -> None:
     """Write the run's outputs to `path` atomically, as JSON Lines, CSV or Parquet by its suffix
     (see the module doc); `_error` holds a failed row's node and message."""
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        frame = result.to_pandas().map(_csv_cell)
-        replace_atomically(path, lambda f: f.write(frame.to_csv(index=False).encode("utf-8")))
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        table = _parquet_table(result.to_pandas())
-        replace_atomically(path, lambda f: pq.write_table(table, f))
-    else:
-        replace_atomically(path, lambda f: _write_jsonl(f, result))
+    write = {".csv": _write_csv, ".parquet": _write_parquet}.get(suffix, _write_jsonl)
+    replace_atomically(path, lambda f: write(f, result))
 
 
 def replace_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -83,13 +77,11 @@ def replace_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(f.fileno())
         _check_target("--output", path)  # its name may have been taken by something else during the run
         os.replace(tmp, path)
-    except OutputPathError:
-        tmp.unlink(missing_ok=True)
-        raise
     except (OSError, ValueError, TypeError, NotImplementedError) as exc:  # pyarrow's errors derive from these
-        tmp.unlink(missing_ok=True)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
         raise OutputPathError(f"cannot write --output {path}: {reason}") from None
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after the rename; else nothing half-written stays behind
     _sync_directory(path.parent)
 
 
@@ -106,27 +98,53 @@ def _write_jsonl(f: IO[bytes], result: RunResult) -> None:
     text.detach()
 
 
+def _write_csv(f: IO[bytes], result: RunResult) -> None:
+    columns = _columns(result)
+    text = io.TextIOWrapper(f, encoding="utf-8", errors="backslashreplace", newline="")
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    for values in zip(*columns.values(), strict=True):
+        writer.writerow([_csv_cell(v) for v in values])
+    text.flush()
+    text.detach()
+
+
+def _write_parquet(f: IO[bytes], result: RunResult) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = {}
+    for name, values in _columns(result).items():
+        values = [without_nonfinite(v) for v in values]
+        try:
+            table[name] = pa.array(values, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeEncodeError):
+            # values of no single Arrow type (a string in one row, a number in another, as a model's or
+            # tool's outputs may be), or a lone surrogate UTF-8 cannot hold: the column as JSON text
+            table[name] = pa.array([None if v is None else _utf8_json(v) for v in values], pa.string())
+    pq.write_table(pa.table(table), f)
+
+
+def _columns(result: RunResult) -> dict[str, list[Any]]:
+    """The outputs as columns, in input order, plus `_error_node` and `_error` (as `RunResult.to_pandas`)."""
+    names = list(dict.fromkeys(name for outputs in result.outputs for name in outputs))
+    columns = {name: [outputs.get(name) for outputs in result.outputs] for name in names}
+    by_row = {e.row: e for e in result.errors}
+    columns["_error_node"] = [by_row[i].node if i in by_row else None for i in range(len(result.outputs))]
+    columns["_error"] = [by_row[i].message if i in by_row else None for i in range(len(result.outputs))]
+    return columns
+
+
 def _csv_cell(value: Any) -> Any:
-    """A CSV cell: a nested value as JSON text, a non-finite float empty, anything else as is."""
+    """A CSV cell: a nested value as JSON text, a non-finite float (and None) empty, anything else as is."""
     if isinstance(value, (dict, list, tuple)):
         return dumps(value, ensure_ascii=False)
     return without_nonfinite(value)
 
 
-def _parquet_table(frame: Any) -> Any:
-    """The frame as an Arrow table; a column whose values have no single Arrow type (a string in one
-    row, a number in another, as a model's or tool's outputs may be) is written as JSON text."""
-    import pyarrow as pa
-
-    columns = {}
-    for name in frame.columns:
-        values = [without_nonfinite(v) for v in frame[name].tolist()]
-        try:
-            columns[str(name)] = pa.array(values, from_pandas=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            text = [None if v is None else dumps(v, ensure_ascii=False) for v in values]
-            columns[str(name)] = pa.array(text, pa.string())
-    return pa.table(columns)
+def _utf8_json(value: Any) -> str:
+    """JSON text of `value` that UTF-8 can hold: a lone surrogate becomes its \\uXXXX escape."""
+    return dumps(value, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
