@@ -6,7 +6,6 @@ session cancels what is left with `RunCancelled`."""
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -38,13 +37,23 @@ def _compile(tmp_path, tokens: int, **options):
     return halo.compile(path, dtype="fp32", **options)
 
 
-def _run_together(app, batches, gap_s: float = 0.0):
-    """Each batch on its own thread (started `gap_s` apart) through the attached session."""
+def _run_together(app, batches, until=lambda progress: progress.llm_in_flight > 0):
+    """Each batch on its own thread through the attached session; the next starts only once the
+    previous run's progress (reported from the session's loop) satisfies `until` (default: its llm
+    requests are in the engine), so the order of events is the test's, not the machine's speed."""
     with ThreadPoolExecutor(len(batches)) as pool:
         futures = []
         for batch in batches:
-            futures.append(pool.submit(app.run, batch))
-            time.sleep(gap_s)
+            reached = threading.Event()
+
+            def progress(p, reached=reached):
+                if until(p):
+                    reached.set()
+
+            futures.append(pool.submit(app.run, batch, on_progress=progress))
+            while not reached.wait(0.05):  # a run that ends before `until` holds has nothing to overlap
+                if futures[-1].done():
+                    break
         return [f.result() for f in futures]
 
 
@@ -59,7 +68,7 @@ def test_second_run_overlaps_the_first_and_outputs_equal_app_run(tmp_path):
     session.start()
     app.attach(session)
     try:
-        results = _run_together(app, [first, second], gap_s=0.3)
+        results = _run_together(app, [first, second])
     finally:
         app.detach()
         session.close(30)
@@ -82,7 +91,7 @@ def test_an_old_run_is_not_starved_by_newer_ones(tmp_path):
     app.attach(session)
     try:
         batches = [[{"topic": f"topic {i}"}] for i in range(5)]
-        results = _run_together(app, batches, gap_s=0.05)
+        results = _run_together(app, batches, until=lambda progress: True)  # arrived, in order
     finally:
         app.detach()
         session.close(30)
@@ -102,7 +111,7 @@ def test_an_equal_request_in_flight_is_joined_not_recomputed(tmp_path):
     session.start()
     app.attach(session)
     try:
-        one, two = _run_together(app, [rows, rows], gap_s=0.2)
+        one, two = _run_together(app, [rows, rows])
     finally:
         app.detach()
         session.close(30)
@@ -120,19 +129,19 @@ def test_closing_the_session_cancels_runs_left_with_run_cancelled(tmp_path):
     app.attach(session)
     outcome: list[BaseException | None] = []
 
+    decoding = threading.Event()
+
     def run() -> None:
         try:
-            app.run([{"topic": "the sea"}])
+            app.run([{"topic": "the sea"}], on_progress=lambda p: decoding.set() if p.generated_tokens else None)
             outcome.append(None)
         except BaseException as exc:
             outcome.append(exc)
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(1.0)
-    clock = time.monotonic()
-    assert session.close(0.2) is False
-    assert time.monotonic() - clock < 10
+    assert decoding.wait(120), "the run never started decoding"
+    assert session.close(0.2) is False  # it did not wait for the 200 tokens: the run ends cancelled
     thread.join(10)
     app.detach()
     assert len(outcome) == 1 and isinstance(outcome[0], RunCancelled)
