@@ -1,10 +1,16 @@
-"""HTTP tools against a real loopback server: outputs, response paths, retries, timeouts, allowed hosts."""
+"""HTTP tools against a real loopback server: outputs, response paths, retries, timeouts, allowed hosts, size bound."""
 
 from __future__ import annotations
 
+import gzip
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from halo.errors import ToolError
@@ -143,3 +149,117 @@ def test_redirect_within_loopback_is_followed(http_server, call):
     wf = _http_workflow(http_server.url + "/redirect", params={"to": "/json?name=moved"}, response_path="query.name")
     with ToolRunner(wf) as runner:
         assert call(runner, wf, "h", {"v": 1})["output"] == "moved"
+
+
+# -- response size bound (max_response_bytes): a server of its own, streaming bodies of any size ---------
+
+
+@dataclass
+class _BigServer:
+    """GET /stream?n=N: N bytes, no Content-Length (read until close); /declared?n=N: claims N bytes,
+    sends 10; /gzip?n=N: N zero bytes gzip-compressed (a few KB on the wire). `sent` records, per
+    /stream request, the bytes written before the client hung up."""
+
+    url: str
+    sent: list[int] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@pytest.fixture(scope="module")
+def big_server() -> Iterator[_BigServer]:
+    state = _BigServer(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # the body ends when the connection closes: no length needed
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+            parts = urlsplit(self.path)
+            n = int(parse_qs(parts.query).get("n", ["0"])[0])
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            if parts.path == "/declared":
+                self.send_header("Content-Length", str(n))
+                self.end_headers()
+                self.wfile.write(b"x" * 10)
+                time.sleep(5)  # a client that waited for the rest would stall here
+                return
+            if parts.path == "/gzip":
+                body = gzip.compress(b"\0" * n)
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.end_headers()
+            chunk, written = b"y" * 65536, 0
+            try:
+                while written < n:
+                    self.wfile.write(chunk[: n - written])
+                    written += min(len(chunk), n - written)
+            except OSError:
+                pass  # the client stopped reading and closed the connection
+            finally:
+                state.sent.append(written)
+                state.done.set()
+
+    class Quiet(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass
+
+    httpd = Quiet(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, name="loopback-big", daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_response_within_the_bound_is_read_whole(big_server, call):
+    wf = _http_workflow(big_server.url + "/stream?n=5000", max_response_bytes=5000)
+    with ToolRunner(wf) as runner:
+        assert call(runner, wf, "h", {"v": 1})["output"] == "y" * 5000
+
+
+def test_streamed_response_past_the_bound_stops_reading(big_server, call):
+    # 4 GiB on offer; the tool must stop after ~1 MiB, not read (or buffer) the rest.
+    big_server.done.clear()
+    wf = _http_workflow(big_server.url + f"/stream?n={4 * 2**30}", max_response_bytes=2**20)
+    with ToolRunner(wf) as runner:
+        started = time.perf_counter()
+        with pytest.raises(ToolError, match=r"^h: GET .* response larger than max_response_bytes \(1048576 bytes\)"):
+            call(runner, wf, "h", {"v": 1})
+        assert time.perf_counter() - started < 10
+    assert big_server.done.wait(10)
+    assert big_server.sent[-1] < 256 * 2**20  # the server saw the client hang up long before 4 GiB
+
+
+def test_declared_content_length_past_the_bound_is_refused_unread(big_server, call):
+    wf = _http_workflow(big_server.url + f"/declared?n={10**12}", max_response_bytes=2**20, timeout_s=30)
+    with ToolRunner(wf) as runner:
+        started = time.perf_counter()
+        with pytest.raises(ToolError, match=r"response of 1000000000000 bytes \(Content-Length\) is larger than"):
+            call(runner, wf, "h", {"v": 1})
+        assert time.perf_counter() - started < 3  # did not wait for the body the server never sends
+
+
+def test_the_bound_counts_decoded_bytes(big_server, call):
+    # ~50 KB of gzip on the wire, 50 MB once decoded: a compression bomb stops at the bound too.
+    wf = _http_workflow(big_server.url + f"/gzip?n={50 * 10**6}", max_response_bytes=10**6)
+    with ToolRunner(wf) as runner, pytest.raises(ToolError, match=r"larger than max_response_bytes \(1000000"):
+        call(runner, wf, "h", {"v": 1})
+
+
+def test_default_bound_is_10_mib_and_a_node_may_not_set_zero():
+    from halo.spec import SpecError
+
+    assert _http_workflow("http://127.0.0.1/x").spec.nodes[0].max_response_bytes == 10 * 2**20
+    with pytest.raises(SpecError, match="max_response_bytes"):
+        _http_workflow("http://127.0.0.1/x", max_response_bytes=0).validate()

@@ -16,6 +16,7 @@ from typing import Any
 from halo.spec.consistency import ITERATION
 from halo.spec.document import WorkflowSpec
 from halo.spec.errors import TemplateRenderError
+from halo.spec.limits import DEFAULT_LIMITS, Limits
 from halo.spec.nodes import DEFAULT_MODEL, AnyNode, LlmNode
 from halo.spec.request_template import RequestTemplate
 from halo.spec.template import CompiledTemplate, make_environment
@@ -87,12 +88,18 @@ class OutputBinding:
 class WorkflowGraph:
     """The unrolled DAG of a validated workflow; built by `halo.spec.unrolling.build_graph`."""
 
-    def __init__(self, spec: WorkflowSpec, nodes: tuple[GraphNode, ...], outputs: tuple[OutputBinding, ...]):
+    def __init__(
+        self,
+        spec: WorkflowSpec,
+        nodes: tuple[GraphNode, ...],
+        outputs: tuple[OutputBinding, ...],
+        limits: Limits = DEFAULT_LIMITS,
+    ):
         self.spec = spec
         self.nodes = nodes  # in a topological order
         self.outputs = outputs
         self._by_id = {node.id: node for node in nodes}
-        env = make_environment()
+        env = make_environment(limits)
         self._templates = {node.name: RequestTemplate(env, node.name, node.spec) for node in nodes}
         self._until = [
             CompiledTemplate(env, f"loops[{i}]", "until", "{{ " + loop.until + " }}") if loop.until else None

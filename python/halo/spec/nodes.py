@@ -18,6 +18,12 @@ NodeId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
+MAX_SEED = 2**63 - 1
+"""Largest sampling seed: what torch.Generator.manual_seed and OpenAI-compatible servers (int64) accept."""
+
+DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+"""An http node's response body bound when it sets none (`max_response_bytes`)."""
+
 OUTPUT_FIELDS: dict[str, frozenset[str]] = {
     # `output` is the node's main value: llm text (or the parsed JSON when json_schema is set),
     # sql rows (a list of dicts), http value at response_path (else the body), python return, rule match.
@@ -53,6 +59,8 @@ class HttpCall(SpecModel):
     body: Any = Field(default=None, alias="json")
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
     response_path: str | None = None  # e.g. "data.items[0].name": the part of the JSON kept as output
+    # The most body bytes read (streamed); a larger response fails the call without being read whole.
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1, le=2**31)
 
     @field_validator("method", mode="before")
     @classmethod
@@ -112,7 +120,7 @@ class LlmNode(NodeBase):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: tuple[str, ...] = ()
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     json_schema: dict[str, Any] | None = None
     sql: tuple[EmbeddedSql, ...] = ()
     http: tuple[EmbeddedHttp, ...] = ()
@@ -181,7 +189,7 @@ class RuleNode(NodeBase):
             raise ValueError("a rule node needs exactly one of 'regex' or 'field'")
         if self.regex is not None:
             compiled = re.compile(self.regex)
-            if isinstance(self.group, int) and self.group > compiled.groups:
+            if isinstance(self.group, int) and not 0 <= self.group <= compiled.groups:
                 raise ValueError(f"regex has {compiled.groups} group(s); group {self.group} does not exist")
             if isinstance(self.group, str) and self.group not in compiled.groupindex:
                 raise ValueError(f"regex has no group named '{self.group}'")

@@ -4,6 +4,8 @@ A node's *slots* are the template strings in its request: an llm's system and pr
 param values, an http node's url, params, headers and the string leaves of its json body, a python
 node's string arguments, a rule's input. Rendering an instance fills every slot from a context of
 row inputs and upstream node results; the rendered values, in slot order, are the instance's request.
+An llm node's rendered system + prompt is bounded by `Limits.max_prompt_chars` before it reaches a
+tokenizer.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from typing import Any
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from halo.spec.errors import TemplateRenderError
+from halo.spec.limits import DEFAULT_LIMITS
 from halo.spec.nodes import EXECUTION_FIELDS, AnyNode, HttpNode, LlmNode, PythonNode, RuleNode, SqlNode
+from halo.spec.sandbox import BoundedEnvironment
 from halo.spec.source_map import DocPath
 from halo.spec.template import CompiledTemplate
 
@@ -61,16 +66,30 @@ class RequestTemplate:
 
     def __init__(self, env: ImmutableSandboxedEnvironment, node_id: str, spec: AnyNode) -> None:
         self.spec = spec
+        self.node_id = node_id
         self.slots: list[tuple[SlotPath, CompiledTemplate, bool]] = [
             (path, CompiledTemplate(env, node_id, ".".join(map(str, path)), source), native)
             for path, source, native in template_slots(spec)
         ]
+        limits = env.limits if isinstance(env, BoundedEnvironment) else DEFAULT_LIMITS
+        self._max_prompt_chars = limits.max_prompt_chars if isinstance(spec, LlmNode) else None
 
     def render(self, context: Mapping[str, Any]) -> tuple[Any, ...]:
         """The rendered value of every slot, in slot order (raises TemplateRenderError)."""
-        return tuple(
+        values = tuple(
             template.evaluate(context) if native else template.render(context) for _, template, native in self.slots
         )
+        if self._max_prompt_chars is not None:
+            # An llm node's slots are its system and prompt, both text.
+            size = sum(len(value) for value in values)
+            if size > self._max_prompt_chars:
+                field = ".".join(map(str, self.slots[-1][0]))
+                detail = (
+                    f"rendered prompt is {size} characters (system and prompt), above the limit of "
+                    f"{self._max_prompt_chars} (Limits.max_prompt_chars)"
+                )
+                raise TemplateRenderError(self.node_id, field, detail)
+        return values
 
     def request(self, values: tuple[Any, ...]) -> dict[str, Any]:
         """The structured request: the node's request fields with each slot replaced by its value."""

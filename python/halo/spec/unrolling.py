@@ -16,11 +16,12 @@ from halo.spec.consistency import ITERATION
 from halo.spec.dependencies import Membership, carried, loop_bodies, memberships
 from halo.spec.document import WorkflowSpec
 from halo.spec.graph import Binding, GraphNode, Guard, OutputBinding, WorkflowGraph
+from halo.spec.limits import DEFAULT_LIMITS, Limits
 from halo.spec.template import Reference, expression_references, make_environment
 
 
-def build_graph(spec: WorkflowSpec) -> WorkflowGraph:
-    env = make_environment()
+def build_graph(spec: WorkflowSpec, limits: Limits = DEFAULT_LIMITS) -> WorkflowGraph:
+    env = make_environment(limits)
     declared, _ = build_catalog([(node, ("nodes", i)) for i, node in enumerate(spec.nodes)], env)
     members = memberships(loop_bodies(spec.loops, declared))
     resolver = _Resolver(spec, declared, members)
@@ -45,7 +46,7 @@ def build_graph(spec: WorkflowSpec) -> WorkflowGraph:
                 if loop.until
             )
             nodes.append(resolver.instance(node, iteration, guards))
-    return WorkflowGraph(spec, _topological(nodes), resolver.outputs())
+    return WorkflowGraph(spec, _topological(nodes), resolver.outputs(), limits)
 
 
 class _Resolver:

@@ -18,6 +18,7 @@ from halo.spec.catalog import build_catalog
 from halo.spec.consistency import check_workflow
 from halo.spec.document import WorkflowHeader, WorkflowSpec
 from halo.spec.errors import SpecError, SpecIssue
+from halo.spec.limits import DEFAULT_LIMITS, Limits
 from halo.spec.nodes import NODE_TYPES, AnyNode
 from halo.spec.source_map import DocPath, SourceMap
 from halo.spec.template import make_environment
@@ -87,6 +88,7 @@ def validate_document(
     source: SourceMap,
     functions: Collection[str] = (),
     early: list[tuple[DocPath, int, str]] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> WorkflowSpec:
     """Validate parsed document data; raises SpecError listing every problem found."""
     diagnostics = Diagnostics(data, source)
@@ -97,7 +99,7 @@ def validate_document(
         diagnostics.raise_if_any()
     header, broken = _validate_header(data, diagnostics)
     nodes, unchecked = _validate_nodes(data, diagnostics)
-    env = make_environment()
+    env = make_environment(limits)
     declared, template_problems = build_catalog(nodes, env)
     for problem in template_problems:
         line = None

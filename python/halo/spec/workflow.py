@@ -26,6 +26,7 @@ from halo.spec.batch_check import check_batch
 from halo.spec.document import WorkflowSpec
 from halo.spec.errors import SpecError, SpecIssue
 from halo.spec.graph import WorkflowGraph
+from halo.spec.limits import DEFAULT_LIMITS, Limits
 from halo.spec.source_map import DocPath, Location, SourceMap
 from halo.spec.unrolling import build_graph
 from halo.spec.validation import validate_document
@@ -43,6 +44,7 @@ class Workflow:
         self._functions: dict[str, Callable[..., Any]] = {}
         self._file: str | None = None
         self._early: list[tuple[DocPath, int, str]] = []
+        self._limits = DEFAULT_LIMITS
         self._spec: WorkflowSpec | None = None
         self._graph: WorkflowGraph | None = None
 
@@ -50,20 +52,28 @@ class Workflow:
 
     @classmethod
     def from_yaml(
-        cls, source: str | os.PathLike[str], *, functions: Mapping[str, Callable[..., Any]] | None = None
+        cls,
+        source: str | bytes | os.PathLike[str],
+        *,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> Workflow:
-        """Load and validate a YAML workflow from a path or from YAML text; raises SpecError."""
-        text, file = _read(source)
-        data, source_map, early = load_yaml(text, file)
+        """Load and validate a YAML workflow from a path, YAML text or UTF-8 bytes; raises SpecError.
+
+        `limits` bounds the document at load and its templates at render time (`halo.spec.limits`).
+        """
+        text, file = _read(source, limits)
+        data, source_map, early = load_yaml(text, file, limits)
         workflow = cls.__new__(cls)
         workflow._doc = data if isinstance(data, dict) else {"name": data}
         workflow._locations = dict(source_map.locations)
         workflow._functions = dict(functions or {})
         workflow._file = file
         workflow._early = early
+        workflow._limits = limits
         workflow._spec = None
         workflow._graph = None
-        workflow._spec = validate_document(data, source_map, workflow._functions, early)
+        workflow._spec = validate_document(data, source_map, workflow._functions, early, limits)
         return workflow
 
     # -- building ------------------------------------------------------------------------------
@@ -131,6 +141,12 @@ class Workflow:
             out._put(("outputs", name), target, where)
         return out
 
+    def with_limits(self, limits: Limits) -> Workflow:
+        """The same workflow loaded and rendered under other bounds (`halo.spec.limits.Limits`)."""
+        out = self._derive()
+        out._limits = limits
+        return out
+
     def register(self, name: str, function: Callable[..., Any]) -> Workflow:
         """Make `function` callable from python nodes as `function: <name>`."""
         out = self._derive()
@@ -148,15 +164,19 @@ class Workflow:
         """The validated document (raises SpecError listing every problem)."""
         if self._spec is None:
             source = SourceMap(self._file, self._locations)
-            self._spec = validate_document(self._doc, source, self._functions, self._early)
+            self._spec = validate_document(self._doc, source, self._functions, self._early, self._limits)
         return self._spec
 
     @property
     def graph(self) -> WorkflowGraph:
         """The static DAG: tool calls decoupled, loops unrolled, references resolved."""
         if self._graph is None:
-            self._graph = build_graph(self.spec)
+            self._graph = build_graph(self.spec, self._limits)
         return self._graph
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
 
     @property
     def functions(self) -> Mapping[str, Callable[..., Any]]:
@@ -213,6 +233,7 @@ class Workflow:
         out._functions = dict(self._functions)
         out._file = self._file
         out._early = list(self._early)
+        out._limits = self._limits
         out._spec = None
         out._graph = None
         return out
@@ -239,11 +260,32 @@ def _caller() -> Location:
     return Location(frame.f_code.co_filename, frame.f_lineno)
 
 
-def _read(source: str | os.PathLike[str]) -> tuple[str, str | None]:
+def _read(source: str | bytes | os.PathLike[str], limits: Limits) -> tuple[str, str | None]:
+    """The workflow's text and its file (None for text given inline); never more than the size bound."""
+    if isinstance(source, bytes):
+        return _decode(source, None), None
     if isinstance(source, os.PathLike) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
         path = Path(source)
         try:
-            return path.read_text(encoding="utf-8"), str(path)
+            with path.open("rb") as handle:
+                data = handle.read(limits.max_yaml_bytes + 1)  # never read a huge file whole
         except OSError as exc:
             raise SpecError([SpecIssue(f"cannot read workflow file: {exc.strerror}", file=str(path))]) from None
+        if len(data) > limits.max_yaml_bytes:
+            message = f"workflow file is larger than the limit of {limits.max_yaml_bytes} bytes (Limits.max_yaml_bytes)"
+            raise SpecError([SpecIssue(message, file=str(path))])
+        return _decode(data, str(path)), str(path)
     return source, None
+
+
+def _decode(data: bytes, file: str | None) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        message = (
+            f"not UTF-8 text: byte {exc.start} (0x{data[exc.start]:02x}, line {line}, column {column}) "
+            f"cannot be decoded: {exc.reason}"
+        )
+        raise SpecError([SpecIssue(message, line=line, file=file)]) from None

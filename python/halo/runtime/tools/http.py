@@ -9,11 +9,16 @@ be made is retried for every method (the server never saw the request); 5xx answ
 connections are retried for idempotent methods only, since a POST that failed midway may have had
 effects. A read timeout is not retried: the node's `timeout_s` is its budget per attempt (httpx
 applies it to each phase: connect, write, read).
+
+Size: the body is streamed and never read past the node's `max_response_bytes` (default 10 MiB,
+counted after content decoding, so a gzip bomb stops too); a larger Content-Length is refused
+before reading anything. Either way the call fails with a ToolError naming the node and the limit.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -22,9 +27,11 @@ import httpx
 
 from halo.errors import ToolError
 from halo.runtime.tools.json_path import PathNotFound, lookup
+from halo.spec.nodes import DEFAULT_MAX_RESPONSE_BYTES
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 BODY_EXCERPT_CHARS = 200
+ERROR_BODY_BYTES = 4096  # how much of a non-2xx answer is read, for the excerpt in the error
 
 
 class HostNotAllowed(Exception):
@@ -73,8 +80,13 @@ class HttpTool:
             raise ToolError(node_id, f"invalid url {url!r}: {exc}") from None
         if scheme not in ("http", "https"):
             raise ToolError(node_id, f"url {url!r} must start with http:// or https://")
+        limit = int(request.get("max_response_bytes") or DEFAULT_MAX_RESPONSE_BYTES)
         try:
             response = self._send_with_retries(method, url, request)
+            try:
+                body = _read_body(node_id, method, url, response, limit)
+            finally:
+                response.close()
         except HostNotAllowed as exc:
             raise ToolError(
                 node_id,
@@ -85,7 +97,7 @@ class HttpTool:
             raise ToolError(node_id, f"{method} {url} timed out after {request.get('timeout_s')} s ({exc!r})") from exc
         except httpx.HTTPError as exc:
             raise ToolError(node_id, f"{method} {url} failed after {self.attempts} attempt(s): {exc!r}") from exc
-        return _result(node_id, method, url, response, request.get("response_path"))
+        return _result(node_id, method, url, response, body, request.get("response_path"))
 
     def close(self) -> None:
         self._client.close()
@@ -95,7 +107,7 @@ class HttpTool:
         for attempt in range(self.attempts):
             last = attempt == self.attempts - 1
             try:
-                response = self._client.request(
+                outgoing = self._client.build_request(
                     method,
                     url,
                     params=request.get("params") or None,
@@ -103,6 +115,7 @@ class HttpTool:
                     json=body,
                     timeout=float(request.get("timeout_s", 30.0)),
                 )
+                response = self._client.send(outgoing, stream=True)  # the body is read by _read_body, bounded
             except (httpx.ConnectError, httpx.ConnectTimeout):
                 if last:
                     raise
@@ -114,6 +127,7 @@ class HttpTool:
             else:
                 if response.status_code < 500 or last or method not in IDEMPOTENT:
                     return response
+                response.close()
             time.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -130,16 +144,47 @@ def _host_only(entry: str) -> str:
     return entry.rsplit(":", 1)[0] if entry.count(":") == 1 else entry
 
 
-def _result(node_id: str, method: str, url: str, response: httpx.Response, response_path: str | None) -> dict[str, Any]:
-    text = response.text
+def _read_body(node_id: str, method: str, url: str, response: httpx.Response, limit: int) -> bytes:
+    """The decoded body, read in chunks and never past `limit` bytes (a non-2xx answer: its first 4 KiB)."""
+    if not response.is_success:
+        limit = min(limit, ERROR_BODY_BYTES)
+    else:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ToolError(
+                node_id,
+                f"{method} {url}: response of {declared} bytes (Content-Length) is larger than "
+                f"max_response_bytes ({limit} bytes); not read",
+            )
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            if not response.is_success:
+                break  # enough for the excerpt
+            raise ToolError(
+                node_id, f"{method} {url}: response larger than max_response_bytes ({limit} bytes); stopped reading"
+            )
+    return b"".join(chunks)
+
+
+def _result(
+    node_id: str, method: str, url: str, response: httpx.Response, body: bytes, response_path: str | None
+) -> dict[str, Any]:
+    try:
+        text = body.decode(response.charset_encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        text = body.decode("utf-8", errors="replace")
     if not response.is_success:
         excerpt = text[:BODY_EXCERPT_CHARS] + ("..." if len(text) > BODY_EXCERPT_CHARS else "")
         raise ToolError(node_id, f"{method} {url} returned HTTP {response.status_code}: {excerpt!r}")
     parsed: Any = None
     if "json" in response.headers.get("content-type", "").lower() and text:
         try:
-            parsed = response.json()
-        except ValueError:
+            parsed = json.loads(body)
+        except (ValueError, RecursionError):  # not JSON, or nested past Python's recursion limit
             parsed = None
     output: Any = parsed if parsed is not None else text
     if response_path is not None:
