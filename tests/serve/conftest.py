@@ -99,3 +99,13 @@ def echo_server() -> Iterator[tuple[RunningServer, EchoApp]]:
     yield running, echo
     echo.gate.set()
     running.stop()
+
+
+@pytest.fixture
+def roomy_echo_server() -> Iterator[RunningServer]:
+    """The echo app under the default limits (1 MiB bodies, no API key)."""
+    from halo.serve import create_app
+
+    running = start_server(create_app({"echo": EchoApp()}))
+    yield running
+    running.stop()

@@ -90,13 +90,17 @@ def test_load_on_a_tiny_queue_loses_nothing(echo_server):
     every admitted run finishes with its own output."""
     server, echo = echo_server
     echo.delay_s = 0.05
-    stop = time.monotonic() + 2.0
     admitted: list[tuple[str, str]] = []
     statuses: list[int] = []
     lock = threading.Lock()
+    # The 2 s start once every client exists: building 50 (their TLS contexts) takes seconds on a busy machine.
+    ready = threading.Barrier(50, action=lambda: stops.append(time.monotonic() + 2.0))
+    stops: list[float] = []
 
     def client(k: int) -> None:
         with _client(server) as c:
+            ready.wait(60)
+            stop = stops[0]
             n = 0
             while time.monotonic() < stop:
                 value = f"{k}-{n}"

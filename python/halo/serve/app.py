@@ -7,10 +7,13 @@ epoch batcher, and the chat loop. When the chat engine *is* a workflow's engine 
 chat requests ride the session's loop (`SessionChatLoop`): one engine in memory, one thread stepping
 it; otherwise a separate `EngineLoop` owns the chat engine.
 
-Shutdown (`ServeState.begin_shutdown`, called on SIGTERM or when the lifespan ends): no new work;
-epochs and chat requests in flight get `shutdown_timeout_s` to finish; then the runs still in flight
-are cancelled and every row not finished ends as `cancelled` (with a journal folder, those rows stay
-unfinished in the journal and a server restarted on it runs them again under the same ids).
+Shutdown (`ServeState.begin_shutdown`, called on SIGTERM or when the lifespan ends): no new work (new
+runs and chats get 503 with `Retry-After`, recorded nowhere), while reads (`GET /v1/runs/{id}`, its
+events, `/health`, `/metrics`) keep answering; epochs and chat requests in flight get
+`shutdown_timeout_s` to finish; then the runs still in flight are cancelled and every row not finished
+ends as `cancelled` (with a journal folder, those rows stay unfinished in the journal and a server
+restarted on it runs them again under the same ids), and chats still generating end with a 503 error
+body. `ServeState.drained` is set once that is over: `halo serve` stops listening only then.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -37,7 +40,7 @@ from halo.serve.engine_loop import EngineLoop
 from halo.serve.epoch_batcher import EpochBatcher
 from halo.serve.metrics import LatencyMiddleware, Metrics
 from halo.serve.openai_routes import router as openai_router
-from halo.serve.protection import AdmissionQueue, ProtectionMiddleware
+from halo.serve.protection import AdmissionQueue, ProtectionMiddleware, authorized
 from halo.serve.run_journal import RunJournal
 from halo.serve.run_store import RunRecord, RunStore
 from halo.serve.session_chat import SessionChatLoop
@@ -60,6 +63,9 @@ class ServeState:
     shutdown_timeout_s: float | None = None
     session: OnlineSession | None = None
     begin_shutdown: Any = None  # () -> None: start draining now (idempotent); see the module doc
+    skipped: dict[str, str] = field(default_factory=dict)  # workflow (or file) -> why it was not loaded
+    shutting_down: threading.Event = field(default_factory=threading.Event)  # set by begin_shutdown
+    drained: threading.Event = field(default_factory=threading.Event)  # set once the drain is over
 
 
 def create_app(
@@ -69,9 +75,10 @@ def create_app(
     *,
     model_name: str = "smollm2-135m",
     shutdown_timeout_s: float | None = None,
+    skipped: Mapping[str, str] | None = None,
 ) -> FastAPI:
     """An app serving `workflows` (name -> CompiledWorkflow) and, if `engine` is given, chat completions
-    on it as model `model_name`."""
+    on it as model `model_name`; `skipped` (name -> reason) lists workflows that could not be loaded."""
     config = config or ServeConfig()
     metrics = Metrics()
     journal = RunJournal(config.journal_dir) if config.journal_dir else None
@@ -120,6 +127,7 @@ def create_app(
         int(time.time()),
         shutdown_timeout_s,
         session,
+        skipped=dict(skipped or {}),
     )
     metrics.gauges = {
         "queue_depth": lambda: admission.depth,
@@ -128,11 +136,19 @@ def create_app(
         "epoch_running_rows": lambda: batcher.running_rows,
         "chat_in_flight": lambda: loop.in_flight if loop is not None else 0,
     }
-    drainer = threading.Thread(target=lambda: _drain(state, attachable, journal), name="halo-shutdown", daemon=True)
+
+    def drain() -> None:
+        try:
+            _drain(state, attachable, journal)
+        finally:
+            state.drained.set()
+
+    drainer = threading.Thread(target=drain, name="halo-shutdown", daemon=True)
     draining = threading.Lock()
 
     def begin_shutdown() -> None:
         with draining:
+            state.shutting_down.set()
             if not drainer.is_alive() and drainer.ident is None:
                 drainer.start()
 
@@ -162,10 +178,15 @@ def create_app(
     app.include_router(workflow_router)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health(request: Request) -> dict[str, Any]:
+        """Liveness for anyone; with an API key set, only authenticated callers see what is served."""
+        status = "draining" if state.shutting_down.is_set() else "ok"
+        if not authorized(request.headers.get("authorization"), config.api_key):
+            return {"status": status}
         return {
-            "status": "ok",
+            "status": status,
             "workflows": sorted(state.apps),
+            "skipped_workflows": sorted(state.skipped),
             "models": state.chat_models,
             "queue_depth": admission.depth,
             "queue_limit": admission.limit,
@@ -182,6 +203,11 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:  # a bug: still OpenAI's shape, never HTML
+        log.error("unhandled %s: %s", type(exc).__name__, exc, exc_info=exc)
+        return error_response(500, f"internal server error ({type(exc).__name__}); see the server log")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,6 +4,10 @@ Invariant: only the loop thread touches the engine. Handlers `submit` a `ChatJob
 from an asyncio queue the loop thread feeds through the handler's event loop: first `accepted` (with
 the prompt's token count) or `error`, then `delta` texts for streaming jobs, then `done` with the
 `GenerationResult`. Requests added between steps join the running batch (continuous batching).
+
+`close(timeout)` takes no new requests and lets those in flight finish for up to `timeout`; whatever is
+still generating then ends with an `error` event carrying `ChatCancelled`, which the route answers as a
+503 in OpenAI's error shape (a stream gets it as its last event), never as a dropped connection.
 """
 
 from __future__ import annotations
@@ -20,10 +24,18 @@ from halo.engine import GenerationResult, LLMEngine, SamplingParams
 
 log = logging.getLogger("halo.serve")
 IDLE_POLL_S = 0.1
+CANCEL_JOIN_S = 30.0  # how long close waits for the loop to end what it cancelled (one engine step)
 
 
 class EngineLoopClosed(Exception):
     """The loop is shutting down and takes no new requests."""
+
+
+class ChatCancelled(Exception):
+    """The server shut down before this completion finished."""
+
+
+CANCEL_MESSAGE = "cancelled: the server shut down before this completion finished; send it again"
 
 
 @dataclass
@@ -54,6 +66,7 @@ class EngineLoop:
         self._jobs: dict[str, ChatJob] = {}
         self._ids = itertools.count()
         self._closing = False
+        self._cancelled = False  # set on the loop thread: requests that still arrive end at once
         self._thread = threading.Thread(target=self._loop, name="halo-engine-loop", daemon=True)
 
     # -- protocol: start / submit / abort / close ---------------------------------------------------
@@ -72,12 +85,17 @@ class EngineLoop:
         self._inbox.put(("abort", job.request_id))
 
     def close(self, timeout: float | None = None) -> bool:
-        """Finish the requests in flight, then stop; False if `timeout` passed first."""
+        """Let the requests in flight finish for up to `timeout`, then cancel the rest (ChatCancelled) and
+        stop; True if none had to be cancelled."""
         self._closing = True
         self._inbox.put(("stop", None))
         if self._thread.is_alive():
             self._thread.join(timeout)
-        return not self._thread.is_alive()
+        if not self._thread.is_alive():
+            return True
+        self._inbox.put(("cancel", None))
+        self._thread.join(CANCEL_JOIN_S)
+        return False
 
     @property
     def in_flight(self) -> int:
@@ -121,6 +139,8 @@ class EngineLoop:
                 elif command == "abort":
                     if self._jobs.pop(value, None) is not None:
                         self.engine.abort(value)
+                elif command == "cancel":
+                    self._cancel_all(lambda rid: self.engine.abort(rid))
                 else:
                     stopping = True
                 command, value = self._inbox.get_nowait()
@@ -128,7 +148,20 @@ class EngineLoop:
             pass
         return stopping
 
+    def _cancel_all(self, abort: Any) -> int:
+        """End every job in flight with ChatCancelled (on the thread that steps the engine); how many."""
+        self._cancelled = True
+        jobs = list(self._jobs.items())
+        for rid, job in jobs:
+            abort(rid)
+            job.post("error", ChatCancelled(CANCEL_MESSAGE))
+        self._jobs.clear()
+        return len(jobs)
+
     def _add(self, job: ChatJob) -> None:
+        if self._cancelled:
+            job.post("error", ChatCancelled(CANCEL_MESSAGE))
+            return
         try:
             ids = self.engine.encode_prompt(job.messages)
             max_tokens = job.max_tokens

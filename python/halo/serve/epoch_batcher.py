@@ -11,9 +11,11 @@ overlap: an app attached to the server's `OnlineSession` runs its epochs on the 
 where a newer epoch's nodes join the engine batch while older epochs decode, and older epochs get a
 worker's room first (no query starves).
 
-Shutdown (`close`): no new rows; buffered epochs still start; at the deadline whatever has not ended
-is cancelled by whoever owns the session, and `cancel_unstarted` ends epochs that never started, so
-every admitted row ends in a state a client can read (succeeded, failed or cancelled).
+Shutdown (`close`): no new rows (`admit` refuses them before they are recorded or journaled, under the
+lock that closes, so a refused row never runs, here or after a restart); buffered epochs still start;
+at the deadline whatever has not ended is cancelled by whoever owns the session, and `cancel_unstarted`
+ends epochs that never started, so every admitted row ends in a state a client can read (succeeded,
+failed or cancelled).
 """
 
 from __future__ import annotations
@@ -81,24 +83,38 @@ class EpochBatcher:
         self._thread = threading.Thread(target=self._loop, name="halo-epoch-dispatcher", daemon=True)
         self._runners: list[threading.Thread] = []
 
-    # -- protocol: start / submit / close / cancel_unstarted ---------------------------------------
+    # -- protocol: start / admit / submit / close / cancel_unstarted --------------------------------
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, workflow: str, records: list[RunRecord]) -> None:
-        """Queue already validated run records of `workflow`; raises BatcherClosed after `close`."""
+    def admit(self, workflow: str, rows: list[dict[str, Any]]) -> list[RunRecord]:
+        """Record (and journal) validated rows of `workflow` as runs and queue them, as one step: raises
+        BatcherClosed, having recorded nothing, once `close` began."""
         with self._cond:
             if self._closing:
                 raise BatcherClosed("the server is shutting down and accepts no new runs")
-            for record in records:
-                epoch = self._open.get(workflow)
-                if epoch is None:
-                    epoch = self._open[workflow] = Epoch(next(self._indices), workflow, time.monotonic())
-                epoch.records.append(record)
-                if len(epoch.records) >= self.epoch_rows:
-                    self._ready.append(self._open.pop(workflow))
-            self._cond.notify_all()
+            records = self.store.create(workflow, rows)
+            self._queue(workflow, records)
+        return records
+
+    def submit(self, workflow: str, records: list[RunRecord]) -> None:
+        """Queue run records that already exist (a journal's, to run again); raises BatcherClosed after `close`."""
+        with self._cond:
+            if self._closing:
+                raise BatcherClosed("the server is shutting down and accepts no new runs")
+            self._queue(workflow, records)
+
+    def _queue(self, workflow: str, records: list[RunRecord]) -> None:
+        """Put records into `workflow`'s open epoch (the caller holds the lock)."""
+        for record in records:
+            epoch = self._open.get(workflow)
+            if epoch is None:
+                epoch = self._open[workflow] = Epoch(next(self._indices), workflow, time.monotonic())
+            epoch.records.append(record)
+            if len(epoch.records) >= self.epoch_rows:
+                self._ready.append(self._open.pop(workflow))
+        self._cond.notify_all()
 
     def close(self, timeout: float | None = None) -> bool:
         """Take no new rows, close every open epoch and wait for all epochs to end; False if `timeout`

@@ -1,4 +1,9 @@
-"""`POST /v1/chat/completions` (plain and `stream: true`) and `GET /v1/models`, on the engine loop."""
+"""`POST /v1/chat/completions` (plain and `stream: true`) and `GET /v1/models`, on the engine loop.
+
+A completion whose client goes away is aborted in the engine at once, streaming or not: a plain one
+watches the connection while it waits (`until_disconnected`), so it does not hold its slot in the batch
+and the admission queue until `max_tokens`.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from halo.errors import HaloError, InvalidRequestError
-from halo.serve.api_errors import ApiError
-from halo.serve.engine_loop import ChatJob, EngineLoopClosed
-from halo.serve.openai_schemas import ChatCompletionRequest, chunk_json, completion_json, model_json, usage
+from halo.serve.api_errors import ApiError, error_body
+from halo.serve.engine_loop import ChatCancelled, ChatJob, EngineLoopClosed
+from halo.serve.openai_schemas import (
+    ChatCompletionRequest,
+    UnsupportedField,
+    chunk_json,
+    completion_json,
+    model_json,
+    usage,
+)
+from halo.serve.request_body import location, read_json
 
 router = APIRouter()
 
@@ -38,17 +51,22 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
     state = request.app.state.halo
+    refuse_when_draining(state)
     body = await read_json(request)
     try:
         chat = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
-        raise ApiError(400, "invalid chat completion request: " + validation_message(exc)) from None
-    _check_model(state, chat.model)
-    try:
+        raise ApiError(400, "invalid chat completion request: " + validation_message(exc),
+                       param=first_location(exc)) from None
+    try:  # what the request asks for first, then whether this server has the model
+        chat.check_supported()
         params = chat.sampling_params()
         messages = chat.engine_messages()
+    except UnsupportedField as exc:
+        raise ApiError(400, str(exc), code="unsupported_parameter", param=exc.param) from None
     except InvalidRequestError as exc:
         raise ApiError(400, str(exc)) from None
+    _check_model(state, chat.model)
     if state.loop is None:
         raise ApiError(404, "this server serves no chat model", code="model_not_found", param="model")
     if not state.admission.try_acquire(1):
@@ -60,7 +78,7 @@ async def chat_completions(request: Request) -> JSONResponse | StreamingResponse
         kind, value = await job.events.get()
     except EngineLoopClosed as exc:
         state.admission.release(1)
-        raise ApiError(503, str(exc)) from None
+        raise shutting_down(state, str(exc)) from None
     except BaseException:
         state.loop.abort(job)
         state.admission.release(1)
@@ -71,20 +89,45 @@ async def chat_completions(request: Request) -> JSONResponse | StreamingResponse
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     if not chat.stream:
         try:
-            while True:
-                kind, value = await job.events.get()
-                if kind == "error":
-                    raise _engine_error(value)
-                if kind == "done":
-                    return JSONResponse(completion_json(completion_id, chat.model, value))
-        except asyncio.CancelledError:
-            state.loop.abort(job)
-            raise
+            return await _complete(state, request, job, completion_id, chat.model)
         finally:
             state.admission.release(1)
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
     return StreamingResponse(_stream(state, job, completion_id, chat.model, include_usage),
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _complete(state: Any, request: Request, job: ChatJob, completion_id: str, model: str) -> JSONResponse:
+    """Wait for a plain completion's result while watching its connection; a client gone aborts it."""
+    gone = asyncio.ensure_future(until_disconnected(request))
+    try:
+        while True:
+            event = asyncio.ensure_future(job.events.get())
+            await asyncio.wait({event, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not event.done():
+                event.cancel()
+                state.loop.abort(job)
+                # Nobody reads this answer; it only ends the handler in the server's error shape.
+                return JSONResponse(error_body(499, "the client closed the connection"), status_code=499)
+            kind, value = event.result()
+            if kind == "error":
+                raise _engine_error(value)
+            if kind == "done":
+                return JSONResponse(completion_json(completion_id, model, value))
+    except asyncio.CancelledError:
+        state.loop.abort(job)
+        raise
+    finally:
+        gone.cancel()
+
+
+async def until_disconnected(request: Request) -> None:
+    """Return once the client has closed the connection (the body was read already, so the only message
+    left to receive is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 async def _stream(state: Any, job: ChatJob, completion_id: str, model: str, include_usage: bool) -> AsyncIterator[str]:
@@ -125,21 +168,33 @@ def _check_model(state: Any, model: str) -> None:
 
 
 def _engine_error(exc: BaseException) -> ApiError:
+    if isinstance(exc, ChatCancelled):
+        return ApiError(503, str(exc), code="server_shutting_down")
     if isinstance(exc, HaloError):
         return ApiError(400, str(exc), code=type(exc).__name__)
     return ApiError(500, f"generation failed: {type(exc).__name__}: {exc}")
 
 
-async def read_json(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-
-
 def validation_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+    return "; ".join(f"{location(e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
+def first_location(exc: ValidationError) -> str | None:
+    errors = exc.errors()
+    return location(errors[0]["loc"]) if errors else None
+
+
+def refuse_when_draining(state: Any) -> None:
+    """New work during the shutdown grace period: 503 with Retry-After, before anything is recorded."""
+    if state.shutting_down.is_set():
+        raise shutting_down(state, "the server is shutting down and accepts no new work")
+
+
+def shutting_down(state: Any, message: str) -> ApiError:
+    state.metrics.reject("shutting_down")
+    retry = state.config.shutdown_retry_after_s
+    return ApiError(503, f"{message}; retry after {retry} s", code="server_shutting_down",
+                    headers={"Retry-After": str(retry)})
 
 
 def queue_full(state: Any) -> ApiError:

@@ -1,5 +1,6 @@
 """What keeps one client from hurting the others: bearer-token auth, a body size limit, and a bounded
-admission queue (429 with `Retry-After` when full)."""
+admission queue (429 with `Retry-After` when full). `/health` is open to probes, but with a key set it
+tells an unauthenticated caller only that the server is alive (no workflows, models or queue depths)."""
 
 from __future__ import annotations
 
@@ -88,19 +89,30 @@ class ProtectionMiddleware:
                 await _send_error(send, 413, self._too_large(seen), "body_too_large")
 
     def _auth_problem(self, header: str | None) -> str | None:
-        if not header:
-            return ("missing API key: send the header 'Authorization: Bearer <key>' "
-                    "(this server was started with --api-key or HALO_API_KEY)")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return "malformed Authorization header: expected 'Authorization: Bearer <key>'"
         assert self.api_key is not None
-        if not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
-            return "invalid API key: the bearer token does not match this server's key"
-        return None
+        return auth_problem(header, self.api_key)
 
     def _too_large(self, size: int) -> str:
         return f"request body of {size} bytes is over this server's limit of {self.max_body_bytes} bytes"
+
+
+def auth_problem(header: str | None, api_key: str) -> str | None:
+    """Why `header` (an Authorization header) does not carry `api_key`, or None if it does."""
+    if not header:
+        return ("missing API key: send the header 'Authorization: Bearer <key>' "
+                "(this server was started with --api-key or HALO_API_KEY)")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return "malformed Authorization header: expected 'Authorization: Bearer <key>'"
+    if not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        return "invalid API key: the bearer token does not match this server's key"
+    return None
+
+
+def authorized(header: str | None, api_key: str | None) -> bool:
+    """True when no key is set or `header` carries it (for the open routes that answer more to a client
+    that has it, like /health)."""
+    return api_key is None or auth_problem(header, api_key) is None
 
 
 async def _send_error(send: Any, status: int, message: str, code: str, extra: dict[str, str] | None = None) -> None:

@@ -1,9 +1,13 @@
 """`halo serve`: load workflows, compile them, load the chat engine, and run uvicorn until a signal.
 
 The chat engine is a compiled workflow's own engine when the chat model is one a workflow runs (one
-worker, in-process): one copy of the weights and KV pool, stepped by one thread. SIGTERM (or Ctrl-C)
-drains: no new work, `shutdown_timeout_s` for what is in flight, the rest cancelled (or journaled,
-with `ServeConfig.journal_dir`, `--journal-dir`), then the process exits with status 0.
+worker, in-process): one copy of the weights and KV pool, stepped by one thread. A workflow that cannot
+be loaded (its YAML does not validate, its database or model is missing) is logged and skipped, and
+listed with its reason under `skipped` in `GET /v1/workflows`: one broken file does not keep the others
+from being served. SIGTERM (or a first Ctrl-C) drains while the server keeps listening: new work gets
+503 with `Retry-After`, reads still answer, `shutdown_timeout_s` for what is in flight, the rest
+cancelled (or journaled, with `ServeConfig.journal_dir`, `--journal-dir`); only then does uvicorn stop
+listening and the process exit with status 0. A second Ctrl-C stops listening at once.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
@@ -23,8 +28,10 @@ log = logging.getLogger("halo.serve")
 WORKFLOW_SUFFIXES = (".yaml", ".yml")
 
 
-def load_workflows(paths: Iterable[str | os.PathLike[str]]) -> dict[str, Any]:
-    """Workflows by name from YAML files and folders of them; raises HaloError on a duplicate name."""
+def load_workflows(paths: Iterable[str | os.PathLike[str]], skipped: dict[str, str] | None = None) -> dict[str, Any]:
+    """Workflows by name from YAML files and folders of them; raises HaloError on a duplicate name or a
+    path that does not exist. A file that does not validate raises too, unless `skipped` is given: then
+    it is logged and recorded there (file name -> reason) and the others load."""
     from halo.spec import Workflow
 
     files: list[Path] = []
@@ -38,13 +45,36 @@ def load_workflows(paths: Iterable[str | os.PathLike[str]]) -> dict[str, Any]:
     workflows: dict[str, Any] = {}
     origin: dict[str, Path] = {}
     for file in files:
-        workflow = Workflow.from_yaml(file)
+        try:
+            workflow = Workflow.from_yaml(file)
+        except HaloError as exc:
+            if skipped is None:
+                raise
+            log.error("skipping workflow file %s: %s", file, exc)
+            skipped[file.name] = str(exc)
+            continue
         name = workflow.spec.name
         if name in workflows:
             raise HaloError(f"two workflows are named '{name}': {origin[name]} and {file}")
         workflows[name] = workflow
         origin[name] = file
     return workflows
+
+
+def compile_workflows(workflows: dict[str, Any], dtype: str, skipped: dict[str, str]) -> dict[str, Any]:
+    """Compiled apps by name; one that fails to compile (a missing database or model, a tool that does not
+    bind) is logged and recorded in `skipped` (name -> reason) instead."""
+    import halo
+
+    apps: dict[str, Any] = {}
+    for name, workflow in workflows.items():
+        log.info("compiling workflow %s", name)
+        try:
+            apps[name] = halo.compile(workflow, dtype=dtype)
+        except (HaloError, OSError) as exc:
+            log.error("skipping workflow %s: %s", name, exc)
+            skipped[name] = str(exc)
+    return apps
 
 
 def serve(
@@ -61,31 +91,41 @@ def serve(
     """Compile every workflow, load the chat engine of `model` (default: the embedded SmolLM2), serve."""
     import uvicorn
 
-    import halo
     from halo.engine import LLMEngine
     from halo.engine.model_source import DEFAULT_MODEL
     from halo.serve.app import create_app
 
-    workflows = load_workflows(workflow_paths)
+    skipped: dict[str, str] = {}
+    workflows = load_workflows(workflow_paths, skipped)
     config = config or ServeConfig()
     apps: dict[str, Any] = {}
     engine = None
     try:
-        for name, workflow in workflows.items():
-            log.info("compiling workflow %s", name)
-            apps[name] = halo.compile(workflow, dtype=dtype)
+        apps = compile_workflows(workflows, dtype, skipped)
+        if skipped and not apps and not chat:
+            reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+            raise HaloError(f"nothing to serve: no workflow could be loaded ({reasons})")
         if chat:
             engine = shared_engine(apps, model or DEFAULT_MODEL)
             if engine is None:
                 engine = LLMEngine(model=model, dtype=dtype)
             else:
                 log.info("chat completions share the workflows' engine of %s", model or DEFAULT_MODEL)
-        app = create_app(apps, engine, config, model_name=model or DEFAULT_MODEL, shutdown_timeout_s=shutdown_timeout_s)
-        # uvicorn waits for open connections first: they end once runs end (finished or cancelled).
-        settings = uvicorn.Config(
-            app, host=host, port=port, log_level="info", timeout_graceful_shutdown=shutdown_timeout_s + 10.0
+        app = create_app(
+            apps,
+            engine,
+            config,
+            model_name=model or DEFAULT_MODEL,
+            shutdown_timeout_s=shutdown_timeout_s,
+            skipped=skipped,
         )
-        GracefulServer(settings, app.state.halo.begin_shutdown).run()
+        if skipped:
+            log.warning("serving %d workflows; skipped %d: %s", len(apps), len(skipped), ", ".join(sorted(skipped)))
+        # uvicorn stops listening once the drain is over; connections still open end soon after (every run
+        # and chat has ended by then), so its own grace only covers responses being written.
+        settings = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10.0)
+        state = app.state.halo
+        GracefulServer(settings, state.begin_shutdown, state.drained).run()
     finally:
         for compiled in apps.values():
             compiled.close()
@@ -100,21 +140,30 @@ def shared_engine(apps: dict[str, Any], model: str) -> Any:
 
 
 class GracefulServer:
-    """uvicorn's server whose SIGTERM starts the app's drain at once and ends the process with status 0
-    (plain uvicorn re-raises the signal after a graceful shutdown, so the exit status would say -15)."""
+    """uvicorn's server that keeps listening while the app drains (see the module doc), then stops, and
+    ends the process with status 0 on SIGTERM (plain uvicorn stops listening at the signal, and re-raises
+    it after a graceful shutdown, so the exit status would say -15)."""
 
-    def __init__(self, settings: Any, begin_shutdown: Any) -> None:
+    def __init__(self, settings: Any, begin_shutdown: Any, drained: threading.Event) -> None:
         import uvicorn
 
         class _Server(uvicorn.Server):
+            draining = False
+
             def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-                begin_shutdown()  # the grace period starts now, not after uvicorn closed its connections
-                if sig == signal.SIGTERM:
-                    self.should_exit = True  # not recorded as captured: nothing re-raises it afterwards
+                if self.draining and sig == signal.SIGINT:
+                    super().handle_exit(sig, frame)  # a second Ctrl-C: stop listening now (a third forces)
                     return
-                super().handle_exit(sig, frame)
+                self.draining = True
+                begin_shutdown()  # the grace period starts now; `drained` ends it, then uvicorn stops
 
         self.server = _Server(settings)
+        self.drained = drained
 
     def run(self) -> None:
+        def exit_when_drained() -> None:
+            self.drained.wait()
+            self.server.should_exit = True
+
+        threading.Thread(target=exit_when_drained, name="halo-exit-when-drained", daemon=True).start()
         self.server.run()

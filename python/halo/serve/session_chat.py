@@ -10,12 +10,13 @@ thread. The job protocol is `EngineLoop`'s (accepted | error, delta..., done).
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 from halo.engine import GenerationResult, LLMEngine, SamplingParams
 from halo.runtime.online_session import OnlineSession
-from halo.serve.engine_loop import ChatJob, EngineLoop, EngineLoopClosed
+from halo.serve.engine_loop import CANCEL_JOIN_S, ChatJob, EngineLoop, EngineLoopClosed
 
 
 class SessionChatLoop(EngineLoop):
@@ -55,14 +56,24 @@ class SessionChatLoop(EngineLoop):
         self.session.call_soon(drop)
 
     def close(self, timeout: float | None = None) -> bool:
-        """Take no new requests and wait for those in flight; False if `timeout` passed first."""
+        """Take no new requests, let those in flight finish for up to `timeout`, then cancel the rest on the
+        session thread (it must still run: the app closes this loop before the session); True if none was.
+        The cancel pass runs even when nothing is left: a request queued to the session just before
+        closing is added after this wait, and must end too."""
         self._closing = True
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._jobs:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
+        while self._jobs and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.01)
-        return True
+        cancelled: list[int] = []
+        done = threading.Event()
+
+        def cancel() -> None:
+            cancelled.append(self._cancel_all(self.worker.abort_guest))
+            done.set()
+
+        self.session.call_soon(cancel)
+        done.wait(CANCEL_JOIN_S)
+        return cancelled == [0]
 
     # -- on the session thread ----------------------------------------------------------------------------
 

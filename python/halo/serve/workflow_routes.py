@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from halo.runtime.batch import split_valid
 from halo.serve.api_errors import ApiError
 from halo.serve.epoch_batcher import BatcherClosed
-from halo.serve.openai_routes import queue_full, read_json
+from halo.serve.openai_routes import queue_full, refuse_when_draining, shutting_down
+from halo.serve.request_body import read_json
 from halo.serve.run_store import RunRecord
 
 router = APIRouter()
@@ -22,7 +23,8 @@ KEEPALIVE_S = 15.0
 @router.get("/v1/workflows")
 async def list_workflows(request: Request) -> dict[str, Any]:
     state = request.app.state.halo
-    return {"object": "list", "data": [_describe(name, app) for name, app in state.apps.items()]}
+    return {"object": "list", "data": [_describe(name, app) for name, app in state.apps.items()],
+            "skipped": [{"name": name, "reason": reason} for name, reason in sorted(state.skipped.items())]}
 
 
 @router.get("/v1/workflows/{name}")
@@ -36,6 +38,7 @@ async def create_runs(name: str, request: Request) -> JSONResponse:
     """The body is one row (a JSON object) or a list of rows; every row must hold the declared inputs."""
     state = request.app.state.halo
     app = _app(state, name)
+    refuse_when_draining(state)
     body = await read_json(request)
     rows = body if isinstance(body, list) else [body]
     if not rows:
@@ -52,12 +55,11 @@ async def create_runs(name: str, request: Request) -> JSONResponse:
     if not state.admission.try_acquire(len(rows)):
         state.metrics.reject("queue_full")
         raise queue_full(state)
-    records = state.store.create(name, [dict(r) for r in rows])
-    try:
-        state.batcher.submit(name, records)
+    try:  # recorded, journaled and queued in one step: a refused request leaves no trace to resume
+        records = state.batcher.admit(name, [dict(r) for r in rows])
     except BatcherClosed as exc:
         state.admission.release(len(rows))
-        raise ApiError(503, str(exc)) from None
+        raise shutting_down(state, str(exc)) from None
     return JSONResponse({"object": "list", "workflow": name, "ids": [r.id for r in records],
                          "data": [r.as_json() for r in records]}, status_code=202)
 
@@ -113,6 +115,8 @@ def _describe(name: str, app: Any) -> dict[str, Any]:
 
 def _app(state: Any, name: str) -> Any:
     app = state.apps.get(name)
+    if app is None and name in state.skipped:
+        raise ApiError(404, f"workflow '{name}' was not loaded: {state.skipped[name]}", code="workflow_unavailable")
     if app is None:
         known = ", ".join(sorted(state.apps)) or "none"
         raise ApiError(404, f"unknown workflow '{name}' (loaded: {known})", code="workflow_not_found")
