@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from halo.errors import ToolError
 from halo.runtime.tools import ToolRunner
+from halo.runtime.tools.duckdb_database import RefusedStatement
 from halo.runtime.tools.sql_params import bind_params
 from halo.spec.workflow import Workflow
 
@@ -78,12 +79,17 @@ def test_duckdb_file_is_opened_read_only(tmp_path, call):
     wf = _duckdb_workflow(tmp_path, "SELECT fact FROM facts WHERE id = :id", {"id": "{{ v }}"}, path="kb.duckdb")
     with ToolRunner(wf) as runner:
         assert call(runner, wf, "q", {"v": 1})["rows"] == [{"fact": "sky is blue"}]
-        # Validation admits SELECTs only; the connection itself must refuse writes too.
+        # Validation admits SELECTs only; so does the database at run time, and the file is attached
+        # read-only beneath that (a raw cursor, past the SELECT-only guard, still cannot write).
         database = runner._sql.database("q", "d")
-        with pytest.raises(duckdb.Error, match="read-only"):
-            database.query("INSERT INTO facts VALUES (2, 'x')", {})
-        with pytest.raises(duckdb.Error, match="read-only"):
-            database.query("CREATE TABLE t2 (i int)", {})
+        for statement in ("INSERT INTO facts VALUES (2, 'x')", "CREATE TABLE t2 (i int)"):
+            with pytest.raises(RefusedStatement, match="must be a read-only SELECT"):
+                database.query(statement, {}, max_rows=10)
+            cursor = database._con.cursor()
+            cursor.execute("USE kb")
+            with pytest.raises(duckdb.Error, match="read-only"):
+                cursor.execute(statement)
+            cursor.close()
 
 
 def test_duckdb_error_and_missing_file_are_tool_errors(tmp_path, call):
@@ -150,14 +156,14 @@ def test_postgres_connection_refuses_writes_and_times_out(postgres_dsn, call):
         assert call(runner, wf, "q", {"v": 2})["output"] == [{"name": "pear"}]
         database = runner._sql.database("q", "pg")
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            database.query("INSERT INTO items VALUES (9, 'plum', 1, NULL)", {})
+            database.query("INSERT INTO items VALUES (9, 'plum', 1, NULL)", {}, 10)
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            database.query("CREATE TABLE sneaky (i int)", {})
+            database.query("CREATE TABLE sneaky (i int)", {}, 10)
         # A SELECT that writes through a function: no parser sees it, the read-only transaction does.
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            database.query("SELECT nextval('counter')", {})
+            database.query("SELECT nextval('counter')", {}, 10)
         with pytest.raises(psycopg.errors.QueryCanceled):
-            database.query("SELECT pg_sleep(2)", {})
+            database.query("SELECT pg_sleep(2)", {}, 10)
         # The connection recovers after each failure (its transaction was rolled back).
         assert call(runner, wf, "q", {"v": 3})["output"] == [{"name": "fig"}]
     slow = _pg_workflow(postgres_dsn, "SELECT pg_sleep(:v)", {"v": "{{ v }}"})

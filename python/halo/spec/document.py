@@ -8,6 +8,8 @@ from pydantic import Field, model_validator
 
 from halo.spec.nodes import NodeId, NodeSpec, SpecModel
 
+DEFAULT_MAX_ROWS = 10_000  # rows one sql node query may return (DatabaseSpec.max_rows)
+
 
 class ModelSpec(SpecModel):
     """A model the workflow may use: a registered name, a local .gguf file or an HF directory."""
@@ -17,13 +19,26 @@ class ModelSpec(SpecModel):
 
 
 class DatabaseSpec(SpecModel):
+    """A database sql nodes query. Node queries are sandboxed: read-only, no files, no network.
+
+    DuckDB runs a node's query with external access disabled and its configuration locked, so
+    `read_csv`, `read_text`, `glob`, `COPY`, `ATTACH`, `INSTALL`/`LOAD`... reach no file, URL or
+    extension, whatever a row's parameters say. The workflow's author is trusted like code: `init`
+    runs before the lock and may read files beside the workflow.
+    """
+
     kind: Literal["duckdb", "postgres"] = "duckdb"
-    path: str | None = None  # duckdb file; None is an in-memory database
-    dsn: str | None = None  # postgres connection string
+    path: str | None = None  # duckdb file, opened read-only; None is an in-memory database
+    dsn: str | None = None  # postgres connection string; its role decides what a SELECT can reach
     # duckdb only: a SQL script (path relative to the workflow file) run when the database is opened,
     # before any node's query, e.g. `CREATE TABLE vendors AS FROM read_csv('vendors.csv')` to seed an
     # in-memory database from files shipped beside the workflow. Node queries stay read-only.
     init: str | None = None
+    # duckdb only, opt-in: directories (relative to the workflow file) node queries may read files
+    # under, e.g. `read_csv('docs/' || :name)`. Nothing outside them, `..` and symlinks out included.
+    allowed_directories: tuple[str, ...] = ()
+    # The most rows one node query may return; a query returning more fails its row (add a LIMIT).
+    max_rows: int = Field(default=DEFAULT_MAX_ROWS, ge=1)
 
     @model_validator(mode="after")
     def _target(self) -> DatabaseSpec:
@@ -33,6 +48,8 @@ class DatabaseSpec(SpecModel):
             raise ValueError("a duckdb database takes 'path', not 'dsn'")
         if self.kind == "postgres" and self.init is not None:
             raise ValueError("'init' scripts are for duckdb databases only")
+        if self.kind == "postgres" and self.allowed_directories:
+            raise ValueError("'allowed_directories' is for duckdb databases only (a postgres role decides its own)")
         return self
 
 

@@ -3,8 +3,12 @@
 Two layers. A small lexer that knows string literals, quoted identifiers, dollar quotes, comments and
 `::` casts splits statements, finds `:name` placeholders and rewrites them to DuckDB's `$name`; then
 DuckDB's own parser (`duckdb.extract_statements`) classifies the statement. The lexer alone decides
-for PostgreSQL databases when DuckDB cannot parse their dialect. The runtime must still open
-connections read-only: a function call inside a SELECT can have effects no parser can see.
+for PostgreSQL databases when DuckDB cannot parse their dialect.
+
+This is the early check, located in the workflow file; the guarantee is the runtime's sandbox
+(`halo.runtime.tools.duckdb_database`, PostgreSQL's read-only transactions). A SELECT that passes
+here can still name a file through a row's parameter (`read_text(:p)`) or run a statement given as
+a value (`query(:q)`), and a function inside a SELECT can have effects no parser can see.
 """
 
 from __future__ import annotations

@@ -1,14 +1,26 @@
-"""One DuckDB database a workflow queries: opened once per run, one cursor per tool thread.
+"""One DuckDB database a workflow queries: opened once per run, sandboxed, one cursor per tool thread.
 
-A database file is opened with `read_only=True`, so no query can change it. An in-memory database
-(a declared one without `path`, or the anonymous one `db: null` selects) runs its `init` script once
-at open; node queries there are read-only by validation only. DuckDB connections are not
-thread-safe, so each thread queries through its own cursor of the shared connection.
+The workflow's author is trusted like code, its rows (and `halo serve`'s clients) are not. So the
+database is set up in two phases:
+
+1. open: a private in-memory DuckDB instance; a database file is ATTACHed `READ_ONLY` (and made the
+   default catalog); the `init` script runs with file access, relative names resolving beside the
+   workflow (`read_csv('vendors.csv')`).
+2. lock, before any node query: external access off (no file, URL, extension install or load,
+   replacement scan), extension autoloading off, only the declared `allowed_directories` (plus the
+   database's own files and a private spill folder) readable, and the configuration locked so no
+   statement can undo it (`SET`, `RESET`, `PRAGMA`).
+
+Each node query must also be one SELECT by DuckDB's own parser (EXPLAIN without ANALYZE too), so
+`COPY`, `ATTACH`/`DETACH`, `CREATE`, `USE`... are refused before they run, on in-memory databases
+as well. DuckDB connections are not thread-safe, so each thread queries through its own cursor.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,32 +28,56 @@ from typing import Any
 import duckdb
 
 from halo.runtime.tools.sql_params import bind_params
+from halo.spec.sql_statement import lex
+
+Rows = tuple[list[str], list[tuple[Any, ...]]]
+
+# Catalog names a fresh DuckDB instance already uses: a file named like one is attached under another.
+_TAKEN_CATALOGS = frozenset({"memory", "system", "temp"})
+
+
+class RefusedStatement(Exception):
+    """A node query that is not a single read-only SELECT (refused before DuckDB runs it)."""
 
 
 class DuckDbDatabase:
-    """A DuckDB connection shared by the run, queried through per-thread cursors."""
+    """A sandboxed DuckDB instance shared by the run, queried through per-thread cursors."""
 
-    def __init__(self, path: str | None, init: str | None, base_dir: Path) -> None:
+    def __init__(
+        self,
+        path: str | None,
+        init: str | None,
+        base_dir: Path,
+        *,
+        allowed_directories: tuple[str, ...] = (),
+    ) -> None:
         self.base_dir = base_dir
-        if path is not None:
-            self._con = duckdb.connect(str(base_dir / path), read_only=True)
-        else:
-            self._con = duckdb.connect(":memory:")
-        # Relative file names in scripts and queries (read_csv('vendors.csv')) resolve beside the workflow.
-        self._con.execute("SET GLOBAL file_search_path = $dir", {"dir": str(base_dir)})
-        if init is not None:
-            self._con.execute((base_dir / init).read_text())
+        self.allowed = _resolve_directories(base_dir, allowed_directories)  # checked before anything opens
+        # A private instance (not DuckDB's per-file cache), so its locked settings are ours alone; a
+        # private spill folder, since DuckDB lets queries read its temp directory (by default `.tmp`
+        # under the working directory, which may hold anything).
+        self._spill = tempfile.mkdtemp(prefix="halo-duckdb-")
+        self._con = duckdb.connect(":memory:")
+        try:
+            self._catalog = self._open(path, init)
+            self._lock_down()
+        except BaseException:
+            self._con.close()
+            shutil.rmtree(self._spill, ignore_errors=True)
+            raise
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._lock = threading.Lock()
 
-    def query(self, query: str, params: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """(column names, rows) of a parameterized query."""
+    def query(self, query: str, params: dict[str, Any], max_rows: int) -> Rows:
+        """(column names, rows) of a parameterized query; at most `max_rows + 1` rows are fetched, so
+        the caller can tell an over-long result without DuckDB materializing it in Python."""
         bound = bind_params(query, params, "duckdb")
         cursor = self._cursor()
+        _check_select(cursor, bound.text)
         cursor.execute(bound.text, bound.params)
         columns = [column[0] for column in cursor.description or ()]
-        return columns, cursor.fetchall()
+        return columns, cursor.fetchmany(max_rows + 1)
 
     def explain_cost(self, query: str, params: dict[str, Any]) -> float:
         """Estimated rows produced, summed over the plan's operators (DuckDB's own cardinality estimates).
@@ -51,6 +87,7 @@ class DuckDbDatabase:
         """
         bound = bind_params(query, params, "duckdb")
         cursor = self._cursor()
+        _check_select(cursor, bound.text)
         cursor.execute("EXPLAIN (FORMAT JSON) " + bound.text, bound.params)
         total = 0.0
         for _, plan in cursor.fetchall():
@@ -64,6 +101,37 @@ class DuckDbDatabase:
                 cursor.close()
             self._cursors.clear()
         self._con.close()
+        shutil.rmtree(self._spill, ignore_errors=True)
+
+    def _open(self, path: str | None, init: str | None) -> str | None:
+        """Phase 1 (trusted): attach the file, run `init`; returns the catalog node queries default to."""
+        con = self._con
+        # Relative file names in scripts (read_csv('vendors.csv')) resolve beside the workflow.
+        con.execute("SET GLOBAL file_search_path = $dir", {"dir": str(self.base_dir)})
+        con.execute("SET GLOBAL temp_directory = $dir", {"dir": self._spill})
+        catalog = None
+        if path is not None:
+            file = self.base_dir / path
+            if not file.is_file():  # READ_ONLY attach of a missing file would name DuckDB's internals
+                raise OSError(f"no database file {file}")
+            stem = file.stem or "db"
+            catalog = stem if stem.lower() not in _TAKEN_CATALOGS else f"{stem}_file"
+            literal = "'" + str(file).replace("'", "''") + "'"  # ATTACH takes no parameters
+            con.execute(f"ATTACH {literal} AS {_quote(catalog)} (READ_ONLY)")
+            con.execute(f"USE {_quote(catalog)}")
+        if init is not None:
+            con.execute((self.base_dir / init).read_text())
+        return catalog
+
+    def _lock_down(self) -> None:
+        """Phase 2: from here on no statement reaches the file system, the network or an extension."""
+        con = self._con
+        # Order matters: DuckDB accepts allowed_directories only while external access is still on.
+        con.execute("SET GLOBAL allowed_directories = $dirs", {"dirs": self.allowed})
+        con.execute("SET GLOBAL enable_external_access = false")
+        con.execute("SET GLOBAL autoinstall_known_extensions = false")
+        con.execute("SET GLOBAL autoload_known_extensions = false")
+        con.execute("SET GLOBAL lock_configuration = true")
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = getattr(self._local, "cursor", None)
@@ -71,8 +139,44 @@ class DuckDbDatabase:
             with self._lock:
                 cursor = self._con.cursor()
                 self._cursors.append(cursor)
+            if self._catalog is not None:
+                cursor.execute(f"USE {_quote(self._catalog)}")  # the default catalog is per connection
             self._local.cursor = cursor
         return cursor
+
+
+def _check_select(cursor: duckdb.DuckDBPyConnection, text: str) -> None:
+    """Refuse anything but one SELECT (DuckDB's parser decides; validation did too, this is the guard)."""
+    statements = cursor.extract_statements(text)
+    if len(statements) != 1:
+        raise RefusedStatement(f"a node query must be one statement; DuckDB sees {len(statements)}")
+    kind = statements[0].type.name
+    if kind == "SELECT":
+        return
+    if kind == "EXPLAIN":
+        words = {word for statement in lex(text).statements for word in statement}
+        if not {"ANALYZE", "ANALYSE"} & words:  # EXPLAIN ANALYZE runs its statement, whatever it is
+            return
+        raise RefusedStatement("a node query must be a read-only SELECT; EXPLAIN ANALYZE runs its statement")
+    raise RefusedStatement(f"a node query must be a read-only SELECT; DuckDB classifies this one as {kind}")
+
+
+def _resolve_directories(base_dir: Path, directories: tuple[str, ...]) -> list[str]:
+    """Absolute real paths, each ending in `/` (DuckDB matches prefixes: `docs` must not admit `docs2`).
+
+    Resolving symlinks here means an allowed directory that is itself a link admits its target only.
+    """
+    resolved = []
+    for directory in directories:
+        real = (base_dir / directory).resolve()
+        if not real.is_dir():
+            raise OSError(f"allowed_directories: {directory!r} is not a directory (looked at {real})")
+        resolved.append(str(real).rstrip("/") + "/")
+    return resolved
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
 
 
 def _cardinality(operator: dict[str, Any]) -> float:

@@ -3,10 +3,17 @@
 Every query runs in its own read-only transaction (`SET TRANSACTION READ ONLY` by psycopg, so the
 server itself refuses writes, even from functions called inside a SELECT) under a statement timeout,
 and is rolled back afterwards: nothing a node runs can change the database or hold locks past its call.
+Rows are streamed (`cursor.stream`), at most `max_rows + 1` per query, and the rest cancelled: an
+over-long result never lands in client memory whole.
+
+What a SELECT can read is up to the DSN's role: a superuser (or a member of `pg_read_server_files`,
+`pg_execute_server_program`) can read server files with `pg_read_file(:path)`, and a path can come
+from a row. Connect as a role granted SELECT on the tables the workflow needs, nothing more.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
@@ -25,15 +32,19 @@ class PostgresDatabase:
         self._connections: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
 
-    def query(self, query: str, params: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """(column names, rows) of a parameterized query."""
+    def query(self, query: str, params: dict[str, Any], max_rows: int) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """(column names, rows) of a parameterized query; at most `max_rows + 1` rows, so the caller
+        can tell an over-long result (the server stops producing the rest: the query is cancelled)."""
         bound = bind_params(query, params, "postgres")
         connection = self._connection()
         try:
             with connection.cursor() as cursor:
-                cursor.execute(bound.text, bound.params)
+                stream = cursor.stream(bound.text, bound.params)
+                try:
+                    rows = list(itertools.islice(stream, max_rows + 1))
+                finally:
+                    stream.close()  # before the limit is reached too: cancels and drains the rest
                 columns = [column.name for column in cursor.description or ()]
-                rows = cursor.fetchall() if cursor.description else []
             return columns, rows
         finally:
             self._end(connection)

@@ -1,8 +1,11 @@
 """The sql tool: runs a node's parameterized read-only query on DuckDB or PostgreSQL.
 
 Databases are opened on first use and kept for the run (`close` ends them). `db: null` is one
-anonymous in-memory DuckDB shared by the run. Results are `{output, rows, columns}` with `rows` (and
-`output`) a list of dicts in column order, values as the driver returns them.
+anonymous in-memory DuckDB shared by the run, sandboxed like a declared one (`DatabaseSpec()`).
+Results are `{output, rows, columns}` with `rows` (and `output`) a list of dicts in column order,
+values as the driver returns them, at most the database's `max_rows` of them: a query returning
+more fails its row. What the sandbox refuses (docs/security/sql.md) fails the row too, with a
+ToolError naming the node, the database and what was refused.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import duckdb
 import psycopg
 
 from halo.errors import ToolError
-from halo.runtime.tools.duckdb_database import DuckDbDatabase
+from halo.runtime.tools.duckdb_database import DuckDbDatabase, RefusedStatement
 from halo.runtime.tools.postgres_database import PostgresDatabase
 from halo.spec.document import DatabaseSpec
 
 Database = DuckDbDatabase | PostgresDatabase
 
 DEFAULT_STATEMENT_TIMEOUT_S = 60.0
+
+_ANONYMOUS = DatabaseSpec()  # what `db: null` names: an in-memory DuckDB with every default
 
 
 class SqlTool:
@@ -51,12 +56,19 @@ class SqlTool:
     def run(self, node_id: str, request: Mapping[str, Any]) -> dict[str, Any]:
         db, query, params = request.get("db"), request["query"], dict(request.get("params") or {})
         database = self.database(node_id, db)
+        max_rows = self._spec(db).max_rows
         try:
-            columns, tuples = database.query(query, params)
+            columns, tuples = database.query(query, params, max_rows)
         except KeyError as exc:
             raise ToolError(node_id, f"the query uses :{exc.args[0]} but params has no '{exc.args[0]}'") from None
-        except (duckdb.Error, psycopg.Error) as exc:
-            raise ToolError(node_id, f"SQL error on {_describe(db)}: {_first_line(exc)}") from exc
+        except (RefusedStatement, duckdb.Error, psycopg.Error) as exc:
+            raise _sql_error(node_id, db, exc) from exc
+        if len(tuples) > max_rows:
+            raise ToolError(
+                node_id,
+                f"the query on {_describe(db)} returned more than {max_rows} rows (its max_rows):"
+                " add a LIMIT, or raise max_rows in the database's declaration",
+            )
         rows = [dict(zip(columns, row, strict=True)) for row in tuples]
         return {"output": rows, "rows": rows, "columns": columns}
 
@@ -68,6 +80,8 @@ class SqlTool:
             return database.explain_cost(query, dict(params))
         except KeyError as exc:
             raise ToolError("explain", f"the query uses :{exc.args[0]} but params has no '{exc.args[0]}'") from None
+        except (RefusedStatement, duckdb.PermissionException) as exc:
+            raise _sql_error("explain", db, exc) from exc
         except (duckdb.Error, psycopg.Error) as exc:
             raise ToolError("explain", f"EXPLAIN failed on {_describe(db)}: {_first_line(exc)}") from exc
 
@@ -89,19 +103,35 @@ class SqlTool:
                 database.close()
             self._open.clear()
 
+    def _spec(self, db: str | None) -> DatabaseSpec:
+        # `db: null` is an undeclared in-memory DuckDB: the defaults of a declared one.
+        return self.specs[db] if db is not None else _ANONYMOUS
+
     def _connect(self, node_id: str, db: str | None) -> Database:
-        if db is None:
-            return DuckDbDatabase(None, None, self.base_dir)
-        spec = self.specs.get(db)
-        if spec is None:
+        if db is not None and db not in self.specs:
             raise ToolError(node_id, f"unknown database '{db}' (declared: {', '.join(sorted(self.specs)) or 'none'})")
+        spec = self._spec(db)
         try:
             if spec.kind == "postgres":
                 assert spec.dsn is not None  # DatabaseSpec guarantees it
                 return PostgresDatabase(spec.dsn, self.statement_timeout_s)
-            return DuckDbDatabase(spec.path, spec.init, self.base_dir)
+            return DuckDbDatabase(spec.path, spec.init, self.base_dir, allowed_directories=spec.allowed_directories)
         except (duckdb.Error, OSError) as exc:
-            raise ToolError(node_id, f"cannot open database '{db}': {_first_line(exc)}") from exc
+            raise ToolError(node_id, f"cannot open {_describe(db)}: {_first_line(exc)}") from exc
+
+
+def _sql_error(node_id: str, db: str | None, exc: Exception) -> ToolError:
+    """A located error for a failed query, saying plainly when the sandbox (not the SQL) refused it."""
+    where = _describe(db)
+    if isinstance(exc, RefusedStatement):
+        return ToolError(node_id, f"refused on {where}: {exc}")
+    if isinstance(exc, duckdb.PermissionException):
+        return ToolError(
+            node_id,
+            f"file access is disabled for node queries on {where} (files, URLs and extensions are out of"
+            f" reach; allowed_directories opens a directory): {_first_line(exc)}",
+        )
+    return ToolError(node_id, f"SQL error on {where}: {_first_line(exc)}")
 
 
 def _describe(db: str | None) -> str:
