@@ -38,7 +38,13 @@ def load_yaml(
     A syntax error or an exceeded bound cannot be recovered from and raises SpecError at once,
     with the parser's line.
     """
-    size = len(text.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # a lone surrogate: no file can hold it, libyaml refuses it
+        line = text.count("\n", 0, exc.start) + 1
+        column = exc.start - (text.rfind("\n", 0, exc.start) + 1) + 1
+        message = f"YAML error: unacceptable character {text[exc.start]!r} (column {column}): not Unicode text"
+        raise SpecError([SpecIssue(message, line=line, file=file)]) from None
     if size > limits.max_yaml_bytes:
         message = f"workflow is {size} bytes, more than the limit of {limits.max_yaml_bytes} (Limits.max_yaml_bytes)"
         raise SpecError([SpecIssue(message, file=file)])
