@@ -3,8 +3,8 @@
 Every query runs in its own read-only transaction (`SET TRANSACTION READ ONLY` by psycopg, so the
 server itself refuses writes, even from functions called inside a SELECT) under a statement timeout,
 and is rolled back afterwards: nothing a node runs can change the database or hold locks past its call.
-Rows are streamed (`cursor.stream`), at most `max_rows + 1` per query, and the rest cancelled: an
-over-long result never lands in client memory whole.
+A query is read through a server-side cursor (`DECLARE`, then `FETCH max_rows + 1`), so an
+over-long result never lands in client memory whole and the server stops producing it.
 
 What a SELECT can read is up to the DSN's role: a superuser (or a member of `pg_read_server_files`,
 `pg_execute_server_program`) can read server files with `pg_read_file(:path)`, and a path can come
@@ -13,13 +13,16 @@ from a row. Connect as a role granted SELECT on the tables the workflow needs, n
 
 from __future__ import annotations
 
-import itertools
 import threading
 from typing import Any
 
 import psycopg
 
 from halo.runtime.tools.sql_params import bind_params
+from halo.spec.sql_statement import lex
+
+# What DECLARE ... CURSOR FOR takes; anything else validation admits (EXPLAIN, SHOW) answers in a few rows.
+_CURSOR_QUERIES = frozenset({"SELECT", "WITH", "VALUES", "TABLE"})
 
 
 class PostgresDatabase:
@@ -33,18 +36,18 @@ class PostgresDatabase:
         self._lock = threading.Lock()
 
     def query(self, query: str, params: dict[str, Any], max_rows: int) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """(column names, rows) of a parameterized query; at most `max_rows + 1` rows, so the caller
-        can tell an over-long result (the server stops producing the rest: the query is cancelled)."""
+        """(column names, rows) of a parameterized query; at most `max_rows + 1` rows are fetched, so
+        the caller can tell an over-long result."""
         bound = bind_params(query, params, "postgres")
+        statements = lex(query).statements
+        server_side = bool(statements) and statements[0][0] in _CURSOR_QUERIES
         connection = self._connection()
         try:
-            with connection.cursor() as cursor:
-                stream = cursor.stream(bound.text, bound.params)
-                try:
-                    rows = list(itertools.islice(stream, max_rows + 1))
-                finally:
-                    stream.close()  # before the limit is reached too: cancels and drains the rest
+            # A named cursor lives in the transaction _end rolls back; it is closed with it.
+            with connection.cursor(name="halo_node_query") if server_side else connection.cursor() as cursor:
+                cursor.execute(bound.text, bound.params)
                 columns = [column.name for column in cursor.description or ()]
+                rows = cursor.fetchmany(max_rows + 1) if cursor.description else []
             return columns, rows
         finally:
             self._end(connection)
