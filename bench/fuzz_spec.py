@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "spec"))
@@ -42,6 +43,9 @@ def main() -> int:
         run()
     except Exception as exc:  # noqa: BLE001 - report whatever hypothesis shrank to
         print(f"FAILED after {time.perf_counter() - started:.1f} s: {type(exc).__name__}: {exc}")
+        for note in getattr(exc, "__notes__", ()):  # hypothesis: the falsifying (shrunk) example
+            print(note)
+        traceback.print_exception(exc, limit=-6)
         return 1
     elapsed = time.perf_counter() - started
     print(f"ok: {args.examples} examples in {elapsed:.1f} s ({args.examples / elapsed:.0f}/s)")

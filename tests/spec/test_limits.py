@@ -97,6 +97,7 @@ def test_oversized_file_is_refused_without_reading_it_whole(tmp_path):
 def test_values_pyyaml_cannot_build_are_located():
     assert "line 5" in (m := _load_error(HEAD + "x: " + "1" * 5000 + "\n")[0]) and "cannot read value" in m
     assert "line 5" in (m := _load_error(HEAD + "x: 2001-13-45\n")[0]) and "month must be in 1..12" in m
+    assert "line 5" in (m := _load_error(HEAD + "x: !!int \n")[0]) and "cannot read value ''" in m  # IndexError
     assert "line 5" in (m := _load_error(HEAD + "x: \x07\n")[0]) and "unacceptable character" in m
     assert "line 5" in (m := _load_error(HEAD + "x: \ud800\n")[0]) and "not Unicode text" in m
 

@@ -153,8 +153,9 @@ class _Measuring(Composer):
             return super().construct_object(node, deep)
         except yaml.YAMLError:
             raise
-        except (ValueError, OverflowError, TypeError) as exc:
-            # e.g. int() refusing 5,000 digits, datetime() refusing month 13: PyYAML lets these escape.
+        except Exception as exc:  # noqa: BLE001 - PyYAML's constructors on user text: every failure is the text's
+            # e.g. int() refusing 5,000 digits, datetime() refusing month 13, `!!int` with no digits
+            # (IndexError): PyYAML lets these escape unlocated.
             problem = f"cannot read value {node.value!r:.60}: {exc}"
             raise ConstructorError(None, None, problem, node.start_mark) from None
 
