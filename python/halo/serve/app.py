@@ -40,6 +40,7 @@ from halo.serve.engine_loop import EngineLoop
 from halo.serve.epoch_batcher import EpochBatcher
 from halo.serve.metrics import LatencyMiddleware, Metrics
 from halo.serve.openai_routes import router as openai_router
+from halo.serve.openapi_doc import openapi_document
 from halo.serve.protection import AdmissionQueue, ProtectionMiddleware, authorized
 from halo.serve.run_journal import RunJournal
 from halo.serve.run_store import RunRecord, RunStore
@@ -174,6 +175,19 @@ def create_app(
 
     app = FastAPI(title="Halo", version="0.1.0", lifespan=lifespan)
     app.state.halo = state
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = openapi_document(
+                FastAPI.openapi(app),
+                state.apps,
+                state.chat_models,
+                queue_limit=config.queue_limit,
+                api_key_set=config.api_key is not None,
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(openai_router)
     app.include_router(workflow_router)
 
@@ -192,7 +206,7 @@ def create_app(
             "queue_limit": admission.limit,
         }
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 

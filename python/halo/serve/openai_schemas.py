@@ -115,8 +115,6 @@ class ChatCompletionRequest(BaseModel):
         if self.stream_options is not None:
             for name in self.stream_options.model_extra or {}:
                 raise UnsupportedField(f"stream_options.{name}", f"Unrecognized stream option: stream_options.{name}")
-            if not self.stream:
-                raise UnsupportedField("stream_options", "stream_options is only allowed when stream is true")
 
     def engine_messages(self) -> list[dict[str, str]]:
         """Messages as the engine's chat template takes them: text content, known roles."""

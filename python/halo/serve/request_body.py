@@ -2,7 +2,8 @@
 
 Every route that takes a body reads it here, so one rule answers every client: a body that is not
 JSON, nests deeper than `ServeConfig.max_json_depth`, holds NaN/Infinity (or a number too large for a
-float), or an integer outside the signed 64-bit range is a 400 in OpenAI's error shape naming where.
+float), a lone surrogate in a string, or an integer outside the signed 64-bit range is a 400 in
+OpenAI's error shape naming where (a lone surrogate could not be written back into a UTF-8 answer).
 Why bounds at all: a deeply nested body overflows recursion in the parser or later in whatever walks
 the value (templates, the journal's `json.dumps`), and integers beyond 64 bits overflow the engine's
 seeded generator, DuckDB parameters and most JSON clients; both were 500s (or a reset connection).
@@ -60,8 +61,13 @@ def check_value(value: Any, max_depth: int) -> None:
                     code="json_too_deep",
                     param=location(path[:1]),
                 )
+            if isinstance(item, dict):
+                for key in item:
+                    _check_text(key, path)
             children = item.items() if isinstance(item, dict) else enumerate(item)
             stack.extend((child, depth + 1, (*path, key)) for key, child in children)
+        elif isinstance(item, str):
+            _check_text(item, path)
         elif isinstance(item, int) and not isinstance(item, bool) and not INT64_MIN <= item <= INT64_MAX:
             where = location(path)
             raise ApiError(
@@ -70,6 +76,20 @@ def check_value(value: Any, max_depth: int) -> None:
                 code="integer_out_of_range",
                 param=where,
             )
+
+
+def _check_text(text: str, path: tuple[str | int, ...]) -> None:
+    """A lone surrogate (`"\\ud800"`) is valid JSON but not text: nothing can encode it back as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        where = location(path)
+        raise ApiError(
+            400,
+            f"{where}: string holds a lone surrogate ({exc.reason}), which is not text",
+            code="invalid_json",
+            param=where,
+        ) from None
 
 
 def location(path: tuple[str | int, ...]) -> str:
