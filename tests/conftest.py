@@ -1,4 +1,8 @@
-"""Shared fixtures: the default model is loaded once per test session and reused by every engine."""
+"""Shared fixtures: the default model is loaded once per test session and reused by every engine.
+
+A guard keeps the `slow` marker honest: a test not marked slow that loads real model weights in this
+process (a GGUF file of real size, or the session `checkpoint` / `dense` fixtures) fails, saying so.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,44 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/dense_reference.py and friends
+
+REAL_MODEL_BYTES = 20_000_000  # tiny random checkpoints the tests build are far smaller than any real model
+REAL_MODEL_FIXTURES = {"checkpoint", "dense"}
+_real_loads: list[str] = []  # files of real models loaded in this test process, in order
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from halo.engine import gguf_checkpoint
+
+    load = gguf_checkpoint.load_gguf_checkpoint
+
+    def counted(path: Path):  # the real loader, with real-sized loads written down
+        if Path(path).stat().st_size >= REAL_MODEL_BYTES:
+            _real_loads.append(str(path))
+        return load(path)
+
+    gguf_checkpoint.load_gguf_checkpoint = counted  # checkpoint.load_checkpoint looks it up at call time
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_loads_before] = len(_real_loads)
+
+
+_loads_before = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if call.when != "call" or item.get_closest_marker("slow") is not None or report.failed:
+        return
+    loaded = _real_loads[item.stash.get(_loads_before, len(_real_loads)) :]
+    fixtures = REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ()))
+    if loaded or fixtures:
+        what = f"loads {loaded[0]}" if loaded else f"uses the real-model fixture {sorted(fixtures)[0]!r}"
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} {what} but is not marked @pytest.mark.slow"
 
 
 @pytest.fixture(scope="session")

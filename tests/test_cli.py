@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import halo
+import pytest
 from halo.cli import main
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
+@pytest.mark.slow
 def test_generate_chat(capsys):
     assert main(["generate", "--chat", "What is the capital of France?", "--dtype", "fp32"]) == 0
     assert capsys.readouterr().out.strip() == "The capital of France is Paris."
@@ -67,6 +69,7 @@ def test_explain_shows_planned_epochs(capsys):
     assert "EXECUTION PLAN  planner=dp" in out and "epoch  1" in out and "saving=" in out
 
 
+@pytest.mark.slow
 def test_run_the_readme_main_job(tmp_path, capsys):
     """The README's first command: `halo run` on the invoice example writes every row, in order."""
     import json

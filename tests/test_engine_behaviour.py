@@ -16,6 +16,7 @@ def engine(checkpoint):
     return LLMEngine(model=checkpoint, dtype="auto", kv_blocks=1024)
 
 
+@pytest.mark.slow
 def test_shared_prefix_is_prefilled_once(engine):
     engine.reset_prefix_cache()
     engine.reset_stats()
@@ -33,6 +34,7 @@ def test_shared_prefix_is_prefilled_once(engine):
     assert stats.prefill_tokens < total / 4  # far fewer than prefilling every prompt in full
 
 
+@pytest.mark.slow
 def test_seeded_sampling_is_reproducible_and_varies(engine):
     prompt = [{"role": "user", "content": "Write a word."}]
     p = SamplingParams(max_tokens=8, temperature=1.2, top_p=0.95, seed=123, ignore_eos=True)
@@ -44,6 +46,7 @@ def test_seeded_sampling_is_reproducible_and_varies(engine):
     assert len({tuple(r.token_ids) for r in others}) > 1
 
 
+@pytest.mark.slow
 def test_top_k_one_is_greedy(engine):
     prompt = [{"role": "user", "content": "Count to five."}]
     greedy = engine.generate([prompt], SamplingParams(max_tokens=10))[0]
@@ -51,6 +54,7 @@ def test_top_k_one_is_greedy(engine):
     assert topk.token_ids == greedy.token_ids
 
 
+@pytest.mark.slow
 def test_stop_conditions(engine):
     prompt = [{"role": "user", "content": "What is the capital of France?"}]
     full = engine.generate([prompt], SamplingParams(max_tokens=32))[0]
@@ -65,6 +69,7 @@ def test_stop_conditions(engine):
     assert len(no_eos.token_ids) == 12 and no_eos.finish_reason == "length"
 
 
+@pytest.mark.slow
 def test_step_api_streams_requests(engine):
     a = engine.add_request("The sky is", SamplingParams(max_tokens=4, ignore_eos=True))
     b = engine.add_request([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=3, ignore_eos=True))
@@ -87,6 +92,7 @@ def test_step_api_streams_requests(engine):
         ([5] * 9000, None, ContextLengthError, "context window"),
     ],
 )
+@pytest.mark.slow
 def test_bad_requests_raise_clear_errors_and_engine_stays_usable(engine, prompt, params, error, message):
     before = engine.block_manager.num_free
     with pytest.raises(error, match=message):
@@ -113,6 +119,7 @@ def test_invalid_sampling_params(kwargs, message):
         SamplingParams(**kwargs)
 
 
+@pytest.mark.slow
 def test_request_larger_than_kv_pool_is_rejected(checkpoint):
     small = LLMEngine(model=checkpoint, dtype="auto", kv_blocks=8)
     with pytest.raises(KVCacheFullError, match="KV blocks"):
@@ -120,6 +127,7 @@ def test_request_larger_than_kv_pool_is_rejected(checkpoint):
     assert small.generate(["hello"], SamplingParams(max_tokens=4, ignore_eos=True))[0].token_ids
 
 
+@pytest.mark.slow
 def test_unknown_model_and_corrupt_gguf(checkpoint, tmp_path):
     with pytest.raises(ModelLoadError, match="no-such-model"):
         LLMEngine(model="no-such-model")
@@ -131,6 +139,7 @@ def test_unknown_model_and_corrupt_gguf(checkpoint, tmp_path):
         LLMEngine(model=bad)
 
 
+@pytest.mark.slow
 def test_engine_construction_errors(checkpoint):
     with pytest.raises(InvalidRequestError, match="kv_blocks"):
         LLMEngine(model=checkpoint, kv_blocks=0)

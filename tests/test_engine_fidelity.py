@@ -37,6 +37,7 @@ def reference(checkpoint, dense):
     return prompts, [dense.greedy(p, MAX_TOKENS, stop) for p in prompts]
 
 
+@pytest.mark.slow
 def test_france_greedy_answer(checkpoint):
     for dtype in ("fp32", "bf16"):
         eng = LLMEngine(model=checkpoint, dtype=dtype, kv_blocks=64)
@@ -55,6 +56,7 @@ def test_france_greedy_answer(checkpoint):
         pytest.param({"kv_blocks": 512, "enable_prefix_cache": False, "block_size": 4}, id="no-cache-bs4"),
     ],
 )
+@pytest.mark.slow
 def test_mixed_batch_matches_dense_reference(checkpoint, reference, engine_kwargs):
     prompts, expected = reference
     eng = LLMEngine(model=checkpoint, dtype="fp32", **engine_kwargs)
@@ -74,6 +76,7 @@ def test_mixed_batch_matches_dense_reference(checkpoint, reference, engine_kwarg
     assert eng.block_manager.num_free + eng.block_manager.tree.num_evictable == eng.block_manager.num_blocks
 
 
+@pytest.mark.slow
 def test_second_round_hits_cache_and_matches(checkpoint, reference):
     prompts, expected = reference
     eng = LLMEngine(model=checkpoint, dtype="fp32", kv_blocks=512)
@@ -85,6 +88,7 @@ def test_second_round_hits_cache_and_matches(checkpoint, reference):
         assert r.cached_tokens == (len(p) - 1) // 16 * 16
 
 
+@pytest.mark.slow
 def test_bf16_first_token_logits_close_to_fp32(checkpoint, dense, reference):
     prompts, _ = reference
     eng = LLMEngine(model=checkpoint, dtype="bf16", kv_blocks=128)
@@ -98,6 +102,7 @@ def test_bf16_first_token_logits_close_to_fp32(checkpoint, dense, reference):
     assert worst < 1.5, worst
 
 
+@pytest.mark.slow
 def test_fp32_logits_match_dense_closely(checkpoint, dense, reference):
     prompts, _ = reference
     eng = LLMEngine(model=checkpoint, dtype="fp32", kv_blocks=128)

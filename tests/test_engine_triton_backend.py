@@ -52,6 +52,7 @@ def test_triton_backend_matches_cpu_backend_under_interpreter():
     assert out["triton"]["cached"] == out["cpu"]["cached"] and max(out["triton"]["cached"]) > 0
 
 
+@pytest.mark.slow
 def test_triton_backend_refused_without_gpu_or_interpreter(checkpoint, monkeypatch):
     from halo.engine import LLMEngine
     from halo.errors import InvalidRequestError
@@ -67,6 +68,7 @@ def test_triton_backend_refused_without_gpu_or_interpreter(checkpoint, monkeypat
         LLMEngine(model=checkpoint, device="cuda")
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 def test_engine_on_cuda_matches_cpu(checkpoint):
     import torch

@@ -37,6 +37,7 @@ def loaded(exported: Path) -> Checkpoint:
     return load_checkpoint(exported)
 
 
+@pytest.mark.slow
 def test_directory_has_what_an_hf_server_reads(exported: Path) -> None:
     names = {p.name for p in exported.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
@@ -48,6 +49,7 @@ def test_directory_has_what_an_hf_server_reads(exported: Path) -> None:
     assert tok_config["clean_up_tokenization_spaces"] is False and tok_config["model_max_length"] == 8192
 
 
+@pytest.mark.slow
 def test_config_and_weights_are_identical(checkpoint: Checkpoint, loaded: Checkpoint) -> None:
     assert loaded.config == replace(checkpoint.config, name="smollm2-hf")  # an HF directory is named by its folder
     assert loaded.weights.keys() == checkpoint.weights.keys()
@@ -76,6 +78,7 @@ def test_q_and_k_rows_are_in_hf_order(exported: Path, loaded: Checkpoint) -> Non
             assert not np.array_equal(hf, raw)  # the permutation is not the identity for this model
 
 
+@pytest.mark.slow
 def test_tokenizer_behaves_the_same(checkpoint: Checkpoint, loaded: Checkpoint, exported: Path) -> None:
     a, b = checkpoint.tokenizer, loaded.tokenizer
     assert (a.eos_id, a.bos_id, a.vocab_size, a.stop_ids) == (b.eos_id, b.bos_id, b.vocab_size, b.stop_ids)
@@ -89,6 +92,7 @@ def test_tokenizer_behaves_the_same(checkpoint: Checkpoint, loaded: Checkpoint, 
     assert set(generation["eos_token_id"]) == set(a.stop_ids) and generation["bos_token_id"] == a.bos_id
 
 
+@pytest.mark.slow
 def test_greedy_generation_is_token_identical(checkpoint: Checkpoint, exported: Path) -> None:
     params = SamplingParams(max_tokens=12, temperature=0.0)
     expected = LLMEngine(model=checkpoint, dtype="fp32").generate(PROMPTS, params)

@@ -21,6 +21,7 @@ def engines(checkpoint):
             LLMEngine(model=checkpoint, dtype="fp32", kv_blocks=256))
 
 
+@pytest.mark.slow
 def test_export_import_round_trip_and_generation(engines):
     src, dst = engines
     params = SamplingParams(max_tokens=10)
@@ -51,6 +52,7 @@ def _child_reads(handle: SharedKVHandle, queue) -> None:
     queue.put((prefix.token_ids, prefix.k.double().sum().item(), prefix.v.double().sum().item()))
 
 
+@pytest.mark.slow
 def test_shared_memory_crosses_processes(engines):
     src, _ = engines
     src.generate([QUESTION], SamplingParams(max_tokens=1))
@@ -74,6 +76,7 @@ def test_shared_memory_round_trip_in_process_bf16():
     assert torch.equal(back.k, k) and torch.equal(back.v, -k) and back.token_ids == prefix.token_ids
 
 
+@pytest.mark.slow
 def test_import_rejects_mismatched_prefix(engines):
     _, dst = engines
     bad = KVPrefix("other", tuple(range(16)), torch.zeros(2, 3, 16, 64), torch.zeros(2, 3, 16, 64))

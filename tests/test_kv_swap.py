@@ -24,6 +24,7 @@ def roomy_outputs(checkpoint):
     return [r.token_ids for r in eng.generate(PROMPTS, PARAMS)]
 
 
+@pytest.mark.slow
 def test_swap_instead_of_recompute_gives_identical_outputs(checkpoint, roomy_outputs):
     recompute = LLMEngine(model=checkpoint, dtype="fp32", enable_prefix_cache=False, swap_space_gb=0, **TINY)
     swap = LLMEngine(model=checkpoint, dtype="fp32", enable_prefix_cache=False, swap_space_gb=0.5, **TINY)
@@ -40,6 +41,7 @@ def test_swap_instead_of_recompute_gives_identical_outputs(checkpoint, roomy_out
     assert swap.swapper.store == {}  # nothing left behind in host memory
 
 
+@pytest.mark.slow
 def test_swap_round_trip_is_bit_identical(checkpoint):
     eng = LLMEngine(model=checkpoint, dtype="bf16", kv_blocks=64, block_size=8, swap_space_gb=0.1)
     eng.add_request(PROMPTS[0], PARAMS)
@@ -63,6 +65,7 @@ def test_swap_round_trip_is_bit_identical(checkpoint):
     eng.block_manager.allocator.free(new_blocks)
 
 
+@pytest.mark.slow
 def test_swap_declined_when_host_budget_is_too_small(checkpoint):
     eng = LLMEngine(model=checkpoint, dtype="fp32", enable_prefix_cache=False, swap_space_gb=1e-6, **TINY)
     eng.generate(PROMPTS, PARAMS)
@@ -71,6 +74,7 @@ def test_swap_declined_when_host_budget_is_too_small(checkpoint):
     assert eng.swapper.stats.declined == s.preemptions
 
 
+@pytest.mark.slow
 def test_cost_model_prefers_copying_on_cpu(checkpoint):
     eng = LLMEngine(model=checkpoint, dtype="fp32", kv_blocks=64, swap_space_gb=0.1)
     eng.add_request(PROMPTS[1], PARAMS)

@@ -35,6 +35,7 @@ def test_fp32_and_unpacked_weights_use_f_linear() -> None:
     assert linear.numel() == 64 * 32
 
 
+@pytest.mark.slow
 @needs_packing
 def test_engine_generates_the_same_tokens_with_and_without_packing() -> None:
     prompts = ["Write a short story about a cat.", "What is 17 times 23?", "List three colors.", "Name a river."]

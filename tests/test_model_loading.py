@@ -56,6 +56,7 @@ def test_default_resolves_to_the_wheel_gguf() -> None:
     assert resolve_model_path(path) == path  # an existing path is returned as is
 
 
+@pytest.mark.slow
 def test_config_matches_model_notes(ckpt: Checkpoint) -> None:
     assert ckpt.config == ModelConfig(
         name="smollm2-135m",
@@ -150,7 +151,7 @@ def test_hf_missing_tensors_are_named(hf_dir: Path, tmp_path: Path) -> None:
 # -- broken GGUF files and bad names -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [1_000, 500_000, 50_000_000])
+@pytest.mark.parametrize("size", [1_000, 500_000, pytest.param(50_000_000, marks=pytest.mark.slow)])
 def test_truncated_gguf(tmp_path: Path, size: int) -> None:
     bad = tmp_path / "truncated.gguf"
     with open(resolve_model_path(), "rb") as src:
