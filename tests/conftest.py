@@ -1,7 +1,8 @@
 """Shared fixtures: the default model is loaded once per test session and reused by every engine.
 
 A guard keeps the `slow` marker honest: a test not marked slow that loads real model weights in this
-process (a GGUF file of real size, or the session `checkpoint` / `dense` fixtures) fails, saying so.
+process (a GGUF file of real size), or uses a fixture that did (its value is cached, so the load
+shows only once), fails, saying so.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/dense_reference.py and friends
 
 REAL_MODEL_BYTES = 20_000_000  # tiny random checkpoints the tests build are far smaller than any real model
-REAL_MODEL_FIXTURES = {"checkpoint", "dense"}
 _real_loads: list[str] = []  # files of real models loaded in this test process, in order
+_real_model_fixtures: set[str] = {"checkpoint", "dense"}  # grows with every fixture seen loading one
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -29,6 +30,14 @@ def pytest_configure(config: pytest.Config) -> None:
         return load(path)
 
     gguf_checkpoint.load_gguf_checkpoint = counted  # checkpoint.load_checkpoint looks it up at call time
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest):
+    before = len(_real_loads)
+    yield
+    if len(_real_loads) > before:
+        _real_model_fixtures.add(fixturedef.argname)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -45,7 +54,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if call.when != "call" or item.get_closest_marker("slow") is not None or report.failed:
         return
     loaded = _real_loads[item.stash.get(_loads_before, len(_real_loads)) :]
-    fixtures = REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ()))
+    fixtures = _real_model_fixtures & set(getattr(item, "fixturenames", ()))
     if loaded or fixtures:
         what = f"loads {loaded[0]}" if loaded else f"uses the real-model fixture {sorted(fixtures)[0]!r}"
         report.outcome = "failed"

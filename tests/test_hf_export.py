@@ -57,6 +57,7 @@ def test_config_and_weights_are_identical(checkpoint: Checkpoint, loaded: Checkp
     assert different == []
 
 
+@pytest.mark.slow
 def test_q_and_k_rows_are_in_hf_order(exported: Path, loaded: Checkpoint) -> None:
     """llama.cpp's converter permutes HF q/k rows for interleaved RoPE; applying that permutation to
     the exported rows must give the GGUF's stored tensors back (an independent check of the layout:
@@ -101,6 +102,7 @@ def test_greedy_generation_is_token_identical(checkpoint: Checkpoint, exported: 
     assert all(r.token_ids for r in expected)
 
 
+@pytest.mark.slow
 def test_an_up_to_date_export_is_reused(exported: Path, capsys: pytest.CaptureFixture[str]) -> None:
     weights = exported / "model.safetensors"
     before = weights.stat().st_mtime_ns

@@ -75,6 +75,7 @@ def test_config_matches_model_notes(ckpt: Checkpoint) -> None:
     assert ckpt.config.kv_values_per_token == 11520
 
 
+@pytest.mark.slow
 def test_weights_have_canonical_names_and_shapes(ckpt: Checkpoint) -> None:
     shapes = {name: tuple(w.shape) for name, w in ckpt.weights.items()}
     assert shapes == expected_shapes(ckpt.config)
@@ -86,6 +87,7 @@ def test_weights_have_canonical_names_and_shapes(ckpt: Checkpoint) -> None:
         assert w.numpy().flags.writeable, name  # owned copies, not views of the GGUF memmap
 
 
+@pytest.mark.slow
 def test_reference_answers_the_france_prompt(
     ckpt: Checkpoint, ref: DenseReference, france_ids: list[int]
 ) -> None:
@@ -96,6 +98,7 @@ def test_reference_answers_the_france_prompt(
 # -- HF directories ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hf_directory_round_trip(
     ckpt: Checkpoint, ref: DenseReference, france_ids: list[int], hf_dir: Path
 ) -> None:
@@ -112,6 +115,7 @@ def test_hf_directory_round_trip(
     assert torch.equal(DenseReference(back).logits(france_ids)[-1], ref.logits(france_ids)[-1])
 
 
+@pytest.mark.slow
 def test_hf_config_of_another_architecture(hf_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "mistral"
     bad.mkdir()
@@ -123,6 +127,7 @@ def test_hf_config_of_another_architecture(hf_dir: Path, tmp_path: Path) -> None
     assert str(bad / "config.json") in str(err.value)
 
 
+@pytest.mark.slow
 def test_hf_truncated_safetensors(hf_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "truncated"
     bad.mkdir()
@@ -135,6 +140,7 @@ def test_hf_truncated_safetensors(hf_dir: Path, tmp_path: Path) -> None:
     assert str(bad / "model.safetensors") in str(err.value)
 
 
+@pytest.mark.slow
 def test_hf_missing_tensors_are_named(hf_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "partial"
     bad.mkdir()
