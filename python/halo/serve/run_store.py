@@ -18,6 +18,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from halo.runtime.json_values import json_safe
+
 if TYPE_CHECKING:
     from halo.serve.run_journal import RunJournal
 
@@ -96,8 +98,14 @@ class RunStore:
             self._change(record, status="running", epoch=epoch, started=now)
 
     def finish(self, record: RunRecord, output: dict[str, Any] | None, error: dict[str, str] | None) -> None:
+        # Stored as plain JSON values (NaN and ±Infinity as null, as `halo run` writes them): every
+        # reader — the run's JSON, its events, the journal — then writes valid JSON.
         self._change(
-            record, status="failed" if error else "succeeded", output=output, error=error, finished=time.time()
+            record,
+            status="failed" if error else "succeeded",
+            output=json_safe(output),
+            error=error,
+            finished=time.time(),
         )
         if self.journal is not None:
             self.journal.ended(record)
