@@ -106,3 +106,23 @@ def test_close_past_its_timeout_cancels_what_never_ended():
     batcher.cancel_unstarted(join_s=0.1)
     assert waiting[0].status == "cancelled" and "shutting down" in waiting[0].error["message"]
     echo.gate.set()
+
+
+def test_an_epoch_that_fails_as_a_whole_runs_its_rows_apart_and_only_the_culprit_fails():
+    echo = EchoApp()
+    run = echo.run
+
+    def fragile(rows, **kw):  # a failure of the whole batch, provoked by one row (not a row error)
+        if any(r["x"] == "poison" for r in rows):
+            raise RuntimeError("the batch broke")
+        return run(rows, **kw)
+
+    echo.run = fragile
+    batcher, store = _batcher({"echo": echo}, epoch_s=0.2, epoch_rows=5)
+    batcher.start()
+    records = store.create("echo", [{"x": "a"}, {"x": "b"}, {"x": "poison"}, {"x": "c"}, {"x": "d"}])
+    batcher.submit("echo", records)  # five rows: the epoch closes by size at once
+    assert batcher.close(10)
+    assert [r.status for r in records] == ["succeeded", "succeeded", "failed", "succeeded", "succeeded"]
+    assert [r.output for r in records if r.output] == [{"echo": x} for x in "abcd"]
+    assert records[2].error == {"node": "<epoch>", "message": "RuntimeError: the batch broke"}

@@ -204,35 +204,57 @@ class EpochBatcher:
         stats = None
         failed = 0
         released = 0
+        app = self.apps[epoch.workflow]
 
-        def row_done(index: int, outputs: dict[str, Any], error: Any) -> None:
+        def finish(record: RunRecord, outputs: dict[str, Any] | None, error: dict[str, str] | None) -> None:
             # A row is answered (and its admission slot freed) as soon as it is done, not when its epoch is.
             nonlocal failed, released
-            record = records[index]
             if record.done:
                 return
             failed += error is not None
-            ended = None if error is None else {"node": error.node, "message": error.message}
-            self.store.finish(record, outputs, ended)
+            self.store.finish(record, outputs, error)
             released += 1
             self.on_finished(1)
 
-        try:
-            result = self.apps[epoch.workflow].run([r.row for r in records], on_row=row_done)
-            stats = result.stats
+        def run(part: list[RunRecord]) -> Any:
+            def row_done(index: int, outputs: dict[str, Any], error: Any) -> None:
+                finish(part[index], outputs, None if error is None else {"node": error.node, "message": error.message})
+
+            result = app.run([r.row for r in part], on_row=row_done)
             errors = {e.row: e for e in result.errors}
-            for i in range(len(records)):
+            for i in range(len(part)):
                 row_done(i, result.outputs[i], errors.get(i))
+            return result.stats
+
+        def isolate(part: list[RunRecord], exc: Exception) -> None:
+            """A run failed as a whole (not one row's error: those are rows' own): halve what is left and
+            run each half alone, so a failure that one client's row provokes ends up on that row only."""
+            left = [r for r in part if not r.done]
+            if not left:
+                return
+            if len(left) == 1:
+                finish(left[0], None, {"node": "<epoch>", "message": f"{type(exc).__name__}: {exc}"})
+                return
+            for half in (left[: len(left) // 2], left[len(left) // 2 :]):
+                try:
+                    run(half)
+                except RunCancelled:
+                    raise
+                except Exception as again:
+                    isolate(half, again)
+
+        try:
+            try:
+                stats = run(records)
+            except RunCancelled:
+                raise
+            except Exception as exc:  # the server keeps going; rows that can run still do
+                log.exception("epoch %d of %s failed; running its rows apart", epoch.index, epoch.workflow)
+                isolate(records, exc)
         except RunCancelled:
             log.warning("epoch %d of %s cancelled at shutdown (%d rows)", epoch.index, epoch.workflow, len(records))
             failed += sum(1 for r in records if not r.done)
             self._cancel(epoch, count=False)
-        except Exception as exc:  # the whole epoch failed: every row says why, the server keeps going
-            log.exception("epoch %d of %s failed", epoch.index, epoch.workflow)
-            for record in records:
-                if not record.done:
-                    failed += 1
-                    self.store.finish(record, None, {"node": "<epoch>", "message": f"{type(exc).__name__}: {exc}"})
         finally:
             self.metrics.observe_epoch(time.perf_counter() - clock, len(records) - failed, failed, stats)
             with self._cond:
