@@ -111,6 +111,8 @@ def test_bad_requests_raise_clear_errors_and_engine_stays_usable(engine, prompt,
         ({"top_p": 0}, "top_p"),
         ({"top_k": -2}, "top_k"),
         ({"seed": -5}, "seed"),
+        ({"seed": 2**70}, r"seed must be an integer in \[0, 2\*\*63 - 1\]"),  # torch's manual_seed would raise
+        ({"seed": True}, "seed"),
         ({"stop": [""]}, "stop"),
     ],
 )

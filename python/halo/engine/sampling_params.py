@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from halo.errors import InvalidRequestError
 
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes on every platform (and int64 servers)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -40,8 +42,10 @@ class SamplingParams:
             out.append(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             out.append(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            out.append(f"seed must be a non-negative integer or None, got {self.seed!r}")
+        if self.seed is not None and (
+            not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED
+        ):
+            out.append(f"seed must be an integer in [0, 2**63 - 1] or None, got {self.seed!r}")
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 out.append(f"stop strings must be non-empty strings, got {s!r}")
