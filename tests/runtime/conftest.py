@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -158,19 +159,32 @@ class _QuietServer(ThreadingHTTPServer):
         pass  # clients that time out on purpose close their sockets mid-answer: not worth a traceback
 
 
-@pytest.fixture(scope="session")
-def http_server() -> Iterator[LoopbackServer]:
-    state = LoopbackServer(url="")
-    httpd = _QuietServer(("127.0.0.1", 0), _handler(state))
+@contextmanager
+def serve_on_loopback(handler: type[BaseHTTPRequestHandler], name: str) -> Iterator[str]:
+    """A threaded HTTP server for `handler` on a free 127.0.0.1 port, for the block; yields its URL."""
+    httpd = _QuietServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, name="loopback-http", daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, name=name, daemon=True)
     thread.start()
     try:
-        yield state
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def loopback() -> Any:
+    """`serve_on_loopback`, for test modules that run an HTTP server of their own."""
+    return serve_on_loopback
+
+
+@pytest.fixture(scope="session")
+def http_server() -> Iterator[LoopbackServer]:
+    state = LoopbackServer(url="")
+    with serve_on_loopback(_handler(state), "loopback-http") as url:
+        state.url = url
+        yield state
 
 
 def call_node(runner: Any, workflow: Any, node_id: str, row: dict[str, Any] | None = None, timeout: float = 30) -> Any:

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -166,7 +166,7 @@ class _BigServer:
 
 
 @pytest.fixture(scope="module")
-def big_server() -> Iterator[_BigServer]:
+def big_server(loopback) -> Iterator[_BigServer]:
     state = _BigServer(url="")
 
     class Handler(BaseHTTPRequestHandler):
@@ -205,21 +205,9 @@ def big_server() -> Iterator[_BigServer]:
                 state.sent.append(written)
                 state.done.set()
 
-    class Quiet(ThreadingHTTPServer):
-        daemon_threads = True
-
-        def handle_error(self, request: object, client_address: object) -> None:
-            pass
-
-    httpd = Quiet(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, name="loopback-big", daemon=True)
-    thread.start()
-    try:
+    with loopback(Handler, "loopback-big") as url:
+        state.url = url
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_response_within_the_bound_is_read_whole(big_server, call):

@@ -3,13 +3,17 @@ workflow app (no model) for the tests of batching and protection."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from halo.runtime.results import RowError, RunResult, RunStats
@@ -60,6 +64,37 @@ def start_server(app: Any) -> RunningServer:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
     return RunningServer(f"http://127.0.0.1:{port}", app, server, thread)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_process(
+    port: int, *args: str, env: dict[str, str] | None = None, startup_s: float = 120.0
+) -> subprocess.Popen:
+    """`halo serve --port PORT --epoch-ms 10 ARGS` as a user starts it, returned once /health answers
+    (its output is in the failure message if it exits or does not answer within `startup_s`)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "halo.cli", "serve", "--port", str(port), "--epoch-ms", "10", *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + startup_s
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(proc.communicate()[0])
+        time.sleep(0.1)
 
 
 class EchoApp:

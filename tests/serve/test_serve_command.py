@@ -3,58 +3,21 @@ through HTTP, and a clean exit on SIGTERM. A rule-only workflow and --no-chat: n
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import httpx
 import pytest
-from conftest import ECHO_YAML
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import ECHO_YAML, free_port, serve_process
 
 
 def test_halo_serve_command(tmp_path):
     (tmp_path / "echo.yaml").write_text(ECHO_YAML)
-    port = _free_port()
-    env = {**os.environ, "HALO_API_KEY": "k"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "halo.cli",
-            "serve",
-            "--workflows",
-            str(tmp_path),
-            "--port",
-            str(port),
-            "--no-chat",
-            "--epoch-ms",
-            "10",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    port = free_port()
+    proc = serve_process(port, "--workflows", str(tmp_path), "--no-chat", env={"HALO_API_KEY": "k"}, startup_s=60)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
         auth = {"Authorization": "Bearer k"}
         assert httpx.get(f"{url}/v1/workflows").status_code == 401
         run_id = httpx.post(f"{url}/v1/workflows/echo/runs", json={"x": "hi"}, headers=auth).json()["ids"][0]
@@ -81,41 +44,11 @@ outputs:
 
 
 def _start(folder, port: int, journal, grace_s: float) -> subprocess.Popen:
-    env = {**os.environ, "HALO_SERVE_GRACE_S": str(grace_s)}  # the env default; the journal by flag
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "halo.cli",
-            "serve",
-            "--workflows",
-            str(folder),
-            "--port",
-            str(port),
-            "--no-chat",
-            "--dtype",
-            "fp32",
-            "--epoch-ms",
-            "10",
-            "--journal-dir",
-            str(journal),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    # the grace period by its env default; the journal by flag
+    return serve_process(
+        port, "--workflows", str(folder), "--no-chat", "--dtype", "fp32", "--journal-dir", str(journal),
+        env={"HALO_SERVE_GRACE_S": str(grace_s)},
     )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(proc.communicate()[0])
-        time.sleep(0.2)
 
 
 @pytest.mark.slow
@@ -125,7 +58,7 @@ def test_sigterm_ends_within_the_grace_period_and_a_restart_answers_every_run(tm
     folder, journal = tmp_path / "workflows", tmp_path / "journal"
     folder.mkdir()
     (folder / "essay.yaml").write_text(LONG_YAML)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     grace_s = 1.0
     proc = _start(folder, port, journal, grace_s)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ECHO_YAML
+from conftest import ECHO_YAML, free_port, serve_process
 
 REPO = Path(__file__).resolve().parents[2]
 MISSING_DB_YAML = """
@@ -48,33 +47,6 @@ outputs: {tag: said.output, slept: nap.output}
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(port: int, *args: str, startup_s: float = 120.0) -> subprocess.Popen:
-    """`halo serve ... --port PORT`, once /health answers."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "halo.cli", "serve", "--port", str(port), "--epoch-ms", "10", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + startup_s
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(proc.communicate()[0])
-        time.sleep(0.1)
-
-
 def _until(predicate, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while True:
@@ -96,9 +68,9 @@ def test_a_workflow_that_cannot_load_is_skipped_and_reported_not_fatal(tmp_path)
     (tmp_path / "echo.yaml").write_text(ECHO_YAML)
     (tmp_path / "orders.yaml").write_text(MISSING_DB_YAML)
     (tmp_path / "broken.yaml").write_text("name: broken\nnodes: [{id: a, kind: teleport}]\n")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = _serve(port, "--workflows", str(tmp_path), "--no-chat")
+    proc = serve_process(port, "--workflows", str(tmp_path), "--no-chat")
     try:
         listed = httpx.get(f"{url}/v1/workflows").json()
         assert [w["name"] for w in listed["data"]] == ["echo"]
@@ -121,7 +93,7 @@ def test_nothing_to_serve_is_a_clear_startup_error(tmp_path):
     (tmp_path / "orders.yaml").write_text(MISSING_DB_YAML)
     proc = subprocess.run(
         [sys.executable, "-m", "halo.cli", "serve", "--workflows", str(tmp_path), "--no-chat",
-         "--port", str(_free_port())],
+         "--port", str(free_port())],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0
@@ -132,10 +104,10 @@ def test_sigterm_keeps_answering_reads_refuses_new_work_with_503_and_a_restart_n
     folder, journal = tmp_path / "workflows", tmp_path / "journal"
     folder.mkdir()
     (folder / "nap.yaml").write_text(NAP_YAML)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = ("--workflows", str(folder), "--no-chat", "--journal-dir", str(journal), "--shutdown-grace", "60")
-    proc = _serve(port, *args)
+    proc = serve_process(port, *args)
     try:
         first = httpx.post(f"{url}/v1/workflows/nap/runs", json={"s": 6, "tag": "first"}).json()["ids"][0]
         _until(lambda: httpx.get(f"{url}/v1/runs/{first}").json()["status"] == "running", 30, "the run to start")
@@ -163,7 +135,7 @@ def test_sigterm_keeps_answering_reads_refuses_new_work_with_503_and_a_restart_n
     assert [(r["type"], r["id"]) for r in lines] == [("admitted", first), ("ended", first)]
     assert "refused-row" not in (journal / "runs.jsonl").read_text()
 
-    proc = _serve(port, *args)
+    proc = serve_process(port, *args)
     try:
         again = httpx.get(f"{url}/v1/runs/{first}").json()
         assert again["status"] == "succeeded" and again["output"]["tag"] == "first"
@@ -178,10 +150,11 @@ def test_sigterm_keeps_answering_reads_refuses_new_work_with_503_and_a_restart_n
 def test_the_readme_serve_command_starts_on_the_examples(tmp_path):
     """`halo serve --workflows examples/` as the README says (the model loads): the examples that can load
     are served, ticket-triage (its shop.duckdb is not shipped) is reported as skipped."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     key = {"Authorization": "Bearer k"}
-    proc = _serve(port, "--workflows", str(REPO / "examples"), "--dtype", "fp32", "--api-key", "k", startup_s=600)
+    examples = str(REPO / "examples")
+    proc = serve_process(port, "--workflows", examples, "--dtype", "fp32", "--api-key", "k", startup_s=600)
     try:
         assert httpx.get(f"{url}/health").json() == {"status": "ok"}
         listed = httpx.get(f"{url}/v1/workflows", headers=key).json()
