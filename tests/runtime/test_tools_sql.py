@@ -167,7 +167,8 @@ def test_postgres_connection_refuses_writes_and_times_out(postgres_dsn, call):
         # The connection recovers after each failure (its transaction was rolled back).
         assert call(runner, wf, "q", {"v": 3})["output"] == [{"name": "fig"}]
     slow = _pg_workflow(postgres_dsn, "SELECT pg_sleep(:v)", {"v": "{{ v }}"})
-    with ToolRunner(slow, statement_timeout_s=0.2) as runner, pytest.raises(ToolError, match="statement timeout"):
+    timed_out = r"^q: the query on database 'pg' ran longer than 0.2 s \(statement_timeout_s\) and was cancelled"
+    with ToolRunner(slow, statement_timeout_s=0.2) as runner, pytest.raises(ToolError, match=timed_out):
         call(runner, slow, "q", {"v": 2})
 
 

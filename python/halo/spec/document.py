@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from halo.spec.nodes import NodeId, NodeSpec, SpecModel
 
 DEFAULT_MAX_ROWS = 10_000  # rows one sql node query may return (DatabaseSpec.max_rows)
+# What one DuckDB database (its private instance) may take from the host, all its node queries together.
+DEFAULT_MEMORY_LIMIT = "1GB"
+DEFAULT_MAX_TEMP_DIRECTORY_SIZE = "4GB"  # spilled to disk beyond memory_limit, then out of memory
+# Node queries get their parallelism from rows in flight on the tool pool, not from inside one query:
+# one thread means a database never starts worker threads of its own, so DuckDB uses at most one core
+# per tool thread and never takes every core from the engine.
+DEFAULT_DUCKDB_THREADS = 1
+# A size as DuckDB reads one: a positive number and a unit (1000- or 1024-based); no "unlimited".
+_SIZE = re.compile(r"\s*(\d+(\.\d+)?)\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", re.IGNORECASE)
+_DUCKDB_ONLY = ("memory_limit", "threads", "max_temp_directory_size")
 
 
 class ModelSpec(SpecModel):
@@ -39,6 +50,22 @@ class DatabaseSpec(SpecModel):
     allowed_directories: tuple[str, ...] = ()
     # The most rows one node query may return; a query returning more fails its row (add a LIMIT).
     max_rows: int = Field(default=DEFAULT_MAX_ROWS, ge=1)
+    # Seconds one node query (or EXPLAIN) may run before it is cancelled and fails its row; None is the
+    # tool's statement_timeout_s (60 s by default). PostgreSQL's statement_timeout, a timer on DuckDB.
+    timeout_s: float | None = Field(default=None, gt=0)
+    # duckdb only: bounds on the database's instance, shared by its queries. Beyond memory_limit DuckDB
+    # spills to a private folder, up to max_temp_directory_size; past both a query fails out of memory.
+    memory_limit: str = DEFAULT_MEMORY_LIMIT
+    max_temp_directory_size: str = DEFAULT_MAX_TEMP_DIRECTORY_SIZE
+    threads: int = Field(default=DEFAULT_DUCKDB_THREADS, ge=1)
+
+    @field_validator("memory_limit", "max_temp_directory_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        match = _SIZE.fullmatch(value)
+        if match is None or float(match.group(1)) <= 0:
+            raise ValueError(f"{value!r} is not a size: a positive number and a unit, e.g. '512MB' or '2GiB'")
+        return value.strip()
 
     @model_validator(mode="after")
     def _target(self) -> DatabaseSpec:
@@ -50,6 +77,10 @@ class DatabaseSpec(SpecModel):
             raise ValueError("'init' scripts are for duckdb databases only")
         if self.kind == "postgres" and self.allowed_directories:
             raise ValueError("'allowed_directories' is for duckdb databases only (a postgres role decides its own)")
+        # Compared with the defaults, not model_fields_set: a dumped and re-validated spec sets every field.
+        given = [name for name in _DUCKDB_ONLY if getattr(self, name) != type(self).model_fields[name].default]
+        if self.kind == "postgres" and given:
+            raise ValueError(f"{', '.join(map(repr, given))} is for duckdb databases only (the server sets its own)")
         return self
 
 

@@ -5,7 +5,9 @@ anonymous in-memory DuckDB shared by the run, sandboxed like a declared one (`Da
 Results are `{output, rows, columns}` with `rows` (and `output`) a list of dicts in column order,
 values as the driver returns them, at most the database's `max_rows` of them: a query returning
 more fails its row. What the sandbox refuses (docs/security/sql.md) fails the row too, with a
-ToolError naming the node, the database and what was refused.
+ToolError naming the node, the database and what was refused; so does a query that runs past the
+database's `timeout_s` (the tool's `statement_timeout_s` unless declared) or, on DuckDB, out of its
+`memory_limit`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import duckdb
 import psycopg
 
 from halo.errors import ToolError
-from halo.runtime.tools.duckdb_database import DuckDbDatabase, RefusedStatement
+from halo.runtime.tools.duckdb_database import DuckDbDatabase, DuckDbLimits, QueryTimeout, RefusedStatement
 from halo.runtime.tools.postgres_database import PostgresDatabase
 from halo.spec.document import DatabaseSpec
 
@@ -56,13 +58,14 @@ class SqlTool:
     def run(self, node_id: str, request: Mapping[str, Any]) -> dict[str, Any]:
         db, query, params = request.get("db"), request["query"], dict(request.get("params") or {})
         database = self.database(node_id, db)
-        max_rows = self._spec(db).max_rows
+        spec = self._spec(db)
+        max_rows = spec.max_rows
         try:
             columns, tuples = database.query(query, params, max_rows)
         except KeyError as exc:
             raise ToolError(node_id, f"the query uses :{exc.args[0]} but params has no '{exc.args[0]}'") from None
-        except (RefusedStatement, duckdb.Error, psycopg.Error) as exc:
-            raise _sql_error(node_id, db, exc) from exc
+        except (RefusedStatement, QueryTimeout, duckdb.Error, psycopg.Error) as exc:
+            raise self._sql_error(node_id, db, exc) from exc
         if len(tuples) > max_rows:
             raise ToolError(
                 node_id,
@@ -80,8 +83,8 @@ class SqlTool:
             return database.explain_cost(query, dict(params))
         except KeyError as exc:
             raise ToolError("explain", f"the query uses :{exc.args[0]} but params has no '{exc.args[0]}'") from None
-        except (RefusedStatement, duckdb.PermissionException) as exc:
-            raise _sql_error("explain", db, exc) from exc
+        except (RefusedStatement, QueryTimeout, duckdb.PermissionException, psycopg.errors.QueryCanceled) as exc:
+            raise self._sql_error("explain", db, exc) from exc
         except (duckdb.Error, psycopg.Error) as exc:
             raise ToolError("explain", f"EXPLAIN failed on {_describe(db)}: {_first_line(exc)}") from exc
 
@@ -107,6 +110,9 @@ class SqlTool:
         # `db: null` is an undeclared in-memory DuckDB: the defaults of a declared one.
         return self.specs[db] if db is not None else _ANONYMOUS
 
+    def _timeout_s(self, spec: DatabaseSpec) -> float:
+        return spec.timeout_s if spec.timeout_s is not None else self.statement_timeout_s
+
     def _connect(self, node_id: str, db: str | None) -> Database:
         if db is not None and db not in self.specs:
             raise ToolError(node_id, f"unknown database '{db}' (declared: {', '.join(sorted(self.specs)) or 'none'})")
@@ -114,24 +120,51 @@ class SqlTool:
         try:
             if spec.kind == "postgres":
                 assert spec.dsn is not None  # DatabaseSpec guarantees it
-                return PostgresDatabase(spec.dsn, self.statement_timeout_s)
-            return DuckDbDatabase(spec.path, spec.init, self.base_dir, allowed_directories=spec.allowed_directories)
+                return PostgresDatabase(spec.dsn, self._timeout_s(spec))
+            limits = DuckDbLimits(
+                timeout_s=self._timeout_s(spec),
+                memory_limit=spec.memory_limit,
+                max_temp_directory_size=spec.max_temp_directory_size,
+                threads=spec.threads,
+            )
+            return DuckDbDatabase(
+                spec.path, spec.init, self.base_dir, allowed_directories=spec.allowed_directories, limits=limits
+            )
         except (duckdb.Error, OSError) as exc:
             raise ToolError(node_id, f"cannot open {_describe(db)}: {_first_line(exc)}") from exc
 
+    def _sql_error(self, node_id: str, db: str | None, exc: Exception) -> ToolError:
+        """A located error for a failed query, saying plainly when the sandbox or a bound (not the SQL)
+        stopped it."""
+        where, spec = _describe(db), self._spec(db)
+        if isinstance(exc, RefusedStatement):
+            return ToolError(node_id, f"refused on {where}: {exc}")
+        if isinstance(exc, duckdb.PermissionException):
+            return ToolError(
+                node_id,
+                f"file access is disabled for node queries on {where} (files, URLs and extensions are out of"
+                f" reach; allowed_directories opens a directory): {_first_line(exc)}",
+            )
+        if isinstance(exc, QueryTimeout) or _is_statement_timeout(exc):
+            declared = spec.timeout_s is not None
+            source, advice = ("its timeout_s", "raise") if declared else ("statement_timeout_s", "set")
+            return ToolError(
+                node_id,
+                f"the query on {where} ran longer than {self._timeout_s(spec):g} s ({source}) and was cancelled:"
+                f" narrow the query, or {advice} timeout_s in the database's declaration",
+            )
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            return ToolError(
+                node_id,
+                f"the query on {where} ran out of memory (memory_limit {spec.memory_limit}, spilling up to"
+                f" max_temp_directory_size {spec.max_temp_directory_size}): {_first_line(exc)}",
+            )
+        return ToolError(node_id, f"SQL error on {where}: {_first_line(exc)}")
 
-def _sql_error(node_id: str, db: str | None, exc: Exception) -> ToolError:
-    """A located error for a failed query, saying plainly when the sandbox (not the SQL) refused it."""
-    where = _describe(db)
-    if isinstance(exc, RefusedStatement):
-        return ToolError(node_id, f"refused on {where}: {exc}")
-    if isinstance(exc, duckdb.PermissionException):
-        return ToolError(
-            node_id,
-            f"file access is disabled for node queries on {where} (files, URLs and extensions are out of"
-            f" reach; allowed_directories opens a directory): {_first_line(exc)}",
-        )
-    return ToolError(node_id, f"SQL error on {where}: {_first_line(exc)}")
+
+def _is_statement_timeout(exc: Exception) -> bool:
+    # PostgreSQL cancels with 57014 for a user's or an admin's cancel too; only the timeout says so.
+    return isinstance(exc, psycopg.errors.QueryCanceled) and "statement timeout" in str(exc)
 
 
 def _describe(db: str | None) -> str:
