@@ -76,22 +76,35 @@ class LoopbackServer:
 
     GET /json?name=N[&delay=S]   {"data": {"items": [{"name": N}]}, "query": {...}} after S seconds
     GET /count/KEY[?delay=S]     {"key": KEY, "n": hits so far} after S seconds
+    GET /held/KEY                like /count/KEY, once the test calls `release(KEY)` (30 s at most)
     GET /flaky/KEY?fail=K        503 for the first K requests of KEY, then {"attempts": n}
     GET /status/CODE             that status, a text body
     GET /text                    text/plain "plain words"
     GET /redirect?to=URL         302 to URL
     POST /echo                   {"method": "POST", "body": <the JSON body>}
     POST /status/CODE            that status; POSTs count under `hits["post:" + path]`
+
+    Every GET counts under `hits["arrived:" + path-with-query]` as soon as it arrives.
     """
 
     url: str
     hits: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    gates: dict[str, threading.Event] = field(default_factory=dict)
+
     def hit(self, key: str) -> int:
         with self.lock:
             self.hits[key] += 1
             return self.hits[key]
+
+    def gate(self, key: str) -> threading.Event:
+        with self.lock:
+            return self.gates.setdefault(key, threading.Event())
+
+    def release(self, key: str) -> None:
+        """Let every request held on /held/KEY answer (and later ones answer at once)."""
+        self.gate(key).set()
 
 
 def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
@@ -116,12 +129,16 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 - stdlib naming
             parts = urlsplit(self.path)
             query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+            server.hit("arrived:" + self.path)  # before any delay: tests wait for a call to be in flight
             time.sleep(float(query.get("delay", 0)))
             segments = parts.path.strip("/").split("/")
             if segments[0] == "json":
                 server.hit("json:" + query.get("name", ""))
                 self._send(200, {"data": {"items": [{"name": query.get("name")}]}, "query": query})
             elif segments[0] == "count":
+                self._send(200, {"key": segments[1], "n": server.hit(segments[1])})
+            elif segments[0] == "held":
+                server.gate(segments[1]).wait(30)
                 self._send(200, {"key": segments[1], "n": server.hit(segments[1])})
             elif segments[0] == "flaky":
                 attempt = server.hit(segments[1])

@@ -27,12 +27,13 @@ def test_identical_pure_calls_in_flight_run_once_then_hit_the_cache(http_server)
     wf = (
         Workflow("c")
         .inputs("v")
-        .http("a", url=http_server.url + "/count/{{ v }}?delay=0.3")
-        .http("b", url=http_server.url + "/count/{{ v }}?delay=0.3")  # another node, the same request
+        .http("a", url=http_server.url + "/held/{{ v }}")  # answers once the test releases it
+        .http("b", url=http_server.url + "/held/{{ v }}")  # another node, the same request
     )
     a, b = wf.graph.node("a"), wf.graph.node("b")
     with ToolRunner(wf) as runner:
         futures = [runner.submit(a if i % 2 else b, wf.graph.render(a, {"v": key})) for i in range(8)]
+        http_server.release(key)  # all eight were submitted while the first was in flight
         results = [future.result(timeout=10) for future in futures]
         assert http_server.hits[key] == 1
         assert all(result["output"] == {"key": key, "n": 1} for result in results)
@@ -152,12 +153,16 @@ def test_calls_overlap_on_the_pool_and_feed_the_cost_model(http_server):
 
 
 def test_close_fails_calls_that_never_started_and_refuses_new_ones(http_server):
-    wf = Workflow("z").inputs("v").http("slow", url=http_server.url + "/json?delay=0.3&name={{ v }}")
+    tag = uuid.uuid4().hex[:8]
+    wf = Workflow("z").inputs("v").http("slow", url=http_server.url + "/json?delay=2&name={{ v }}")
     node = wf.graph.node("slow")
     runner = ToolRunner(wf, max_threads=1)
-    futures = [runner.submit(node, wf.graph.render(node, {"v": f"c{i}"})) for i in range(3)]
-    time.sleep(0.05)  # let the first call start
-    runner.close()
+    futures = [runner.submit(node, wf.graph.render(node, {"v": f"{tag}{i}"})) for i in range(3)]
+    deadline = time.monotonic() + 30
+    while not http_server.hits[f"arrived:/json?delay=2&name={tag}0"]:  # the first call is in flight
+        assert time.monotonic() < deadline, "the first call never reached the server"
+        time.sleep(0.01)
+    runner.close()  # the server holds the first call 2 s: the other two are still queued
     assert futures[0].result(timeout=5)["status"] == 200
     for future in futures[1:]:
         with pytest.raises(ToolError, match="closed before the call ran"):
