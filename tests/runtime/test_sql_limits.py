@@ -168,6 +168,17 @@ def test_duckdb_databases_are_bounded_by_default_and_as_declared(tmp_path):
         tool.close()
 
 
+def test_an_init_script_cannot_move_the_spill_folder(tmp_path):
+    # DuckDB lets node queries read its temp directory, so it stays Halo's private folder.
+    (tmp_path / "init.sql").write_text(f"SET temp_directory = '{tmp_path}';")
+    tool = SqlTool({"d": DatabaseSpec(init="init.sql")}, tmp_path)
+    try:
+        with pytest.raises(ToolError, match=r"^q: cannot open database 'd': the init script moved DuckDB's temp_dir"):
+            _run(tool, "d", "SELECT 1")
+    finally:
+        tool.close()
+
+
 @pytest.mark.parametrize(
     "query",
     [

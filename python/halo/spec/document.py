@@ -35,7 +35,8 @@ class DatabaseSpec(SpecModel):
     DuckDB runs a node's query with external access disabled and its configuration locked, so
     `read_csv`, `read_text`, `glob`, `COPY`, `ATTACH`, `INSTALL`/`LOAD`... reach no file, URL or
     extension, whatever a row's parameters say. The workflow's author is trusted like code: `init`
-    runs before the lock and may read files beside the workflow.
+    runs before the lock and may read files beside the workflow. Every query is bounded in time
+    (`timeout_s`), a DuckDB instance in memory, spill and threads (docs/security/sql.md).
     """
 
     kind: Literal["duckdb", "postgres"] = "duckdb"

@@ -171,6 +171,10 @@ class DuckDbDatabase:
         """Phase 2: from here on no statement reaches the file system, the network or an extension."""
         con = self._con
         self._bound()  # again: `init` is a script and may have SET them; the declaration holds
+        # The spill folder cannot be set again once used, so an `init` that moved it is refused instead.
+        (spill,) = con.execute("SELECT current_setting('temp_directory')").fetchone() or (None,)
+        if spill != self._spill:
+            raise OSError(f"the init script moved DuckDB's temp_directory to {spill!r}; leave it to Halo")
         # Order matters: DuckDB accepts allowed_directories only while external access is still on.
         con.execute("SET GLOBAL allowed_directories = $dirs", {"dirs": self.allowed})
         con.execute("SET GLOBAL enable_external_access = false")
