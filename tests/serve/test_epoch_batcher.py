@@ -11,6 +11,14 @@ from halo.serve.metrics import Metrics
 from halo.serve.run_store import RunStore
 
 
+def _until(predicate, what: str, timeout_s: float = 10.0) -> None:
+    """Wait for a state of the batcher, not for an amount of time."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.005)
+
+
 def _batcher(apps, epoch_s=0.05, epoch_rows=256):
     store = RunStore()
     return EpochBatcher(apps, store, Metrics(), epoch_s=epoch_s, epoch_rows=epoch_rows), store
@@ -40,14 +48,12 @@ def test_epochs_start_oldest_first_and_a_held_epoch_does_not_block_newer_ones():
     batcher.start()
     held = store.create("a", [{"x": 0}])
     batcher.submit("a", held)
-    time.sleep(0.1)  # a's epoch is running (held by the gate)
+    _until(lambda: held[0].status == "running", "a's epoch runs (held by the gate)")
     passing = store.create("b", [{"x": 1}])
     batcher.submit("b", passing)
-    time.sleep(0.05)
+    _until(lambda: passing[0].status != "queued", "b's epoch started")
     batcher.submit("a", store.create("a", [{"x": 2}]))
-    deadline = time.monotonic() + 5
-    while not passing[0].done and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _until(lambda: passing[0].done, "b's epoch is done")
     assert passing[0].status == "succeeded" and not held[0].done  # b overlapped a's epoch
     first.gate.set()
     assert batcher.close(10)
@@ -62,12 +68,12 @@ def test_epochs_waiting_for_a_runner_merge_up_to_the_row_limit():
     batcher.start()
     records = store.create("echo", [{"x": 0}])
     batcher.submit("echo", records)
-    time.sleep(0.1)  # epoch 0 holds the only runner
+    _until(lambda: records[0].status == "running", "epoch 0 holds the only runner")
     for i in range(1, 5):  # four one-row epochs close while they wait
         batch = store.create("echo", [{"x": i}])
         records += batch
         batcher.submit("echo", batch)
-        time.sleep(0.05)
+        _until(lambda i=i: batcher.waiting_epochs == i, f"epoch {i} closed and waits")
     echo.gate.set()
     assert batcher.close(10)
     assert [[r["x"] for r in b] for b in echo.batches] == [[0], [1, 2, 3], [4]]  # oldest first, in arrival order
@@ -81,9 +87,7 @@ def test_a_row_is_answered_when_it_is_done_not_when_its_epoch_is():
     batcher.start()
     first, second = records = store.create("echo", [{"x": "a"}, {"x": "b"}])
     batcher.submit("echo", records)
-    deadline = time.monotonic() + 5
-    while not first.done and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _until(lambda: first.done, "the first row is answered")
     assert first.status == "succeeded" and first.output == {"echo": "a"}
     assert second.status == "running"  # its epoch is still going
     echo.tail_gate.set()
@@ -99,7 +103,7 @@ def test_close_past_its_timeout_cancels_what_never_ended():
     batcher.start()
     running = store.create("echo", [{"x": 0}])
     batcher.submit("echo", running)
-    time.sleep(0.1)
+    _until(lambda: running[0].status == "running", "the first epoch holds the only runner")
     waiting = store.create("echo", [{"x": 1}])
     batcher.submit("echo", waiting)
     assert batcher.close(0.2) is False

@@ -150,6 +150,12 @@ class EpochBatcher:
             return sum(len(e.records) for e in self._open.values()) + sum(len(e.records) for e in self._ready)
 
     @property
+    def waiting_epochs(self) -> int:
+        """Closed epochs waiting for a runner (they merge when one frees)."""
+        with self._cond:
+            return len(self._ready)
+
+    @property
     def running_rows(self) -> int:
         with self._cond:
             return sum(len(e.records) for e in self._running)
