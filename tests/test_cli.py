@@ -111,3 +111,16 @@ def test_run_refuses_a_directory_output_before_running(tmp_path):
         "halo run writes only a regular file or a new path (it replaces the file by rename)"
     )
     assert list(out.iterdir()) == [] and not (tmp_path / "out.journal.jsonl").exists()
+
+
+def test_bench_finds_the_checkout_from_the_working_directory_in_a_regular_install(tmp_path):
+    """A non-editable install keeps the package in site-packages: `halo bench` run in (or below) the
+    checkout still finds bench/suite.py there."""
+    from halo.cli import source_checkout
+
+    repo = Path(__file__).resolve().parents[1]
+    installed = tmp_path / "site-packages" / "halo" / "cli.py"  # where a regular install puts this module
+    assert source_checkout(str(installed), str(repo)) == repo
+    assert source_checkout(str(installed), str(repo / "bench" / "workloads")) == repo
+    assert source_checkout(str(installed), str(tmp_path)) is None
+    assert source_checkout(str(repo / "python" / "halo" / "cli.py"), str(tmp_path)) == repo  # editable

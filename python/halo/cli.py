@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 from halo.errors import HaloError
 
@@ -108,13 +110,25 @@ def _export_hf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_suite():
-    """bench/suite.py of the source checkout this package runs from (an editable install), else None."""
-    import importlib.util
-    from pathlib import Path
+def source_checkout(package_file: str, cwd: str) -> Path | None:
+    """The Halo source checkout to benchmark: the one this package runs from (an editable install),
+    else the working directory or the nearest of its parents holding bench/suite.py beside
+    python/halo (a regular install, run from the checkout as the README does); None if neither."""
+    here = Path(package_file).resolve().parents[2]
+    start = Path(cwd).resolve()
+    for candidate in (here, start, *start.parents):
+        if (candidate / "bench" / "suite.py").is_file() and (candidate / "python" / "halo").is_dir():
+            return candidate
+    return None
 
-    path = Path(__file__).resolve().parents[2] / "bench" / "suite.py"
-    spec = importlib.util.spec_from_file_location("halo_bench_suite", path) if path.exists() else None
+
+def _bench_suite():
+    """bench/suite.py of the source checkout (see `source_checkout`), loaded; None outside one."""
+    import importlib.util
+
+    checkout = source_checkout(__file__, os.getcwd())
+    path = checkout / "bench" / "suite.py" if checkout is not None else None
+    spec = importlib.util.spec_from_file_location("halo_bench_suite", path) if path is not None else None
     if spec is None or spec.loader is None:
         return None
     module = importlib.util.module_from_spec(spec)
@@ -126,7 +140,11 @@ def _bench_suite():
 def _bench(args: argparse.Namespace) -> int:
     suite = _bench_suite()
     if suite is None:
-        print("halo: error: `halo bench` runs from a source checkout (bench/ beside python/halo)", file=sys.stderr)
+        print(
+            "halo: error: `halo bench` runs from a source checkout: run it in the folder holding bench/ and "
+            "python/halo (or below it)",
+            file=sys.stderr,
+        )
         return 2
     sys.path.insert(0, str(suite.REPO))  # the suite imports its workloads and systems as `bench.*`
     from bench.suite import run_cli
