@@ -190,11 +190,15 @@ def test_chat_shares_the_workflow_engine_while_an_epoch_runs(model_server, refer
     held = [e for app in state.apps.values() for w in app.workers for e in w.engines.engines.values()]
     assert len(held) == len(state.apps) and all(isinstance(e, LLMEngine) for e in held)  # chat added none
 
-    rows = [{"topic": t} for t in ("bird", "tree", "city", "fish", "song", "tool")]
+    rows = [{"topic": f"{t} number {i}"} for i in range(4) for t in ("bird", "tree", "city", "fish", "song", "tool")]
     expected = reference.generate([QUESTION], SamplingParams(max_tokens=12, temperature=0.0))[0]
     with httpx.Client(base_url=model_server.url, timeout=120) as c:
         ids = c.post("/v1/workflows/mini/runs", json=rows).json()["ids"]
-        time.sleep(0.1)  # the epoch is running when the chat request arrives
+        deadline = time.monotonic() + 60
+        while c.get(f"/v1/runs/{ids[-1]}").json()["status"] == "queued":  # wait for the epoch to start
+            assert time.monotonic() < deadline, "the epoch never started"
+            time.sleep(0.01)
+        sent = time.time()
         chat = c.post(
             "/v1/chat/completions",
             json={"model": "smollm2-135m", "messages": QUESTION, "max_tokens": 12, "temperature": 0},
@@ -202,6 +206,8 @@ def test_chat_shares_the_workflow_engine_while_an_epoch_runs(model_server, refer
         got = [c.get(f"/v1/runs/{i}", params={"wait": "true"}).json() for i in ids]
     assert chat["choices"][0]["message"]["content"] == expected.text
     assert [g["output"] for g in got] == mini.run(rows).outputs
+    # The chat arrived while the epoch ran: some of its rows were answered only after that.
+    assert min(g["started_at"] for g in got) <= sent < max(g["finished_at"] for g in got)
 
 
 def test_chat_on_its_own_engine_without_workflows(checkpoint, reference):
