@@ -15,7 +15,8 @@ import pytest
 import torch
 from dense_reference import DenseReference
 from halo.engine import model_source
-from halo.engine.checkpoint import Checkpoint, expected_shapes, load_checkpoint
+from halo.engine.checkpoint import Checkpoint, load_checkpoint
+from halo.engine.checkpoint_layout import expected_shapes
 from halo.engine.hf_checkpoint import save_hf_checkpoint
 from halo.engine.model_config import ModelConfig
 from halo.engine.model_source import DEFAULT_MODEL, RegisteredModel, resolve_model_path

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from halo.engine.checkpoint import Checkpoint, check_weights
+from halo.engine.checkpoint_layout import Checkpoint, check_weights
 from halo.engine.model_config import ModelConfig
 from halo.engine.tokenizer import Tokenizer
 from halo.errors import ModelLoadError
