@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from halo.plan.search import CostTable, evaluate, plan_dp, plan_greedy, round_robin
-from halo.plan.search.dp import native_available
+from halo.plan.search.native import native_available
 from plan_problems import random_problem, workflow_problem
 
 _core = pytest.importorskip("halo._core")

@@ -33,12 +33,14 @@ same optimum and the same proof); this module stays the reference implementation
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from halo.plan.search.cost_table import CostTable
 from halo.plan.search.execution_plan import ExecutionPlan, evaluate
 from halo.plan.search.greedy import plan_greedy
+from halo.plan.search.native import native_available, search_native
 from halo.plan.search.problem import PlanProblem
+from halo.plan.search.search_backend import SearchOptions, SearchResult
 
 Slot = tuple[int, int, int]  # (kind, resident model or -1, KV mask)
 State = tuple[int, int, tuple[Slot, ...]]  # (LLM tasks done, tools done, canonical slots)
@@ -47,35 +49,6 @@ Action = tuple[tuple[int, int], ...]  # (task, canonical slot); () is a tool-onl
 
 class _Stop(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    """Budgets and the heuristic phase's limits (see the module docstring)."""
-
-    state_budget: int = 200_000  # states expanded per phase
-    time_limit_s: float | None = None  # the whole search; phase 1 gets half
-    max_actions: int = 200_000  # per state in phase 1; hitting it voids the proof
-    heuristic_width: int = 6
-    heuristic_actions: int = 64
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """What a search backend returns: a schedule of (task, worker) indices, or None for the incumbent."""
-
-    schedule: list[list[tuple[int, int]]] | None
-    states: int
-    optimal: bool
-
-
-def native_available(tb: CostTable) -> bool:
-    """The native search handles up to 64 LLM tasks and 64 tools (one machine word per mask)."""
-    try:
-        from halo import _core
-    except ImportError:
-        return False
-    return hasattr(_core, "PlanCost") and tb.n <= 64 and tb.n_tools <= 64
 
 
 def plan_dp(
@@ -98,8 +71,6 @@ def plan_dp(
     if backend is None:
         backend = "native" if native_available(tb) else "python"
     if backend == "native":
-        from halo.plan.search.native import search_native
-
         result = search_native(tb, greedy.cost, options)
     elif backend == "python":
         result = search_python(tb, greedy.cost, options)

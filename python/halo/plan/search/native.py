@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from halo.plan.search.cost_table import CostTable
+from halo.plan.search.search_backend import SearchOptions, SearchResult
 
-if TYPE_CHECKING:
-    from halo.plan.search.dp import SearchOptions, SearchResult
+
+def native_available(tb: CostTable) -> bool:
+    """The native search handles up to 64 LLM tasks and 64 tools (one machine word per mask)."""
+    try:
+        from halo import _core
+    except ImportError:
+        return False
+    return hasattr(_core, "PlanCost") and tb.n <= 64 and tb.n_tools <= 64
 
 
 def native_cost(tb: CostTable):  # -> halo._core.PlanCost
@@ -37,7 +42,6 @@ def native_cost(tb: CostTable):  # -> halo._core.PlanCost
 
 def search_native(tb: CostTable, incumbent_cost: float, options: SearchOptions) -> SearchResult:
     from halo import _core
-    from halo.plan.search.dp import SearchResult
 
     schedule, states, optimal, _ = _core.plan_dp_search(
         native_cost(tb),
