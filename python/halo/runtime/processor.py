@@ -47,6 +47,7 @@ from halo.runtime.node_io import (
 )
 from halo.runtime.request_board import RequestBoard
 from halo.runtime.results import RowError, Span
+from halo.runtime.run_loop import RunLoop
 from halo.spec.graph import GraphNode
 
 
@@ -169,9 +170,7 @@ class Processor:
 
     def run(self) -> ProcessorOutcome:
         """Run this batch alone to the end on the calling thread."""
-        from halo.runtime.run_loop import RunLoop
-
-        loop = RunLoop(isolate=False)
+        loop: RunLoop[Processor] = RunLoop(isolate=False)
         loop.add(self)
         while loop.active:
             loop.step()

@@ -7,7 +7,8 @@ the next one, so a new run's first nodes join the engine batch while older runs 
 (continuous batching across runs). Then every worker advances once (one engine step in-process) and
 each completion goes back to the run whose `owner` id it carries; guest requests (chat) ride the same
 steps. `CompiledWorkflow.run` is a loop with one run; the online session keeps one loop for all.
-Only the thread calling `step` touches the workers.
+Only the thread calling `step` touches the workers. The loop knows a run only by the `LoopRun` protocol
+(`Processor` implements it, and its `run()` is a loop of its own), so it sits below the Processor.
 """
 
 from __future__ import annotations
@@ -15,35 +16,65 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from concurrent.futures import FIRST_COMPLETED, wait
-from typing import Any
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import Any, Generic, Protocol, TypeVar
 
-from halo.runtime.processor import Processor
+from halo.runtime.llm_worker import LLMDone
 from halo.runtime.request_board import RequestBoard
 
 log = logging.getLogger("halo.runtime")
 
 
-class RunLoop:
+class LoopRun(Protocol):
+    """One run as the loop drives it; `add` sets `owner` (namespaces its jobs on shared workers) and `board`."""
+
+    owner: int
+    board: RequestBoard
+    error: BaseException | None  # what ended the run early; the loop sets it on cancel
+    workers: list[Any]
+    tool_futures: dict[Future, int]
+
+    @property
+    def finished(self) -> bool: ...
+
+    def dispatch(self) -> None: ...  # hand ready nodes to the tool pool and the workers
+
+    def llm_finished(self, done: LLMDone) -> None: ...
+
+    def collect_tools(self) -> bool: ...  # True when a tool call finished
+
+    def has_ready(self) -> bool: ...
+
+    def check_stalled(self) -> None: ...  # raise when nothing can make progress any more
+
+    def cancel(self) -> None: ...
+
+    def report_progress(self, force: bool = False) -> None: ...
+
+
+RunT = TypeVar("RunT", bound=LoopRun)
+
+
+class RunLoop(Generic[RunT]):
     """Runs added Processors to their end; `isolate=True` confines a failing run's exception to it."""
 
     def __init__(self, *, isolate: bool = True) -> None:
         self.isolate = isolate
-        self.active: list[Processor] = []  # oldest first
+        self.active: list[RunT] = []  # oldest first
         self.guest_workers: list[Any] = []  # workers that may hold guest requests of no run
         self.board = RequestBoard()
-        self._by_owner: dict[int, Processor] = {}
+        self._by_owner: dict[int, RunT] = {}
         self._owners = itertools.count()
 
     # -- protocol: add / step / cancel ----------------------------------------------------------------
 
-    def add(self, processor: Processor) -> None:
+    def add(self, processor: RunT) -> None:
         processor.owner = next(self._owners)
         processor.board = self.board
         self.active.append(processor)
         self._by_owner[processor.owner] = processor
 
-    def step(self) -> list[Processor]:
+    def step(self) -> list[RunT]:
         """One iteration over every active run; returns the runs that ended in it (finished or failed)."""
         for processor in list(self.active):
             self._guarded(processor, processor.dispatch)
@@ -68,7 +99,7 @@ class RunLoop:
             self._idle_wait()
         return ended
 
-    def cancel(self, processor: Processor, reason: BaseException) -> None:
+    def cancel(self, processor: RunT, reason: BaseException) -> None:
         """End `processor` now: its jobs leave the workers and `reason` becomes its error."""
         if processor in self.active:
             self._remove(processor)
@@ -91,7 +122,7 @@ class RunLoop:
             seen.setdefault(id(worker), worker)
         return list(seen.values())
 
-    def _guarded(self, processor: Processor, action: Any) -> Any:
+    def _guarded(self, processor: RunT, action: Any) -> Any:
         """Run `action` of `processor`; with `isolate`, an exception ends that run only."""
         if processor.error is not None:
             return None
@@ -104,7 +135,7 @@ class RunLoop:
             self.cancel(processor, exc)
             return None
 
-    def _remove(self, processor: Processor) -> None:
+    def _remove(self, processor: RunT) -> None:
         self.active.remove(processor)
         self._by_owner.pop(processor.owner, None)
 
