@@ -43,7 +43,8 @@ from halo.serve.openai_routes import router as openai_router
 from halo.serve.openapi_doc import openapi_document
 from halo.serve.protection import AdmissionQueue, ProtectionMiddleware, authorized
 from halo.serve.run_journal import RunJournal
-from halo.serve.run_store import RunRecord, RunStore
+from halo.serve.run_record import RunRecord
+from halo.serve.run_store import RunStore
 from halo.serve.session_chat import SessionChatLoop
 from halo.serve.workflow_routes import router as workflow_router
 

@@ -30,7 +30,8 @@ from typing import Any
 
 from halo.runtime.online_session import RunCancelled
 from halo.serve.metrics import Metrics
-from halo.serve.run_store import RunRecord, RunStore
+from halo.serve.run_record import RunRecord
+from halo.serve.run_store import RunStore
 
 log = logging.getLogger("halo.serve")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from halo.runtime.journal import read_records
-from halo.serve.run_store import RunRecord
+from halo.serve.run_record import RunRecord
 
 FILE = "runs.jsonl"
 

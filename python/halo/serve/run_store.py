@@ -1,4 +1,4 @@
-"""Workflow run records and the async waiters that watch them.
+"""The store of workflow run records (`run_record.py`) and the async waiters that watch them.
 
 A record changes state on an epoch runner thread (queued → running → succeeded | failed | cancelled) and
 is read by request handlers on the event loop. `cancelled` is the end of a run the server stopped at
@@ -15,51 +15,11 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from halo.runtime.json_values import json_safe
-
-if TYPE_CHECKING:
-    from halo.serve.run_journal import RunJournal
-
-DONE = ("succeeded", "failed", "cancelled")
-
-
-@dataclass
-class RunRecord:
-    """One row of one workflow, submitted by a client and run in some epoch."""
-
-    id: str
-    workflow: str
-    row: dict[str, Any]
-    submitted: float = field(default_factory=time.time)
-    status: str = "queued"  # queued | running | succeeded | failed | cancelled
-    epoch: int | None = None
-    started: float | None = None
-    finished: float | None = None
-    output: dict[str, Any] | None = None
-    error: dict[str, str] | None = None
-    version: int = 0
-    _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = field(default_factory=list, repr=False)
-
-    @property
-    def done(self) -> bool:
-        return self.status in DONE
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "workflow.run",
-            "workflow": self.workflow,
-            "status": self.status,
-            "epoch": self.epoch,
-            "submitted_at": self.submitted,
-            "started_at": self.started,
-            "finished_at": self.finished,
-            "output": self.output,
-            "error": self.error,
-        }
+from halo.serve.run_journal import RunJournal
+from halo.serve.run_record import RunRecord
 
 
 class RunStore:

@@ -14,7 +14,7 @@ from halo.serve.api_errors import ApiError
 from halo.serve.epoch_batcher import BatcherClosed
 from halo.serve.openai_routes import queue_full, refuse_when_draining, shutting_down
 from halo.serve.request_body import read_json
-from halo.serve.run_store import RunRecord
+from halo.serve.run_record import RunRecord
 
 router = APIRouter()
 KEEPALIVE_S = 15.0
