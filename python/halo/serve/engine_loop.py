@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from halo.engine import GenerationResult, LLMEngine, SamplingParams
+from halo.runtime.chat_engine import GenerationResult, LLMEngine, SamplingParams
 
 log = logging.getLogger("halo.serve")
 IDLE_POLL_S = 0.1

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from halo.engine import GenerationResult, SamplingParams
 from halo.errors import InvalidRequestError
+from halo.runtime.chat_engine import GenerationResult, SamplingParams
 
 ROLE_ALIASES = {"developer": "system"}
 MAX_TOKENS_LIMIT = (1 << 31) - 1

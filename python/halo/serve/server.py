@@ -64,13 +64,13 @@ def load_workflows(paths: Iterable[str | os.PathLike[str]], skipped: dict[str, s
 def compile_workflows(workflows: dict[str, Any], dtype: str, skipped: dict[str, str]) -> dict[str, Any]:
     """Compiled apps by name; one that fails to compile (a missing database or model, a tool that does not
     bind) is logged and recorded in `skipped` (name -> reason) instead."""
-    import halo
+    from halo.runtime.compiled import compile as compile_workflow
 
     apps: dict[str, Any] = {}
     for name, workflow in workflows.items():
         log.info("compiling workflow %s", name)
         try:
-            apps[name] = halo.compile(workflow, dtype=dtype)
+            apps[name] = compile_workflow(workflow, dtype=dtype)
         except (HaloError, OSError) as exc:
             log.error("skipping workflow %s: %s", name, exc)
             skipped[name] = str(exc)
@@ -91,8 +91,7 @@ def serve(
     """Compile every workflow, load the chat engine of `model` (default: the embedded SmolLM2), serve."""
     import uvicorn
 
-    from halo.engine import LLMEngine
-    from halo.engine.model_source import DEFAULT_MODEL
+    from halo.runtime.chat_engine import DEFAULT_MODEL, LLMEngine
     from halo.serve.app import create_app
 
     skipped: dict[str, str] = {}

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from halo.engine import GenerationResult, LLMEngine, SamplingParams
+from halo.runtime.chat_engine import GenerationResult, LLMEngine, SamplingParams
 from halo.runtime.online_session import OnlineSession
 from halo.serve.engine_loop import CANCEL_JOIN_S, ChatJob, EngineLoop, EngineLoopClosed
 
