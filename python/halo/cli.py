@@ -33,21 +33,24 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from halo.batch_io import read_rows
-    from halo.engine.checkpoint import load_tokenizer
-    from halo.plan import consolidate, explain_dot, explain_text
+    from halo.plan import explain_dot
+    from halo.runtime.planning import fresh_planner
     from halo.spec import Workflow
+    from halo.spec.batch_check import check_batch
 
     workflow = Workflow.from_yaml(args.workflow)
     rows = read_rows(args.input)
-    sources = {workflow.graph.model_source(n) for n in workflow.graph.nodes if n.kind == "llm"}
-    tokenizers = {src: load_tokenizer(src) for src in sources if src}
-    graph = consolidate(workflow, rows, tokenizers)
+    check_batch(rows, workflow.spec.inputs)  # explain refuses a bad batch where run would skip its bad rows
+    # the planner `halo run` gets, so this prints the plan that run follows (same curves, history, budget)
+    planner = fresh_planner(workflow, workers=args.workers, dtype=args.dtype)
     if args.format == "text":
-        print(explain_text(graph))
-        if any(n.kind == "llm" for n in workflow.graph.nodes):
-            print()
-            print(_planned_epochs(graph, args.workers))
+        planned = planner.prepare(rows, args.plan).planned
+        assert planned is not None
+        print(planned.explain())
+        if planner.costs.profiles_missing:
+            print("\n(latency curves: built-in defaults; run `halo profile` for measured ones)")
         return 0
+    graph = planner.graph(rows)
     dot = explain_dot(graph)
     if args.format == "dot":
         print(dot)
@@ -152,23 +155,6 @@ def _bench(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
-def _planned_epochs(graph, workers: int) -> str:
-    """The optimizer's epochs for the batch (measured curves where `halo profile` ran, else defaults)."""
-    import warnings
-
-    from halo.plan.cost import ProfileMissingWarning, load_curves
-    from halo.plan.plan_problem import build_plan_problem
-    from halo.plan.search import plan_dp
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ProfileMissingWarning)
-        problem = build_plan_problem(graph, lambda model: load_curves(model), workers=workers)
-    plan = plan_dp(problem, time_limit_s=2.0)
-    note = ("\n(latency curves: built-in defaults; run `halo profile` for measured ones)"
-            if any(issubclass(w.category, ProfileMissingWarning) for w in caught) else "")
-    return plan.explain() + note
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="halo", description="Batch query processing for agentic LLM workflows")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="text", choices=["text", "dot", "png"])
     e.add_argument("-o", "--output", help="PNG path for --format png (default plan.png)")
     e.add_argument("--workers", type=int, default=1, help="workers to plan for (default 1)")
+    e.add_argument("--plan", default="dp", choices=["dp", "greedy"], help="planner, as for `halo run` (default dp)")
+    e.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="latency profile to plan with")
     e.set_defaults(func=_explain)
 
     r = sub.add_parser("run", help="run a workflow over a batch of rows")

@@ -1,8 +1,9 @@
-"""Planning: from a workflow and a batch to what will run (consolidation, and later cost and search).
+"""Planning: from a workflow and a batch to what will run (consolidation, cost model, plan search).
 
-from halo.plan import consolidate, explain_text
+from halo.plan import PlanContext, consolidate, plan
 graph = consolidate(workflow, rows, tokenizer)   # ConsolidatedGraph
-print(explain_text(graph))
+planned = plan(graph, PlanContext(curves_for))   # PlannedBatch: problem, ExecutionPlan, KV parents
+print(planned.explain())
 """
 
 from halo.plan.chat_tokenizer import ChatTokenizer, WhitespaceTokenizer
@@ -14,19 +15,25 @@ from halo.plan.consolidated_graph import (
     PhysicalNode,
 )
 from halo.plan.explain import explain_dot, explain_text
+from halo.plan.planner import DP_TIME_LIMIT_S, PlanContext, PlannedBatch, PlannerMode, plan
 from halo.plan.prefix_index import PrefixGroup, PrefixIndex
 
 __all__ = [
+    "DP_TIME_LIMIT_S",
     "ChatTokenizer",
     "ConsolidatedGraph",
     "Consolidator",
     "ModelPrefixes",
     "NodeCounters",
     "PhysicalNode",
+    "PlanContext",
+    "PlannedBatch",
+    "PlannerMode",
     "PrefixGroup",
     "PrefixIndex",
     "WhitespaceTokenizer",
     "consolidate",
     "explain_dot",
     "explain_text",
+    "plan",
 ]

@@ -20,9 +20,10 @@ class EpochTiming:
     """One planned epoch: what the cost model predicted and what the run took for its llm nodes."""
 
     epoch: int
-    nodes: tuple[str, ...]
+    nodes: tuple[str, ...]  # its llm tasks
     predicted_s: float
     actual_s: float
+    tools: tuple[str, ...] = ()  # the tool nodes the plan prepares on the CPU pool during it
 
 
 @dataclass

@@ -1,0 +1,191 @@
+"""Planning an app's batches: rows checked, consolidated and handed to `halo.plan.plan` in one place.
+
+`CostModels` is what an app plans with and learns from (latency curves per model, the tool latencies
+and output lengths earlier runs observed); `BatchPlanner` turns a batch into a `PreparedBatch` with
+the `PlanContext` of the app's workers as they are now. `CompiledWorkflow.run` and `explain` use the
+app's planner; `halo explain` uses `fresh_planner`, the planner a freshly compiled app would have
+(its workers' models as `halo run` loads them, nothing cached yet), so it prints the plan `halo run`
+follows without loading a model.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from halo.engine.checkpoint import load_tokenizer
+from halo.engine.model_source import default_cache_dir
+from halo.errors import InvalidRequestError
+from halo.plan import PlanContext, PlannedBatch, consolidate, plan
+from halo.plan.consolidate import WarmPrefix
+from halo.plan.consolidated_graph import ConsolidatedGraph
+from halo.plan.cost import (
+    LatencyCurves,
+    OutputLengthHistory,
+    ProfileMissingWarning,
+    ToolCostModel,
+    load_curves,
+    output_key,
+)
+from halo.runtime.batch import split_valid, to_rows
+from halo.runtime.results import RowError
+from halo.runtime.workers import models_loaded_at_start
+from halo.spec.graph import GraphNode
+from halo.spec.workflow import Workflow
+
+PlanMode = Literal["dp", "greedy", "serial"]
+DEFAULT_TOOL_THREADS = 16  # tool calls an app's pool runs at once
+
+
+class CostModels:
+    """The costs an app plans with; `dtype` picks the latency profile, `tool_threads` the pool width.
+
+    Tool latencies (and the SQL seconds-per-EXPLAIN-unit fit) and output lengths carry over between
+    runs in the halo cache dir; what cannot be read or saved is noted in `warnings`.
+    """
+
+    def __init__(
+        self,
+        workflow: Workflow,
+        *,
+        models: Mapping[str, str],
+        dtype: str,
+        tool_threads: int,
+        warnings: list[str],
+    ) -> None:
+        self.graph = workflow.graph
+        self.warnings = warnings
+        self.profiles_missing = False  # some model plans with built-in default curves
+        self.tool_costs_path = default_cache_dir() / "tool_costs.json"
+        self.tool_costs = _load_tool_costs(self.tool_costs_path)
+        self.output_history = _load_output_history()
+        self._models = dict(models)
+        self._dtype = dtype
+        self._tool_threads = tool_threads
+        self._curves: dict[str, LatencyCurves] = {}
+
+    def curves_for(self, model: str) -> LatencyCurves:
+        curves = self._curves.get(model)
+        if curves is None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ProfileMissingWarning)
+                curves = self._curves[model] = load_curves(self._models.get(model, model), dtype=self._dtype)
+            self.profiles_missing |= any(issubclass(w.category, ProfileMissingWarning) for w in caught)
+            self.warnings.extend(str(w.message) for w in caught)
+        return curves
+
+    def tool_cost_s(self, node: GraphNode, physical_calls: int) -> float:
+        """A tool node's seconds on the pool: its measured (or declared) latency, in waves of pool width."""
+        return self.tool_costs.estimate_s(node) * -(-max(physical_calls, 0) // self._tool_threads)
+
+    def save_tool_costs(self) -> None:
+        try:
+            self.tool_costs.save(self.tool_costs_path)
+        except OSError as exc:  # a read-only cache only costs the next run its latency history
+            self.warnings.append(f"could not save tool latencies to {self.tool_costs_path}: {exc.strerror}")
+
+    def learn_output_lengths(self, observed: Mapping[str, tuple[int, int]]) -> None:
+        for node_id, (tokens, calls) in observed.items():
+            node = self.graph.node(node_id)
+            self.output_history.observe(output_key(node, self.graph.model_source(node)), round(tokens / calls), calls)
+        try:
+            self.output_history.save()
+        except OSError as exc:
+            self.warnings.append(f"could not save output lengths: {exc.strerror}")
+
+    def adaptive_inflight(self, model_sources: Sequence[str], max_num_seqs: int) -> int:
+        """Requests in flight per worker: the smallest batch that reaches 95% of the best decode
+        throughput the cost model predicts (more only adds latency and KV pressure)."""
+        best = 1
+        for source in model_sources or [""]:
+            curves = self.curves_for(source)
+            rate = [b / max(curves.decode_step_s(b, 256.0), 1e-9) for b in range(1, max_num_seqs + 1)]
+            peak = max(rate)
+            best = max(best, next(b for b, r in enumerate(rate, 1) if r >= 0.95 * peak))
+        return best
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch ready to execute: its rows, which of them fit the workflow, and their plan."""
+
+    rows: list[Any]
+    valid: list[int]  # indices of the rows that run
+    input_errors: list[RowError]  # the rows that do not fit (never run)
+    planned: PlannedBatch | None  # None for the serial baseline, which runs unplanned
+    plan_s: float  # checking, consolidation and planning
+
+
+@dataclass(frozen=True)
+class BatchPlanner:
+    """Plans batches for one app: `resident()` and `warm_prefix` say what its workers hold and cache now."""
+
+    workflow: Workflow
+    costs: CostModels
+    tokenizers: Mapping[str, Any]
+    workers: int
+    resident: Callable[[], Sequence[Sequence[str]]]  # per worker, its models, least recently used first
+    warm_prefix: WarmPrefix | None = None
+
+    def prepare(self, batch: Any, mode: PlanMode) -> PreparedBatch:
+        clock = time.perf_counter()
+        rows, valid, input_errors = self._check(batch)
+        planned = None
+        if mode != "serial":
+            planned = plan(self._consolidate(rows, valid), self.context(mode))
+        return PreparedBatch(rows, valid, input_errors, planned, time.perf_counter() - clock)
+
+    def graph(self, batch: Any) -> ConsolidatedGraph:
+        """The consolidated batch alone (what `halo explain --format dot` draws)."""
+        rows, valid, _ = self._check(batch)
+        return self._consolidate(rows, valid)
+
+    def context(self, mode: Literal["dp", "greedy"]) -> PlanContext:
+        return PlanContext(
+            self.costs.curves_for,
+            workers=self.workers,
+            tool_cost_s=self.costs.tool_cost_s,
+            output_history=self.costs.output_history,
+            resident=self.resident(),
+            mode=mode,
+        )
+
+    def _check(self, batch: Any) -> tuple[list[Any], list[int], list[RowError]]:
+        rows = to_rows(batch)
+        valid, input_errors = split_valid(rows, self.workflow.spec.inputs)
+        return rows, valid, input_errors
+
+    def _consolidate(self, rows: list[Any], valid: list[int]) -> ConsolidatedGraph:
+        # the rows were checked against the declared inputs above: the rest is the Processor's per-row work
+        return consolidate(
+            self.workflow.graph, [rows[i] for i in valid], self.tokenizers, check=False, warm_prefix=self.warm_prefix
+        )
+
+
+def fresh_planner(workflow: Workflow, *, workers: int = 1, dtype: str = "auto") -> BatchPlanner:
+    """The planner `halo.compile(workflow, workers=workers, dtype=dtype)` has right after it starts its
+    workers (their models loaded as `compile` loads them, no prefix cached), without starting any."""
+    if workers < 1:
+        raise InvalidRequestError(f"workers must be a positive integer, got {workers!r}")
+    sources = sorted({workflow.graph.model_source(n) or "" for n in workflow.graph.nodes if n.kind == "llm"})
+    costs = CostModels(workflow, models={}, dtype=dtype, tool_threads=DEFAULT_TOOL_THREADS, warnings=[])
+    held = tuple(models_loaded_at_start(sources, workers))
+    tokenizers = {source: load_tokenizer(source) for source in sources}
+    return BatchPlanner(workflow, costs, tokenizers, workers=workers, resident=lambda: (held,) * workers)
+
+
+def _load_output_history() -> OutputLengthHistory:
+    try:
+        return OutputLengthHistory.load()
+    except (OSError, ValueError, KeyError, TypeError):
+        return OutputLengthHistory()  # none yet, or unreadable: plan with max_tokens
+
+
+def _load_tool_costs(path: Any) -> ToolCostModel:
+    try:
+        return ToolCostModel.load(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return ToolCostModel()  # none yet, or unreadable: start from the declared defaults
