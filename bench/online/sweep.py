@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.online.load_generator import RateResult, drive
+from bench.online import report
+from bench.online.load_generator import drive
+from bench.online.online_result import Cell, OnlineResult
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_WORKLOADS = ("multi-agent-voting", "multi-step-retrieval", "multi-turn")
@@ -48,24 +50,6 @@ class OnlineConfig:
     rows: str = "distinct"  # "distinct": few duplicate rows (bench/online/distinct_rows.py); "workload": as generated
 
 
-@dataclass
-class Cell:
-    """One (workload, target, rate) measurement; `result.outputs` is dropped from the JSON."""
-
-    workload: str
-    target: str
-    result: RateResult
-
-
-@dataclass
-class OnlineResult:
-    config: dict[str, Any]
-    environment: dict[str, Any]
-    cells: list[Cell] = field(default_factory=list)
-    output_check: dict[str, dict[str, float]] = field(default_factory=dict)  # workload -> target -> fraction equal
-    files: dict[str, str] = field(default_factory=dict)
-
-
 def run_online(config: OnlineConfig) -> OnlineResult:
     import halo
     from halo.engine.dtype_probe import cpu_capability
@@ -74,7 +58,6 @@ def run_online(config: OnlineConfig) -> OnlineResult:
     from bench.generators.report_api import ReportApi
     from bench.generators.workloads import rows as make_rows
     from bench.generators.workloads import stage
-    from bench.online import report
     from bench.online.distinct_rows import distinct_rows
 
     out = config.out or REPO / "bench" / "results" / (dt.date.today().isoformat() + "-online")

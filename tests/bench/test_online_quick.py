@@ -52,7 +52,7 @@ def test_online_rows_flag_picks_the_row_mix_and_the_report_names_it():
     import argparse
 
     from bench.online import report
-    from bench.online.sweep import OnlineResult
+    from bench.online.online_result import OnlineResult
     from bench.suite import add_arguments, online_config_from_args
 
     parser = argparse.ArgumentParser()
