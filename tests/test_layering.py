@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from halo.spec.dependencies import find_cycles
 
 REPO = Path(__file__).resolve().parents[1]
 # Where each importable package's sources live in the checkout (kernels/ is installed as halo.kernels).
@@ -148,51 +149,23 @@ def layer(module: str) -> str:
     return "bench" if parts[0] == "bench" else ".".join(parts[:2])
 
 
-def find_cycles(imports: list[Import]) -> list[list[str]]:
-    """The strongly connected components with more than one module (Tarjan), each sorted."""
-    graph: dict[str, set[str]] = {}
+def cycles(imports: list[Import]) -> list[list[str]]:
+    """One cycle per strongly connected component of the import graph that has one, as [a, b, ..., a]."""
+    edges: dict[str, list[str]] = {}
     for imp in imports:
-        graph.setdefault(imp.importer, set()).add(imp.imported)
-        graph.setdefault(imp.imported, set())
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in sorted(graph[v]):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                components.append(sorted(component))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return components
+        edges.setdefault(imp.importer, [])
+        edges.setdefault(imp.imported, [])
+        if imp.imported not in edges[imp.importer]:
+            edges[imp.importer].append(imp.imported)
+    return find_cycles({name: sorted(edges[name]) for name in sorted(edges)})
 
 
 def describe_cycles(imports: list[Import]) -> str:
     lines = []
-    for component in find_cycles(imports):
-        inside = set(component)
-        lines.append("cycle: " + ", ".join(component))
-        lines += [f"    {imp}" for imp in imports if imp.importer in inside and imp.imported in inside]
+    for cycle in cycles(imports):
+        lines.append("cycle: " + " -> ".join(cycle))
+        steps = set(zip(cycle, cycle[1:], strict=False))
+        lines += [f"    {imp}" for imp in imports if (imp.importer, imp.imported) in steps]
     return "\n".join(lines)
 
 
@@ -260,5 +233,5 @@ def test_deferred_and_type_only_imports_are_seen_and_close_cycles() -> None:
     file = REPO / "x.py"
     a_b = Import("halo.a", "halo.b", "module", file, 1)
     b_a = Import("halo.b", "halo.a", "function", file, 2)
-    assert find_cycles([a_b, b_a]) == [["halo.a", "halo.b"]]
-    assert find_cycles([a_b]) == []
+    assert cycles([a_b, b_a]) == [["halo.a", "halo.b", "halo.a"]]
+    assert cycles([a_b]) == []
