@@ -65,8 +65,10 @@ def test_sigterm_ends_within_the_grace_period_and_a_restart_answers_every_run(tm
     try:
         rows = [{"topic": t} for t in ("rivers", "owls", "tea", "maps", "bread", "glass")]
         ids = httpx.post(f"{url}/v1/workflows/essay/runs", json=rows).json()["ids"]
-        time.sleep(1.5)  # the epoch is decoding
-        assert httpx.get(f"{url}/v1/runs/{ids[0]}").json()["status"] == "running"
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/v1/runs/{ids[0]}").json()["status"] != "running":  # until the epoch decodes
+            assert time.monotonic() < deadline, "the epoch never started"
+            time.sleep(0.05)
     finally:
         clock = time.monotonic()
         proc.send_signal(signal.SIGTERM)
