@@ -61,7 +61,7 @@ def decode_throughput(engine: LLMEngine, batch: int, context: int = 240, steps: 
         engine.add_request(prompt, SamplingParams(max_tokens=steps + 2, ignore_eos=True))
 
     def all_decoding() -> bool:
-        running: list[Sequence] = engine.scheduler.running
+        running: list[Sequence] = engine.batch_scheduler.running
         return len(running) == batch and all(s.num_uncomputed == 1 for s in running)
 
     while not all_decoding():

@@ -47,7 +47,7 @@ def test_swap_round_trip_is_bit_identical(checkpoint):
     eng.add_request(PROMPTS[0], PARAMS)
     for _ in range(5):
         eng.step()
-    (seq,) = eng.scheduler.running
+    (seq,) = eng.batch_scheduler.running
     nblocks = -(-seq.num_computed // 8)
     old_blocks = seq.block_table[:nblocks]
     k, v = eng.kv.read_blocks(torch.tensor(old_blocks))
@@ -79,7 +79,7 @@ def test_cost_model_prefers_copying_on_cpu(checkpoint):
     eng = LLMEngine(model=checkpoint, dtype="fp32", kv_blocks=64, swap_space_gb=0.1)
     eng.add_request(PROMPTS[1], PARAMS)
     eng.step()
-    (seq,) = eng.scheduler.running
+    (seq,) = eng.batch_scheduler.running
     swap_s, recompute_s = eng.swapper.predicted_costs(seq)
     # KV bytes move at memory bandwidth; recomputing costs a forward pass per token
     assert 0 < swap_s < recompute_s

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from halo.engine.batch_scheduler import BatchScheduler, ScheduledBatch
 from halo.engine.block_manager import BlockManager
 from halo.engine.checkpoint import Checkpoint, load_checkpoint
 from halo.engine.dtype_probe import DtypeChoice, choose_dtype, cpu_capability, matmul_gflops
@@ -21,7 +22,6 @@ from halo.engine.kv_swapper import KVSwapper
 from halo.engine.model import LlamaModel
 from halo.engine.model_runner import ModelRunner
 from halo.engine.sampling_params import GenerationResult, SamplingParams
-from halo.engine.scheduler import ScheduledBatch, Scheduler
 from halo.engine.sequence import Sequence, SequenceStatus
 from halo.errors import ContextLengthError, InvalidRequestError, KVCacheFullError
 
@@ -112,7 +112,7 @@ class LLMEngine:
         if swap_space_gb > 0:
             prefill_rate = matmul_gflops(self.dtype_choice.dtype) * 1e9 / self.model.flops_per_token
             self.swapper = KVSwapper(self.kv, prefill_rate, int(swap_space_gb * 2**30))
-        self.scheduler = Scheduler(self.block_manager, max_batch_tokens, max_num_seqs, self.swapper)
+        self.batch_scheduler = BatchScheduler(self.block_manager, max_batch_tokens, max_num_seqs, self.swapper)
         self.runner = ModelRunner(self.model, self.kv)
         self._stats = EngineStats()
         self._swap_base = (0, 0)
@@ -189,23 +189,23 @@ class LLMEngine:
     def _enqueue(self, request_id: str, ids: list[int], params: SamplingParams) -> None:
         seq = Sequence(request_id, ids, params, next(self._arrivals), self.config.context_length)
         self._requests[request_id] = seq
-        self.scheduler.add(seq)
+        self.batch_scheduler.add(seq)
 
     def abort(self, request_id: str) -> None:
         seq = self._requests.pop(request_id, None)
         if seq is not None and not seq.is_finished:
-            self.scheduler.abort(seq)
+            self.batch_scheduler.abort(seq)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.batch_scheduler.has_unfinished()
 
     # ---- the step loop -----------------------------------------------------------------------
     def step(self) -> list[GenerationResult]:
         """Schedule, run one forward pass, sample, and return the requests that finished in it."""
         t0 = time.perf_counter()
-        batch = self.scheduler.schedule()
+        batch = self.batch_scheduler.schedule()
         if not batch.seqs:
-            if self.scheduler.has_unfinished():
+            if self.batch_scheduler.has_unfinished():
                 raise KVCacheFullError("no request could be scheduled: the KV pool is too small for any of them")
             return []
         for seq, n in zip(batch.seqs, batch.num_new, strict=True):
@@ -220,10 +220,10 @@ class LLMEngine:
         for seq, token in zip(samplers, tokens, strict=True):
             self._stats.generated_tokens += 1
             if self._append_token(seq, token):
-                self.scheduler.finish(seq)
+                self.batch_scheduler.finish(seq)
                 finished.append(self._result(seq))
         self._stats.steps += 1
-        self._stats.preemptions = self.scheduler.num_preemptions
+        self._stats.preemptions = self.batch_scheduler.num_preemptions
         self._stats.step_seconds += time.perf_counter() - t0
         return finished
 
@@ -370,7 +370,7 @@ class LLMEngine:
     # ---- counters ----------------------------------------------------------------------------
     def stats(self) -> EngineStats:
         s = EngineStats(**self._stats.as_dict())
-        s.preemptions = self.scheduler.num_preemptions
+        s.preemptions = self.batch_scheduler.num_preemptions
         if self.swapper is not None:
             s.swapped_out = self.swapper.stats.swapped_out - self._swap_base[0]
             s.swapped_in = self.swapper.stats.swapped_in - self._swap_base[1]
@@ -380,7 +380,7 @@ class LLMEngine:
         self._stats = EngineStats()
         if self.swapper is not None:
             self._swap_base = (self.swapper.stats.swapped_out, self.swapper.stats.swapped_in)
-        self.scheduler.num_preemptions = 0
+        self.batch_scheduler.num_preemptions = 0
 
     def reset_prefix_cache(self) -> None:
         self.block_manager.reset_prefix_cache()
@@ -399,11 +399,11 @@ class LLMEngine:
 
     @property
     def num_waiting(self) -> int:
-        return len(self.scheduler.waiting)
+        return len(self.batch_scheduler.waiting)
 
     @property
     def num_running(self) -> int:
-        return sum(1 for s in self.scheduler.running if s.status is SequenceStatus.RUNNING)
+        return sum(1 for s in self.batch_scheduler.running if s.status is SequenceStatus.RUNNING)
 
 
 def _attention_backend(name: str, device: torch.device):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from halo.engine.batch_scheduler import ScheduledBatch
 from halo.engine.kv_cache import KVCache
 from halo.engine.model import LlamaModel
 from halo.engine.sampler import sample
-from halo.engine.scheduler import ScheduledBatch
 from halo.engine.sequence import Sequence
 from halo.engine.step_context import PrefillSpan, StepContext
 

@@ -56,7 +56,7 @@ class EngineTimer:
     def prefill(self, new: int, cached: int = 0, batch: int = 1, repeats: int = 3) -> PrefillSample:
         """Fastest of ``repeats`` single steps prefilling ``batch`` prompts of ``new`` tokens after a cached head."""
         assert cached % self.block_size == 0, "a cached prefix is matched in whole blocks"
-        assert batch * new <= self.engine.scheduler.max_batch_tokens, "the prefill must fit in one step"
+        assert batch * new <= self.engine.batch_scheduler.max_batch_tokens, "the prefill must fit in one step"
         best = float("inf")
         for _ in range(repeats):
             head = self.cached_head(cached)
@@ -93,8 +93,8 @@ class EngineTimer:
         ids = [
             self.engine.add_request(self.tokens(context), self._params(max_tokens=headroom)) for _ in range(batches[0])
         ]
-        running = self.engine.scheduler.running
-        for _ in range(batches[0] * context // self.engine.scheduler.max_batch_tokens + 4):
+        running = self.engine.batch_scheduler.running
+        for _ in range(batches[0] * context // self.engine.batch_scheduler.max_batch_tokens + 4):
             if len(running) == batches[0] and all(s.num_uncomputed == 1 for s in running):
                 break
             self.engine.step()
@@ -187,7 +187,7 @@ def profile_engine(
         dtype=info["dtype"],
         device=str(info["device"]).split(":")[0],
         threads=int(info["threads"]),
-        step_tokens=engine.scheduler.max_batch_tokens,
+        step_tokens=engine.batch_scheduler.max_batch_tokens,
         facts=facts,
     )
     return replace(curves, model_load_s=load_s, kv_bytes_per_token=kv_per_token, kv_bytes_per_s=kv_bandwidth)

@@ -1,10 +1,10 @@
-"""Scheduler policy without a model: token budget, chunking, FCFS admission, preemption order."""
+"""BatchScheduler policy without a model: token budget, chunking, FCFS admission, preemption order."""
 
 from __future__ import annotations
 
+from halo.engine.batch_scheduler import BatchScheduler
 from halo.engine.block_manager import BlockManager
 from halo.engine.sampling_params import SamplingParams
-from halo.engine.scheduler import Scheduler
 from halo.engine.sequence import Sequence, SequenceStatus
 
 
@@ -22,7 +22,7 @@ def _advance(batch, sampled_token: int = 7) -> None:
 
 
 def test_token_budget_chunks_prefill_and_decodes_come_first():
-    sched = Scheduler(BlockManager(64, 4), max_batch_tokens=10, max_num_seqs=8)
+    sched = BatchScheduler(BlockManager(64, 4), max_batch_tokens=10, max_num_seqs=8)
     a, b = _seq(0, 6), _seq(1, 12)
     sched.add(a)
     sched.add(b)
@@ -36,7 +36,7 @@ def test_token_budget_chunks_prefill_and_decodes_come_first():
 
 
 def test_admission_is_fcfs_and_respects_max_num_seqs():
-    sched = Scheduler(BlockManager(64, 4), max_batch_tokens=100, max_num_seqs=2)
+    sched = BatchScheduler(BlockManager(64, 4), max_batch_tokens=100, max_num_seqs=2)
     seqs = [_seq(i, 3) for i in range(4)]
     for s in seqs:
         sched.add(s)
@@ -47,7 +47,7 @@ def test_admission_is_fcfs_and_respects_max_num_seqs():
 
 def test_preemption_frees_the_newest_and_it_resumes_first():
     bm = BlockManager(6, 4, enable_prefix_cache=False)  # 24 token slots
-    sched = Scheduler(bm, max_batch_tokens=100, max_num_seqs=8)
+    sched = BatchScheduler(bm, max_batch_tokens=100, max_num_seqs=8)
     old, new = _seq(0, 8), _seq(1, 8)
     sched.add(old)
     sched.add(new)
@@ -66,7 +66,7 @@ def test_preemption_frees_the_newest_and_it_resumes_first():
 
 def test_prefix_in_flight_defers_a_sharing_request_one_step():
     bm = BlockManager(64, 4)
-    sched = Scheduler(bm, max_batch_tokens=100, max_num_seqs=8)
+    sched = BatchScheduler(bm, max_batch_tokens=100, max_num_seqs=8)
     shared = list(range(500, 516))
     a = Sequence("a", shared + [1, 2], SamplingParams(), 0, 1000)
     b = Sequence("b", shared + [3, 4], SamplingParams(), 1, 1000)

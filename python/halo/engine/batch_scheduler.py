@@ -1,4 +1,7 @@
-"""Continuous batching: which sequences compute how many tokens each step, under token and KV budgets."""
+"""Continuous batching: which sequences compute how many tokens each step, under token and KV budgets.
+
+Inside one engine only; which workflow nodes are ready to run is the DAG's `halo._core.SchedulerCore`.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ class ScheduledBatch:
         return sum(self.num_new)
 
 
-class Scheduler:
+class BatchScheduler:
     """FCFS admission, chunked prefill under a per-step token budget, preemption by recompute.
 
     Invariant: a running sequence owns blocks for exactly its computed tokens (plus the tokens being
