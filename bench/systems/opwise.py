@@ -1,9 +1,10 @@
 """The `opwise` baseline: one operator at a time over the whole batch (batch per node).
 
 Nodes run in topological order; each runs for every live row at once — an llm node as one engine
-batch over all rows (continuous batching and prefix caching inside the batch), a tool node as
-concurrent calls on the tool pool — and the next node starts only when this one is done for every
-row: no overlap across nodes, no consolidation, no coalescing, no tool cache.
+batch over all rows, submitted at once through `EngineCalls` (continuous batching and prefix caching
+inside the batch), a tool node as concurrent calls on the tool pool — and the next node starts only
+when this one is done for every row: no overlap across nodes, no consolidation, no coalescing, no
+tool cache.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from halo.engine import LLMEngine
 from halo.errors import HaloError
 from halo.runtime.compiled import CompiledWorkflow
 from halo.runtime.node_io import llm_prompt, llm_result, render_values, row_outputs, sampling_params
 from halo.runtime.tools.tool_runner import ToolRunner
 from halo.spec.graph import GraphNode, WorkflowGraph
 
+from bench.systems.engine_calls import EngineCalls
 from bench.systems.system_run import EngineCounters, SystemRun, attempts, settle
 
 
@@ -33,8 +34,10 @@ def run_opwise(
     clock = time.perf_counter()
     results: list[dict[str, Any]] = [{} for _ in rows]
     errors: dict[int, str] = {}
-    llm_executed = 0
-    with ToolRunner(app.workflow, cache=False, coalesce=False, allowed_hosts=allowed_hosts) as tools:
+    with (
+        EngineCalls(engine) as calls,
+        ToolRunner(app.workflow, cache=False, coalesce=False, allowed_hosts=allowed_hosts) as tools,
+    ):
         for node in wf.nodes:
             live = [r for r in range(len(rows)) if r not in errors]
             live = [r for r in live if not (node.guards and wf.skipped(node, rows[r], _context(node, results[r])))]
@@ -43,8 +46,7 @@ def run_opwise(
                 if not pending:
                     break
                 if node.kind == "llm":
-                    outcome = _llm_operator(wf, node, engine, rows, results, pending)
-                    llm_executed += sum(1 for r in pending if not isinstance(outcome[r], _NotSubmitted))
+                    outcome = _llm_operator(wf, node, calls, rows, results, pending)
                 else:
                     outcome = _tool_operator(wf, node, tools, rows, results, pending)
                 for r, value in outcome.items():
@@ -68,16 +70,12 @@ def run_opwise(
         errors,
         wall_s=time.perf_counter() - clock,
         llm_calls_logical=len(rows) * llm_nodes,
-        llm_calls_executed=llm_executed,
+        llm_calls_executed=calls.executed,
         tool_calls_logical=len(rows) * (len(wf.nodes) - llm_nodes),
         tool_calls_executed=executed_tools,
     )
     counters.into(run)
     return run
-
-
-class _NotSubmitted(HaloError):
-    """The request failed before reaching the engine (render or validation error)."""
 
 
 def _context(node: GraphNode, results: Mapping[str, Any]) -> dict[str, Any]:
@@ -87,28 +85,27 @@ def _context(node: GraphNode, results: Mapping[str, Any]) -> dict[str, Any]:
 def _llm_operator(
     wf: WorkflowGraph,
     node: GraphNode,
-    engine: LLMEngine,
+    calls: EngineCalls,
     rows: Sequence[Mapping[str, Any]],
     results: list[dict[str, Any]],
     batch: list[int],
 ) -> dict[int, Any]:
-    """One engine batch: every row's request of `node`; a dict row -> result or exception."""
+    """One engine batch: every row's request of `node`, all in flight at once; a dict row -> result or exception."""
     out: dict[int, Any] = {}
-    by_request: dict[str, int] = {}
+    futures: dict[int, Future] = {}
     params = sampling_params(node)
     for r in batch:
         try:
             values = render_values(wf, node, rows[r], _context(node, results[r]))
-            by_request[engine.add_request(llm_prompt(node, values), params)] = r
         except (HaloError, ValueError) as exc:
-            out[r] = _NotSubmitted(str(exc))
-    while by_request:
-        for generated in engine.step():
-            r = by_request.pop(generated.request_id)
-            try:
-                out[r] = llm_result(node, generated.text)
-            except ValueError as exc:
-                out[r] = exc
+            out[r] = exc
+            continue
+        futures[r] = calls.submit(llm_prompt(node, values), params)
+    for r, future in futures.items():
+        try:
+            out[r] = llm_result(node, future.result().text)
+        except (HaloError, ValueError) as exc:
+            out[r] = exc
     return out
 
 

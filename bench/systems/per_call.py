@@ -4,6 +4,8 @@ Every row is an asyncio task that walks the DAG; each node starts as soon as its
 done. LLM calls go, one request each, to ONE shared engine that batches whatever is in flight
 (continuous batching) and reuses cached prompt prefixes; tool calls run as they come on a thread
 pool. No consolidation, no coalescing of equal calls, no tool cache: that is what Halo adds.
+
+The engine is stepped by Halo's own loop (`EngineCalls`), as a serving engine steps its own.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from halo.runtime.node_io import llm_prompt, llm_result, render_values, row_outp
 from halo.runtime.tools.tool_runner import ToolRunner
 from halo.spec.graph import GraphNode
 
-from bench.systems.engine_loop import EngineLoop
+from bench.systems.engine_calls import EngineCalls
 from bench.systems.system_run import EngineCounters, SystemRun, with_policy
 
 _FAILED = object()  # an upstream instance failed: this one does not run
@@ -33,9 +35,11 @@ def run_per_call(
     engine.reset_prefix_cache()
     counters = EngineCounters(engine)
     clock = time.perf_counter()
-    with ToolRunner(app.workflow, cache=False, coalesce=False, allowed_hosts=allowed_hosts) as tools:
-        loop = EngineLoop(engine)
-        outputs, errors = asyncio.run(_run_batch(app, rows, loop, tools))
+    with (
+        EngineCalls(engine) as calls,
+        ToolRunner(app.workflow, cache=False, coalesce=False, allowed_hosts=allowed_hosts) as tools,
+    ):
+        outputs, errors = asyncio.run(_run_batch(app, rows, calls, tools))
         executed_tools = tools.stats.executed
     wf = app.graph
     llm_nodes = sum(1 for n in wf.nodes if n.kind == "llm")
@@ -45,7 +49,7 @@ def run_per_call(
         errors,
         wall_s=time.perf_counter() - clock,
         llm_calls_logical=len(rows) * llm_nodes,
-        llm_calls_executed=loop.executed,
+        llm_calls_executed=calls.executed,
         tool_calls_logical=len(rows) * (len(wf.nodes) - llm_nodes),
         tool_calls_executed=executed_tools,
     )
@@ -54,24 +58,12 @@ def run_per_call(
 
 
 async def _run_batch(
-    app: CompiledWorkflow, rows: Sequence[Mapping[str, Any]], loop: EngineLoop, tools: ToolRunner
+    app: CompiledWorkflow, rows: Sequence[Mapping[str, Any]], calls: EngineCalls, tools: ToolRunner
 ) -> tuple[list[dict[str, Any]], dict[int, str]]:
-    stepper = asyncio.create_task(loop.run())
-    try:
-        done = await asyncio.gather(*(walk_row(app, row, _engine_generate(loop), tools) for row in rows))
-    finally:
-        loop.stop()
-        await stepper
+    done = await asyncio.gather(*(walk_row(app, row, calls.generate, tools) for row in rows))
     outputs = [out for out, _ in done]
     errors = {r: node for r, (_, node) in enumerate(done) if node is not None}
     return outputs, errors
-
-
-def _engine_generate(loop: EngineLoop) -> Generate:
-    async def generate(messages: list[dict[str, str]], params: SamplingParams) -> str:
-        return (await loop.generate(messages, params)).text
-
-    return generate
 
 
 async def walk_row(

@@ -2,7 +2,7 @@
 completion whose client goes away is aborted in the engine at once, like a streaming one; at the end
 of the shutdown grace period completions still generating end with a 503 in OpenAI's error shape
 (a stream: as its last event), and new ones are refused with 503 + Retry-After. Both ways a chat
-runs: on its own engine loop, and as a guest on a workflow's engine stepped by the online session."""
+runs: on a worker of its own and on a workflow's worker, both stepped by the online session."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ LONG = {
 
 @pytest.fixture(scope="module")
 def engines(checkpoint, tmp_path_factory):
-    """(the workflow app whose engine chat shares, a separate engine for the chat loop of its own)."""
+    """(the workflow app whose engine chat shares, a separate engine for chat on a worker of its own)."""
     import halo
     from halo.engine import LLMEngine
 
@@ -49,12 +49,12 @@ def engines(checkpoint, tmp_path_factory):
     app.close()
 
 
-@pytest.fixture(params=["own-loop", "session-guest"])
+@pytest.fixture(params=["own-worker", "session-guest"])
 def chat_server(request, engines):
     from halo.serve import ServeConfig, create_app
 
     app, own = engines
-    if request.param == "own-loop":
+    if request.param == "own-worker":
         server = start_server(create_app({}, own, ServeConfig(), shutdown_timeout_s=1.0))
         engine = own
     else:
@@ -72,7 +72,7 @@ def _until(predicate: Any, timeout_s: float, what: str) -> None:
 
 
 def _generating(server: Any, engine: Any) -> bool:
-    return server.state.loop.in_flight == 1 and engine.num_running + engine.num_waiting >= 1
+    return server.state.chat.in_flight == 1 and engine.num_running + engine.num_waiting >= 1
 
 
 def test_a_plain_chat_whose_client_goes_away_is_aborted(chat_server):
@@ -87,7 +87,7 @@ def test_a_plain_chat_whose_client_goes_away_is_aborted(chat_server):
     )
     _until(lambda: _generating(server, engine), 120, "the completion to start")
     sock.close()  # the client goes away without reading an answer
-    _until(lambda: server.state.loop.in_flight == 0 and not engine.has_unfinished(), 20, "the abort")
+    _until(lambda: server.state.chat.in_flight == 0 and not engine.has_unfinished(), 20, "the abort")
     assert server.state.admission.depth == 0
     assert server.state.metrics.chat_requests == 0  # aborted, not finished
     short = httpx.post(f"{server.url}/v1/chat/completions", json={**LONG, "max_tokens": 2}, timeout=120)
@@ -109,7 +109,7 @@ def test_chats_in_flight_at_the_end_of_the_grace_period_end_with_a_503_body(chat
     threads = [threading.Thread(target=plain), threading.Thread(target=stream)]
     for t in threads:
         t.start()
-    _until(lambda: server.state.loop.in_flight == 2, 120, "both completions to start")
+    _until(lambda: server.state.chat.in_flight == 2, 120, "both completions to start")
     server.state.begin_shutdown()  # what SIGTERM does; the grace period is 1 s
     refused = httpx.post(f"{server.url}/v1/chat/completions", json={**LONG, "max_tokens": 2}, timeout=30)
     assert refused.status_code == 503 and refused.headers["retry-after"] == "5"

@@ -182,11 +182,9 @@ def test_fifty_concurrent_clients_lose_nothing(model_server):
 
 def test_chat_shares_the_workflow_engine_while_an_epoch_runs(model_server, reference):
     from halo.engine import LLMEngine, SamplingParams
-    from halo.serve.session_chat import SessionChatLoop
-
     state = model_server.state
     mini = state.apps["mini"]
-    assert isinstance(state.loop, SessionChatLoop) and state.loop.engine is mini.engine()
+    assert state.chat.engine is mini.engine() and state.chat.requests.worker in mini.workers
     held = [e for app in state.apps.values() for w in app.workers for e in w.engines.engines.values()]
     assert len(held) == len(state.apps) and all(isinstance(e, LLMEngine) for e in held)  # chat added none
 
@@ -211,7 +209,8 @@ def test_chat_shares_the_workflow_engine_while_an_epoch_runs(model_server, refer
 
 
 def test_chat_on_its_own_engine_without_workflows(checkpoint, reference):
-    """No workflow shares the model: chat runs on the server's own `EngineLoop` (plain and streaming)."""
+    """No workflow shares the model: chat runs on a worker of its own, stepped by the server's session loop
+    (plain and streaming)."""
     import openai
     from halo.engine import LLMEngine, SamplingParams
     from halo.serve import ServeConfig, create_app

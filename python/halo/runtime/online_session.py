@@ -3,8 +3,9 @@
 Runs arrive from any thread (`execute`, which blocks its caller until the run ends) and join one
 `RunLoop`, ordered by age: a run's nodes enter the engines while older runs are still decoding, and
 older runs always get a worker's room first. Whatever else must touch an engine (chat completions
-sharing a workflow's engine) crosses to the loop thread through `call_soon`; `after_step` hooks run
-there after every iteration. Invariant: only the session thread steps the engines of attached apps.
+sharing a workflow's engine, `GuestRequests`) crosses to the loop thread through `call_soon`;
+`after_step` hooks run there after every iteration, `on_step_failure` hooks when a step fails outside
+any one run. Invariant: only the session thread steps the engines of attached apps.
 
 `close(grace_s)` takes no new runs, lets the runs in flight finish for up to `grace_s`, then cancels
 what is left: each cancelled caller gets `RunCancelled` (nothing is lost silently).
@@ -45,6 +46,7 @@ class OnlineSession:
         self._futures: dict[int, Future[ProcessorOutcome]] = {}  # owner -> its caller's future
         self._ages: dict[int, float] = {}
         self._hooks: list[Callable[[], None]] = []
+        self._failure_hooks: list[Callable[[BaseException], None]] = []
         self._closing = False
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="halo-online-session", daemon=True)
@@ -71,6 +73,10 @@ class OnlineSession:
     def after_step(self, hook: Callable[[], None]) -> None:
         """Call `hook` on the loop thread after every step (e.g. to stream new tokens)."""
         self.call_soon(lambda: self._hooks.append(hook))
+
+    def on_step_failure(self, hook: Callable[[BaseException], None]) -> None:
+        """Call `hook(exc)` on the loop thread when a step fails outside any one run (guest requests end)."""
+        self.call_soon(lambda: self._failure_hooks.append(hook))
 
     def add_guest_worker(self, worker: Any) -> None:
         """Step `worker` even when no run is active: it holds guest requests (chat)."""
@@ -148,6 +154,8 @@ class OnlineSession:
                 ended = list(self.loop.active)
                 for processor in ended:
                     self.loop.cancel(processor, exc)
+                for failed in self._failure_hooks:
+                    failed(exc)
             for processor in ended:
                 self._settle(processor)
             for hook in self._hooks:

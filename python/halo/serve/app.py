@@ -2,10 +2,10 @@
 
 The app does not own the workflows or the engine (whoever compiled them closes them); it owns the
 threads that run them, started with the app: one `OnlineSession` that every compiled workflow is
-attached to while the app runs (its loop thread steps all their engines, epochs overlapping), the
-epoch batcher, and the chat loop. When the chat engine *is* a workflow's engine (the same object),
-chat requests ride the session's loop (`SessionChatLoop`): one engine in memory, one thread stepping
-it; otherwise a separate `EngineLoop` owns the chat engine.
+attached to while the app runs (its loop thread steps all their engines, epochs overlapping, and the
+chat engine), and the epoch batcher. Chat completions are guest requests on that same loop
+(`ChatFront`): when the chat engine *is* a workflow's engine (the same object), they enter that
+workflow's worker (one engine in memory); otherwise the chat engine gets a worker of its own there.
 
 Shutdown (`ServeState.begin_shutdown`, called on SIGTERM or when the lifespan ends): no new work (new
 runs and chats get 503 with `Retry-After`, recorded nowhere), while reads (`GET /v1/runs/{id}`, its
@@ -32,11 +32,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from halo.runtime.guest_requests import GuestRequests
 from halo.runtime.llm_worker import LocalWorker
 from halo.runtime.online_session import OnlineSession
 from halo.serve.api_errors import ApiError, error_response
+from halo.serve.chat_front import ChatFront
 from halo.serve.config import ServeConfig
-from halo.serve.engine_loop import EngineLoop
 from halo.serve.epoch_batcher import EpochBatcher
 from halo.serve.metrics import LatencyMiddleware, Metrics
 from halo.serve.openai_routes import router as openai_router
@@ -45,7 +46,6 @@ from halo.serve.protection import AdmissionQueue, ProtectionMiddleware, authoriz
 from halo.serve.run_journal import RunJournal
 from halo.serve.run_record import RunRecord
 from halo.serve.run_store import RunStore
-from halo.serve.session_chat import SessionChatLoop
 from halo.serve.workflow_routes import router as workflow_router
 
 
@@ -55,8 +55,8 @@ class ServeState:
 
     config: ServeConfig
     apps: dict[str, Any]  # workflow name -> CompiledWorkflow
-    chat_models: list[str]  # model ids the engine loop answers to
-    loop: EngineLoop | None
+    chat_models: list[str]  # model ids the chat front answers to
+    chat: ChatFront | None
     batcher: EpochBatcher
     store: RunStore
     admission: AdmissionQueue
@@ -103,25 +103,24 @@ def create_app(
         resumable=journal is not None,
     )
     attachable = [a for a in workflows.values() if hasattr(a, "attach")]
-    session = OnlineSession() if attachable else None
-    loop: EngineLoop | None = None
-    if engine is not None:
+    session = OnlineSession() if attachable or engine is not None else None
+    chat: ChatFront | None = None
+    if engine is not None and session is not None:
 
         def on_chat_done(job: Any, r: Any) -> None:
             metrics.observe_chat(len(r.token_ids), r.prompt_tokens, r.cached_tokens)
 
         shared = _holder_of(engine, attachable)
-        if session is not None and shared is not None:
-            loop = SessionChatLoop(
-                engine, session, *shared, default_max_tokens=config.default_max_tokens, on_done=on_chat_done
-            )
+        if shared is not None:
+            requests = GuestRequests(session, *shared)
         else:
-            loop = EngineLoop(engine, default_max_tokens=config.default_max_tokens, on_done=on_chat_done)
+            requests = GuestRequests.on_engine(session, engine, model_name)
+        chat = ChatFront(requests, default_max_tokens=config.default_max_tokens, on_done=on_chat_done)
     state = ServeState(
         config,
         dict(workflows),
         [model_name] if engine is not None else [],
-        loop,
+        chat,
         batcher,
         store,
         admission,
@@ -136,7 +135,7 @@ def create_app(
         "queue_limit": lambda: admission.limit,
         "epoch_buffered_rows": lambda: batcher.buffered_rows,
         "epoch_running_rows": lambda: batcher.running_rows,
-        "chat_in_flight": lambda: loop.in_flight if loop is not None else 0,
+        "chat_in_flight": lambda: chat.in_flight if chat is not None else 0,
     }
 
     def drain() -> None:
@@ -163,8 +162,8 @@ def create_app(
             for compiled in attachable:
                 compiled.attach(session)
         batcher.start()
-        if loop is not None:
-            loop.start()
+        if chat is not None:
+            chat.start()
         for record in resumed:  # admitted by an earlier server, never finished: run them now
             admission.try_acquire(1)
             batcher.submit(record.workflow, [record])
@@ -269,8 +268,8 @@ def _drain(state: ServeState, attached: Sequence[Any], journal: RunJournal | Non
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     finished = state.batcher.close(grace)
-    if state.loop is not None:
-        state.loop.close(left())
+    if state.chat is not None:
+        state.chat.close(left())
     if state.session is not None:
         finished = state.session.close(left()) and finished
     state.batcher.cancel_unstarted()

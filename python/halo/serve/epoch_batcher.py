@@ -41,7 +41,10 @@ class BatcherClosed(Exception):
 
 
 @dataclass
-class Epoch:
+class ArrivalBatch:
+    """The rows of one workflow that arrived within one epoch window, run as one batch. (Not the plan's
+    `Epoch`, a step of an execution plan: this one is a window of arrivals.)"""
+
     index: int
     workflow: str
     opened: float  # monotonic time of its first row
@@ -76,9 +79,9 @@ class EpochBatcher:
         self.cancel_message = cancel_message
         self.resumable = resumable  # a journal keeps cancelled rows for the next server
         self._cond = threading.Condition()
-        self._open: dict[str, Epoch] = {}
-        self._ready: list[Epoch] = []
-        self._running: list[Epoch] = []
+        self._open: dict[str, ArrivalBatch] = {}
+        self._ready: list[ArrivalBatch] = []
+        self._running: list[ArrivalBatch] = []
         self._closing = False
         self._indices = itertools.count()
         self._thread = threading.Thread(target=self._loop, name="halo-epoch-dispatcher", daemon=True)
@@ -111,7 +114,7 @@ class EpochBatcher:
         for record in records:
             epoch = self._open.get(workflow)
             if epoch is None:
-                epoch = self._open[workflow] = Epoch(next(self._indices), workflow, time.monotonic())
+                epoch = self._open[workflow] = ArrivalBatch(next(self._indices), workflow, time.monotonic())
             epoch.records.append(record)
             if len(epoch.records) >= self.epoch_rows:
                 self._ready.append(self._open.pop(workflow))
@@ -176,7 +179,7 @@ class EpochBatcher:
                 self._runners = [r for r in self._runners if r.is_alive()] + [runner]
             runner.start()
 
-    def _next_epoch(self) -> Epoch | None:
+    def _next_epoch(self) -> ArrivalBatch | None:
         """The oldest closed epoch once a runner is free; None once closing and nothing is left."""
         while True:
             now = time.monotonic()
@@ -193,7 +196,7 @@ class EpochBatcher:
             deadlines = [e.opened + self.epoch_s for e in self._open.values()]
             self._cond.wait(max(0.0, min(deadlines) - now) if deadlines else None)
 
-    def _absorb(self, epoch: Epoch) -> None:
+    def _absorb(self, epoch: ArrivalBatch) -> None:
         """Merge into `epoch` the later closed epochs of its workflow that waited for a runner, while it
         holds at most `merge_rows` (and `epoch_rows`) rows: under load, epochs grow instead of
         queueing, so the engines get more rows to batch and consolidate at once. The cap keeps epochs a
@@ -204,7 +207,7 @@ class EpochBatcher:
                 self._ready.remove(other)
                 epoch.records.extend(other.records)
 
-    def _run(self, epoch: Epoch) -> None:
+    def _run(self, epoch: ArrivalBatch) -> None:
         records = epoch.records
         self.store.mark_running(records, epoch.index)
         clock = time.perf_counter()
@@ -269,7 +272,7 @@ class EpochBatcher:
                 self._cond.notify_all()
             self.on_finished(len(records) - released)
 
-    def _cancel(self, epoch: Epoch, *, count: bool = True) -> None:
+    def _cancel(self, epoch: ArrivalBatch, *, count: bool = True) -> None:
         for record in epoch.records:
             if not record.done:
                 self.store.cancel(record, self.cancel_message, resumable=self.resumable)

@@ -1,4 +1,4 @@
-"""`POST /v1/chat/completions` (plain and `stream: true`) and `GET /v1/models`, on the engine loop.
+"""`POST /v1/chat/completions` (plain and `stream: true`) and `GET /v1/models`, through the `ChatFront`.
 
 A completion whose client goes away is aborted in the engine at once, streaming or not: a plain one
 watches the connection while it waits (`until_disconnected`), so it does not hold its slot in the batch
@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from halo.errors import HaloError, InvalidRequestError
 from halo.serve.api_errors import ApiError, error_body
-from halo.serve.engine_loop import ChatCancelled, ChatJob, EngineLoopClosed
+from halo.serve.chat_front import Accepted, ChatCancelled, ChatClosed, ChatJob, Delta, Done, Failed
 from halo.serve.openai_schemas import (
     ChatCompletionRequest,
     UnsupportedField,
@@ -67,25 +67,26 @@ async def chat_completions(request: Request) -> JSONResponse | StreamingResponse
     except InvalidRequestError as exc:
         raise ApiError(400, str(exc)) from None
     _check_model(state, chat.model)
-    if state.loop is None:
+    if state.chat is None:
         raise ApiError(404, "this server serves no chat model", code="model_not_found", param="model")
     if not state.admission.try_acquire(1):
         state.metrics.reject("queue_full")
         raise queue_full(state)
     job = ChatJob(messages, params, chat.requested_max_tokens(), chat.stream, asyncio.get_running_loop())
     try:
-        state.loop.submit(job)
-        kind, value = await job.events.get()
-    except EngineLoopClosed as exc:
+        state.chat.submit(job)
+        first = await job.events.get()
+    except ChatClosed as exc:
         state.admission.release(1)
         raise shutting_down(state, str(exc)) from None
     except BaseException:
-        state.loop.abort(job)
+        state.chat.abort(job)
         state.admission.release(1)
         raise
-    if kind == "error":
+    if isinstance(first, Failed):
         state.admission.release(1)
-        raise _engine_error(value)
+        raise _engine_error(first.error)
+    assert isinstance(first, Accepted)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     if not chat.stream:
         try:
@@ -106,16 +107,16 @@ async def _complete(state: Any, request: Request, job: ChatJob, completion_id: s
             await asyncio.wait({event, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not event.done():
                 event.cancel()
-                state.loop.abort(job)
+                state.chat.abort(job)
                 # Nobody reads this answer; it only ends the handler in the server's error shape.
                 return JSONResponse(error_body(499, "the client closed the connection"), status_code=499)
-            kind, value = event.result()
-            if kind == "error":
-                raise _engine_error(value)
-            if kind == "done":
-                return JSONResponse(completion_json(completion_id, model, value))
+            match event.result():
+                case Failed(error):
+                    raise _engine_error(error)
+                case Done(result):
+                    return JSONResponse(completion_json(completion_id, model, result))
     except asyncio.CancelledError:
-        state.loop.abort(job)
+        state.chat.abort(job)
         raise
     finally:
         gone.cancel()
@@ -136,23 +137,23 @@ async def _stream(state: Any, job: ChatJob, completion_id: str, model: str, incl
     try:
         yield _sse(chunk_json(completion_id, model, created, {"role": "assistant", "content": ""}))
         while True:
-            kind, value = await job.events.get()
-            if kind == "delta":
-                yield _sse(chunk_json(completion_id, model, created, {"content": value}))
-            elif kind == "error":
+            event = await job.events.get()
+            if isinstance(event, Delta):
+                yield _sse(chunk_json(completion_id, model, created, {"content": event.text}))
+            elif isinstance(event, Failed):
                 finished = True
-                yield _sse(_engine_error(value).response_body())
+                yield _sse(_engine_error(event.error).response_body())
                 break
-            elif kind == "done":
+            elif isinstance(event, Done):
                 finished = True
-                yield _sse(chunk_json(completion_id, model, created, {}, value.finish_reason))
+                yield _sse(chunk_json(completion_id, model, created, {}, event.result.finish_reason))
                 if include_usage:
-                    yield _sse(chunk_json(completion_id, model, created, None, usage_=usage(value)))
+                    yield _sse(chunk_json(completion_id, model, created, None, usage_=usage(event.result)))
                 break
         yield "data: [DONE]\n\n"
     finally:
         if not finished:  # the client went away: stop generating for it
-            state.loop.abort(job)
+            state.chat.abort(job)
         state.admission.release(1)
 
 
