@@ -270,7 +270,12 @@ class LLMEngine:
         params: SamplingParams | Seq[SamplingParams] | None = None,
         progress: bool = False,
     ) -> list[GenerationResult]:
-        """Generate for every prompt; results in prompt order. All prompts are validated first."""
+        """Generate for every prompt; results in prompt order. All prompts are validated first.
+
+        The engine's own offline API, stepping it on the caller's thread until these prompts finish. The
+        runtime's one loop (`halo.runtime.run_loop.RunLoop`) never calls it; what does is meant to see
+        the engine alone: `halo generate`, and the plain per-call reference (`runtime/serial.py`) that
+        the fidelity tests hold the run loop's outputs against."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
             raise InvalidRequestError("generate() takes a list of prompts; wrap a single prompt in a list")
         plist = list(params) if isinstance(params, (list, tuple)) else [params or SamplingParams()] * len(prompts)

@@ -1,7 +1,8 @@
 """Profile a real LLMEngine over a small grid of step shapes and fit its LatencyCurves.
 
 Every sample is the best of a few timings of one ``engine.step()`` (the minimum is the least
-disturbed by other work on a shared machine). Prompts are random ordinary tokens, fresh for every
+disturbed by other work on a shared machine). It steps the engine itself, not through the run
+loop, because what it measures is one step at a shape it sets up; a loop would add its own time. Prompts are random ordinary tokens, fresh for every
 timing so nothing is served from the prefix cache unless a sample asks for a cached prefix.
 The KV copy bandwidth is the best of a few export + import round trips of one cached prefix; the
 model load time is measured by whoever built the engine (``halo profile`` times the constructor).
