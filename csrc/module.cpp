@@ -10,9 +10,6 @@ void bind_cpu_attention(py::module_& m);
 void bind_plan(py::module_& m);  // plan cost evaluator and epoch DP
 void bind_ring_buffer(py::module_& m);  // also cuda_enabled(): the ring buffer's pinning depends on it
 void bind_scheduler_core(py::module_& m);
-#ifdef HALO_WITH_CUDA
-void bind_cuda_block_copy(py::module_& m);  // csrc/cuda, only in a HALO_CUDA=ON build
-#endif
 }  // namespace halo
 
 PYBIND11_MODULE(_core, m) {
@@ -23,7 +20,4 @@ PYBIND11_MODULE(_core, m) {
   halo::bind_ring_buffer(m);
   halo::bind_scheduler_core(m);
   halo::bind_plan(m);
-#ifdef HALO_WITH_CUDA
-  halo::bind_cuda_block_copy(m);
-#endif
 }

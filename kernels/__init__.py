@@ -1,8 +1,9 @@
 """Triton kernels (paged attention, KV block copy) and their torch references.
 
-Importing this package never imports triton: the torch references and `swap_blocks` are here
-directly, and the Triton wrappers load on first access (`halo.kernels.paged_decode_attention`, or
-`from halo.kernels import copy_blocks`). Check `triton_available()` before using them. Under
+Importing this package never imports triton: the torch references and `copy_blocks` (the one KV
+block copy, which imports its Triton kernel only when it runs on a GPU) are here directly, and the
+Triton attention wrappers load on first access (`halo.kernels.paged_decode_attention`, or
+`from halo.kernels import store_kv`). Check `triton_available()` before using them. Under
 TRITON_INTERPRET=1 the variable must be set before that first access; Triton fixes the mode when
 a kernel module is imported.
 """
@@ -15,7 +16,8 @@ from typing import Any
 
 import torch
 
-from .block_swap import swap_blocks
+from .block_copy import CopyBackend, copy_backend_for, copy_blocks
+from .layout import BlockIds
 from .reference import (
     copy_blocks_ref,
     paged_decode_attention_ref,
@@ -25,11 +27,14 @@ from .reference import (
 
 # The Triton wrappers are left out of __all__ so that `import *` never imports triton.
 __all__ = [
+    "BlockIds",
+    "CopyBackend",
+    "copy_backend_for",
+    "copy_blocks",
     "copy_blocks_ref",
     "paged_decode_attention_ref",
     "paged_prefill_attention_ref",
     "store_kv_ref",
-    "swap_blocks",
     "triton_available",
 ]
 
@@ -37,7 +42,6 @@ _TRITON_ATTRS = {
     "paged_decode_attention": "triton_paged_attention",
     "paged_prefill_attention": "triton_paged_attention",
     "store_kv": "triton_paged_attention",
-    "copy_blocks": "triton_block_copy",
 }
 
 

@@ -40,8 +40,7 @@ def _compiled(name: str) -> ModuleType:
     """A Triton kernel module, compiled (not interpreted), or skip."""
     pytest.importorskip("triton", reason="triton is not installed (pip install 'halo[triton]')")
     if _interpreted_here():
-        pytest.skip("Triton kernels are interpreted in this process; "
-                    "test_compiled_in_fresh_process runs these")
+        pytest.skip("Triton kernels are interpreted in this process; test_compiled_in_fresh_process runs these")
     return importlib.import_module(f"halo.kernels.{name}")
 
 
@@ -52,8 +51,13 @@ def test_compiled_in_fresh_process() -> None:
         pytest.fail("kernels are interpreted even in a fresh process: is TRITON_INTERPRET set by a conftest?")
     env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
     env[_CHILD_MARK] = "1"  # the child must never start another child
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
 
 
@@ -82,8 +86,7 @@ def test_empty_sequences() -> None:
     shape = testing.AttentionShape(16, 8, 2, 128)
     err = testing.decode_error(tpa.paged_decode_attention, shape, [0, 19, 0], torch.float32, "cuda", 1)
     assert err < 1e-5
-    err = testing.prefill_error(tpa.paged_prefill_attention, shape, [5, 0, 40], [5, 0, 33], torch.float32,
-                                "cuda", 2)
+    err = testing.prefill_error(tpa.paged_prefill_attention, shape, [5, 0, 40], [5, 0, 33], torch.float32, "cuda", 2)
     assert err < 1e-5
 
 
@@ -103,7 +106,10 @@ def test_store_kv_matches_reference(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_copy_blocks_is_exact(dtype: torch.dtype) -> None:
-    tbc = _compiled("triton_block_copy")
+    # kernels.copy_blocks picks the Triton kernel on CUDA by itself; the torch backend on the same
+    # device tensors is the reference.
+    _compiled("triton_block_copy")
+    assert kernels.copy_backend_for(torch.device("cuda")) == "triton"
     pool = torch.randn(64, 2, 16 * 8 * 128 + 64, device="cuda").to(dtype)
     k, v = (pool[:, i, : 16 * 8 * 128].view(64, 16, 8, 128) for i in range(2))
     other_k = torch.randn(32, 16, 8, 128, device="cuda").to(dtype)
@@ -111,25 +117,45 @@ def test_copy_blocks_is_exact(dtype: torch.dtype) -> None:
     cases = [
         (k, v, k, v, [3], [40]),  # copy-on-write
         (k, v, k, v, list(range(50, 60)), list(range(10))),  # compaction
-        (k, v, other_k, other_v, torch.arange(20, 28, device="cuda", dtype=torch.int32),
-         torch.arange(8, device="cuda")),  # migration, ids already on the device
+        (
+            k,
+            v,
+            other_k,
+            other_v,
+            torch.arange(20, 28, device="cuda", dtype=torch.int32),
+            torch.arange(8, device="cuda"),
+        ),  # migration, ids already on the device
     ]
     for src_k, src_v, dst_k, dst_v, src_ids, dst_ids in cases:
         expect_k, expect_v = dst_k.clone(), dst_v.clone()
-        src = torch.as_tensor(src_ids, device="cuda").long()
-        dst = torch.as_tensor(dst_ids, device="cuda").long()
         same = dst_k is src_k
-        reference.copy_blocks_ref(expect_k if same else src_k, expect_v if same else src_v,
-                                  expect_k, expect_v, src, dst)
-        tbc.copy_blocks(src_k, src_v, dst_k, dst_v, src_ids, dst_ids)
+        kernels.copy_blocks(
+            expect_k if same else src_k,
+            expect_v if same else src_v,
+            expect_k,
+            expect_v,
+            src_ids,
+            dst_ids,
+            backend="torch",
+        )
+        kernels.copy_blocks(src_k, src_v, dst_k, dst_v, src_ids, dst_ids)
         assert torch.equal(dst_k, expect_k) and torch.equal(dst_v, expect_v)
 
 
-def test_swap_blocks_round_trip_is_bit_identical() -> None:
-    k = torch.randn(16, 16, 2, 64, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn_like(k)
-    host_k = torch.zeros(8, 16, 2, 64, dtype=torch.bfloat16, pin_memory=True)
-    host_v = torch.zeros_like(host_k)
-    kernels.swap_blocks(k, v, host_k, host_v, [3, 7, 11], [0, 1, 2])  # offload
-    kernels.swap_blocks(host_k, host_v, k, v, [0, 1, 2], [12, 13, 14])  # prefetch elsewhere
-    assert torch.equal(k[12:15], k[[3, 7, 11]]) and torch.equal(v[12:15], v[[3, 7, 11]])
+def test_kv_cache_swap_round_trip_is_bit_identical() -> None:
+    # The engine's gather (pool -> device staging), a trip through host memory, and scatter
+    # (staging -> pool) into other, non-contiguous blocks.
+    from halo.engine.kv_cache import KVCache
+    from halo.engine.model_config import ModelConfig
+
+    _compiled("triton_block_copy")
+    config = ModelConfig("gpu-copy-test", 4, 256, 8, 2, 64, 512, 512, 1e4, 1e-5, 1024, True)
+    kv = KVCache(config, num_blocks=16, block_size=16, dtype=torch.bfloat16, device="cuda")
+    assert kv.copy_backend == "triton"
+    kv.k.normal_()
+    kv.v.normal_()
+    k, v = kv.read_blocks([3, 7, 11])
+    host_k, host_v = k.cpu(), v.cpu()  # offload
+    kv.write_blocks([12, 0, 14], host_k, host_v)  # prefetch elsewhere
+    assert torch.equal(kv.k[:, :, [12, 0, 14]], kv.k[:, :, [3, 7, 11]])
+    assert torch.equal(kv.v[:, :, [12, 0, 14]], kv.v[:, :, [3, 7, 11]])

@@ -17,13 +17,18 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed (pip install 'halo[triton]')")
 
 from halo import kernels  # noqa: E402
+from halo.engine.kv_cache import KVCache  # noqa: E402
+from halo.engine.model_config import ModelConfig  # noqa: E402
 from halo.kernels import reference, testing  # noqa: E402
 from halo.kernels import triton_block_copy as tbc  # noqa: E402
 from halo.kernels import triton_paged_attention as tpa  # noqa: E402
 
-if not tpa._INTERPRETED:
-    pytest.fail("halo.kernels' Triton modules were imported before TRITON_INTERPRET=1 was set in this "
-                "process; run this file in its own pytest process", pytrace=False)
+if not (tpa._INTERPRETED and tbc._INTERPRETED):
+    pytest.fail(
+        "halo.kernels' Triton modules were imported before TRITON_INTERPRET=1 was set in this "
+        "process; run this file in its own pytest process",
+        pytrace=False,
+    )
 # The kernels are now interpreted for good, but triton still reads the variable at launch. Keep it
 # set only while this module's tests run, so that it does not leak into other test modules of the
 # process (their triton_available(), their subprocesses, the GPU test module).
@@ -33,6 +38,7 @@ del os.environ["TRITON_INTERPRET"]
 @pytest.fixture(autouse=True)
 def _interpret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPES = testing.ATTENTION_SHAPES
@@ -61,8 +67,7 @@ def test_empty_sequences() -> None:
     shape = testing.AttentionShape(8, 4, 2, 64)
     err = testing.decode_error(tpa.paged_decode_attention, shape, [0, 19], torch.float32, "cpu", 7)
     assert err < 1e-5
-    err = testing.prefill_error(tpa.paged_prefill_attention, shape, [5, 0, 12], [5, 0, 4], torch.float32,
-                                "cpu", 8)
+    err = testing.prefill_error(tpa.paged_prefill_attention, shape, [5, 0, 12], [5, 0, 4], torch.float32, "cpu", 8)
     assert err < 1e-5
 
 
@@ -76,24 +81,27 @@ def test_chunked_prefill_then_decode_matches_dense_attention() -> None:
     k_cache = torch.full((8, block_size, kv_heads, dim), float("nan"))
     v_cache = torch.full_like(k_cache, float("nan"))
     block_table = torch.tensor([[5, 2, 7, 1]], dtype=torch.int32)
-    scale = dim ** -0.5
+    scale = dim**-0.5
     group = heads // kv_heads
     dense = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(0, 1), k.repeat_interleave(group, 1).transpose(0, 1),
-        v.repeat_interleave(group, 1).transpose(0, 1), is_causal=True, scale=scale).transpose(0, 1)
+        q.transpose(0, 1),
+        k.repeat_interleave(group, 1).transpose(0, 1),
+        v.repeat_interleave(group, 1).transpose(0, 1),
+        is_causal=True,
+        scale=scale,
+    ).transpose(0, 1)
     start = 0
     for n in chunks:
         pos = torch.arange(start, start + n)
         slots = block_table[0, pos // block_size].long() * block_size + pos % block_size
-        tpa.store_kv(k[start:start + n], v[start:start + n], k_cache, v_cache, slots)
+        tpa.store_kv(k[start : start + n], v[start : start + n], k_cache, v_cache, slots)
         ctx = torch.tensor([start + n], dtype=torch.int32)
         if n == 1:
-            out = tpa.paged_decode_attention(q[start:start + 1], k_cache, v_cache, block_table, ctx, scale)
+            out = tpa.paged_decode_attention(q[start : start + 1], k_cache, v_cache, block_table, ctx, scale)
         else:
             cu = testing.cu_seqlens([n], "cpu")
-            out = tpa.paged_prefill_attention(q[start:start + n], cu, k_cache, v_cache, block_table, ctx,
-                                              scale)
-        assert testing.rel_error(out, dense[start:start + n]) < 1e-5, f"chunk at {start}"
+            out = tpa.paged_prefill_attention(q[start : start + n], cu, k_cache, v_cache, block_table, ctx, scale)
+        assert testing.rel_error(out, dense[start : start + n]) < 1e-5, f"chunk at {start}"
         start += n
 
 
@@ -109,47 +117,85 @@ def test_store_kv_matches_reference(dtype: torch.dtype, head_major: bool) -> Non
     assert torch.equal(kv.k_cache, expect_k) and torch.equal(kv.v_cache, expect_v)
 
 
-def _pool(num_blocks: int, dtype: torch.dtype, seed: int,
-          head_major: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _pool(
+    num_blocks: int, dtype: torch.dtype, seed: int, head_major: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     # Random (non-NaN, so torch.equal works) caches of block shape [4, 2, 16] in either layout.
-    kv = testing.make_paged_kv([4 * (num_blocks - 1)], 4, 2, 16, dtype, "cpu", seed, spare_blocks=0,
-                               poison=False, head_major=head_major)
+    kv = testing.make_paged_kv(
+        [4 * (num_blocks - 1)], 4, 2, 16, dtype, "cpu", seed, spare_blocks=0, poison=False, head_major=head_major
+    )
     return kv.k_cache, kv.v_cache
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_copy_blocks_is_exact(dtype: torch.dtype) -> None:
+def test_copy_blocks_triton_matches_torch(dtype: torch.dtype) -> None:
+    # kernels.copy_blocks, the entry point the engine uses, with each backend on the same inputs:
+    # the torch backend is the reference.
     k, v = _pool(12, dtype, seed=1)
     other_k, other_v = _pool(6, dtype, seed=2, head_major=True)
+    staging_k, staging_v = _pool(4, dtype, seed=3, head_major=True)
     cases = [
         (k, v, k, v, [3], [9]),  # copy-on-write of a shared block
         (k, v, k, v, [10, 11, 7], [0, 1, 2]),  # compaction
         (k, v, other_k, other_v, torch.tensor([4, 9, 8], dtype=torch.int32), [5, 1, 0]),  # migration
         (other_k, other_v, k, v, torch.tensor([2, 3]), torch.tensor([11, 4])),
+        (k, v, staging_k, staging_v, [9, 2, 6, 3], [0, 1, 2, 3]),  # gather into a whole staging buffer
+        (staging_k, staging_v, k, v, [0, 1, 2, 3], [8, 1, 10, 5]),  # scatter a whole staging buffer
         (k, v, k, v, [], []),
     ]
     for src_k, src_v, dst_k, dst_v, src_ids, dst_ids in cases:
         expect_k, expect_v = dst_k.clone(), dst_v.clone()
+        same = dst_k is src_k
+        kernels.copy_blocks(
+            expect_k if same else src_k,
+            expect_v if same else src_v,
+            expect_k,
+            expect_v,
+            src_ids,
+            dst_ids,
+            backend="torch",
+        )
+        kernels.copy_blocks(src_k, src_v, dst_k, dst_v, src_ids, dst_ids, backend="triton")
+        assert torch.equal(dst_k, expect_k) and torch.equal(dst_v, expect_v), f"{src_ids} -> {dst_ids}"
         src = torch.as_tensor(src_ids, dtype=torch.int64)
         dst = torch.as_tensor(dst_ids, dtype=torch.int64)
-        same = dst_k is src_k
-        reference.copy_blocks_ref(expect_k if same else src_k, expect_v if same else src_v,
-                                  expect_k, expect_v, src, dst)
-        tbc.copy_blocks(src_k, src_v, dst_k, dst_v, src_ids, dst_ids)
-        assert torch.equal(dst_k, expect_k) and torch.equal(dst_v, expect_v), f"{src_ids} -> {dst_ids}"
+        if src.numel():  # and the reference did what it says
+            assert torch.equal(dst_k[dst], (expect_k if same else src_k)[src])
 
 
-def test_swap_blocks_reads_before_writing() -> None:
-    k, v = _pool(8, torch.float32, seed=4, head_major=True)
-    expect_k, expect_v = k.clone(), v.clone()
-    src, dst = torch.tensor([1, 2, 3]), torch.tensor([2, 3, 4])  # overlapping, within one pool
-    reference.copy_blocks_ref(expect_k, expect_v, expect_k, expect_v, src, dst)
-    kernels.swap_blocks(k, v, k, v, src, dst)
-    assert torch.equal(k, expect_k) and torch.equal(v, expect_v)
-    host_k, host_v = torch.zeros(3, 4, 2, 16), torch.zeros(3, 4, 2, 16)
-    kernels.swap_blocks(k, v, host_k, host_v, [5, 6, 7], [0, 1, 2])  # swap out ...
-    kernels.swap_blocks(host_k, host_v, k, v, [0, 1, 2], [0, 1, 2])  # ... and back elsewhere
-    assert torch.equal(k[:3], k[5:]) and torch.equal(v[:3], v[5:])
+def _kv_cache(backend: str, seed: int) -> KVCache:
+    # The engine's pool: 3 layers, 2 KV heads, 10 blocks of 4 tokens, head_dim 8, random contents.
+    config = ModelConfig("copy-test", 3, 32, 4, 2, 8, 64, 64, 1e4, 1e-5, 256, True)
+    kv = KVCache(config, num_blocks=10, block_size=4, dtype=torch.float32, copy_backend=backend)
+    gen = torch.Generator().manual_seed(seed)
+    kv.k.copy_(torch.randn(kv.k.shape, generator=gen))
+    kv.v.copy_(torch.randn(kv.v.shape, generator=gen))
+    return kv
+
+
+def test_kv_cache_gather_and_scatter_triton_match_torch() -> None:
+    # KVCache.read_blocks (pool -> staging: swap-out, export) and write_blocks (staging -> pool:
+    # swap-in, import) through the Triton kernel against the torch path, with non-contiguous,
+    # unordered block ids and a sliced staging source, as import_prefix passes.
+    kv_torch, kv_triton = _kv_cache("torch", seed=5), _kv_cache("triton", seed=5)
+    assert (kv_torch.copy_backend, kv_triton.copy_backend) == ("torch", "triton")
+    blocks = [7, 2, 9, 4]
+    k_ref, v_ref = kv_torch.read_blocks(blocks)
+    k_tri, v_tri = kv_triton.read_blocks(torch.tensor(blocks))
+    assert torch.equal(k_tri, k_ref) and torch.equal(v_tri, v_ref)
+    assert torch.equal(k_ref, kv_torch.k[:, :, blocks].flatten(2, 3))  # the reference is right, too
+
+    gen = torch.Generator().manual_seed(6)
+    staged_k = torch.randn(kv_torch.staging_shape(5), generator=gen)
+    staged_v = torch.randn(staged_k.shape, generator=gen)
+    for kv in (kv_torch, kv_triton):
+        kv.write_blocks([8, 0, 5], staged_k[:, :, 8:], staged_v[:, :, 8:])  # the last 3 of 5 blocks
+    assert torch.equal(kv_triton.k, kv_torch.k) and torch.equal(kv_triton.v, kv_torch.v)
+    assert torch.equal(kv_torch.k[:, :, [8, 0, 5]].flatten(2, 3), staged_k[:, :, 8:])
+
+    out = (torch.empty(kv_triton.staging_shape(3)), torch.empty(kv_triton.staging_shape(3)))
+    k_back, v_back = kv_triton.read_blocks([8, 0, 5], out=out)  # the swapper gathers into its buffer
+    assert k_back is out[0] and torch.equal(k_back, staged_k[:, :, 8:]) and torch.equal(v_back, staged_v[:, :, 8:])
 
 
 def test_wrappers_reject_bad_inputs() -> None:
@@ -170,12 +216,17 @@ def test_wrappers_reject_bad_inputs() -> None:
     with pytest.raises(ValueError, match="cu_seqlens_q must be int32"):
         tpa.paged_prefill_attention(q, torch.tensor([0, 1]), *args)
     k, v = _pool(4, torch.float32, seed=0)
-    with pytest.raises(ValueError, match="both source and destination"):
-        tbc.copy_blocks(k, v, k, v, [0, 1], [1, 2])
-    with pytest.raises(ValueError, match="unique"):
-        tbc.copy_blocks(k, v, k, v, [0, 1], [2, 2])
-    with pytest.raises(ValueError, match="out of range"):
-        kernels.swap_blocks(k, v, k, v, [0], [4])
+    for backend in ("torch", "triton"):
+        with pytest.raises(ValueError, match="both source and destination"):
+            kernels.copy_blocks(k, v, k, v, [0, 1], [1, 2], backend=backend)
+        with pytest.raises(ValueError, match="unique"):
+            kernels.copy_blocks(k, v, k, v, [0, 1], [2, 2], backend=backend)
+        with pytest.raises(ValueError, match="out of range"):
+            kernels.copy_blocks(k, v, k, v, [0], [4], backend=backend)
+        with pytest.raises(ValueError, match="block shapes differ"):
+            kernels.copy_blocks(k, v, k[:, :2], v[:, :2], [0], [1], backend=backend)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kernels.copy_blocks(k, v, k, v, [0], [1], backend="cuda")  # type: ignore[arg-type]
 
 
 def test_package_import_leaves_triton_alone() -> None:
@@ -189,7 +240,8 @@ def test_package_import_leaves_triton_alone() -> None:
         "sys.modules['triton'] = None\n"
         "assert not k.triton_available()\n"
         "a = torch.randn(3, 4, 1, 8); b = torch.zeros(2, 4, 1, 8)\n"
-        "k.swap_blocks(a, a, b, b, [2, 0], [0, 1]); assert torch.equal(b[1], a[0])\n"
+        "k.copy_blocks(a, a, b, b, [2, 0], [0, 1]); assert torch.equal(b[1], a[0])\n"
+        "assert 'triton' not in sys.modules or sys.modules['triton'] is None\n"
     )
     # TRITON_INTERPRET=1 is inherited, so only the missing triton can make it say False.
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

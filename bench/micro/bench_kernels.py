@@ -16,7 +16,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from halo.kernels import copy_blocks_ref, paged_decode_attention_ref, swap_blocks, testing
+from halo.kernels import copy_blocks, copy_blocks_ref, paged_decode_attention_ref, testing
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -79,7 +79,7 @@ def test_decode_attention_ref_cpu(benchmark, dtype: torch.dtype) -> None:
     _report(benchmark, "reference decode attention, 8 x 512 tokens", kv_bytes, dtype, "cpu")
 
 
-@pytest.mark.parametrize("copy", [swap_blocks, copy_blocks_ref], ids=["swap_blocks", "copy_blocks_ref"])
+@pytest.mark.parametrize("copy", [copy_blocks, copy_blocks_ref], ids=["copy_blocks", "copy_blocks_ref"])
 def test_block_copy_cpu(benchmark, copy: Callable[..., None]) -> None:
     k, v = _pool(1024, 3, 64, torch.float32, "cpu")
     src, dst = _copy_ids(1024, 256)
@@ -92,9 +92,9 @@ def test_swap_out_cpu(benchmark) -> None:
     k, v = _pool(1024, 3, 64, torch.float32, "cpu")
     host_k, host_v = _pool(256, 3, 64, torch.float32, "cpu")
     src, _ = _copy_ids(1024, 256)
-    benchmark(swap_blocks, k, v, host_k, host_v, src, torch.arange(256))
+    benchmark(copy_blocks, k, v, host_k, host_v, src, torch.arange(256))
     moved = 2 * 2 * 256 * k[0].numel() * k.element_size()
-    _report(benchmark, "swap_blocks, 256 blocks to a second pool", moved, torch.float32, "cpu")
+    _report(benchmark, "copy_blocks, 256 blocks to a second pool", moved, torch.float32, "cpu")
 
 
 @needs_cuda
@@ -118,9 +118,9 @@ def test_decode_attention_ref_cuda(benchmark) -> None:
 
 @needs_cuda
 def test_copy_blocks_triton_cuda(benchmark) -> None:
-    tbc = _triton_module("triton_block_copy")
+    _triton_module("triton_block_copy")  # skips when interpreted or without triton
     k, v = _pool(8192, 8, 128, torch.bfloat16, "cuda")
     src, dst = (ids.cuda() for ids in _copy_ids(8192, 2048))
-    benchmark(_synced(lambda: tbc.copy_blocks(k, v, k, v, src, dst), "cuda"))
+    benchmark(_synced(lambda: copy_blocks(k, v, k, v, src, dst), "cuda"))
     moved = 2 * 2 * 2048 * k[0].numel() * k.element_size()
     _report(benchmark, "Triton copy_blocks, 2048 blocks within one pool", moved, torch.bfloat16, "cuda")

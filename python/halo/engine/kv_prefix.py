@@ -2,8 +2,10 @@
 
 This is what KV migration moves between engines: one engine exports the blocks of a prefix it has
 cached, another imports them into its own pool and radix tree, so requests there starting with that
-prefix skip its prefill. Between processes on one host the tensors travel through a named POSIX
-shared-memory segment: the receiver maps it and copies straight into its pool.
+prefix skip its prefill. Both ends move the blocks with ``KVCache.read_blocks``/``write_blocks``,
+the engine's one block copy (``halo.kernels.copy_blocks``). Between processes on one host the
+tensors travel through a named POSIX shared-memory segment: the receiver maps it and copies
+straight into its pool.
 """
 
 from __future__ import annotations

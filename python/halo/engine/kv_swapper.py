@@ -1,7 +1,9 @@
 """KV offload under pool pressure: a preempted sequence's blocks go to host memory and come back.
 
-Transfers stage through ``halo._core.RingBuffer`` (page-locked when CUDA is present): one side fills
-fixed-size slots, the other drains them, so on a GPU the device copy and the host copy overlap. A
+Blocks leave and enter the pool through ``KVCache.read_blocks``/``write_blocks`` (the one block copy,
+``halo.kernels.copy_blocks``) into a staging buffer on the pool's device; between that buffer and host
+memory, transfers go through ``halo._core.RingBuffer`` (page-locked when CUDA is present): one side
+fills fixed-size slots, the other drains them, so on a GPU the device copy and the host copy overlap. A
 sequence is swapped only when moving its KV out and back is predicted cheaper than recomputing it,
 from a copy bandwidth measured through the ring at start-up and the model's prefill rate.
 """
@@ -22,7 +24,7 @@ from halo.engine.sequence import Sequence
 class SwappedKV:
     num_tokens: int  # computed tokens whose KV is saved
     num_blocks: int
-    data: torch.Tensor  # uint8 host copy: K blocks then V blocks, as KVCache.read_blocks lays them out
+    data: torch.Tensor  # uint8 host copy: K blocks then V blocks, each laid out as KVCache.staging_shape
 
 
 @dataclass
@@ -37,8 +39,14 @@ class SwapStats:
 class KVSwapper:
     """Owns the host swap space and the staging ring. Single engine thread; transfers use one helper thread."""
 
-    def __init__(self, kv: KVCache, prefill_tokens_per_s: float, host_budget_bytes: int,
-                 slot_bytes: int = 1 << 20, num_slots: int = 8) -> None:
+    def __init__(
+        self,
+        kv: KVCache,
+        prefill_tokens_per_s: float,
+        host_budget_bytes: int,
+        slot_bytes: int = 1 << 20,
+        num_slots: int = 8,
+    ) -> None:
         from halo._core import RingBuffer  # imported here so the engine package imports without it
 
         self.kv = kv
@@ -74,10 +82,10 @@ class KVSwapper:
     def swap_out(self, seq: Sequence) -> None:
         """Save the KV of the sequence's computed tokens; the caller frees its blocks afterwards."""
         nblocks = -(-seq.num_computed // self.kv.block_size)
-        k, v = self.kv.read_blocks(torch.tensor(seq.block_table[:nblocks], dtype=torch.int64))
-        src = torch.cat([k.reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)])
-        host = torch.empty(src.numel(), dtype=torch.uint8)  # host memory even when the pool is on a GPU
-        self._transfer(src, host)
+        staging = torch.empty(self._bytes_for(seq.num_computed), dtype=torch.uint8, device=self.kv.k.device)
+        self.kv.read_blocks(seq.block_table[:nblocks], out=self._halves(staging, nblocks))  # gather
+        host = torch.empty(staging.numel(), dtype=torch.uint8)  # host memory even when the pool is on a GPU
+        self._transfer(staging, host)
         self.store[seq.request_id] = SwappedKV(seq.num_computed, nblocks, host)
         self.stats.swapped_out += 1
         self.stats.bytes_out += host.numel()
@@ -86,20 +94,22 @@ class KVSwapper:
         """Restore saved KV into ``blocks`` (freshly allocated for it); returns the tokens restored."""
         saved = self.store.pop(seq.request_id)
         assert len(blocks) == saved.num_blocks
-        staged = torch.empty_like(saved.data)
-        self._transfer(saved.data, staged)
-        half = staged.numel() // 2
-        dtype = self.kv.k.dtype
-        shape = (self.kv.k.shape[0], self.kv.num_kv_heads, saved.num_blocks * self.kv.block_size, self.kv.head_dim)
-        k = staged[:half].view(dtype).view(shape)
-        v = staged[half:].view(dtype).view(shape)
-        self.kv.write_blocks(torch.tensor(blocks, dtype=torch.int64), k, v)
+        staging = torch.empty(saved.data.numel(), dtype=torch.uint8, device=self.kv.k.device)
+        self._transfer(saved.data, staging)
+        self.kv.write_blocks(blocks, *self._halves(staging, saved.num_blocks))  # scatter
         self.stats.swapped_in += 1
         self.stats.bytes_in += saved.data.numel()
         return saved.num_tokens
 
     def drop(self, seq: Sequence) -> None:
         self.store.pop(seq.request_id, None)
+
+    def _halves(self, staging: torch.Tensor, num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V views of a uint8 staging buffer: K blocks then V blocks, each ``kv.staging_shape``."""
+        half = staging.numel() // 2
+        shape = self.kv.staging_shape(num_blocks)
+        dtype = self.kv.k.dtype
+        return staging[:half].view(dtype).view(shape), staging[half:].view(dtype).view(shape)
 
     def _bytes_for(self, num_tokens: int) -> int:
         blocks = -(-num_tokens // self.kv.block_size)
