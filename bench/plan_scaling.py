@@ -17,7 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "plan"))
 from halo.engine.dtype_probe import cpu_capability  # noqa: E402
 from halo.plan.search import plan_dp, plan_greedy  # noqa: E402
 from halo.plan.search.baselines import operator_at_a_time, random_schedule, round_robin  # noqa: E402
+from halo.plan.search.native import search_native  # noqa: E402
 from plan_problems import workflow_problem  # noqa: E402  (the same synthetic workflows the tests plan)
+from reference_dp import search_python  # noqa: E402  (the tests' Python reference of the native search)
 
 
 def main() -> int:
@@ -72,9 +74,9 @@ def examples_table() -> None:
 def _row(rows: int, nodes: int, workers: int) -> None:
     problem = workflow_problem(nodes, workers, rows)
     cells = []
-    for backend in ("native", "python"):
+    for search in (search_native, search_python):
         t0 = time.perf_counter()
-        plan = plan_dp(problem, time_limit_s=1.0, backend=backend)
+        plan = plan_dp(problem, time_limit_s=1.0, search=search)
         elapsed = time.perf_counter() - t0
         cells.append(f"{elapsed:8.3f} {plan.optimal!s:7} {plan.states:7d} {plan.cost:8.2f}")
     greedy = plan_greedy(problem)

@@ -1,6 +1,9 @@
-// The epoch DP's native search: a step-for-step mirror of python/halo/plan/search/dp.py (its
-// module docstring states the states, actions, bound, phases and heuristic). Python stays the
-// reference; a test checks both return the same optimum and the same proof.
+// The epoch DP's search: depth-first branch-and-bound over canonical plan states with memoisation and
+// worker symmetry, in two phases (exact, then restricted heuristic rounds). The one production search
+// (python/halo/plan/search/dp.py calls it; its module docstring states the states, actions, bound,
+// phases and heuristic). tests/plan/reference_dp.py keeps a Python transcription, step for step, as
+// the test reference. Any number of LLM tasks, tools and workers: masks are one word up to 64 tasks
+// and 64 tools, inline words up to 256, a word vector beyond (task_mask.h).
 #pragma once
 
 #include <cstdint>

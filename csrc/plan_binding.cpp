@@ -1,5 +1,5 @@
-// Python binding of the plan cost evaluator and the epoch DP (halo._core.PlanCost, plan_dp_search).
-// Built from a Python CostTable by python/halo/plan/search/native.py; the search releases the GIL.
+// Python binding of the epoch DP (halo._core.PlanCost, plan_dp_search): a PlanCost is built from a
+// Python CostTable by python/halo/plan/search/native.py and searched with the GIL released.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -15,7 +15,7 @@ namespace py = pybind11;
 namespace halo {
 
 void bind_plan(py::module_& m) {
-  py::class_<PlanCost>(m, "PlanCost", "The plan problem's cost semantics over flat arrays (see CostTable)")
+  py::class_<PlanCost>(m, "PlanCost", "The plan problem's cost semantics over flat arrays (see CostTable), to search")
       .def(py::init([](std::vector<int> model_of, std::vector<int> parent, std::vector<double> base_s,
                        std::vector<double> penalty_s, std::vector<std::vector<int>> deps,
                        std::vector<std::vector<int>> tool_deps, std::vector<double> tool_s,
@@ -36,22 +36,7 @@ void bind_plan(py::module_& m) {
            py::arg("node_order"), py::arg("load_s"), py::arg("kind_of"), py::arg("kind_speed"),
            py::arg("initial_model"), py::arg("overhead_s"), py::arg("w_makespan"), py::arg("w_load"))
       .def_property_readonly("n", &PlanCost::n)
-      .def_property_readonly("n_tools", &PlanCost::n_tools)
-      .def(
-          "evaluate",
-          [](const PlanCost& self, const Schedule& schedule) {
-            const ScheduleCost c = self.evaluate(schedule);
-            return py::make_tuple(c.cost, c.makespan_s, c.summed_load_s, c.epochs);
-          },
-          py::arg("schedule"),
-          "Price epochs of (task, worker) indices: (cost, makespan_s, summed_load_s, epochs); ValueError if invalid")
-      .def(
-          "epoch_cost",
-          [](const PlanCost& self, const std::vector<double>& busy, double tool_s) {
-            return self.epoch_cost(busy.data(), static_cast<int>(busy.size()), tool_s);
-          },
-          py::arg("busy"), py::arg("tool_s") = 0.0)
-      .def("bottom_levels", &PlanCost::bottom_levels);
+      .def_property_readonly("n_tools", &PlanCost::n_tools);
 
   m.def(
       "plan_dp_search",

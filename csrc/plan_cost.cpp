@@ -1,4 +1,4 @@
-// PlanCost: the cost semantics of python/halo/plan/search/problem.py over flat arrays.
+// PlanCost and PlanMasks: the cost semantics of python/halo/plan/search/problem.py over flat arrays.
 #include "plan_cost.h"
 
 #include <algorithm>
@@ -9,8 +9,6 @@ namespace halo {
 
 namespace {
 
-Mask full_mask(int count) { return count >= 64 ? ~Mask{0} : (Mask{1} << count) - 1; }
-
 void check_index(int value, int size, const char* what) {
   if (value < 0 || value >= size) throw std::invalid_argument(std::string("PlanCost: bad index in ") + what);
 }
@@ -20,9 +18,6 @@ void check_index(int value, int size, const char* what) {
 PlanCost::PlanCost(PlanCostArrays arrays) : a_(std::move(arrays)) {
   n_ = static_cast<int>(a_.model_of.size());
   n_tools_ = static_cast<int>(a_.tool_s.size());
-  if (n_ > 64 || n_tools_ > 64 || a_.kind_of.size() > 64) {
-    throw std::invalid_argument("PlanCost: at most 64 LLM tasks, 64 tools and 64 workers");
-  }
   const size_t n = a_.model_of.size();
   if (a_.parent.size() != n || a_.base_s.size() != n || a_.penalty_s.size() != n || a_.deps.size() != n ||
       a_.tool_deps.size() != n || a_.tool_llm_deps.size() != a_.tool_s.size() ||
@@ -33,10 +28,6 @@ PlanCost::PlanCost(PlanCostArrays arrays) : a_(std::move(arrays)) {
   }
   const int models = static_cast<int>(a_.load_s.size());
   const int kinds = static_cast<int>(a_.kind_speed.size());
-  all_mask_ = full_mask(n_);
-  all_tools_ = full_mask(n_tools_);
-  dep_mask_.assign(n, 0);
-  tool_dep_mask_.assign(n, 0);
   children_.assign(n, {});
   llm_tool_children_.assign(n, {});
   tool_children_.assign(a_.tool_s.size(), {});
@@ -46,25 +37,20 @@ PlanCost::PlanCost(PlanCostArrays arrays) : a_(std::move(arrays)) {
     if (a_.parent[t] >= 0) check_index(a_.parent[t], t, "parent");  // a parent precedes its child
     for (int d : a_.deps[t]) {
       check_index(d, t, "deps");
-      dep_mask_[t] |= Mask{1} << d;
       children_[d].push_back(t);
     }
     for (int d : a_.tool_deps[t]) {
       check_index(d, n_tools_, "tool_deps");
-      tool_dep_mask_[t] |= Mask{1} << d;
       tool_children_[d].push_back(t);
     }
   }
-  tool_anc_.assign(a_.tool_s.size(), 0);
   for (int a = 0; a < n_tools_; ++a) {
     for (int d : a_.tool_llm_deps[a]) {
       check_index(d, n_, "tool_llm_deps");
-      tool_anc_[a] |= Mask{1} << d;
       llm_tool_children_[d].push_back(a);
     }
     for (int d : a_.tool_tool_deps[a]) {
       check_index(d, a, "tool_tool_deps");  // tools are in dependency order
-      tool_anc_[a] |= tool_anc_[d];
       tool_tool_children_[d].push_back(a);
     }
   }
@@ -86,183 +72,137 @@ double PlanCost::epoch_cost(const double* busy, int count, double tool_s) const 
   return a_.w_makespan * (std::max(longest, tool_s) + a_.overhead_s) + a_.w_load * total;
 }
 
-Mask PlanCost::available_tools(Mask done) const {
-  Mask mask = 0;
-  for (int a = 0; a < n_tools_; ++a) {
-    if ((tool_anc_[a] & done) == tool_anc_[a]) mask |= Mask{1} << a;
+template <class M>
+PlanMasks<M>::PlanMasks(const PlanCost& pc)
+    : pc_(pc), all_tasks_(M::full(pc.n())), all_tools_(M::full(pc.n_tools())) {
+  const PlanCostArrays& a = pc.arrays();
+  dep_mask_.assign(pc.n(), M(pc.n()));
+  tool_dep_mask_.assign(pc.n(), M(pc.n_tools()));
+  for (int t = 0; t < pc.n(); ++t) {
+    for (int d : a.deps[t]) dep_mask_[t].set(d);
+    for (int d : a.tool_deps[t]) tool_dep_mask_[t].set(d);
+  }
+  tool_anc_.assign(pc.n_tools(), M(pc.n()));
+  for (int x = 0; x < pc.n_tools(); ++x) {
+    for (int d : a.tool_llm_deps[x]) tool_anc_[x].set(d);
+    for (int d : a.tool_tool_deps[x]) tool_anc_[x] |= tool_anc_[d];
+  }
+}
+
+template <class M>
+M PlanMasks<M>::available_tools(const M& done) const {
+  M mask(pc_.n_tools());
+  for (int x = 0; x < pc_.n_tools(); ++x) {
+    if (tool_anc_[x].subset_of(done)) mask.set(x);
   }
   return mask;
 }
 
-double PlanCost::wave_s(Mask wave) const {
+template <class M>
+double PlanMasks<M>::wave_s(const M& wave) const {
   double total = 0.0;
-  for (int a = 0; a < n_tools_; ++a) {
-    if (wave >> a & 1) total += a_.tool_s[a];
+  for (int x = 0; x < pc_.n_tools(); ++x) {
+    if (wave.test(x)) total += pc_.arrays().tool_s[x];
   }
   return total;
 }
 
-Mask PlanCost::kv_parents_pending(Mask done) const {
-  Mask mask = 0;
-  for (int t = 0; t < n_; ++t) {
-    if (!(done >> t & 1) && a_.parent[t] >= 0) mask |= Mask{1} << a_.parent[t];
+template <class M>
+M PlanMasks<M>::kv_parents_pending(const M& done) const {
+  M mask(pc_.n());
+  const std::vector<int>& parent = pc_.arrays().parent;
+  for (int t = 0; t < pc_.n(); ++t) {
+    if (!done.test(t) && parent[t] >= 0) mask.set(parent[t]);
   }
   return mask;
 }
 
-Mask PlanCost::ready(Mask done, Mask tools_done) const {
-  Mask mask = 0;
-  for (int t = 0; t < n_; ++t) {
-    if (!(done >> t & 1) && (dep_mask_[t] & done) == dep_mask_[t] &&
-        (tool_dep_mask_[t] & tools_done) == tool_dep_mask_[t]) {
-      mask |= Mask{1} << t;
-    }
+template <class M>
+void PlanMasks<M>::ready(const M& done, const M& tools_done, std::vector<int>& out) const {
+  out.clear();
+  for (int t = 0; t < pc_.n(); ++t) {
+    if (!done.test(t) && dep_mask_[t].subset_of(done) && tool_dep_mask_[t].subset_of(tools_done)) out.push_back(t);
   }
-  return mask;
 }
 
-void PlanCost::paths(Mask llm, Mask tools, std::vector<double>& down, std::vector<int>& depth,
-                     std::vector<double>& tdown, std::vector<int>& tdepth) const {
-  down.assign(n_, 0.0);
-  depth.assign(n_, 0);
-  tdown.assign(n_tools_, 0.0);
-  tdepth.assign(n_tools_, 0);
-  for (auto it = a_.node_order.rbegin(); it != a_.node_order.rend(); ++it) {
+template <class M>
+void PlanMasks<M>::paths(const M& llm, const M& tools, std::vector<double>& down, std::vector<int>& depth,
+                         std::vector<double>& tdown, std::vector<int>& tdepth) const {
+  const PlanCostArrays& a = pc_.arrays();
+  down.assign(pc_.n(), 0.0);
+  depth.assign(pc_.n(), 0);
+  tdown.assign(pc_.n_tools(), 0.0);
+  tdepth.assign(pc_.n_tools(), 0);
+  for (auto it = a.node_order.rbegin(); it != a.node_order.rend(); ++it) {
     const int i = it->second;
     double best = 0.0;
     if (it->first) {  // a tool: LLM readers run in later epochs, tool readers in its own
-      if (!(tools >> i & 1)) continue;
+      if (!tools.test(i)) continue;
       int levels = 1;
-      for (int c : tool_children_[i]) {
-        if (llm >> c & 1) best = std::max(best, down[c]), levels = std::max(levels, 1 + depth[c]);
+      for (int c : pc_.tool_children()[i]) {
+        if (llm.test(c)) best = std::max(best, down[c]), levels = std::max(levels, 1 + depth[c]);
       }
-      for (int b : tool_tool_children_[i]) {
-        if (tools >> b & 1) best = std::max(best, tdown[b]), levels = std::max(levels, tdepth[b]);
+      for (int b : pc_.tool_tool_children()[i]) {
+        if (tools.test(b)) best = std::max(best, tdown[b]), levels = std::max(levels, tdepth[b]);
       }
-      tdown[i] = a_.tool_s[i] + best;
+      tdown[i] = a.tool_s[i] + best;
       tdepth[i] = levels;
     } else {
-      if (!(llm >> i & 1)) continue;
+      if (!llm.test(i)) continue;
       int levels = 0;
-      for (int c : children_[i]) {
-        if (llm >> c & 1) best = std::max(best, down[c]), levels = std::max(levels, depth[c]);
+      for (int c : pc_.children()[i]) {
+        if (llm.test(c)) best = std::max(best, down[c]), levels = std::max(levels, depth[c]);
       }
-      for (int b : llm_tool_children_[i]) {
-        if (tools >> b & 1) best = std::max(best, tdown[b]), levels = std::max(levels, tdepth[b]);
+      for (int b : pc_.llm_tool_children()[i]) {
+        if (tools.test(b)) best = std::max(best, tdown[b]), levels = std::max(levels, tdepth[b]);
       }
-      down[i] = a_.base_s[i] / max_speed_ + best;
+      down[i] = a.base_s[i] / pc_.max_speed() + best;
       depth[i] = 1 + levels;
     }
   }
 }
 
-void PlanCost::heads(Mask llm, Mask tools, std::vector<double>& head) const {
-  std::vector<double> upto(n_, 0.0), tupto(n_tools_, 0.0);  // chains ending with the node, inclusive
-  head.assign(n_, 0.0);
-  for (const auto& [is_tool, i] : a_.node_order) {
+template <class M>
+void PlanMasks<M>::heads(const M& llm, const M& tools, std::vector<double>& head) const {
+  const PlanCostArrays& a = pc_.arrays();
+  std::vector<double> upto(pc_.n(), 0.0), tupto(pc_.n_tools(), 0.0);  // chains ending with the node, inclusive
+  head.assign(pc_.n(), 0.0);
+  for (const auto& [is_tool, i] : a.node_order) {
     double best = 0.0;
     if (is_tool) {
-      if (!(tools >> i & 1)) continue;
-      for (int d : a_.tool_llm_deps[i]) {
-        if (llm >> d & 1) best = std::max(best, upto[d]);
+      if (!tools.test(i)) continue;
+      for (int d : a.tool_llm_deps[i]) {
+        if (llm.test(d)) best = std::max(best, upto[d]);
       }
-      for (int d : a_.tool_tool_deps[i]) {
-        if (tools >> d & 1) best = std::max(best, tupto[d]);
+      for (int d : a.tool_tool_deps[i]) {
+        if (tools.test(d)) best = std::max(best, tupto[d]);
       }
-      tupto[i] = a_.tool_s[i] + best;
+      tupto[i] = a.tool_s[i] + best;
     } else {
-      if (!(llm >> i & 1)) continue;
-      for (int d : a_.deps[i]) {
-        if (llm >> d & 1) best = std::max(best, upto[d]);
+      if (!llm.test(i)) continue;
+      for (int d : a.deps[i]) {
+        if (llm.test(d)) best = std::max(best, upto[d]);
       }
-      for (int a = 0; a < n_tools_; ++a) {
-        if ((tool_dep_mask_[i] >> a & 1) && (tools >> a & 1)) best = std::max(best, tupto[a]);
+      for (int d : a.tool_deps[i]) {
+        if (tools.test(d)) best = std::max(best, tupto[d]);
       }
       head[i] = best;
-      upto[i] = a_.base_s[i] / max_speed_ + best;
+      upto[i] = a.base_s[i] / pc_.max_speed() + best;
     }
   }
 }
 
-std::vector<double> PlanCost::bottom_levels() const {
+template <class M>
+std::vector<double> PlanMasks<M>::bottom_levels() const {
   std::vector<double> down, tdown;
   std::vector<int> depth, tdepth;
-  paths(all_mask_, all_tools_, down, depth, tdown, tdepth);
+  paths(all_tasks_, all_tools_, down, depth, tdown, tdepth);
   return down;
 }
 
-ScheduleCost PlanCost::evaluate(const Schedule& schedule) const {
-  const int W = workers();
-  std::vector<int> model(a_.initial_model);
-  std::vector<int> ran_on(n_, -1);
-  Mask done = 0, tools_done = 0;
-  ScheduleCost out;
-  auto tool_only = [&](Mask wave) {
-    const double tool_s = wave_s(wave);
-    out.makespan_s += tool_s + a_.overhead_s;
-    out.cost += epoch_cost(nullptr, 0, tool_s);
-    ++out.epochs;
-  };
-  std::vector<int> epoch_model(W);
-  std::vector<double> busy(W);
-  std::vector<int> used_order;  // workers in order of first use, as the Python evaluator sums them
-  std::vector<double> values;
-  for (const auto& raw : schedule) {
-    Mask wave = available_tools(done) & ~tools_done;
-    Mask need = 0;
-    for (const auto& [t, w] : raw) {
-      check_index(t, n_, "schedule task");
-      check_index(w, W, "schedule worker");
-      need |= tool_dep_mask_[t];
-    }
-    if (raw.empty() || (need & ~tools_done)) {
-      if (need & ~tools_done & ~wave) throw std::invalid_argument("a task runs before its tool inputs");
-      if (wave) {
-        tool_only(wave);
-        tools_done |= wave;
-        wave = 0;
-      }
-      if (raw.empty()) continue;
-    }
-    std::fill(epoch_model.begin(), epoch_model.end(), -2);
-    std::fill(busy.begin(), busy.end(), 0.0);
-    used_order.clear();
-    for (const auto& [t, w] : raw) {
-      if (ran_on[t] >= 0) throw std::invalid_argument("task scheduled twice");
-      for (int d : a_.deps[t]) {
-        if (ran_on[d] < 0) throw std::invalid_argument("task runs before its dependencies");
-      }
-      const int m = a_.model_of[t];
-      if (epoch_model[w] == -2) {
-        epoch_model[w] = m;
-        used_order.push_back(w);
-        if (model[w] != m) busy[w] += a_.load_s[m];
-      } else if (epoch_model[w] != m) {
-        throw std::invalid_argument("worker runs two models in one epoch");
-      }
-      const int p = a_.parent[t];
-      busy[w] += task_time(t, a_.kind_speed[a_.kind_of[w]], p >= 0 && ran_on[p] == w);
-    }
-    for (const auto& [t, w] : raw) {
-      ran_on[t] = w;
-      done |= Mask{1} << t;
-    }
-    values.clear();
-    for (int w : used_order) {
-      model[w] = epoch_model[w];
-      values.push_back(busy[w]);
-    }
-    const double tool_s = wave_s(wave);
-    tools_done |= wave;
-    out.cost += epoch_cost(values.data(), static_cast<int>(values.size()), tool_s);
-    double longest = 0.0;
-    for (double b : values) longest = std::max(longest, b), out.summed_load_s += b;
-    out.makespan_s += std::max(longest, tool_s) + a_.overhead_s;
-    ++out.epochs;
-  }
-  if (done != all_mask_) throw std::invalid_argument("schedule leaves tasks unscheduled");
-  if (tools_done != all_tools_) tool_only(all_tools_ & ~tools_done);
-  return out;
-}
+template class PlanMasks<FixedMask<1>>;
+template class PlanMasks<FixedMask<2>>;
+template class PlanMasks<FixedMask<4>>;
+template class PlanMasks<MaskN>;
 
 }  // namespace halo

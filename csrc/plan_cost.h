@@ -1,17 +1,19 @@
-// PlanCost: the plan problem's cost semantics (python/halo/plan/search/problem.py, rules 1-6) over
-// flat arrays, built from a Python CostTable. It prices whole schedules (the native twin of
-// `execution_plan.evaluate`) and gives the epoch DP (epoch_dp.cpp) its inner-loop terms.
-// LLM tasks and tools are indexed in topological order, each in its own index space; masks are one
-// 64-bit word, so a problem has at most 64 LLM tasks and 64 tools.
+// The plan problem's cost semantics (python/halo/plan/search/problem.py, rules 1-6) as the epoch DP
+// (epoch_dp.cpp) reads them. `PlanCost` holds a Python CostTable's flat arrays, checked, with the
+// dependency graph both ways and the per-epoch terms; `PlanMasks<M>` adds the queries over sets of
+// tasks and tools, for either mask type of task_mask.h. Pricing a whole plan stays in Python
+// (`execution_plan.evaluate`, which also builds the explained epochs); this is the search's view.
+// LLM tasks and tools are indexed in topological order, each in its own index space.
 #pragma once
 
 #include <cstdint>
 #include <utility>
 #include <vector>
 
+#include "task_mask.h"
+
 namespace halo {
 
-using Mask = uint64_t;
 using Schedule = std::vector<std::vector<std::pair<int, int>>>;  // epochs of (task, worker)
 
 struct PlanCostArrays {
@@ -34,13 +36,6 @@ struct PlanCostArrays {
   double w_load = 0.0;
 };
 
-struct ScheduleCost {
-  double cost = 0.0;
-  double makespan_s = 0.0;
-  double summed_load_s = 0.0;
-  int epochs = 0;  // including tool-only epochs
-};
-
 class PlanCost {
  public:
   explicit PlanCost(PlanCostArrays arrays);  // throws std::invalid_argument on inconsistent arrays
@@ -48,12 +43,13 @@ class PlanCost {
   int n() const { return n_; }
   int n_tools() const { return n_tools_; }
   int workers() const { return static_cast<int>(a_.kind_of.size()); }
-  Mask all_mask() const { return all_mask_; }
-  Mask all_tools() const { return all_tools_; }
   const PlanCostArrays& arrays() const { return a_; }
-  Mask dep_mask(int t) const { return dep_mask_[t]; }
-  Mask tool_dep_mask(int t) const { return tool_dep_mask_[t]; }
   double max_speed() const { return max_speed_; }
+  // Readers of each node: LLM task -> LLM tasks, LLM task -> tools, tool -> LLM tasks, tool -> tools.
+  const std::vector<std::vector<int>>& children() const { return children_; }
+  const std::vector<std::vector<int>>& llm_tool_children() const { return llm_tool_children_; }
+  const std::vector<std::vector<int>>& tool_children() const { return tool_children_; }
+  const std::vector<std::vector<int>>& tool_tool_children() const { return tool_tool_children_; }
 
   // Seconds task t takes on a worker of `speed` (rule 3).
   double task_time(int t, double speed, bool parent_local) const {
@@ -62,31 +58,49 @@ class PlanCost {
   }
   // Weighted cost of one epoch from the busy times of its used workers and its tool wave (rule 6).
   double epoch_cost(const double* busy, int count, double tool_s) const;
-  Mask available_tools(Mask done) const;  // tools whose inputs are complete (rule 5)
-  double wave_s(Mask wave) const;
-  Mask kv_parents_pending(Mask done) const;  // tasks whose KV still matters
-  Mask ready(Mask done, Mask tools_done) const;
-  // Longest remaining paths (time, epochs) per LLM task and per tool within the masks.
-  void paths(Mask llm, Mask tools, std::vector<double>& down, std::vector<int>& depth, std::vector<double>& tdown,
-             std::vector<int>& tdepth) const;
-  // Per LLM task, the longest chain of remaining work that must run in epochs before its own.
-  void heads(Mask llm, Mask tools, std::vector<double>& head) const;
-  std::vector<double> bottom_levels() const;
-  // Prices a schedule exactly as `execution_plan.evaluate` does; throws std::invalid_argument if it
-  // breaks a plan rule.
-  ScheduleCost evaluate(const Schedule& schedule) const;
 
  private:
   PlanCostArrays a_;
   int n_ = 0;
   int n_tools_ = 0;
-  Mask all_mask_ = 0;
-  Mask all_tools_ = 0;
   double max_speed_ = 1.0;
-  std::vector<Mask> dep_mask_;
-  std::vector<Mask> tool_dep_mask_;
-  std::vector<Mask> tool_anc_;  // LLM tasks reached through tool-only paths
   std::vector<std::vector<int>> children_, llm_tool_children_, tool_children_, tool_tool_children_;
 };
+
+// The search's queries over masks of LLM tasks (`n` bits) and tools (`n_tools` bits).
+template <class M>
+class PlanMasks {
+ public:
+  explicit PlanMasks(const PlanCost& pc);
+
+  const M& all_tasks() const { return all_tasks_; }
+  const M& all_tools() const { return all_tools_; }
+  M no_tasks() const { return M(pc_.n()); }
+  M no_tools() const { return M(pc_.n_tools()); }
+
+  M available_tools(const M& done) const;  // tools whose inputs are complete (rule 5)
+  double wave_s(const M& wave) const;
+  M kv_parents_pending(const M& done) const;  // tasks whose KV still matters
+  // Ready LLM tasks, in index order: not done, LLM inputs done, tool inputs run in an earlier epoch.
+  void ready(const M& done, const M& tools_done, std::vector<int>& out) const;
+  // Longest remaining paths (time, epochs) per LLM task and per tool within the masks.
+  void paths(const M& llm, const M& tools, std::vector<double>& down, std::vector<int>& depth,
+             std::vector<double>& tdown, std::vector<int>& tdepth) const;
+  // Per LLM task, the longest chain of remaining work that must run in epochs before its own.
+  void heads(const M& llm, const M& tools, std::vector<double>& head) const;
+  std::vector<double> bottom_levels() const;
+
+ private:
+  const PlanCost& pc_;
+  M all_tasks_, all_tools_;
+  std::vector<M> dep_mask_;       // per LLM task: its LLM inputs
+  std::vector<M> tool_dep_mask_;  // per LLM task: its tool inputs
+  std::vector<M> tool_anc_;       // per tool: LLM tasks reached through tool-only paths
+};
+
+extern template class PlanMasks<FixedMask<1>>;
+extern template class PlanMasks<FixedMask<2>>;
+extern template class PlanMasks<FixedMask<4>>;
+extern template class PlanMasks<MaskN>;
 
 }  // namespace halo

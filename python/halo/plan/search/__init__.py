@@ -1,12 +1,12 @@
 """Plan search: which LLM tasks run in which epoch on which worker, under one explicit cost model.
 
 from halo.plan.search import PlanProblem, LLMTask, ToolTask, Worker, plan_dp
-plan = plan_dp(problem)        # native search when halo._core has it; or plan_greedy / solve_milp(problem).plan
+plan = plan_dp(problem)        # the native search (halo._core); or plan_greedy / solve_milp(problem).plan
 print(plan.explain())
 
 `problem.py` states the cost semantics; `cost_table.py` flattens them; `execution_plan.evaluate`
-prices any schedule; `dp.py` (with its native twin via `native.py`), `greedy.py`, `milp.py` and
-`baselines.py` produce schedules.
+prices any schedule; `dp.py` (the epoch DP, searched natively through `native.py`), `greedy.py`,
+`milp.py` (an oracle for tests) and `baselines.py` produce schedules.
 """
 
 from halo.plan.search.baselines import operator_at_a_time, random_schedule, round_robin, serial

@@ -2,7 +2,8 @@
 
 LLM tasks and tools are numbered in topological order (each in its own index space), workers in
 declaration order, models by name. The numbers here are the whole cost semantics of `problem.py`;
-nothing else prices a plan, and the native core (`halo._core.PlanCost`) is built from these arrays.
+nothing else prices a plan (`execution_plan.evaluate`), and the native search's `halo._core.PlanCost`
+is built from these arrays.
 """
 
 from __future__ import annotations
@@ -137,14 +138,6 @@ class CostTable:
             and self.tool_dep_mask[t] & tools_done == self.tool_dep_mask[t]
         ]
 
-    def kv_parents_pending(self, done: int) -> int:
-        """Mask of tasks whose KV still matters: kv parents of some task not yet done."""
-        mask = 0
-        for t in range(self.n):
-            if not done >> t & 1 and self.parent[t] >= 0:
-                mask |= 1 << self.parent[t]
-        return mask
-
     def bottom_levels(self) -> list[float]:
         """Per task, the least time from its start to the end of the graph (critical-path priority)."""
         return self.paths(self.all_mask, self.all_tools)[0]
@@ -182,35 +175,3 @@ class CostTable:
                         best, levels = max(best, tdown[b]), max(levels, tdepth[b])
                 down[i], depth[i] = self.base_s[i] / self.max_speed + best, 1 + levels
         return down, depth, tdown, tdepth
-
-    def heads(self, llm: int, tools: int) -> list[float]:
-        """Per LLM task in `llm`, the longest chain of remaining work (masks) that must run in epochs
-        before its own: LLM tasks at full speed, tools' CPU (a chain of tools in one wave adds up)."""
-        upto = [0.0] * self.n  # chain ending with the task, inclusive
-        tupto = [0.0] * self.n_tools
-        head = [0.0] * self.n
-        for is_tool, i in self.node_order:
-            if is_tool:
-                if not tools >> i & 1:
-                    continue
-                best = 0.0
-                for d in self.tool_llm_deps[i]:
-                    if llm >> d & 1:
-                        best = max(best, upto[d])
-                for d in self.tool_tool_deps[i]:
-                    if tools >> d & 1:
-                        best = max(best, tupto[d])
-                tupto[i] = self.tool_s[i] + best
-            else:
-                if not llm >> i & 1:
-                    continue
-                best = 0.0
-                for d in self.deps[i]:
-                    if llm >> d & 1:
-                        best = max(best, upto[d])
-                for a in range(self.n_tools):
-                    if self.tool_dep_mask[i] >> a & 1 and tools >> a & 1:
-                        best = max(best, tupto[a])
-                head[i] = best
-                upto[i] = self.base_s[i] / self.max_speed + best
-        return head

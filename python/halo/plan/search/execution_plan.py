@@ -4,8 +4,8 @@ Every planner produces plain epochs of (LLM task id, worker id) pairs and calls 
 plan's reported cost always comes from this one function. Tools are never in a schedule: `evaluate`
 places each in its epoch (rule 5), adding a tool-only epoch where an LLM task would otherwise read a
 tool that has not run, and one at the end for tools after the last LLM task. An empty epoch in a
-schedule is a tool-only epoch if tools are pending, else it is skipped. `halo._core.PlanCost`
-prices schedules natively under the same rules; a test keeps the two equal.
+schedule is a tool-only epoch if tools are pending, else it is skipped. (The native search prices
+epochs inside its own loop, csrc/plan_cost.h, but every plan it returns is priced here again.)
 """
 
 from __future__ import annotations

@@ -1,22 +1,22 @@
 """The bridge to the native plan search: a `CostTable` becomes `halo._core.PlanCost`, searched by
-`halo._core.plan_dp_search` (csrc/epoch_dp.cpp, a mirror of `dp.search_python`)."""
+`halo._core.plan_dp_search` (csrc/epoch_dp.cpp) with the GIL released, for problems of any size.
+
+There is no Python fallback: `halo._core` is built by every install (the runtime needs it too). It is
+imported on first search, so `halo.plan` (specs, consolidation, greedy plans) imports without it.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from halo.plan.search.cost_table import CostTable
 from halo.plan.search.search_backend import SearchOptions, SearchResult
 
-
-def native_available(tb: CostTable) -> bool:
-    """The native search handles up to 64 LLM tasks and 64 tools (one machine word per mask)."""
-    try:
-        from halo import _core
-    except ImportError:
-        return False
-    return hasattr(_core, "PlanCost") and tb.n <= 64 and tb.n_tools <= 64
+if TYPE_CHECKING:
+    from halo._core import PlanCost
 
 
-def native_cost(tb: CostTable):  # -> halo._core.PlanCost
+def native_cost(tb: CostTable) -> PlanCost:
     from halo import _core
 
     return _core.PlanCost(
@@ -41,6 +41,7 @@ def native_cost(tb: CostTable):  # -> halo._core.PlanCost
 
 
 def search_native(tb: CostTable, incumbent_cost: float, options: SearchOptions) -> SearchResult:
+    """The two-phase epoch DP (dp.py's module docstring) in halo._core."""
     from halo import _core
 
     schedule, states, optimal, _ = _core.plan_dp_search(
@@ -52,4 +53,5 @@ def search_native(tb: CostTable, incumbent_cost: float, options: SearchOptions) 
         options.heuristic_width,
         options.heuristic_actions,
     )
-    return SearchResult(None if schedule is None else [list(map(tuple, e)) for e in schedule], states, optimal)
+    epochs = None if schedule is None else [[(t, w) for t, w in epoch] for epoch in schedule]
+    return SearchResult(epochs, states, optimal, "native")
