@@ -97,7 +97,7 @@ class Consolidator:
                 model = self.graph.model_source(node) or ""
                 prompts.submit(model, ids, [self._messages(state, pid) for pid in ids])
         state.timings["instantiate"] = time.perf_counter() - clock
-        tokens, cached, prefixes = self._prefixes(state, prompts, warm_prefix)
+        tokens, cached, prefixes, prompt_ids = self._prefixes(state, prompts, warm_prefix)
         clock = time.perf_counter()
         physical = PhysicalTable(
             self.graph,
@@ -109,6 +109,7 @@ class Consolidator:
             state.instances,
             tokens,
             cached,
+            prompt_ids,
         )
         counters = self._counters(assignment, physical, len(rows))
         state.timings["counters"] = time.perf_counter() - clock
@@ -120,6 +121,7 @@ class Consolidator:
             counters=counters,
             prefixes=prefixes,
             tokenizer_name=type(self.tokenizer).__name__ if self.tokenizer is not None else None,
+            tokenizers={model: t for model in prefixes if (t := self._tokenizer_for(model)) is not None},
             timings=dict(state.timings),
             render_errors=dict(state.errors),
         )
@@ -188,7 +190,9 @@ class Consolidator:
 
     def _prefixes(
         self, state: _State, prompts: PromptTokens, warm_prefix: WarmPrefix | None = None
-    ) -> tuple[dict[int, int], dict[int, int], dict[str, ModelPrefixes]]:
+    ) -> tuple[dict[int, int], dict[int, int], dict[str, ModelPrefixes], dict[int, list[int]]]:
+        """Prompt lengths, cached tokens and prefixes per physical id; and the token ids themselves,
+        which travel to the engine with the request (it does not encode the prompt again)."""
         encoded = prompts.collect()
         state.timings.update(prompts.timings)
         deferred: dict[str, int] = {}
@@ -202,10 +206,12 @@ class Consolidator:
         tokens: dict[int, int] = {}
         cached: dict[int, int] = {}
         prefixes: dict[str, ModelPrefixes] = {}
+        prompt_ids: dict[int, list[int]] = {}
         for model in sorted(set(encoded) | set(deferred)):
             if self._tokenizer_for(model) is None:
                 continue
             ids, sequences = encoded.get(model, ([], []))
+            prompt_ids.update(zip(ids, sequences, strict=True))
             clock = time.perf_counter()
             index = PrefixIndex(ids, sequences, self.min_group_tokens)
             state.lap("prefix_index", clock)
@@ -224,7 +230,7 @@ class Consolidator:
                 tuple(index.groups),
                 deferred.get(model, 0),
             )
-        return tokens, cached, prefixes
+        return tokens, cached, prefixes, prompt_ids
 
     def _messages(self, state: _State, pid: int) -> list[dict[str, str]]:
         spec = self.graph.node(state.node[pid]).spec

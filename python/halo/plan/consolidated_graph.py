@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
+from halo.plan.chat_tokenizer import ChatTokenizer
 from halo.plan.prefix_index import PrefixGroup
 from halo.plan.signature import Frozen, digest
 from halo.spec.graph import GraphNode, WorkflowGraph
@@ -42,6 +43,8 @@ class PhysicalTable(Sequence[PhysicalNode]):
     A 10,000-row batch has tens of thousands of executions: building one object per execution (and
     hashing its signature) up front would cost more than consolidating, so both happen lazily.
     Physical ids are dense and topologically ordered: an execution's upstream ids are smaller.
+    `prompt_ids` keeps the token ids consolidation encoded for each rendered llm request, so the
+    Processor hands them to the engine instead of encoding the prompt a second time.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class PhysicalTable(Sequence[PhysicalNode]):
         instances: list[list[Instance]],
         tokens: Mapping[int, int],
         cached: Mapping[int, int],
+        prompt_ids: Mapping[int, list[int]] | None = None,
     ) -> None:
         self._graph = graph
         self._static_text = static_text
@@ -65,6 +69,7 @@ class PhysicalTable(Sequence[PhysicalNode]):
         self.instances = instances
         self.tokens = tokens
         self.cached = cached
+        self.prompt_ids: Mapping[int, list[int]] = prompt_ids or {}  # rendered llm request -> its prompt's ids
         self._signatures: list[str] = []
 
     def __len__(self) -> int:
@@ -155,6 +160,8 @@ class ConsolidatedGraph:
     counters: Mapping[str, NodeCounters]
     prefixes: Mapping[str, ModelPrefixes] = field(default_factory=dict)
     tokenizer_name: str | None = None
+    # model source -> the tokenizer `physical.prompt_ids` of its requests were encoded with
+    tokenizers: Mapping[str, ChatTokenizer] = field(default_factory=dict)
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per consolidation phase
     # physical id -> the error of a request one row's data failed to render; such a node never runs
     render_errors: Mapping[int, str] = field(default_factory=dict)

@@ -277,6 +277,7 @@ class CompiledWorkflow:
                 resume=state,
                 on_progress=on_progress,
                 on_row=on_row,
+                tokenizers=self._pool.tokenizers,  # the engines' (the planner encoded with them): ids travel
             )
             outcome = session.execute(processor, arrived) if session is not None else processor.run()
         finally:

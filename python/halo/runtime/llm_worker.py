@@ -10,6 +10,10 @@ local worker also takes *guest* requests (`add_guest`): engine requests added by
 worker's thread (the server's chat completions), stepped in the same batches, finished through a
 callback. A Ray worker runs whole batches in its actor; the next batch starts as soon as the
 previous one returns.
+
+A job's prompt is token ids (the Processor encoded them once, with the tokenizer of the job's
+model: see `Processor._prompts`), so an engine here, or in a Ray actor, does not encode it again;
+only a run that knows no tokenizer for a model sends chat messages, which the engine then encodes.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from halo.engine import EngineStats, GenerationResult, LLMEngine, SamplingParams
 from halo.engine.kv_prefix import KVPrefix
 from halo.errors import HaloError
 
+Prompt = list[int] | list[dict[str, str]]  # token ids, or chat messages for the engine to encode
+
 
 @dataclass(frozen=True)
 class LLMJob:
     pid: int  # the physical node this request executes
     model: str  # model source
-    prompt: list[dict[str, str]]  # chat messages
+    prompt: Prompt  # token ids (chat messages only where the run knows no tokenizer of the model)
     params: SamplingParams
     owner: int = 0  # the run this job belongs to (request ids and completions are namespaced by it)
 
@@ -220,7 +226,7 @@ class LocalWorker:
         self._by_model[model] = 0
         return failed
 
-    def export_prefix(self, model: str, prompt: list[dict[str, str]]) -> KVPrefix | None:
+    def export_prefix(self, model: str, prompt: Prompt) -> KVPrefix | None:
         """The K/V this worker caches for the longest whole-block prefix of `prompt` (None if none)."""
         engine = self.engines.engines.get(model)
         return engine.export_prefix(prompt) if engine is not None else None
@@ -232,7 +238,7 @@ class LocalWorker:
         engine = self.engines.get(model, self._busy)
         return engine.import_prefix(prefix) if engine is not None else 0
 
-    def pull_prefix(self, source: LocalWorker, model: str, prompt: list[dict[str, str]]) -> None:
+    def pull_prefix(self, source: LocalWorker, model: str, prompt: Prompt) -> None:
         """Copy the KV `source` holds for `prompt`'s prefix here, before the request that needs it runs."""
         self.import_prefix(model, source.export_prefix(model, prompt))
 
@@ -270,13 +276,17 @@ def engine_factory(options: Mapping[str, Any]) -> Callable[[str], LLMEngine]:
 class EngineActor:
     """The body of a Ray worker: its engines, driven a batch at a time (`run` returns when all finish)."""
 
-    def __init__(self, index: int, options: Mapping[str, Any], threads: int, capacity: int) -> None:
+    def __init__(
+        self, index: int, options: Mapping[str, Any], threads: int, capacity: int, models: Mapping[str, str]
+    ) -> None:
         import torch
 
         # Each actor owns its share of the cores: more threads than cores makes every op 10-50x slower.
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
-        self.worker = LocalWorker(index, EngineSet(engine_factory({**options, "num_threads": threads}), capacity))
+        factory = engine_factory({**options, "num_threads": threads})
+        # A source maps to the model loaded instead, as in-process (the driver's tokenizer is that model's).
+        self.worker = LocalWorker(index, EngineSet(lambda source: factory(models.get(source, source)), capacity))
 
     def preload(self, model: str) -> float:
         clock = time.perf_counter()
@@ -284,7 +294,10 @@ class EngineActor:
         return time.perf_counter() - clock
 
     def run(self, jobs: list[LLMJob]) -> list[tuple[LLMDone, float]]:
-        """Run `jobs` to completion; each result comes with its (start, end) as offsets from the call."""
+        """Run `jobs` to completion; each result comes with its (start, end) as offsets from the call.
+
+        The remote half of a `RayWorker`: the run loop polls the RayWorker, this polls the actor's own
+        `LocalWorker` (the same stepping code) until the batch it was sent is done."""
         base = time.perf_counter()
         out = self.worker.submit(jobs)
         while self.worker.inflight:
@@ -294,7 +307,7 @@ class EngineActor:
     def stats(self) -> EngineStats:
         return self.worker.stats()
 
-    def export_prefix(self, model: str, prompt: list[dict[str, str]]) -> KVPrefix | None:
+    def export_prefix(self, model: str, prompt: Prompt) -> KVPrefix | None:
         return self.worker.export_prefix(model, prompt)
 
     def import_prefix(self, model: str, prefix: KVPrefix | None) -> int:
@@ -304,12 +317,19 @@ class EngineActor:
 class RayWorker:
     """A worker in a Ray actor (one engine process per worker), fed one batch at a time."""
 
-    def __init__(self, index: int, options: Mapping[str, Any], threads: int, capacity: int = 2) -> None:
+    def __init__(
+        self,
+        index: int,
+        options: Mapping[str, Any],
+        threads: int,
+        capacity: int = 2,
+        models: Mapping[str, str] | None = None,
+    ) -> None:
         import ray
 
         self.index = index
         actor_class = ray.remote(num_cpus=threads)(EngineActor)
-        self._actor = actor_class.remote(index, dict(options), threads, capacity)
+        self._actor = actor_class.remote(index, dict(options), threads, capacity, dict(models or {}))
         self._pending: list[LLMJob] = []
         self._call: Any = None  # the ObjectRef of the batch running now
         self._call_jobs = 0
@@ -392,7 +412,7 @@ class RayWorker:
 
         return ray.get(self._actor.stats.remote())
 
-    def pull_prefix(self, source: RayWorker, model: str, prompt: list[dict[str, str]]) -> None:
+    def pull_prefix(self, source: RayWorker, model: str, prompt: Prompt) -> None:
         """Move the KV `source` holds for `prompt`'s prefix into this worker, without waiting here.
 
         The exported prefix travels through Ray's object store straight from one actor to the other;

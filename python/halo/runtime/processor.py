@@ -16,7 +16,11 @@ prompts that render the same) run once; through a shared `RequestBoard`, so do e
 different Processors on one loop (a later run joins the earlier run's request in flight). A failing
 node follows its `on_error` policy; under `fail_row` the core cancels everything downstream of it,
 and each affected row records the error.
+Every attempt at a physical node ends in `settle(pid, outcome)`, whatever ended it (a reply, a tool
+result, an error, a render failure, a guard, a cancelled leader); on_error policies apply there only.
 Every finished physical node and row is journaled as soon as it exists (see `journal.py`).
+A prompt is tokenized once: a rendered request carries the ids consolidation encoded, a deferred one
+is encoded here at dispatch with the tokenizer its model's engines use (see `_prompts`).
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from halo._core import SchedulerCore
+from halo.engine import SamplingParams
 from halo.errors import HaloError
+from halo.plan.chat_tokenizer import ChatTokenizer
 from halo.plan.consolidated_graph import ConsolidatedGraph
 from halo.plan.emit import ExecutionGraph
 from halo.runtime.journal import JournalState, JournalWriter
-from halo.runtime.llm_worker import LLMDone, LLMJob
+from halo.runtime.llm_worker import LLMDone, LLMJob, Prompt
 from halo.runtime.node_io import (
     SKIPPED,
     fallback_result,
@@ -61,7 +67,7 @@ class Worker(Protocol):
 
     def poll(self) -> list[LLMDone]: ...
 
-    def pull_prefix(self, source: Any, model: str, prompt: list[dict[str, str]]) -> None: ...
+    def pull_prefix(self, source: Any, model: str, prompt: Prompt) -> None: ...
 
     def cancel(self, owner: int) -> int: ...
 
@@ -70,6 +76,27 @@ class Worker(Protocol):
 
 class Tools(Protocol):
     def submit(self, node: GraphNode, request: dict[str, Any]) -> Future: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ran:
+    """Where an attempt ran, for the timeline."""
+
+    worker: int  # -1: the tool pool
+    end: float  # perf_counter when it returned
+    ok: bool  # it returned (a reply that then fails to parse still ran fine)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt at a physical node ended: with `value`, with `error` (its on_error policy
+    applies), or `retry`: run it again without counting an attempt (the equal request it waited on
+    was cancelled). `ran` places an attempt that ran on a worker or the tool pool on the timeline."""
+
+    value: Any = None
+    error: str | None = None
+    retry: bool = False
+    ran: Ran | None = None
 
 
 @dataclass
@@ -104,6 +131,9 @@ class Processor:
 
     A `RunLoop` drives it through `dispatch` / `llm_finished` / `collect_tools`; `run()` is a loop
     with this Processor alone. `owner` namespaces its jobs on shared workers (the loop assigns it).
+    `tokenizers` are those the workers' engines encode with, per model source: a rendered request
+    whose ids consolidation encoded with that very tokenizer sends them, a deferred one is encoded
+    with it at dispatch; a model without one sends chat messages and its engine encodes them.
     """
 
     def __init__(
@@ -120,6 +150,7 @@ class Processor:
         on_progress: Callable[[Progress], None] | None = None,
         progress_every_s: float = 0.2,
         on_row: Callable[[int, dict[str, Any], RowError | None], None] | None = None,
+        tokenizers: Mapping[str, ChatTokenizer] | None = None,
     ) -> None:
         self.graph = graph
         self.wf = graph.workflow
@@ -132,6 +163,9 @@ class Processor:
         self.on_progress = on_progress
         self.progress_every_s = progress_every_s
         self.on_row = on_row  # (consolidated row, outputs, error) as soon as a row's last node settles
+        self.tokenizers = dict(tokenizers or {})
+        # Consolidation's ids are the engine's only if it encoded with the engine's own tokenizer.
+        self._planned_ids = {m for m, t in graph.tokenizers.items() if self.tokenizers.get(m) is t}
         self.core = SchedulerCore(
             execution.upstream_offsets,
             execution.upstream_indices,
@@ -144,7 +178,7 @@ class Processor:
         self.ok = bytearray(n)  # 1: has a result (or was skipped)
         self.attempts = [0] * n
         self.start_time: dict[int, float] = {}
-        self.tool_futures: dict[Future, int] = {}
+        self._tool_futures: dict[Future, int] = {}
         self.owner = 0
         self.board = RequestBoard()  # pure requests in flight (the loop shares one board between runs)
         self.pool = tuple(id(w) for w in self.workers)  # equal requests are joined only on the same workers
@@ -180,6 +214,11 @@ class Processor:
     def finished(self) -> bool:
         return self.core.finished
 
+    @property
+    def tool_calls(self) -> list[Future]:
+        """The tool calls of this run on the pool now (the loop waits on them when nothing else moves)."""
+        return list(self._tool_futures)
+
     def dispatch(self) -> None:
         """Hand out what is ready: tool nodes to the pool, llm nodes to their worker while it has room."""
         core = self.core
@@ -190,118 +229,6 @@ class Processor:
                 self._dispatch_llm(worker, core.pop(worker.index, room))
             if worker.inflight == 0 and not core.ready_count(worker.index):
                 self._preload_next(worker)
-
-    def collect_tools(self) -> bool:
-        """Settle finished tool calls; True if any finished."""
-        finished = [f for f in self.tool_futures if f.done()]
-        for future in finished:
-            self._tool_finished(future)
-        return bool(finished)
-
-    def has_ready(self) -> bool:
-        return any(self.core.ready_count(q) for q in range(self.core.num_queues))
-
-    def check_stalled(self) -> None:
-        """Raise if nothing is ready, running or on the tool pool while nodes are left (a cycle?)."""
-        if not self.core.finished and self.core.running == 0 and not self.tool_futures and not self.has_ready():
-            raise RuntimeError(f"scheduler stalled: {self.core.remaining} nodes left, none ready or running (a cycle?)")
-
-    def cancel(self) -> None:
-        """Stop this run where it is: its jobs leave the workers, its tool calls are forgotten."""
-        for worker in self.workers:
-            worker.cancel(self.owner)
-        self.llm_key.clear()
-        for processor, pid in self.board.leave(self):  # others waited on our requests: they run their own
-            processor.resubmit(pid)
-        self.tool_futures.clear()
-
-    def resubmit(self, pid: int) -> None:
-        """Submit an llm node again whose request was led by a cancelled run."""
-        self._retry(pid, self.wf.node(self.graph.physical.node[pid]))
-
-    def _preload_next(self, worker: Worker) -> None:
-        for node_id, model in self.planned.get(worker.index, ()):
-            if self.node_left[node_id] > 0:
-                worker.preload_async(model)
-                return
-
-    # -- handing out work ---------------------------------------------------------------------------
-
-    def _context(self, pid: int) -> tuple[GraphNode, Mapping[str, Any], dict[str, Any]]:
-        """The node, row and upstream results (by graph node id) of a physical node's first instance."""
-        table = self.graph.physical
-        node = self.wf.node(table.node[pid])
-        row = table.row[pid]
-        results: dict[str, Any] = {}
-        for up in node.upstream:
-            upid = self.graph.assignment[up][row]
-            if self.ok[upid] and self.results[upid] is not SKIPPED:
-                results[up] = self.results[upid]
-        return node, self.rows[row], results
-
-    def _prepare(self, pid: int) -> tuple[GraphNode, tuple] | None:
-        """Render a node about to run; None if it was settled instead (skipped, or failed to render)."""
-        self.start_time.setdefault(pid, time.perf_counter())
-        node, row, results = self._context(pid)
-        if node.guards and self.wf.skipped(node, row, results):
-            self.out.skipped += 1
-            self._finish(pid, SKIPPED)
-            return None
-        failed = self.graph.render_errors.get(pid)  # the row's data broke the template at consolidation
-        if failed is not None:
-            self._failed_attempt(pid, node, failed)
-            return None
-        values = self.graph.physical.values[pid]
-        if values is None:
-            try:
-                values = render_values(self.wf, node, row, results)
-            except HaloError as exc:
-                self._failed_attempt(pid, node, str(exc))  # on_error applies, as in the serial baseline
-                return None
-        return node, values
-
-    def _dispatch_tools(self, pids: Any) -> None:
-        for pid in pids.tolist():
-            prepared = self._prepare(int(pid))
-            if prepared is None:
-                continue
-            node, values = prepared
-            request = self.wf.template(node).request(values)
-            future = self.tools.submit(node, request)
-            self.tool_futures[future] = int(pid)
-
-    def _dispatch_llm(self, worker: Worker, pids: Any) -> None:
-        jobs: list[LLMJob] = []
-        for pid in pids.tolist():
-            pid = int(pid)
-            prepared = self._prepare(pid)
-            if prepared is None:
-                continue
-            node, values = prepared
-            prompt = llm_prompt(node, values)
-            params = sampling_params(node)
-            model = self.wf.model_source(node) or ""
-            if node.pure:
-                key = (self.pool, model, json.dumps(prompt), params)
-                leader = self.board.join(key, self, pid)
-                if leader is not None:  # the same request is already running: share its result
-                    if leader is self:
-                        self.out.llm_coalesced += 1
-                    else:
-                        self.out.llm_joined += 1
-                    continue
-                self.llm_key[pid] = key
-            source = self.execution.kv_source.get(node.id)
-            if source is not None and source != worker.index:
-                worker.pull_prefix(self.workers[source], model, prompt)
-                self.out.kv_moves += 1
-            jobs.append(LLMJob(pid, model, prompt, params, self.owner))
-        self.out.llm_executed += len(jobs)
-        self.out.calls_by_worker[worker.index] = self.out.calls_by_worker.get(worker.index, 0) + len(jobs)
-        for done in worker.submit(jobs):
-            self.llm_finished(done)
-
-    # -- completions --------------------------------------------------------------------------------
 
     def llm_finished(self, done: LLMDone) -> None:
         """A request this Processor submitted finished: settle it and every request that joined it."""
@@ -314,69 +241,107 @@ class Processor:
             node_id = self.graph.physical.node[done.pid]
             tokens, calls = self.out.output_tokens.get(node_id, (0, 0))
             self.out.output_tokens[node_id] = (tokens + done.generated_tokens, calls + 1)
-        self._settle_llm(done.pid, done)
-        for processor, pid in followers:
-            processor._settle_llm(pid, done)
+        for processor, pid in [(self, done.pid), *followers]:
+            processor.settle(pid, processor._reply(pid, done))
 
-    def _settle_llm(self, pid: int, done: LLMDone) -> None:
+    def collect_tools(self) -> bool:
+        """Settle finished tool calls; True if any finished."""
+        finished = [f for f in self._tool_futures if f.done()]
+        for future in finished:
+            pid = self._tool_futures.pop(future)
+            error = future.exception()
+            ran = Ran(-1, time.perf_counter(), error is None)
+            if error is None:
+                self.settle(pid, Outcome(value=future.result(), ran=ran))
+            else:
+                self.settle(pid, Outcome(error=str(error), ran=ran))
+        return bool(finished)
+
+    def has_ready(self) -> bool:
+        return any(self.core.ready_count(q) for q in range(self.core.num_queues))
+
+    def check_stalled(self) -> None:
+        """Raise if nothing is ready, running or on the tool pool while nodes are left (a cycle?)."""
+        if not self.core.finished and self.core.running == 0 and not self._tool_futures and not self.has_ready():
+            raise RuntimeError(f"scheduler stalled: {self.core.remaining} nodes left, none ready or running (a cycle?)")
+
+    def cancel(self) -> None:
+        """Stop this run where it is: its jobs leave the workers, its tool calls are forgotten."""
+        for worker in self.workers:
+            worker.cancel(self.owner)
+        self.llm_key.clear()
+        for processor, pid in self.board.leave(self):  # others waited on our requests: they run their own
+            processor.settle(pid, Outcome(retry=True))
+        self._tool_futures.clear()
+
+    def _preload_next(self, worker: Worker) -> None:
+        for node_id, model in self.planned.get(worker.index, ()):
+            if self.node_left[node_id] > 0:
+                worker.preload_async(model)
+                return
+
+    # -- settling -----------------------------------------------------------------------------------
+
+    def settle(self, pid: int, outcome: Outcome) -> None:
+        """End one attempt at physical node `pid`: the one place every completion passes through.
+
+        A value completes the node; `retry` submits it again; an error follows the node's on_error
+        policy: another attempt while `retries` last (retry), the fallback as its value (default),
+        or the node fails and, under fail_row, so does everything downstream of it in its rows.
+        """
         node = self.wf.node(self.graph.physical.node[pid])
-        self._span(pid, node, done.worker, done.end, done.error is None)
-        if done.error is not None:
-            self._failed_attempt(pid, node, done.error)
-            return
-        try:
-            result = llm_result(node, done.text or "")
-        except ValueError as exc:
-            self._failed_attempt(pid, node, str(exc))
-            return
-        self._finish(pid, result)
-
-    def _tool_finished(self, future: Future) -> None:
-        pid = self.tool_futures.pop(future)
-        node = self.wf.node(self.graph.physical.node[pid])
-        error = future.exception()
-        self._span(pid, node, -1, time.perf_counter(), error is None)
-        if error is None:
-            self._finish(pid, future.result())
-        else:
-            self._failed_attempt(pid, node, str(error))
-
-    def _failed_attempt(self, pid: int, node: GraphNode, message: str) -> None:
-        policy = node.spec.on_error
-        if policy == "retry" and self.attempts[pid] < node.spec.retries:
+        ran = outcome.ran
+        if ran is not None:
+            start = self.start_time.pop(pid, ran.end)
+            self.out.timeline.append(Span(pid, node.id, node.kind, ran.worker, start, ran.end, ran.ok))
+        if outcome.retry:
+            self._submit_again(pid, node)
+        elif outcome.error is None:
+            self._complete(pid, outcome.value)
+        elif node.spec.on_error == "retry" and self.attempts[pid] < node.spec.retries:
             self.attempts[pid] += 1
-            self._retry(pid, node)
-        elif policy == "default":
-            self._finish(pid, fallback_result(node))
+            self._submit_again(pid, node)
+        elif node.spec.on_error == "default":
+            self._complete(pid, fallback_result(node))
         else:
-            self._fail(pid, message)
+            self._fail(pid, outcome.error)
 
-    def _retry(self, pid: int, node: GraphNode) -> None:
+    def _reply(self, pid: int, done: LLMDone) -> Outcome:
+        """The outcome of physical node `pid` answered by `done` (its own node reads the reply)."""
+        ran = Ran(done.worker, done.end, done.error is None)
+        if done.error is not None:
+            return Outcome(error=done.error, ran=ran)
+        try:
+            return Outcome(value=llm_result(self.wf.node(self.graph.physical.node[pid]), done.text or ""), ran=ran)
+        except ValueError as exc:  # e.g. no JSON in the reply of a node with a json_schema
+            return Outcome(error=str(exc), ran=ran)
+
+    def _submit_again(self, pid: int, node: GraphNode) -> None:
         if node.kind == "llm":
             worker = self.workers[int(self.execution.worker_of.get(node.id, 0)) % len(self.workers)]
             self._dispatch_llm(worker, np.asarray([pid]))
         else:
             self._dispatch_tools(np.asarray([pid]))
 
-    def _finish(self, pid: int, result: Any) -> None:
+    def _complete(self, pid: int, result: Any) -> None:
         self.results[pid] = result
         self.ok[pid] = 1
         if self.journal is not None:
             journaled = {"$skipped": True} if result is SKIPPED else result
             self.journal.node(self.graph.physical.signature(pid), journaled)
         self.core.complete(pid)
-        self._settled(pid)
+        self._count_off(pid)
 
     def _fail(self, pid: int, message: str) -> None:
         node_id = self.graph.physical.node[pid]
         for _, row in self.graph.physical.instances[pid]:
             self.out.errors.setdefault(row, RowError(row, node_id, message))
         cancelled = self.core.fail(pid)
-        self._settled(pid)
+        self._count_off(pid)
         for other in cancelled.tolist():
-            self._settled(int(other))
+            self._count_off(int(other))
 
-    def _settled(self, pid: int) -> None:
+    def _count_off(self, pid: int) -> None:
         """A physical node reached a final state: count its instances off their rows."""
         self.node_left[self.graph.physical.node[pid]] -= 1
         for _, row in self.graph.physical.instances[pid]:
@@ -398,14 +363,117 @@ class Processor:
         if self.on_row is not None:
             self.on_row(row, outputs, error)
 
-    def _span(self, pid: int, node: GraphNode, worker: int, end: float, ok: bool) -> None:
-        start = self.start_time.pop(pid, end)
-        self.out.timeline.append(Span(pid, node.id, node.kind, worker, start, end, ok))
+    # -- handing out work ---------------------------------------------------------------------------
+
+    def _context(self, pid: int) -> tuple[GraphNode, Mapping[str, Any], dict[str, Any]]:
+        """The node, row and upstream results (by graph node id) of a physical node's first instance."""
+        table = self.graph.physical
+        node = self.wf.node(table.node[pid])
+        row = table.row[pid]
+        results: dict[str, Any] = {}
+        for up in node.upstream:
+            upid = self.graph.assignment[up][row]
+            if self.ok[upid] and self.results[upid] is not SKIPPED:
+                results[up] = self.results[upid]
+        return node, self.rows[row], results
+
+    def _prepare(self, pid: int) -> tuple[GraphNode, tuple] | None:
+        """Render a node about to run; None if it was settled instead (skipped, or failed to render)."""
+        self.start_time.setdefault(pid, time.perf_counter())
+        node, row, results = self._context(pid)
+        if node.guards and self.wf.skipped(node, row, results):
+            self.out.skipped += 1
+            self.settle(pid, Outcome(value=SKIPPED))
+            return None
+        failed = self.graph.render_errors.get(pid)  # the row's data broke the template at consolidation
+        if failed is not None:
+            self.settle(pid, Outcome(error=failed))
+            return None
+        values = self.graph.physical.values[pid]
+        if values is None:
+            try:
+                values = render_values(self.wf, node, row, results)
+            except HaloError as exc:
+                self.settle(pid, Outcome(error=str(exc)))  # on_error applies, as in the serial baseline
+                return None
+        return node, values
+
+    def _dispatch_tools(self, pids: Any) -> None:
+        for pid in pids.tolist():
+            prepared = self._prepare(int(pid))
+            if prepared is None:
+                continue
+            node, values = prepared
+            request = self.wf.template(node).request(values)
+            future = self.tools.submit(node, request)
+            self._tool_futures[future] = int(pid)
+
+    def _dispatch_llm(self, worker: Worker, pids: Any) -> None:
+        requests: list[_Request] = []
+        for pid in pids.tolist():
+            pid = int(pid)
+            prepared = self._prepare(pid)
+            if prepared is None:
+                continue
+            node, values = prepared
+            request = _Request(pid, self.wf.model_source(node) or "", llm_prompt(node, values), sampling_params(node))
+            if node.pure:
+                key = (self.pool, request.model, json.dumps(request.messages), request.params)
+                leader = self.board.join(key, self, pid)
+                if leader is not None:  # the same request is already running: share its result
+                    if leader is self:
+                        self.out.llm_coalesced += 1
+                    else:
+                        self.out.llm_joined += 1
+                    continue
+                self.llm_key[pid] = key
+            requests.append(request)
+        jobs: list[LLMJob] = []
+        failed: list[LLMDone] = []
+        for request, prompt in zip(requests, self._prompts(requests), strict=True):
+            if isinstance(prompt, str):  # the chat template refused the messages, as the engine would have
+                now = time.perf_counter()
+                failed.append(LLMDone(request.pid, worker.index, None, prompt, start=now, end=now, owner=self.owner))
+                continue
+            source = self.execution.kv_source.get(self.graph.physical.node[request.pid])
+            if source is not None and source != worker.index:
+                worker.pull_prefix(self.workers[source], request.model, prompt)
+                self.out.kv_moves += 1
+            jobs.append(LLMJob(request.pid, request.model, prompt, request.params, self.owner))
+        self.out.llm_executed += len(requests)
+        self.out.calls_by_worker[worker.index] = self.out.calls_by_worker.get(worker.index, 0) + len(requests)
+        for done in [*worker.submit(jobs), *failed]:
+            self.llm_finished(done)
+
+    def _prompts(self, requests: Sequence[_Request]) -> list[Prompt | str]:
+        """Each request's prompt as its engine takes it, encoded once: the ids consolidation encoded
+        with the engine's tokenizer, else the messages encoded now with it (one batch per model), or the
+        messages themselves where no tokenizer is known (the engine encodes them). A str is an error."""
+        prompts: list[Prompt | str] = []
+        texts: dict[str, list[tuple[int, str]]] = {}  # model -> (position, rendered chat) to encode
+        planned = self.graph.physical.prompt_ids
+        for position, request in enumerate(requests):
+            ids = planned.get(request.pid) if request.model in self._planned_ids else None
+            tokenizer = self.tokenizers.get(request.model)
+            prompts.append(request.messages if ids is None else ids)
+            if ids is None and tokenizer is not None:
+                try:
+                    texts.setdefault(request.model, []).append((position, tokenizer.render_chat(request.messages)))
+                except HaloError as exc:
+                    prompts[position] = str(exc)
+        for model, rendered in texts.items():
+            encoded = self.tokenizers[model].encode_batch([text for _, text in rendered])
+            for (position, _), ids in zip(rendered, encoded, strict=True):
+                prompts[position] = ids
+        return prompts
 
     # -- resume ---------------------------------------------------------------------------------------
 
     def _restore(self, state: JournalState) -> None:
-        """Mark what an earlier run finished as done, so only the rest runs."""
+        """Mark what an earlier run finished as done, so only the rest runs.
+
+        Not through `settle`: nothing ends here, an earlier run's state comes back, so nothing is
+        journaled again, and a resumed row keeps the outputs the journal holds without being reported."""
         table = self.graph.physical
         restored: list[int] = []
         for pid in range(len(table)):
@@ -450,10 +518,20 @@ class Processor:
                 rows_done=len(self.out.outputs),
                 rows_total=self.graph.rows,
                 generated_tokens=self.out.generated_tokens,
-                tools_in_flight=len(self.tool_futures),
+                tools_in_flight=len(self._tool_futures),
                 llm_in_flight=sum(w.inflight for w in self.workers),
             )
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """An llm request rendered for dispatch, before its prompt is in the form its engine takes."""
+
+    pid: int
+    model: str
+    messages: list[dict[str, str]]
+    params: SamplingParams
 
 
 _MISSING = object()

@@ -32,10 +32,12 @@ class LoopRun(Protocol):
     board: RequestBoard
     error: BaseException | None  # what ended the run early; the loop sets it on cancel
     workers: list[Any]
-    tool_futures: dict[Future, int]
 
     @property
     def finished(self) -> bool: ...
+
+    @property
+    def tool_calls(self) -> list[Future]: ...  # its calls on the tool pool now
 
     def dispatch(self) -> None: ...  # hand ready nodes to the tool pool and the workers
 
@@ -143,7 +145,7 @@ class RunLoop(Generic[RunT]):
         """Nothing advanced: wait a little for a tool call (or a remote worker), or report a stall."""
         if any(p.has_ready() for p in self.active):
             return
-        futures = [f for p in self.active for f in p.tool_futures]
+        futures = [f for p in self.active for f in p.tool_calls]
         if futures:
             wait(futures, timeout=0.005, return_when=FIRST_COMPLETED)
             return

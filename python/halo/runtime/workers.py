@@ -58,7 +58,7 @@ class WorkerPool:
             return
         _start_ray(ray_address)
         threads = max(1, (os.cpu_count() or 2) // count)
-        self.workers = [RayWorker(i, dict(engine_options), threads) for i in range(count)]
+        self.workers = [RayWorker(i, dict(engine_options), threads, models=models) for i in range(count)]
         for source in self.model_sources:
             self.tokenizers[source] = load_tokenizer(models.get(source, source))
         if preload:
