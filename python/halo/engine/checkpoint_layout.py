@@ -4,6 +4,12 @@ Canonical weight names (all float32, contiguous, [out, in] like torch Linear wei
   embed [V,H]; final_norm [H]; lm_head [V,H] only when embeddings are not tied;
   layers.{i}.attn_norm [H]; layers.{i}.wq [nh*hd,H]; layers.{i}.wk / wv [nkv*hd,H];
   layers.{i}.wo [H,nh*hd]; layers.{i}.ffn_norm [H]; layers.{i}.w_gate / w_up [I,H]; layers.{i}.w_down [H,I].
+Present only when the config's switches ask for them:
+  qkv_bias: layers.{i}.bq [nh*hd], bk / bv [nkv*hd]; o_bias: layers.{i}.bo [H];
+  mlp_bias: layers.{i}.b_gate / b_up [I], b_down [H]; qk_norm: layers.{i}.q_norm / k_norm [hd];
+  sandwich_norms: layers.{i}.attn_post_norm [H] (after attention, before the residual add) and
+  layers.{i}.ffn_post_norm [H] (after the MLP); ffn_norm is always the norm before the MLP.
+Norm weights are stored as the checkpoint holds them (gemma's ``1 + w`` is applied by the model).
 q and k rows are in HF order, so the engine applies rotate_half (NeoX) RoPE.
 The format loaders (`gguf_checkpoint.py`, `hf_checkpoint.py`) build it; `checkpoint.py` picks the loader.
 """
@@ -30,27 +36,43 @@ class Checkpoint:
     tokenizer: Tokenizer
 
 
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every canonical weight name with its shape, in load order."""
+def layer_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The canonical per-layer names (without the ``layers.{i}.`` prefix) with their shapes, in load order."""
     h, hd, inter = config.hidden_size, config.head_dim, config.intermediate_size
     q_out, kv_out = config.num_heads * hd, config.num_kv_heads * hd
-    shapes: dict[str, tuple[int, ...]] = {"embed": (config.vocab_size, h)}
+    shapes: dict[str, tuple[int, ...]] = {
+        "attn_norm": (h,),
+        "wq": (q_out, h),
+        "wk": (kv_out, h),
+        "wv": (kv_out, h),
+        "wo": (h, q_out),
+        "ffn_norm": (h,),
+        "w_gate": (inter, h),
+        "w_up": (inter, h),
+        "w_down": (h, inter),
+    }
+    if config.qkv_bias:
+        shapes |= {"bq": (q_out,), "bk": (kv_out,), "bv": (kv_out,)}
+    if config.o_bias:
+        shapes["bo"] = (h,)
+    if config.mlp_bias:
+        shapes |= {"b_gate": (inter,), "b_up": (inter,), "b_down": (h,)}
+    if config.qk_norm:
+        shapes |= {"q_norm": (hd,), "k_norm": (hd,)}
+    if config.sandwich_norms:
+        shapes |= {"attn_post_norm": (h,), "ffn_post_norm": (h,)}
+    return shapes
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every canonical weight name with its shape, in load order."""
+    shapes: dict[str, tuple[int, ...]] = {"embed": (config.vocab_size, config.hidden_size)}
+    per_layer = layer_shapes(config)
     for i in range(config.num_layers):
-        p = f"layers.{i}."
-        shapes |= {
-            p + "attn_norm": (h,),
-            p + "wq": (q_out, h),
-            p + "wk": (kv_out, h),
-            p + "wv": (kv_out, h),
-            p + "wo": (h, q_out),
-            p + "ffn_norm": (h,),
-            p + "w_gate": (inter, h),
-            p + "w_up": (inter, h),
-            p + "w_down": (h, inter),
-        }
-    shapes["final_norm"] = (h,)
+        shapes |= {f"layers.{i}.{name}": shape for name, shape in per_layer.items()}
+    shapes["final_norm"] = (config.hidden_size,)
     if not config.tie_embeddings:
-        shapes["lm_head"] = (config.vocab_size, h)
+        shapes["lm_head"] = (config.vocab_size, config.hidden_size)
     return shapes
 
 

@@ -3,6 +3,12 @@
 Decode runs ``halo._core.CpuAttention``, which reads each sequence's blocks in place; the grouped-matmul
 torch version (``decode_attention_torch``) is the fallback when the native core lacks it, and the
 reference the kernel is tested against.
+
+Sliding windows (``window``: a query sees the last ``window`` positions, itself included) and attention
+soft-capping are honoured by masking: blocks that fell out of a layer's window stay in the pool (other
+layers, and prefix sharing, still need them) and are masked, never freed. The native kernel knows
+neither, so a windowed layer's decode goes to the torch path once some row's context is longer than
+the window, and a soft-capped model's always does.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from halo.engine.kv_cache import KVCache
 from halo.engine.step_context import StepContext
 
 _NATIVE_DTYPES = {torch.float32: False, torch.bfloat16: True}  # dtype -> is_bf16
+SUPPORTS_ATTENTION_SOFTCAP = True  # (the model asks its backend before it loads a soft-capped config)
 
 
 @functools.cache
@@ -73,21 +80,25 @@ def paged_decode(
 
 
 def decode_attention(
-    q: torch.Tensor, kv: KVCache, layer: int, ctx: StepContext, scale: float
+    q: torch.Tensor, kv: KVCache, layer: int, ctx: StepContext, scale: float,
+    window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
     """q ``[B, H, D]`` of one new token per sequence -> ``[B, H * D]``.
 
-    Native paged kernel where the core has it and q is a CPU fp32 or bf16 tensor, else the torch path.
+    Native paged kernel where the core has it, q is a CPU fp32 or bf16 tensor and no window or
+    soft-cap applies (a window no row's context exceeds changes nothing), else the torch path.
     """
     kernel = native_kernel(torch.get_num_threads())
-    if kernel is None or q.dtype not in _NATIVE_DTYPES or q.device.type != "cpu":
-        return decode_attention_torch(q, kv, layer, ctx, scale)
+    windowed = window is not None and ctx.decode_max_len > window
+    if kernel is None or q.dtype not in _NATIVE_DTYPES or q.device.type != "cpu" or windowed or softcap is not None:
+        return decode_attention_torch(q, kv, layer, ctx, scale, window, softcap)
     tables = ctx.decode_blocks.view(q.shape[0], ctx.decode_max_blocks)
     return paged_decode(kernel, q, kv.k[layer], kv.v[layer], tables, ctx.decode_lens, scale)
 
 
 def decode_attention_torch(
-    q: torch.Tensor, kv: KVCache, layer: int, ctx: StepContext, scale: float
+    q: torch.Tensor, kv: KVCache, layer: int, ctx: StepContext, scale: float,
+    window: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
     """q ``[B, H, D]`` of one new token per sequence -> ``[B, H * D]``, by gather and matmul.
 
@@ -103,11 +114,19 @@ def decode_attention_torch(
     # scale folded into q: [B, H, D] is far smaller than the scores
     qg = (q * scale).view(b, kv.num_kv_heads, groups, d).transpose(0, 1)  # [KV, B, G, D]
     scores = torch.matmul(qg, k.transpose(-1, -2)).float()  # [KV, B, G, L]
-    if ctx.decode_mask is not None:
-        scores.masked_fill_(ctx.decode_mask.transpose(0, 1), float("-inf"))
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    mask = ctx.decode_mask
+    if window is not None and ctx.decode_max_len > window:
+        # the query sits at position len - 1 and sees positions [len - window, len)
+        early = torch.arange(length, device=q.device).unsqueeze(0) < (ctx.decode_lens - window).unsqueeze(1)
+        early = early.view(b, 1, 1, length)
+        mask = early if mask is None else mask | early
+    if mask is not None:
+        scores.masked_fill_(mask.transpose(0, 1), float("-inf"))
         # the pool is allocated empty: a slot past a sequence's length may hold a NaN bit pattern,
         # and a zero weight times NaN is NaN
-        v = v.masked_fill(ctx.decode_mask.view(1, b, length, 1), 0.0)
+        v = v.masked_fill(mask.view(1, b, length, 1), 0.0)
     probs = torch.softmax(scores, dim=-1).to(q.dtype)
     out = torch.matmul(probs, v)  # [KV, B, G, D]
     return out.transpose(0, 1).reshape(b, h * d)
@@ -121,6 +140,8 @@ def prefill_attention(
     layer: int,
     ctx: StepContext,
     scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention of each prefill span over its cached prefix plus its new tokens.
 
@@ -131,17 +152,38 @@ def prefill_attention(
     for span in ctx.prefills:
         rows = slice(span.q_start, span.q_start + span.q_len)
         qs = q[rows].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
-        if span.context_len == span.q_len:
+        windowed = window is not None and span.context_len > window
+        if span.context_len == span.q_len and not windowed and softcap is None:
             ks = k_new[rows].transpose(0, 1).unsqueeze(0)
             vs = v_new[rows].transpose(0, 1).unsqueeze(0)
             o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True)
         else:
-            k, v = kv.gather(layer, span.blocks)
-            ks = k[:, : span.context_len].unsqueeze(0)
-            vs = v[:, : span.context_len].unsqueeze(0)
+            if span.context_len == span.q_len:
+                ks = k_new[rows].transpose(0, 1).unsqueeze(0)
+                vs = v_new[rows].transpose(0, 1).unsqueeze(0)
+            else:
+                k, v = kv.gather(layer, span.blocks)
+                ks = k[:, : span.context_len].unsqueeze(0)
+                vs = v[:, : span.context_len].unsqueeze(0)
             first = span.context_len - span.q_len
-            qpos = torch.arange(first, span.context_len).unsqueeze(1)
-            allowed = torch.arange(span.context_len).unsqueeze(0) <= qpos  # [n, ctx]
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=allowed, scale=scale, enable_gqa=True)
+            qpos = torch.arange(first, span.context_len, device=q.device).unsqueeze(1)
+            kpos = torch.arange(span.context_len, device=q.device).unsqueeze(0)
+            allowed = kpos <= qpos  # [n, ctx]
+            if windowed:
+                allowed &= kpos > qpos - window
+            o = _attend(qs, ks, vs, allowed, scale, softcap)
         outs.append(o.squeeze(0).transpose(0, 1).reshape(span.q_len, -1))
     return torch.cat(outs, dim=0)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float,
+            softcap: float | None) -> torch.Tensor:
+    """Masked GQA attention, q ``[1, H, n, D]``, k/v ``[1, KV, ctx, D]``: SDPA, or by hand to soft-cap scores."""
+    if softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=True)
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)

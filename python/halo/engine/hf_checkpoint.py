@@ -1,12 +1,15 @@
-"""Read (and write) an HF-style Llama directory: config.json, *.safetensors, tokenizer files.
+"""Read (and write) an HF-style decoder directory: config.json, *.safetensors, tokenizer files.
 
-HF weights are already in rotate_half order for q/k, so they map to canonical names unchanged.
-Writing is the inverse, so a GGUF model can be handed to tools that only read HF checkpoints.
+`hf_config.py` turns config.json into a `ModelConfig` (family, switches, per-layer attention); this
+module maps the family's tensor names to canonical ones (checkpoint_layout.py). HF weights are
+already in rotate_half order for q/k, so they map unchanged. Writing is the inverse, for plain
+Llama only, so a GGUF model can be handed to tools that only read HF checkpoints.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +17,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from halo.engine.checkpoint_layout import Checkpoint, check_weights
+from halo.engine.checkpoint_layout import Checkpoint, check_weights, layer_shapes
+from halo.engine.hf_config import config_from_json
 from halo.engine.model_config import ModelConfig
 from halo.engine.tokenizer import Tokenizer
 from halo.errors import ModelLoadError
+
+__all__ = ["config_from_json", "hf_names", "load_hf_checkpoint", "save_hf_checkpoint"]
 
 # canonical per-layer name → HF per-layer name (under model.layers.N.)
 LAYER_TENSORS = {
@@ -30,11 +36,30 @@ LAYER_TENSORS = {
     "w_gate": "mlp.gate_proj.weight",
     "w_up": "mlp.up_proj.weight",
     "w_down": "mlp.down_proj.weight",
+    "bq": "self_attn.q_proj.bias",
+    "bk": "self_attn.k_proj.bias",
+    "bv": "self_attn.v_proj.bias",
+    "bo": "self_attn.o_proj.bias",
+    "b_gate": "mlp.gate_proj.bias",
+    "b_up": "mlp.up_proj.bias",
+    "b_down": "mlp.down_proj.bias",
+    "q_norm": "self_attn.q_norm.weight",
+    "k_norm": "self_attn.k_norm.weight",
 }
+# Gemma's post_attention_layernorm is the norm after attention; its pre-MLP norm has its own name.
+SANDWICH_TENSORS = {
+    "attn_post_norm": "post_attention_layernorm.weight",
+    "ffn_norm": "pre_feedforward_layernorm.weight",
+    "ffn_post_norm": "post_feedforward_layernorm.weight",
+}
+# Where the decoder sits: a causal LM, or the language model of gemma3's multimodal wrapper
+# (transformers 5, then 4). The first whose embedding exists wins; vision weights are not read.
+DECODER_PREFIXES = {"model.": "lm_head.weight", "model.language_model.": "lm_head.weight",
+                    "language_model.model.": "language_model.lm_head.weight"}
 
 
 def load_hf_checkpoint(directory: Path) -> Checkpoint:
-    """Load an HF Llama directory; every failure is a ModelLoadError that names the file."""
+    """Load an HF directory of a supported family; every failure is a ModelLoadError that names the file."""
     if not directory.is_dir():
         raise ModelLoadError(f"model directory {directory} does not exist")
     config = config_from_json(directory / "config.json")
@@ -44,55 +69,15 @@ def load_hf_checkpoint(directory: Path) -> Checkpoint:
     return Checkpoint(path=directory, config=config, weights=weights, tokenizer=tokenizer)
 
 
-def config_from_json(path: Path) -> ModelConfig:
-    """ModelConfig from an HF config.json; only Llama without biases or RoPE scaling is accepted."""
-    try:
-        raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read model config {path}: {exc}") from exc
-    archs = raw.get("architectures") or []
-    if raw.get("model_type") != "llama" and "LlamaForCausalLM" not in archs:
-        found = raw.get("model_type") or ", ".join(archs) or "none given"
-        raise ModelLoadError(f"{path}: architecture {found!r} is not supported (supported: llama)")
-    if raw.get("rope_scaling"):
-        raise ModelLoadError(f"{path}: rope_scaling {raw['rope_scaling']!r} is not supported")
-    if raw.get("attention_bias") or raw.get("mlp_bias"):
-        raise ModelLoadError(f"{path}: attention/MLP biases are not supported")
-    # transformers 5 nests the rope settings under rope_parameters.
-    rope = raw.get("rope_parameters") or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ModelLoadError(f"{path}: rope_type {rope['rope_type']!r} is not supported")
-
-    def need(key: str) -> Any:
-        if key not in raw:
-            raise ModelLoadError(f"{path}: key {key!r} is missing")
-        return raw[key]
-
-    hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
-    return ModelConfig(
-        name=path.parent.name,
-        num_layers=int(need("num_hidden_layers")),
-        hidden_size=hidden,
-        num_heads=heads,
-        num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-        head_dim=int(raw.get("head_dim") or hidden // heads),
-        intermediate_size=int(need("intermediate_size")),
-        vocab_size=int(need("vocab_size")),
-        rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
-        rms_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        context_length=int(raw.get("max_position_embeddings", 2048)),
-        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
-    )
-
-
-def hf_names(config: ModelConfig) -> dict[str, str]:
-    """Canonical weight name → HF tensor name."""
-    names = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight"}
+def hf_names(config: ModelConfig, prefix: str = "model.") -> dict[str, str]:
+    """Canonical weight name → HF tensor name, for a decoder under ``prefix``."""
+    names = {"embed": f"{prefix}embed_tokens.weight", "final_norm": f"{prefix}norm.weight"}
     if not config.tie_embeddings:
-        names["lm_head"] = "lm_head.weight"
+        names["lm_head"] = DECODER_PREFIXES.get(prefix, "lm_head.weight")
+    per_layer = LAYER_TENSORS | (SANDWICH_TENSORS if config.sandwich_norms else {})
     for i in range(config.num_layers):
-        for canon, hf in LAYER_TENSORS.items():
-            names[f"layers.{i}.{canon}"] = f"model.layers.{i}.{hf}"
+        for canon in layer_shapes(config):
+            names[f"layers.{i}.{canon}"] = f"{prefix}layers.{i}.{per_layer[canon]}"
     return names
 
 
@@ -101,19 +86,25 @@ def read_weights(directory: Path, config: ModelConfig) -> dict[str, torch.Tensor
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"{directory}: no *.safetensors files")
-    wanted = {hf: canon for canon, hf in hf_names(config).items()}
-    weights: dict[str, torch.Tensor] = {}
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as f:
+    with ExitStack() as stack:
+        handles = []
+        for file in files:
+            try:
+                handles.append((file, stack.enter_context(safe_open(str(file), framework="pt"))))
+            except Exception as exc:
+                raise ModelLoadError(f"cannot read {file} (truncated or corrupt safetensors?): {exc}") from exc
+        present = {name for _, f in handles for name in f.keys()}  # noqa: SIM118 - not iterable
+        prefix = next((p for p in DECODER_PREFIXES if f"{p}embed_tokens.weight" in present), "model.")
+        wanted = {hf: canon for canon, hf in hf_names(config, prefix).items()}
+        weights: dict[str, torch.Tensor] = {}
+        for file, f in handles:
+            try:
                 for hf in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
                     if hf in wanted:
                         # bf16/fp16 checkpoints become fp32 here; fp32 ones are already owned copies.
                         weights[wanted[hf]] = f.get_tensor(hf).to(torch.float32).contiguous()
-        except ModelLoadError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(f"cannot read {file} (truncated or corrupt safetensors?): {exc}") from exc
+            except Exception as exc:
+                raise ModelLoadError(f"cannot read {file} (truncated or corrupt safetensors?): {exc}") from exc
     missing = [hf for hf, canon in wanted.items() if canon not in weights]
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
@@ -122,9 +113,16 @@ def read_weights(directory: Path, config: ModelConfig) -> dict[str, torch.Tensor
 
 
 def save_hf_checkpoint(ckpt: Checkpoint, directory: Path) -> None:
-    """Write `ckpt` as an fp32 HF Llama directory that load_hf_checkpoint (and transformers) can read."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write `ckpt` as an fp32 HF Llama directory that load_hf_checkpoint (and transformers) can read.
+
+    Plain Llama only (what GGUF loading yields today): another family or switch would need its own
+    config keys, and writing a config that reads back as a different model must not happen.
+    """
     c = ckpt.config
+    if not c.is_plain_llama:
+        raise ModelLoadError(f"{ckpt.path}: only plain Llama checkpoints can be written as HF directories "
+                             f"(this one is {c.family} with other switches)")
+    directory.mkdir(parents=True, exist_ok=True)
     config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",

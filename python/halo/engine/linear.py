@@ -34,26 +34,27 @@ def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 class Linear:
-    """``y = x @ weight.T`` for one weight, packed when that gives the same numbers faster."""
+    """``y = x @ weight.T (+ bias)`` for one weight, packed when that gives the same numbers faster."""
 
-    __slots__ = ("weight", "packed", "out_features", "in_features")
+    __slots__ = ("weight", "bias", "packed", "out_features", "in_features")
 
-    def __init__(self, weight: torch.Tensor, pack: bool) -> None:
+    def __init__(self, weight: torch.Tensor, pack: bool, bias: torch.Tensor | None = None) -> None:
         self.out_features, self.in_features = weight.shape
-        packed = pack_weight_checked(weight) if pack else None
+        packed = pack_weight_checked(weight, bias) if pack else None
         self.packed = packed is not None
         self.weight = packed if packed is not None else weight
+        self.bias = bias
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
-        return F.linear(x, self.weight)
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
 
     def numel(self) -> int:
         return self.out_features * self.in_features
 
 
-def pack_weight_checked(weight: torch.Tensor) -> torch.Tensor | None:
+def pack_weight_checked(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
     """The packed weight if its products equal ``F.linear``'s bit for bit on probe batches, else None.
 
     The check runs once per weight at load (a few small products): a torch or oneDNN build whose
@@ -64,8 +65,8 @@ def pack_weight_checked(weight: torch.Tensor) -> torch.Tensor | None:
         generator = torch.Generator().manual_seed(0)
         for rows in (1, 5, 33):
             x = torch.randn(rows, weight.shape[1], generator=generator).to(weight.dtype)
-            got = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-            if not torch.equal(got, F.linear(x, weight)):
+            got = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+            if not torch.equal(got, F.linear(x, weight, bias)):
                 return None
     except RuntimeError:  # an op missing from this build, or a shape it does not take
         return None

@@ -19,7 +19,7 @@ from halo.engine.dtype_probe import DtypeChoice, choose_dtype, cpu_capability, m
 from halo.engine.kv_cache import KVCache
 from halo.engine.kv_prefix import KVPrefix
 from halo.engine.kv_swapper import KVSwapper
-from halo.engine.model import LlamaModel
+from halo.engine.model import DecoderModel
 from halo.engine.model_runner import ModelRunner
 from halo.engine.sampling_params import GenerationResult, SamplingParams
 from halo.engine.sequence import Sequence, SequenceStatus
@@ -99,7 +99,7 @@ class LLMEngine:
         self.model_path = ckpt.path
         self.config = ckpt.config
         self.tokenizer = ckpt.tokenizer
-        self.model = LlamaModel(
+        self.model = DecoderModel(
             ckpt.config, dict(ckpt.weights), self.dtype_choice.dtype, self.device, attention, pack_weights
         )
         del ckpt

@@ -1,7 +1,15 @@
-"""The Llama-family transformer over a paged KV cache: fused QKV, RoPE, GQA, fp32 RMSNorm, SwiGLU."""
+"""The decoder of every supported family over a paged KV cache: one forward, family switches as data.
+
+Fused QKV (biases optional), optional per-head q/k RMSNorm, rotate_half RoPE from one table per
+distinct (base, scaling) among the layers, GQA attention over the paged pool within each layer's
+sliding window, optional norms after attention and after the MLP (gemma3), SwiGLU or GeGLU, tied
+or separate head, optional logit soft-capping. RMSNorm runs in fp32. `ModelConfig` holds the
+switches (model_config.py); docs/models.md says what each family sets.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -11,7 +19,9 @@ from halo.engine import cpu_attention
 from halo.engine.kv_cache import KVCache
 from halo.engine.linear import Linear, packing_available
 from halo.engine.model_config import ModelConfig
+from halo.engine.rope import rope_tables
 from halo.engine.step_context import StepContext
+from halo.errors import ModelLoadError
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -21,13 +31,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * xf.to(x.dtype)
 
 
-def rope_tables(config: ModelConfig, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin ``[max_positions, head_dim]`` in fp32 for rotate_half RoPE."""
-    d = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
-    freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos(), emb.sin()
+def gemma_rms_norm(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gemma's RMSNorm: ``gain`` is ``1 + w`` in fp32, applied before rounding to x's dtype (once)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf * gain).to(x.dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -37,7 +45,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
-class LlamaModel:
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"silu": F.silu, "gelu_tanh": gelu_tanh}
+
+
+class DecoderModel:
     """Inference-only weights and forward pass. Not an nn.Module: no autograd, no hooks, plain tensors."""
 
     def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype,
@@ -50,6 +65,9 @@ class LlamaModel:
         self.device = torch.device(device)
         self.attention = attention
         c = config
+        if c.attn_softcap is not None and not getattr(attention, "SUPPORTS_ATTENTION_SOFTCAP", False):
+            backend = attention.__name__.rsplit(".", 1)[-1]
+            raise ModelLoadError(f"{c.name}: attention soft-capping is not supported by the {backend} backend")
 
         def convert(w: torch.Tensor) -> torch.Tensor:
             return w.to(device=self.device, dtype=dtype).contiguous()
@@ -58,32 +76,59 @@ class LlamaModel:
             # pop so the fp32 originals are released as soon as each converted copy exists
             return convert(weights.pop(name))
 
+        def take_norm(name: str) -> torch.Tensor:
+            w = take(name)
+            # gemma's gain is 1 + w of the model-dtype weight, kept in fp32 as transformers computes it
+            return (1.0 + w.float()).contiguous() if c.norm == "gemma" else w
+
+        def take_all(*names: str) -> torch.Tensor:
+            return convert(torch.cat([weights.pop(n) for n in names]))
+
         pack = pack_weights and packing_available(self.device, dtype)
         self.packed_weights = pack
+        self.norm = rms_norm if c.norm == "rms" else gemma_rms_norm
+        self.act = ACTIVATIONS[c.activation]
         self.embed = take("embed")
+        # transformers rounds the scale to the weight dtype before multiplying (sqrt(3072) -> 55.5 in bf16)
+        self.embed_scale = None if c.embed_scale is None else torch.tensor(c.embed_scale).to(self.device, dtype)
         # a tied head gets its own packed copy: the embedding lookup needs the plain layout
         self.lm_head = Linear(take("lm_head") if "lm_head" in weights else self.embed, pack)
-        self.final_norm = take("final_norm")
+        self.final_norm = take_norm("final_norm")
+        norm_names = ["attn_norm", "ffn_norm"]
+        norm_names += ["q_norm", "k_norm"] if c.qk_norm else []
+        norm_names += ["attn_post_norm", "ffn_post_norm"] if c.sandwich_norms else []
         self.layers: list[dict[str, torch.Tensor]] = []
         self.linears: list[dict[str, Linear]] = []
         for i in range(c.num_layers):
             p = f"layers.{i}."
-            wqkv = torch.cat([weights.pop(p + "wq"), weights.pop(p + "wk"), weights.pop(p + "wv")])
-            gate_up = torch.cat([weights.pop(p + "w_gate"), weights.pop(p + "w_up")])
-            self.layers.append({"attn_norm": take(p + "attn_norm"), "ffn_norm": take(p + "ffn_norm")})
+            self.layers.append({name: take_norm(p + name) for name in norm_names})
             self.linears.append(
                 {
-                    "wqkv": Linear(convert(wqkv), pack),
-                    "wo": Linear(take(p + "wo"), pack),
-                    "w_gate_up": Linear(convert(gate_up), pack),
-                    "w_down": Linear(take(p + "w_down"), pack),
+                    "wqkv": Linear(take_all(p + "wq", p + "wk", p + "wv"), pack,
+                                   take_all(p + "bq", p + "bk", p + "bv") if c.qkv_bias else None),
+                    "wo": Linear(take(p + "wo"), pack, take(p + "bo") if c.o_bias else None),
+                    "w_gate_up": Linear(take_all(p + "w_gate", p + "w_up"), pack,
+                                        take_all(p + "b_gate", p + "b_up") if c.mlp_bias else None),
+                    "w_down": Linear(take(p + "w_down"), pack, take(p + "b_down") if c.mlp_bias else None),
                 }
             )
-        cos, sin = rope_tables(c, c.context_length)
-        self.cos, self.sin = cos.to(self.device, dtype), sin.to(self.device, dtype)
+        # One cos/sin table per distinct RoPE among the layers (gemma3: local and global bases).
+        self.rope: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.rope_of_layer: list[int] = []
+        self.window_of_layer: list[int | None] = []
+        seen: dict[tuple, int] = {}
+        for i in range(c.num_layers):
+            layer = c.layer(i)
+            key = (layer.rope_theta, layer.rope_scaling)
+            if key not in seen:
+                seen[key] = len(self.rope)
+                cos, sin = rope_tables(c.head_dim, layer.rope_theta, layer.rope_scaling, c.context_length)
+                self.rope.append((cos.to(self.device, dtype), sin.to(self.device, dtype)))
+            self.rope_of_layer.append(seen[key])
+            self.window_of_layer.append(layer.window)
         self.q_size = c.num_heads * c.head_dim
         self.kv_size = c.num_kv_heads * c.head_dim
-        self.scale = c.head_dim**-0.5
+        self.scale = c.attention_scale
         # Two FLOPs per weight per token (attention over the context excluded): what prefill costs.
         self.flops_per_token = 2 * (
             sum(w.numel() for layer in self.linears for w in layer.values()) + self.lm_head.numel()
@@ -93,28 +138,46 @@ class LlamaModel:
     def forward(self, ctx: StepContext, kv: KVCache) -> torch.Tensor:
         """Compute the step's tokens, store their K/V, return fp32 logits of ``ctx.logits_rows``."""
         c = self.config
+        norm, eps = self.norm, c.rms_eps
         x = self.embed[ctx.input_ids]
+        if self.embed_scale is not None:
+            x = x * self.embed_scale
         t = x.shape[0]
-        cos = self.cos[ctx.positions].unsqueeze(1)
-        sin = self.sin[ctx.positions].unsqueeze(1)
+        rope = [(cos[ctx.positions].unsqueeze(1), sin[ctx.positions].unsqueeze(1)) for cos, sin in self.rope]
         nd = ctx.num_decode
         for i, (w, lin) in enumerate(zip(self.layers, self.linears, strict=True)):
-            h = rms_norm(x, w["attn_norm"], c.rms_eps)
+            h = norm(x, w["attn_norm"], eps)
             qkv = lin["wqkv"](h)
+            qk = qkv[:, : self.q_size + self.kv_size].view(t, -1, c.head_dim)
+            if c.qk_norm:
+                heads = c.num_heads
+                qk = torch.cat([norm(qk[:, :heads], w["q_norm"], eps), norm(qk[:, heads:], w["k_norm"], eps)], 1)
             # q and k heads rotate together: one pass over [T, H + KV, D] instead of two
-            qk = apply_rope(qkv[:, : self.q_size + self.kv_size].view(t, -1, c.head_dim), cos, sin)
+            qk = apply_rope(qk, *rope[self.rope_of_layer[i]])
             q, k = qk[:, : c.num_heads], qk[:, c.num_heads :]
             v = qkv[:, self.q_size + self.kv_size :].view(t, c.num_kv_heads, c.head_dim)
             kv.store(i, k, v, ctx.slots)
+            window, softcap = self.window_of_layer[i], c.attn_softcap
             parts = []
             if nd:
-                parts.append(self.attention.decode_attention(q[:nd], kv, i, ctx, self.scale))
+                parts.append(self.attention.decode_attention(q[:nd], kv, i, ctx, self.scale,
+                                                             window=window, softcap=softcap))
             if ctx.prefills:
-                parts.append(self.attention.prefill_attention(q, k, v, kv, i, ctx, self.scale))
+                parts.append(self.attention.prefill_attention(q, k, v, kv, i, ctx, self.scale,
+                                                              window=window, softcap=softcap))
             attn = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-            x = x + lin["wo"](attn)
-            h = rms_norm(x, w["ffn_norm"], c.rms_eps)
+            h = lin["wo"](attn)
+            if c.sandwich_norms:
+                h = norm(h, w["attn_post_norm"], eps)
+            x = x + h
+            h = norm(x, w["ffn_norm"], eps)
             gate, up = lin["w_gate_up"](h).chunk(2, dim=-1)
-            x = x + lin["w_down"](F.silu(gate) * up)
-        x = rms_norm(x[ctx.logits_rows], self.final_norm, c.rms_eps)
-        return self.lm_head(x).float()
+            h = lin["w_down"](self.act(gate) * up)
+            if c.sandwich_norms:
+                h = norm(h, w["ffn_post_norm"], eps)
+            x = x + h
+        x = norm(x[ctx.logits_rows], self.final_norm, eps)
+        logits = self.lm_head(x).float()
+        if c.final_softcap is not None:
+            logits = torch.tanh(logits / c.final_softcap) * c.final_softcap
+        return logits

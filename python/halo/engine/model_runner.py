@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from halo.engine.batch_scheduler import ScheduledBatch
 from halo.engine.kv_cache import KVCache
-from halo.engine.model import LlamaModel
+from halo.engine.model import DecoderModel
 from halo.engine.sampler import sample
 from halo.engine.sequence import Sequence
 from halo.engine.step_context import PrefillSpan, StepContext
 
+LogitsObserver = Callable[[list[Sequence], torch.Tensor], None]
+
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, kv: KVCache) -> None:
+    def __init__(self, model: DecoderModel, kv: KVCache) -> None:
         self.model = model
         self.kv = kv
+        # Test hook: called after each forward with the sampling sequences (tokens not yet appended)
+        # and their fp32 logits [S, V], row i for sequence i. The fidelity tests compare these with
+        # transformers; nothing in the engine sets it.
+        self.on_logits: LogitsObserver | None = None
 
     def prepare(self, batch: ScheduledBatch) -> tuple[StepContext, list[Sequence]]:
         """Build the step context; also return the sequences that sample a token this step."""
@@ -77,6 +85,8 @@ class ModelRunner:
         if self.model.device.type != "cpu":
             ctx = ctx.to(self.model.device)
         logits = self.model.forward(ctx, self.kv)
+        if self.on_logits is not None and samplers:
+            self.on_logits(samplers, logits)
         if not samplers:
             return [], []
         # sampling runs on the host: per-request generators are CPU generators, and [S, V] is small

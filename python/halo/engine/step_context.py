@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from functools import cached_property
 
 import torch
 
@@ -31,6 +32,11 @@ class StepContext:
     decode_mask: torch.Tensor | None  # [num_decode, 1, 1, decode_max_blocks * block_size] bool, True = padding
     prefills: tuple[PrefillSpan, ...]
     logits_rows: torch.Tensor  # [S] int64 rows whose logits are sampled
+
+    @cached_property
+    def decode_max_len(self) -> int:
+        """The longest decode row's context (0 without decode rows): whether a sliding window bites."""
+        return int(self.decode_lens.max()) if self.num_decode else 0
 
     def to(self, device: torch.device) -> StepContext:
         """The same context with every tensor on ``device`` (built on the host, run on a GPU)."""
