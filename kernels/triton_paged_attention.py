@@ -1,7 +1,9 @@
 """Triton paged attention over the block-table KV layout: decode, chunked prefill, and KV store.
 
 Layout and metadata contracts: see `layout.py`. context_lens counts the tokens in the cache for a
-sequence INCLUDING this step's new ones; query head h reads KV head h // (H // KVH) (GQA).
+sequence INCLUDING this step's new ones; query head h reads KV head h // (H // KVH) (GQA). An
+optional sliding ``window`` lets the query at position p see only positions (p - window, p]; tiles
+wholly before the window are skipped (their blocks stay in the cache, they are just not read).
 
 One program owns one (sequence, KV head) pair and all the query heads that share that KV head, so
 each K/V tile is loaded once per group. It walks the sequence's tokens in tiles, gathering each
@@ -38,7 +40,7 @@ _MIN_DOT = 16  # tl.dot needs every dimension >= 16
 
 @triton.jit
 def _decode_kernel(
-    out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, scale,
+    out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, scale, window,
     stride_qb, stride_qh, stride_ob, stride_oh, stride_cb, stride_ct, stride_ch, stride_bt,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     GROUP_PAD: tl.constexpr, HEAD_PAD: tl.constexpr, TILE: tl.constexpr,
@@ -61,9 +63,10 @@ def _decode_kernel(
     acc = tl.zeros([GROUP_PAD, HEAD_PAD], tl.float32)
     offs = tl.arange(0, TILE)
     head_off = kv_head.to(tl.int64) * stride_ch
-    for start in range(0, ctx, TILE):
+    first = tl.maximum(ctx - window, 0)  # the query (position ctx - 1) sees [ctx - window, ctx)
+    for start in range((first // TILE) * TILE, ctx, TILE):
         pos = start + offs
-        valid = pos < ctx
+        valid = (pos < ctx) & (pos >= first)
         block = tl.load(block_tables_ptr + seq * stride_bt + pos // BLOCK_SIZE, mask=valid, other=0)
         kv_off = block.to(tl.int64) * stride_cb + (pos % BLOCK_SIZE) * stride_ct + head_off
         kv_mask = valid[:, None] & d_mask[None, :]
@@ -84,7 +87,7 @@ def _decode_kernel(
 
 @triton.jit
 def _prefill_kernel(
-    out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, cu_seqlens_ptr, scale,
+    out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, cu_seqlens_ptr, scale, window,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_bt,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     GROUP_PAD: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr,
@@ -122,15 +125,18 @@ def _prefill_kernel(
     head_off = kv_head.to(tl.int64) * stride_ch
     # Causal: no row of this program looks past the last new token it owns.
     end = ctx - n_new + tl.minimum(q_block * BLOCK_Q + BLOCK_Q, n_new)
-    for start in range(0, end, TILE):
+    # Windowed: no row of this program looks before the window of its first new token.
+    first = tl.maximum(ctx - n_new + q_block * BLOCK_Q - window + 1, 0)
+    for start in range((first // TILE) * TILE, end, TILE):
         pos = start + offs
-        valid = pos < end
+        valid = (pos < end) & (pos >= first)
         block = tl.load(block_tables_ptr + seq * stride_bt + pos // BLOCK_SIZE, mask=valid, other=0)
         kv_off = block.to(tl.int64) * stride_cb + (pos % BLOCK_SIZE) * stride_ct + head_off
         kv_mask = valid[:, None] & d_mask[None, :]
         k = tl.load(k_cache_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-        s = tl.where(valid[None, :] & (pos[None, :] <= q_pos[:, None]), s, float("-inf"))
+        seen = (pos[None, :] <= q_pos[:, None]) & (pos[None, :] > q_pos[:, None] - window)
+        s = tl.where(valid[None, :] & seen, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
         alpha = tl.exp(m - m_new)
         p = tl.exp(s - m_new[:, None])
@@ -166,12 +172,20 @@ def _store_kv_kernel(
 
 # The mode is fixed when the kernels are decorated, i.e. at this module's first import.
 _INTERPRETED = isinstance(_decode_kernel, InterpretedFunction)
+_NO_WINDOW = 1 << 30  # a window longer than any context: every earlier position is seen
+
+
+def _window(window: int | None) -> int:
+    require(window is None or (isinstance(window, int) and 0 < window < _NO_WINDOW),
+            f"window must be a positive int or None, got {window!r}")
+    return _NO_WINDOW if window is None else window
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
-                           out: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention of one new token per sequence, q [B, H, D], over its paged context -> [B, H, D]."""
+                           out: torch.Tensor | None = None, window: int | None = None) -> torch.Tensor:
+    """Attention of one new token per sequence, q [B, H, D], over its paged context (its last
+    ``window`` positions, when given) -> [B, H, D]."""
     shape = check_kv_cache(k_cache, v_cache)
     require(q.dim() == 3, f"q must be [B, H, D], got {tuple(q.shape)}")
     batch, heads, head_dim = q.shape
@@ -187,7 +201,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     tile = 1 << (max(_DECODE_WORKING_SET // (group_pad * head_pad), 1).bit_length() - 1)
     tile = min(64, max(4, tile))
     _decode_kernel[(batch, shape.num_kv_heads)](
-        out, q, k_cache, v_cache, block_tables, context_lens, float(scale),
+        out, q, k_cache, v_cache, block_tables, context_lens, float(scale), _window(window),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), *k_cache.stride()[:3],
         block_tables.stride(0), GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=shape.block_size,
         GROUP_PAD=group_pad, HEAD_PAD=head_pad, TILE=tile,
@@ -198,12 +212,13 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 def paged_prefill_attention(q: torch.Tensor, cu_seqlens_q: torch.Tensor, k_cache: torch.Tensor,
                             v_cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
                             scale: float, out: torch.Tensor | None = None,
-                            max_seqlen_q: int | None = None) -> torch.Tensor:
+                            max_seqlen_q: int | None = None, window: int | None = None) -> torch.Tensor:
     """Causal attention of packed new tokens q [T, H, D] over cached prefix + themselves -> [T, H, D].
 
     Sequence b owns rows cu_seqlens_q[b]:cu_seqlens_q[b+1], the last n of its context_lens[b]
     positions, whose K/V are already stored. Pass max_seqlen_q when known: computing it reads
-    cu_seqlens_q on the host (a device sync).
+    cu_seqlens_q on the host (a device sync). With ``window``, a token sees its last ``window``
+    positions only (itself included).
     """
     shape = check_kv_cache(k_cache, v_cache)
     require(q.dim() == 3, f"q must be [T, H, D], got {tuple(q.shape)}")
@@ -226,7 +241,7 @@ def paged_prefill_attention(q: torch.Tensor, cu_seqlens_q: torch.Tensor, k_cache
     block_q = max(1, _PREFILL_ROWS // group_pad)
     grid = (batch, shape.num_kv_heads, triton.cdiv(max_seqlen_q, block_q))
     _prefill_kernel[grid](
-        out, q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q, float(scale),
+        out, q, k_cache, v_cache, block_tables, context_lens, cu_seqlens_q, float(scale), _window(window),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), *k_cache.stride()[:3],
         block_tables.stride(0), GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=shape.block_size,
         GROUP_PAD=group_pad, HEAD_PAD=max(_MIN_DOT, next_power_of_2(head_dim)), BLOCK_Q=block_q,

@@ -118,12 +118,12 @@ def test_hf_directory_round_trip(
 
 @pytest.mark.slow
 def test_hf_config_of_another_architecture(hf_dir: Path, tmp_path: Path) -> None:
-    bad = tmp_path / "mistral"
+    bad = tmp_path / "gpt_neox"  # (mistral was the example before it became a supported family)
     bad.mkdir()
     config = json.loads((hf_dir / "config.json").read_text())
-    config |= {"model_type": "mistral", "architectures": ["MistralForCausalLM"]}
+    config |= {"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]}
     (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match="mistral") as err:
+    with pytest.raises(ModelLoadError, match="gpt_neox") as err:
         load_checkpoint(bad)
     assert str(bad / "config.json") in str(err.value)
 

@@ -4,6 +4,8 @@ Same contract as ``cpu_attention``: the model calls ``decode_attention`` for the
 ``prefill_attention`` for the prefill spans of a step. The pool stays KV-head-major; the kernels
 read it through a ``[num_blocks, block_size, kv_heads, head_dim]`` strided view, so no copy is
 made. On CPU tensors these kernels run only under ``TRITON_INTERPRET=1`` (how tests check them).
+Sliding windows are the kernels' ``window`` argument (blocks before it are skipped, not freed);
+attention soft-capping is not implemented here, so a model that needs it refuses this backend.
 """
 
 from __future__ import annotations
@@ -13,26 +15,33 @@ import torch
 from halo.engine.kv_cache import KVCache
 from halo.engine.step_context import StepContext
 
+SUPPORTS_ATTENTION_SOFTCAP = False
+
 
 def _caches(kv: KVCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     return kv.k[layer].permute(1, 2, 0, 3), kv.v[layer].permute(1, 2, 0, 3)
 
 
-def decode_attention(q: torch.Tensor, kv: KVCache, layer: int, ctx: StepContext, scale: float) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, kv: KVCache, layer: int, ctx: StepContext, scale: float,
+                     window: int | None = None, softcap: float | None = None) -> torch.Tensor:
     from halo.kernels import paged_decode_attention
 
+    assert softcap is None, "the model refuses this backend for soft-capped attention"
     b = q.shape[0]
     k_cache, v_cache = _caches(kv, layer)
     tables = ctx.decode_blocks.view(b, ctx.decode_max_blocks).to(torch.int32)
-    out = paged_decode_attention(q.contiguous(), k_cache, v_cache, tables, ctx.decode_lens.to(torch.int32), scale)
+    out = paged_decode_attention(q.contiguous(), k_cache, v_cache, tables, ctx.decode_lens.to(torch.int32), scale,
+                                 window=window)
     return out.reshape(b, -1)
 
 
 def prefill_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv: KVCache, layer: int,
-                      ctx: StepContext, scale: float) -> torch.Tensor:
+                      ctx: StepContext, scale: float, window: int | None = None,
+                      softcap: float | None = None) -> torch.Tensor:
     """Prefill rows follow the decode rows contiguously, so the spans pack as one varlen batch."""
     from halo.kernels import paged_prefill_attention
 
+    assert softcap is None, "the model refuses this backend for soft-capped attention"
     spans = ctx.prefills
     first = spans[0].q_start
     rows = q[first : spans[-1].q_start + spans[-1].q_len].contiguous()
@@ -44,5 +53,5 @@ def prefill_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
     lens = torch.tensor([s.context_len for s in spans], dtype=torch.int32, device=q.device)
     k_cache, v_cache = _caches(kv, layer)
     out = paged_prefill_attention(rows, cu, k_cache, v_cache, tables, lens, scale,
-                                  max_seqlen_q=max(s.q_len for s in spans))
+                                  max_seqlen_q=max(s.q_len for s in spans), window=window)
     return out.reshape(rows.shape[0], -1)
