@@ -32,15 +32,8 @@ def copy_backend_for(device: torch.device, backend: CopyBackend = "auto") -> Lit
     return backend
 
 
-def copy_blocks(
-    src_k: torch.Tensor,
-    src_v: torch.Tensor,
-    dst_k: torch.Tensor,
-    dst_v: torch.Tensor,
-    src_ids: BlockIds,
-    dst_ids: BlockIds,
-    backend: CopyBackend = "auto",
-) -> None:
+def copy_blocks(src_k: torch.Tensor, src_v: torch.Tensor, dst_k: torch.Tensor, dst_v: torch.Tensor,
+                src_ids: BlockIds, dst_ids: BlockIds, backend: CopyBackend = "auto") -> None:
     """dst[dst_ids[i]] = src[src_ids[i]] for whole K and V blocks; all four caches on one device.
 
     Caches are in the paged layout of `layout.py` (any strides with a contiguous head_dim), so a

@@ -39,11 +39,9 @@ def require(cond: bool, message: str) -> None:
 
 def require_launchable(device: torch.device, interpreted: bool) -> None:
     """Compiled Triton kernels need CUDA memory; interpreted ones (TRITON_INTERPRET=1) run anywhere."""
-    require(
-        device.type == "cuda" or interpreted,
-        f"Triton kernels need CUDA tensors, got {device}; on CPU use the torch path, or set "
-        "TRITON_INTERPRET=1 before the first import of a halo.kernels Triton module",
-    )
+    require(device.type == "cuda" or interpreted,
+            f"Triton kernels need CUDA tensors, got {device}; on CPU use the torch path, or set "
+            "TRITON_INTERPRET=1 before the first import of a halo.kernels Triton module")
 
 
 def next_power_of_2(n: int) -> int:
@@ -52,53 +50,39 @@ def next_power_of_2(n: int) -> int:
 
 def check_kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, name: str = "cache") -> CacheShape:
     """Check one layer's K/V pair and return its shape."""
-    require(
-        k_cache.dim() == 4,
-        f"k_{name} must be [num_blocks, block_size, num_kv_heads, head_dim], got shape {tuple(k_cache.shape)}",
-    )
-    require(
-        v_cache.shape == k_cache.shape,
-        f"v_{name} shape {tuple(v_cache.shape)} != k_{name} shape {tuple(k_cache.shape)}",
-    )
-    require(k_cache.dtype == v_cache.dtype, f"k_{name} dtype {k_cache.dtype} != v_{name} dtype {v_cache.dtype}")
-    require(k_cache.device == v_cache.device, f"k_{name} on {k_cache.device} but v_{name} on {v_cache.device}")
-    require(
-        k_cache.stride() == v_cache.stride(),
-        f"k_{name} strides {k_cache.stride()} != v_{name} strides {v_cache.stride()}",
-    )
-    require(
-        k_cache.stride(3) == 1 or k_cache.shape[3] == 1,
-        f"k_{name}/v_{name} must be contiguous in head_dim (strides {k_cache.stride()})",
-    )
+    require(k_cache.dim() == 4, f"k_{name} must be [num_blocks, block_size, num_kv_heads, head_dim], "
+            f"got shape {tuple(k_cache.shape)}")
+    require(v_cache.shape == k_cache.shape,
+            f"v_{name} shape {tuple(v_cache.shape)} != k_{name} shape {tuple(k_cache.shape)}")
+    require(k_cache.dtype == v_cache.dtype,
+            f"k_{name} dtype {k_cache.dtype} != v_{name} dtype {v_cache.dtype}")
+    require(k_cache.device == v_cache.device,
+            f"k_{name} on {k_cache.device} but v_{name} on {v_cache.device}")
+    require(k_cache.stride() == v_cache.stride(),
+            f"k_{name} strides {k_cache.stride()} != v_{name} strides {v_cache.stride()}")
+    require(k_cache.stride(3) == 1 or k_cache.shape[3] == 1,
+            f"k_{name}/v_{name} must be contiguous in head_dim (strides {k_cache.stride()})")
     return CacheShape(*k_cache.shape)
 
 
-def check_paged_batch(block_tables: torch.Tensor, context_lens: torch.Tensor, batch: int, device: torch.device) -> None:
+def check_paged_batch(block_tables: torch.Tensor, context_lens: torch.Tensor, batch: int,
+                      device: torch.device) -> None:
     """Check the per-batch metadata: int32 block tables [B, max_blocks] and context lengths [B]."""
-    require(
-        block_tables.dim() == 2 and block_tables.shape[0] == batch,
-        f"block_tables must be [B={batch}, max_blocks], got {tuple(block_tables.shape)}",
-    )
+    require(block_tables.dim() == 2 and block_tables.shape[0] == batch,
+            f"block_tables must be [B={batch}, max_blocks], got {tuple(block_tables.shape)}")
     require(block_tables.dtype == torch.int32, f"block_tables must be int32, got {block_tables.dtype}")
-    require(
-        block_tables.stride(1) == 1 or block_tables.shape[1] <= 1,
-        "block_tables rows must be contiguous (stride(1) == 1)",
-    )
-    require(context_lens.shape == (batch,), f"context_lens must be [B={batch}], got {tuple(context_lens.shape)}")
+    require(block_tables.stride(1) == 1 or block_tables.shape[1] <= 1,
+            "block_tables rows must be contiguous (stride(1) == 1)")
+    require(context_lens.shape == (batch,), f"context_lens must be [B={batch}], got "
+            f"{tuple(context_lens.shape)}")
     require(context_lens.dtype == torch.int32, f"context_lens must be int32, got {context_lens.dtype}")
     require(context_lens.is_contiguous(), "context_lens must be contiguous")
     for label, t in (("block_tables", block_tables), ("context_lens", context_lens)):
         require(t.device == device, f"{label} on {t.device}, expected {device}")
 
 
-def check_block_copy(
-    src_k: torch.Tensor,
-    src_v: torch.Tensor,
-    dst_k: torch.Tensor,
-    dst_v: torch.Tensor,
-    src_ids: BlockIds,
-    dst_ids: BlockIds,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def check_block_copy(src_k: torch.Tensor, src_v: torch.Tensor, dst_k: torch.Tensor, dst_v: torch.Tensor,
+                     src_ids: BlockIds, dst_ids: BlockIds) -> tuple[torch.Tensor, torch.Tensor]:
     """Check two pools (one device) and their id lists for a block copy; return the ids as 1-D tensors.
 
     Ids given on the host (a list, or a CPU tensor) are also checked for range, duplicate
@@ -108,24 +92,20 @@ def check_block_copy(
     """
     src_shape = check_kv_cache(src_k, src_v, "src")
     dst_shape = check_kv_cache(dst_k, dst_v, "dst")
-    require(
-        src_shape[1:] == dst_shape[1:],
-        f"block shapes differ: src {tuple(src_k.shape[1:])}, dst {tuple(dst_k.shape[1:])}",
-    )
+    require(src_shape[1:] == dst_shape[1:],
+            f"block shapes differ: src {tuple(src_k.shape[1:])}, dst {tuple(dst_k.shape[1:])}")
     require(src_k.dtype == dst_k.dtype, f"src dtype {src_k.dtype} != dst dtype {dst_k.dtype}")
-    require(
-        src_k.device == dst_k.device,
-        f"src on {src_k.device}, dst on {dst_k.device}: copy blocks within one device (stage first)",
-    )
+    require(src_k.device == dst_k.device,
+            f"src on {src_k.device}, dst on {dst_k.device}: copy blocks within one device (stage first)")
     src = _as_ids(src_ids, "src_ids")
     dst = _as_ids(dst_ids, "dst_ids")
     require(src.shape == dst.shape, f"{src.numel()} src_ids but {dst.numel()} dst_ids")
-    on_host = src.device.type == "cpu" and dst.device.type == "cpu"
     if src.device.type == "cpu":
         _check_range(src, src_shape.num_blocks, "src_ids")
     if dst.device.type == "cpu":
         _check_range(dst, dst_shape.num_blocks, "dst_ids")
         require(dst.unique().numel() == dst.numel(), f"dst_ids must be unique, got {dst.tolist()}")
+    on_host = src.device.type == "cpu" and dst.device.type == "cpu"
     if on_host and _same_storage(src_k, dst_k):
         overlap = set(src.tolist()) & set(dst.tolist())
         require(not overlap, f"copy within one pool with ids both source and destination: {sorted(overlap)}")

@@ -21,9 +21,8 @@ def gather_tokens(cache: torch.Tensor, block_table: torch.Tensor, num_tokens: in
     return blocks.reshape(num_blocks * block_size, heads, head_dim)[:num_tokens]
 
 
-def store_kv_ref(
-    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
-) -> None:
+def store_kv_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 slot_mapping: torch.Tensor) -> None:
     """Write k, v [T, kv_heads, head_dim] into the caches at flat slots; slot -1 means skip."""
     block_size = k_cache.shape[1]
     for t, slot in enumerate(slot_mapping.tolist()):
@@ -33,14 +32,9 @@ def store_kv_ref(
         v_cache[slot // block_size, slot % block_size] = v[t]
 
 
-def paged_decode_attention_ref(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    context_lens: torch.Tensor,
-    scale: float,
-) -> torch.Tensor:
+def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                               block_tables: torch.Tensor, context_lens: torch.Tensor,
+                               scale: float) -> torch.Tensor:
     """One query token per sequence, q [B, H, D], attending to all its context_lens[b] cached tokens.
 
     A sequence with context length 0 gets a zero output.
@@ -56,15 +50,9 @@ def paged_decode_attention_ref(
     return out
 
 
-def paged_prefill_attention_ref(
-    q: torch.Tensor,
-    cu_seqlens_q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    context_lens: torch.Tensor,
-    scale: float,
-) -> torch.Tensor:
+def paged_prefill_attention_ref(q: torch.Tensor, cu_seqlens_q: torch.Tensor, k_cache: torch.Tensor,
+                                v_cache: torch.Tensor, block_tables: torch.Tensor,
+                                context_lens: torch.Tensor, scale: float) -> torch.Tensor:
     """Causal attention for packed new tokens q [T, H, D] over cached prefix + themselves.
 
     Sequence b owns q rows cu_seqlens_q[b]:cu_seqlens_q[b+1]; they are the LAST n of its
@@ -88,14 +76,8 @@ def paged_prefill_attention_ref(
     return out
 
 
-def copy_blocks_ref(
-    src_k: torch.Tensor,
-    src_v: torch.Tensor,
-    dst_k: torch.Tensor,
-    dst_v: torch.Tensor,
-    src_ids: torch.Tensor,
-    dst_ids: torch.Tensor,
-) -> None:
+def copy_blocks_ref(src_k: torch.Tensor, src_v: torch.Tensor, dst_k: torch.Tensor, dst_v: torch.Tensor,
+                    src_ids: torch.Tensor, dst_ids: torch.Tensor) -> None:
     """dst[dst_ids[i]] = src[src_ids[i]] for whole K and V blocks: `copy_blocks`' torch path.
 
     Unlike the references above this one is also the production path on CPU, so it is one indexed
@@ -123,9 +105,8 @@ def _is_identity(ids: torch.Tensor, num_blocks: int) -> bool:
     return ids.device.type == "cpu" and ids.numel() == num_blocks and torch.equal(ids, torch.arange(num_blocks))
 
 
-def _dense_kv(
-    k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor, n: int, num_heads: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _dense_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor, n: int,
+              num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 keys and values [n, num_heads, D] with KV heads repeated for GQA (head h -> h // group)."""
     group = num_heads // k_cache.shape[2]
     keys = gather_tokens(k_cache, block_table, n).float().repeat_interleave(group, dim=1)

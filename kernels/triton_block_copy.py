@@ -23,22 +23,9 @@ _CHUNK = 4096  # elements per program: big enough to stream, small enough for an
 
 @triton.jit
 def _copy_blocks_kernel(
-    src_k_ptr,
-    src_v_ptr,
-    dst_k_ptr,
-    dst_v_ptr,
-    src_ids_ptr,
-    dst_ids_ptr,
-    src_sb,
-    src_st,
-    src_sh,
-    dst_sb,
-    dst_st,
-    dst_sh,
-    BLOCK_SIZE: tl.constexpr,
-    NUM_KV_HEADS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    CHUNK: tl.constexpr,
+    src_k_ptr, src_v_ptr, dst_k_ptr, dst_v_ptr, src_ids_ptr, dst_ids_ptr,
+    src_sb, src_st, src_sh, dst_sb, dst_st, dst_sh,
+    BLOCK_SIZE: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
 ):
     # Program (pair, chunk) copies elements [chunk * CHUNK, (chunk + 1) * CHUNK) of one block, counted
     # in [block_size, num_kv_heads, head_dim] order; each pool's strides place them in memory.
@@ -57,14 +44,8 @@ def _copy_blocks_kernel(
 _INTERPRETED = isinstance(_copy_blocks_kernel, InterpretedFunction)
 
 
-def copy_blocks_triton(
-    src_k: torch.Tensor,
-    src_v: torch.Tensor,
-    dst_k: torch.Tensor,
-    dst_v: torch.Tensor,
-    src_ids: torch.Tensor,
-    dst_ids: torch.Tensor,
-) -> None:
+def copy_blocks_triton(src_k: torch.Tensor, src_v: torch.Tensor, dst_k: torch.Tensor, dst_v: torch.Tensor,
+                       src_ids: torch.Tensor, dst_ids: torch.Tensor) -> None:
     """Launch the copy; the caller (`block_copy.copy_blocks`) has run `layout.check_block_copy`."""
     device = src_k.device
     require(dst_k.device == device, f"src on {device}, dst on {dst_k.device}: one device only")
@@ -79,16 +60,6 @@ def copy_blocks_triton(
     chunk = min(next_power_of_2(block_numel), _CHUNK)
     grid = (src.numel(), triton.cdiv(block_numel, chunk))
     _copy_blocks_kernel[grid](
-        src_k,
-        src_v,
-        dst_k,
-        dst_v,
-        src,
-        dst,
-        *src_k.stride()[:3],
-        *dst_k.stride()[:3],
-        BLOCK_SIZE=block_size,
-        NUM_KV_HEADS=num_kv_heads,
-        HEAD_DIM=head_dim,
-        CHUNK=chunk,
+        src_k, src_v, dst_k, dst_v, src, dst, *src_k.stride()[:3], *dst_k.stride()[:3],
+        BLOCK_SIZE=block_size, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, CHUNK=chunk,
     )

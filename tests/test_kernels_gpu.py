@@ -40,7 +40,8 @@ def _compiled(name: str) -> ModuleType:
     """A Triton kernel module, compiled (not interpreted), or skip."""
     pytest.importorskip("triton", reason="triton is not installed (pip install 'halo[triton]')")
     if _interpreted_here():
-        pytest.skip("Triton kernels are interpreted in this process; test_compiled_in_fresh_process runs these")
+        pytest.skip("Triton kernels are interpreted in this process; "
+                    "test_compiled_in_fresh_process runs these")
     return importlib.import_module(f"halo.kernels.{name}")
 
 
@@ -51,13 +52,8 @@ def test_compiled_in_fresh_process() -> None:
         pytest.fail("kernels are interpreted even in a fresh process: is TRITON_INTERPRET set by a conftest?")
     env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
     env[_CHILD_MARK] = "1"  # the child must never start another child
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                          env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
 
 
@@ -86,7 +82,8 @@ def test_empty_sequences() -> None:
     shape = testing.AttentionShape(16, 8, 2, 128)
     err = testing.decode_error(tpa.paged_decode_attention, shape, [0, 19, 0], torch.float32, "cuda", 1)
     assert err < 1e-5
-    err = testing.prefill_error(tpa.paged_prefill_attention, shape, [5, 0, 40], [5, 0, 33], torch.float32, "cuda", 2)
+    err = testing.prefill_error(tpa.paged_prefill_attention, shape, [5, 0, 40], [5, 0, 33], torch.float32,
+                                "cuda", 2)
     assert err < 1e-5
 
 
@@ -117,27 +114,13 @@ def test_copy_blocks_is_exact(dtype: torch.dtype) -> None:
     cases = [
         (k, v, k, v, [3], [40]),  # copy-on-write
         (k, v, k, v, list(range(50, 60)), list(range(10))),  # compaction
-        (
-            k,
-            v,
-            other_k,
-            other_v,
-            torch.arange(20, 28, device="cuda", dtype=torch.int32),
-            torch.arange(8, device="cuda"),
-        ),  # migration, ids already on the device
+        (k, v, other_k, other_v, torch.arange(20, 28, device="cuda", dtype=torch.int32),
+         torch.arange(8, device="cuda")),  # migration, ids already on the device
     ]
     for src_k, src_v, dst_k, dst_v, src_ids, dst_ids in cases:
         expect_k, expect_v = dst_k.clone(), dst_v.clone()
-        same = dst_k is src_k
-        kernels.copy_blocks(
-            expect_k if same else src_k,
-            expect_v if same else src_v,
-            expect_k,
-            expect_v,
-            src_ids,
-            dst_ids,
-            backend="torch",
-        )
+        ref_src = (expect_k, expect_v) if dst_k is src_k else (src_k, src_v)
+        kernels.copy_blocks(*ref_src, expect_k, expect_v, src_ids, dst_ids, backend="torch")
         kernels.copy_blocks(src_k, src_v, dst_k, dst_v, src_ids, dst_ids)
         assert torch.equal(dst_k, expect_k) and torch.equal(dst_v, expect_v)
 

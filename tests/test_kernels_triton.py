@@ -24,11 +24,8 @@ from halo.kernels import triton_block_copy as tbc  # noqa: E402
 from halo.kernels import triton_paged_attention as tpa  # noqa: E402
 
 if not (tpa._INTERPRETED and tbc._INTERPRETED):
-    pytest.fail(
-        "halo.kernels' Triton modules were imported before TRITON_INTERPRET=1 was set in this "
-        "process; run this file in its own pytest process",
-        pytrace=False,
-    )
+    pytest.fail("halo.kernels' Triton modules were imported before TRITON_INTERPRET=1 was set in this "
+                "process; run this file in its own pytest process", pytrace=False)
 # The kernels are now interpreted for good, but triton still reads the variable at launch. Keep it
 # set only while this module's tests run, so that it does not leak into other test modules of the
 # process (their triton_available(), their subprocesses, the GPU test module).
@@ -38,7 +35,6 @@ del os.environ["TRITON_INTERPRET"]
 @pytest.fixture(autouse=True)
 def _interpret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPES = testing.ATTENTION_SHAPES
@@ -67,7 +63,8 @@ def test_empty_sequences() -> None:
     shape = testing.AttentionShape(8, 4, 2, 64)
     err = testing.decode_error(tpa.paged_decode_attention, shape, [0, 19], torch.float32, "cpu", 7)
     assert err < 1e-5
-    err = testing.prefill_error(tpa.paged_prefill_attention, shape, [5, 0, 12], [5, 0, 4], torch.float32, "cpu", 8)
+    err = testing.prefill_error(tpa.paged_prefill_attention, shape, [5, 0, 12], [5, 0, 4], torch.float32,
+                                "cpu", 8)
     assert err < 1e-5
 
 
@@ -81,27 +78,24 @@ def test_chunked_prefill_then_decode_matches_dense_attention() -> None:
     k_cache = torch.full((8, block_size, kv_heads, dim), float("nan"))
     v_cache = torch.full_like(k_cache, float("nan"))
     block_table = torch.tensor([[5, 2, 7, 1]], dtype=torch.int32)
-    scale = dim**-0.5
+    scale = dim ** -0.5
     group = heads // kv_heads
     dense = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(0, 1),
-        k.repeat_interleave(group, 1).transpose(0, 1),
-        v.repeat_interleave(group, 1).transpose(0, 1),
-        is_causal=True,
-        scale=scale,
-    ).transpose(0, 1)
+        q.transpose(0, 1), k.repeat_interleave(group, 1).transpose(0, 1),
+        v.repeat_interleave(group, 1).transpose(0, 1), is_causal=True, scale=scale).transpose(0, 1)
     start = 0
     for n in chunks:
         pos = torch.arange(start, start + n)
         slots = block_table[0, pos // block_size].long() * block_size + pos % block_size
-        tpa.store_kv(k[start : start + n], v[start : start + n], k_cache, v_cache, slots)
+        tpa.store_kv(k[start:start + n], v[start:start + n], k_cache, v_cache, slots)
         ctx = torch.tensor([start + n], dtype=torch.int32)
         if n == 1:
-            out = tpa.paged_decode_attention(q[start : start + 1], k_cache, v_cache, block_table, ctx, scale)
+            out = tpa.paged_decode_attention(q[start:start + 1], k_cache, v_cache, block_table, ctx, scale)
         else:
             cu = testing.cu_seqlens([n], "cpu")
-            out = tpa.paged_prefill_attention(q[start : start + n], cu, k_cache, v_cache, block_table, ctx, scale)
-        assert testing.rel_error(out, dense[start : start + n]) < 1e-5, f"chunk at {start}"
+            out = tpa.paged_prefill_attention(q[start:start + n], cu, k_cache, v_cache, block_table, ctx,
+                                              scale)
+        assert testing.rel_error(out, dense[start:start + n]) < 1e-5, f"chunk at {start}"
         start += n
 
 
@@ -117,13 +111,11 @@ def test_store_kv_matches_reference(dtype: torch.dtype, head_major: bool) -> Non
     assert torch.equal(kv.k_cache, expect_k) and torch.equal(kv.v_cache, expect_v)
 
 
-def _pool(
-    num_blocks: int, dtype: torch.dtype, seed: int, head_major: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _pool(num_blocks: int, dtype: torch.dtype, seed: int,
+          head_major: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     # Random (non-NaN, so torch.equal works) caches of block shape [4, 2, 16] in either layout.
-    kv = testing.make_paged_kv(
-        [4 * (num_blocks - 1)], 4, 2, 16, dtype, "cpu", seed, spare_blocks=0, poison=False, head_major=head_major
-    )
+    kv = testing.make_paged_kv([4 * (num_blocks - 1)], 4, 2, 16, dtype, "cpu", seed, spare_blocks=0,
+                               poison=False, head_major=head_major)
     return kv.k_cache, kv.v_cache
 
 
@@ -146,21 +138,14 @@ def test_copy_blocks_triton_matches_torch(dtype: torch.dtype) -> None:
     for src_k, src_v, dst_k, dst_v, src_ids, dst_ids in cases:
         expect_k, expect_v = dst_k.clone(), dst_v.clone()
         same = dst_k is src_k
-        kernels.copy_blocks(
-            expect_k if same else src_k,
-            expect_v if same else src_v,
-            expect_k,
-            expect_v,
-            src_ids,
-            dst_ids,
-            backend="torch",
-        )
+        ref_src = (expect_k, expect_v) if same else (src_k, src_v)
+        kernels.copy_blocks(*ref_src, expect_k, expect_v, src_ids, dst_ids, backend="torch")
         kernels.copy_blocks(src_k, src_v, dst_k, dst_v, src_ids, dst_ids, backend="triton")
         assert torch.equal(dst_k, expect_k) and torch.equal(dst_v, expect_v), f"{src_ids} -> {dst_ids}"
         src = torch.as_tensor(src_ids, dtype=torch.int64)
         dst = torch.as_tensor(dst_ids, dtype=torch.int64)
         if src.numel():  # and the reference did what it says
-            assert torch.equal(dst_k[dst], (expect_k if same else src_k)[src])
+            assert torch.equal(dst_k[dst], ref_src[0][src])
 
 
 def _kv_cache(backend: str, seed: int) -> KVCache:

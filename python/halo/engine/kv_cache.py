@@ -22,15 +22,8 @@ class KVCache:
     A token's slot is ``block * block_size + offset``.
     """
 
-    def __init__(
-        self,
-        config: ModelConfig,
-        num_blocks: int,
-        block_size: int,
-        dtype: torch.dtype,
-        device: torch.device | str = "cpu",
-        copy_backend: CopyBackend = "auto",
-    ) -> None:
+    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu", copy_backend: CopyBackend = "auto") -> None:
         shape = (config.num_layers, config.num_kv_heads, num_blocks, block_size, config.head_dim)
         # empty, not zeros: pages are touched only when blocks are first written.
         self.k = torch.empty(shape, dtype=dtype, device=device)
@@ -69,9 +62,8 @@ class KVCache:
         """``num_blocks`` whole blocks outside the pool: ``[layers, kv_heads, num_blocks * block_size, head_dim]``."""
         return (self.k.shape[0], self.num_kv_heads, num_blocks * self.block_size, self.head_dim)
 
-    def read_blocks(
-        self, blocks: BlockIds, out: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def read_blocks(self, blocks: BlockIds,
+                    out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather: copies of whole blocks across all layers, ``staging_shape(len(blocks))``, on the pool's device.
 
         Written into ``out`` (two such tensors on the pool's device, e.g. views of one buffer) when given.
@@ -79,21 +71,13 @@ class KVCache:
         n = len(blocks)
         shape = self.staging_shape(n)
         if out is None:
-            out = (
-                torch.empty(shape, dtype=self.k.dtype, device=self.k.device),
-                torch.empty(shape, dtype=self.v.dtype, device=self.v.device),
-            )
+            out = (torch.empty(shape, dtype=self.k.dtype, device=self.k.device),
+                   torch.empty(shape, dtype=self.v.dtype, device=self.v.device))
         k, v = out
         if tuple(k.shape) != shape or tuple(v.shape) != shape:
             raise ValueError(f"staging for {n} blocks must be {shape}, got {tuple(k.shape)} and {tuple(v.shape)}")
-        copy_blocks(
-            *self._pool_view(),
-            _paged(k, self.block_size),
-            _paged(v, self.block_size),
-            blocks,
-            torch.arange(n),
-            self.copy_backend,
-        )
+        copy_blocks(*self._pool_view(), _paged(k, self.block_size), _paged(v, self.block_size),
+                    blocks, torch.arange(n), self.copy_backend)
         return k, v
 
     def write_blocks(self, blocks: BlockIds, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -105,14 +89,8 @@ class KVCache:
         k, v = k.to(self.k.device), v.to(self.v.device)  # staged on the pool's device
         if not (_viewable(k) and k.stride() == v.stride()):
             k, v = k.contiguous(), v.contiguous()
-        copy_blocks(
-            _paged(k, self.block_size),
-            _paged(v, self.block_size),
-            *self._pool_view(),
-            torch.arange(n),
-            blocks,
-            self.copy_backend,
-        )
+        copy_blocks(_paged(k, self.block_size), _paged(v, self.block_size), *self._pool_view(),
+                    torch.arange(n), blocks, self.copy_backend)
 
     def _pool_view(self) -> tuple[torch.Tensor, torch.Tensor]:
         flat = (self.k.shape[0], self.num_kv_heads, self.num_blocks * self.block_size, self.head_dim)
@@ -127,11 +105,8 @@ def _paged(t: torch.Tensor, block_size: int) -> torch.Tensor:
     """
     layers, heads, tokens, head_dim = t.shape
     blocks = tokens // block_size
-    return (
-        t.view(layers, heads, blocks, block_size, head_dim)
-        .permute(2, 3, 0, 1, 4)
-        .view(blocks, block_size, layers * heads, head_dim)
-    )
+    split = t.view(layers, heads, blocks, block_size, head_dim)
+    return split.permute(2, 3, 0, 1, 4).view(blocks, block_size, layers * heads, head_dim)
 
 
 def _viewable(t: torch.Tensor) -> bool:

@@ -39,14 +39,8 @@ class SwapStats:
 class KVSwapper:
     """Owns the host swap space and the staging ring. Single engine thread; transfers use one helper thread."""
 
-    def __init__(
-        self,
-        kv: KVCache,
-        prefill_tokens_per_s: float,
-        host_budget_bytes: int,
-        slot_bytes: int = 1 << 20,
-        num_slots: int = 8,
-    ) -> None:
+    def __init__(self, kv: KVCache, prefill_tokens_per_s: float, host_budget_bytes: int,
+                 slot_bytes: int = 1 << 20, num_slots: int = 8) -> None:
         from halo._core import RingBuffer  # imported here so the engine package imports without it
 
         self.kv = kv
