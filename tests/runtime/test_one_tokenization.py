@@ -170,12 +170,12 @@ def test_the_planners_ids_equal_the_engines_encoding(app):
     ask = graph.workflow.node("ask")
     assert isinstance(ask.spec, LlmNode)
     planned = graph.physical.prompt_ids
-    rendered = [pid for pid in range(len(graph.physical)) if graph.physical.node[pid] == "ask"]
+    rendered = [phys for phys in range(len(graph.physical)) if graph.physical.node[phys] == "ask"]
     assert sorted(planned) == rendered and len(rendered) == len(WORDS)  # more than the encoder's checked sample
-    for pid in rendered:
-        values = graph.physical.values[pid]
+    for phys in rendered:
+        values = graph.physical.values[phys]
         assert values is not None
-        assert planned[pid] == engine.encode_prompt(chat_messages(ask.spec, values)), graph.physical.row[pid]
+        assert planned[phys] == engine.encode_prompt(chat_messages(ask.spec, values)), graph.physical.row[phys]
 
 
 def test_greedy_outputs_equal_those_of_engine_side_encoding(app):
@@ -227,7 +227,7 @@ def test_an_engine_actor_runs_jobs_and_moves_prefixes_by_token_ids(tiny_model):
     ids = engine.encode_prompt(messages)
     params = SamplingParams(max_tokens=3)
     [(done, _)] = actor.run([LLMJob(7, SOURCE, ids, params, owner=2)])
-    assert (done.pid, done.owner, done.error, done.prompt_tokens) == (7, 2, None, len(ids))
+    assert (done.phys, done.owner, done.error, done.prompt_tokens) == (7, 2, None, len(ids))
     assert done.text == engine.generate([messages], params)[0].text
     prefix = actor.export_prefix(SOURCE, ids)
     assert prefix is not None and list(prefix.token_ids) == ids[: prefix.num_tokens] and prefix.num_tokens >= 16

@@ -48,7 +48,7 @@ def test_a_batch_that_ran_is_priced_as_cached_up_to_its_full_blocks(app):
     app.run(BATCH)
     warm, graph = _note_counters(app, BATCH)
     block = engine.block_manager.block_size
-    prompts = [graph.physical.tokens[pid] for pid in range(len(graph.physical.node)) if pid in graph.physical.tokens]
+    prompts = [graph.physical.tokens[phys] for phys in range(len(graph.physical.node)) if phys in graph.physical.tokens]
     assert len(prompts) == len(BATCH)
     assert warm.physical_prompt_tokens == cold.physical_prompt_tokens == sum(prompts)
     # every prompt now finds all its full blocks but the last token's in the cache

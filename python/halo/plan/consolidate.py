@@ -93,9 +93,9 @@ class Consolidator:
             assignment[node.id] = self._assign(node, rows, state)
             if isinstance(node.spec, LlmNode) and node.renderable:
                 # Hand this node's new requests to the tokenizer thread now, not at the end.
-                ids = [pid for pid in range(first, len(state.node)) if pid not in state.errors]
+                ids = [phys for phys in range(first, len(state.node)) if phys not in state.errors]
                 model = self.graph.model_source(node) or ""
-                prompts.submit(model, ids, [self._messages(state, pid) for pid in ids])
+                prompts.submit(model, ids, [self._messages(state, phys) for phys in ids])
         state.timings["instantiate"] = time.perf_counter() - clock
         tokens, cached, prefixes, prompt_ids = self._prefixes(state, prompts, warm_prefix)
         clock = time.perf_counter()
@@ -151,15 +151,15 @@ class Consolidator:
                 payload = key_inputs
             ups = tuple([col[r] for col in upstream])
             key = (static, payload, ups)
-            pid = table.get(key) if pure else None
-            if pid is None:
-                pid = state.add(node.id, r, key, values)
+            phys = table.get(key) if pure else None
+            if phys is None:
+                phys = state.add(node.id, r, key, values)
                 if error is not None:
-                    state.errors[pid] = error
+                    state.errors[phys] = error
                 if pure:
-                    table[key] = pid
-            state.instances[pid].append((node.id, r))
-            column[r] = pid
+                    table[key] = phys
+            state.instances[phys].append((node.id, r))
+            column[r] = phys
         result = tuple(column)
         state.columns[node.id] = result
         return result
@@ -199,9 +199,9 @@ class Consolidator:
         llm_model = {
             node.id: self.graph.model_source(node) or "" for node in self.graph.nodes if isinstance(node.spec, LlmNode)
         }
-        for pid, node_id in enumerate(state.node):
+        for phys, node_id in enumerate(state.node):
             model = llm_model.get(node_id)
-            if model is not None and state.values[pid] is None and pid not in state.errors:
+            if model is not None and state.values[phys] is None and phys not in state.errors:
                 deferred[model] = deferred.get(model, 0) + 1
         tokens: dict[int, int] = {}
         cached: dict[int, int] = {}
@@ -218,9 +218,9 @@ class Consolidator:
             tokens.update(index.lengths)
             cached.update(index.cached)
             if warm_prefix is not None and ids:
-                for pid, warm in zip(ids, warm_prefix(model, sequences), strict=True):
-                    cached[pid] = max(cached[pid], min(warm, index.lengths[pid]))
-            logical = sum(index.lengths[pid] * len(state.instances[pid]) for pid in ids)
+                for phys, warm in zip(ids, warm_prefix(model, sequences), strict=True):
+                    cached[phys] = max(cached[phys], min(warm, index.lengths[phys]))
+            logical = sum(index.lengths[phys] * len(state.instances[phys]) for phys in ids)
             prefixes[model] = ModelPrefixes(
                 model,
                 len(ids),
@@ -232,9 +232,9 @@ class Consolidator:
             )
         return tokens, cached, prefixes, prompt_ids
 
-    def _messages(self, state: _State, pid: int) -> list[dict[str, str]]:
-        spec = self.graph.node(state.node[pid]).spec
-        values = state.values[pid]
+    def _messages(self, state: _State, phys: int) -> list[dict[str, str]]:
+        spec = self.graph.node(state.node[phys]).spec
+        values = state.values[phys]
         assert values is not None and isinstance(spec, LlmNode)
         return chat_messages(spec, values)
 
@@ -251,8 +251,8 @@ class Consolidator:
         self, assignment: Mapping[str, tuple[int, ...]], physical: PhysicalTable, rows: int
     ) -> dict[str, NodeCounters]:
         owned: dict[str, list[int]] = {}
-        for pid, node_id in enumerate(physical.node):
-            owned.setdefault(node_id, []).append(pid)
+        for phys, node_id in enumerate(physical.node):
+            owned.setdefault(node_id, []).append(phys)
         tokens, cached = physical.tokens, physical.cached
         counters: dict[str, NodeCounters] = {}
         for node in self.graph.nodes:
@@ -268,9 +268,9 @@ class Consolidator:
                 owned=len(mine),
                 deferred=not node.renderable,
                 pure=node.pure,
-                prompt_tokens=sum(tokens.get(pid, 0) for pid in column) if tokens else 0,
-                physical_prompt_tokens=sum(tokens.get(pid, 0) for pid in mine),
-                cached_prompt_tokens=sum(cached.get(pid, 0) for pid in mine),
+                prompt_tokens=sum(tokens.get(phys, 0) for phys in column) if tokens else 0,
+                physical_prompt_tokens=sum(tokens.get(phys, 0) for phys in mine),
+                cached_prompt_tokens=sum(cached.get(phys, 0) for phys in mine),
                 static_prefix_tokens=self.static_prefix_tokens(node) if deferred_llm else None,
             )
         return counters

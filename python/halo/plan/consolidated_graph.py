@@ -109,10 +109,10 @@ class PhysicalTable(Sequence[PhysicalNode]):
         """The printable signature of execution `index` (and, on the way, of everything before it)."""
         signatures = self._signatures
         while len(signatures) <= index:
-            pid = len(signatures)
-            node: GraphNode = self._graph.node(self.node[pid])
-            _, payload, upstream = self.key[pid]
-            instance = None if node.pure else f"{node.id}@{self.row[pid]}"
+            phys = len(signatures)
+            node: GraphNode = self._graph.node(self.node[phys])
+            _, payload, upstream = self.key[phys]
+            instance = None if node.pure else f"{node.id}@{self.row[phys]}"
             ups = tuple(signatures[u] for u in upstream)
             signatures.append(digest(self._static_text[node.id], payload, ups, instance))
         return signatures[index]
@@ -185,9 +185,9 @@ class ConsolidatedGraph:
     def failed_rows(self) -> dict[int, str]:
         """Row -> the first (topological) render error among its instances."""
         failed: dict[int, str] = {}
-        for pid in sorted(self.render_errors):
-            for _, row in self.physical.instances[pid]:
-                failed.setdefault(row, self.render_errors[pid])
+        for phys in sorted(self.render_errors):
+            for _, row in self.physical.instances[phys]:
+                failed.setdefault(row, self.render_errors[phys])
         return failed
 
     def physical_of(self, node: str, row: int) -> PhysicalNode:

@@ -100,13 +100,13 @@ def emit(
     queue = np.empty(n, dtype=np.int32)
     priority = np.empty(n, dtype=np.int64)
     kinds = {node.id: node.kind for node in wf.nodes}
-    for pid in range(n):
-        node_id = table.node[pid]
-        upstream = table.key[pid][2]
+    for phys in range(n):
+        node_id = table.node[phys]
+        upstream = table.key[phys][2]
         indices.extend(upstream)
-        counts[pid + 1] = len(upstream)
-        queue[pid] = worker_of[node_id] if kinds[node_id] == "llm" else num_workers
-        priority[pid] = epoch_of[node_id] * EPOCH_STRIDE + pid
+        counts[phys + 1] = len(upstream)
+        queue[phys] = worker_of[node_id] if kinds[node_id] == "llm" else num_workers
+        priority[phys] = epoch_of[node_id] * EPOCH_STRIDE + phys
     return ExecutionGraph(
         upstream_offsets=np.cumsum(counts),
         upstream_indices=np.asarray(indices, dtype=np.int32),

@@ -34,7 +34,7 @@ Prompt = list[int] | list[dict[str, str]]  # token ids, or chat messages for the
 
 @dataclass(frozen=True)
 class LLMJob:
-    pid: int  # the physical node this request executes
+    phys: int  # the physical node this request executes
     model: str  # model source
     prompt: Prompt  # token ids (chat messages only where the run knows no tokenizer of the model)
     params: SamplingParams
@@ -43,7 +43,7 @@ class LLMJob:
 
 @dataclass(frozen=True)
 class LLMDone:
-    pid: int
+    phys: int
     worker: int
     text: str | None  # None when the request failed
     error: str | None
@@ -184,7 +184,7 @@ class LocalWorker:
                 job, start = self._running.pop(result.request_id)
                 finished.append(
                     LLMDone(
-                        job.pid,
+                        job.phys,
                         self.index,
                         result.text,
                         None,
@@ -216,7 +216,7 @@ class LocalWorker:
                 engine.abort(request_id)
                 del self._running[request_id]
                 failed.append(
-                    LLMDone(job.pid, self.index, None, message, start=start, end=time.perf_counter(), owner=job.owner)
+                    LLMDone(job.phys, self.index, None, message, start=start, end=time.perf_counter(), owner=job.owner)
                 )
         for request_id, (guest_model, on_done) in list(self._guests.items()):
             if guest_model == model:
@@ -250,15 +250,15 @@ class LocalWorker:
         try:
             engine = self.engines.get(job.model, self._busy)
         except HaloError as exc:
-            return LLMDone(job.pid, self.index, None, str(exc), start=start, end=time.perf_counter(), owner=job.owner)
+            return LLMDone(job.phys, self.index, None, str(exc), start=start, end=time.perf_counter(), owner=job.owner)
         if engine is None:
             self._waiting.append(job)
             return None
-        request_id = f"p{job.owner}-{job.pid}"
+        request_id = f"p{job.owner}-{job.phys}"
         try:
             engine.add_request(job.prompt, job.params, request_id=request_id)
         except HaloError as exc:
-            return LLMDone(job.pid, self.index, None, str(exc), start=start, end=time.perf_counter(), owner=job.owner)
+            return LLMDone(job.phys, self.index, None, str(exc), start=start, end=time.perf_counter(), owner=job.owner)
         self._running[request_id] = (job, start)
         self._by_model[job.model] = self._by_model.get(job.model, 0) + 1
         return None
@@ -392,7 +392,7 @@ class RayWorker:
         # The actor's clock is not ours: place each request by its offset inside the call.
         return [
             LLMDone(
-                d.pid,
+                d.phys,
                 self.index,
                 d.text,
                 d.error,

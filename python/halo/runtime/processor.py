@@ -16,7 +16,7 @@ prompts that render the same) run once; through a shared `RequestBoard`, so do e
 different Processors on one loop (a later run joins the earlier run's request in flight). A failing
 node follows its `on_error` policy; under `fail_row` the core cancels everything downstream of it,
 and each affected row records the error.
-Every attempt at a physical node ends in `settle(pid, outcome)`, whatever ended it (a reply, a tool
+Every attempt at a physical node ends in `settle(phys, outcome)`, whatever ended it (a reply, a tool
 result, an error, a render failure, a guard, a cancelled leader); on_error policies apply there only.
 Every finished physical node and row is journaled as soon as it exists (see `journal.py`).
 A prompt is tokenized once: a rendered request carries the ids consolidation encoded, a deferred one
@@ -232,29 +232,29 @@ class Processor:
 
     def llm_finished(self, done: LLMDone) -> None:
         """A request this Processor submitted finished: settle it and every request that joined it."""
-        key = self.llm_key.pop(done.pid, None)
+        key = self.llm_key.pop(done.phys, None)
         followers = self.board.finish(key) if key is not None else []
         self.out.generated_tokens += done.generated_tokens
         self.out.prompt_tokens += done.prompt_tokens
         self.out.cached_tokens += done.cached_tokens
         if done.error is None:
-            node_id = self.graph.physical.node[done.pid]
+            node_id = self.graph.physical.node[done.phys]
             tokens, calls = self.out.output_tokens.get(node_id, (0, 0))
             self.out.output_tokens[node_id] = (tokens + done.generated_tokens, calls + 1)
-        for processor, pid in [(self, done.pid), *followers]:
-            processor.settle(pid, processor._reply(pid, done))
+        for processor, phys in [(self, done.phys), *followers]:
+            processor.settle(phys, processor._reply(phys, done))
 
     def collect_tools(self) -> bool:
         """Settle finished tool calls; True if any finished."""
         finished = [f for f in self._tool_futures if f.done()]
         for future in finished:
-            pid = self._tool_futures.pop(future)
+            phys = self._tool_futures.pop(future)
             error = future.exception()
             ran = Ran(-1, time.perf_counter(), error is None)
             if error is None:
-                self.settle(pid, Outcome(value=future.result(), ran=ran))
+                self.settle(phys, Outcome(value=future.result(), ran=ran))
             else:
-                self.settle(pid, Outcome(error=str(error), ran=ran))
+                self.settle(phys, Outcome(error=str(error), ran=ran))
         return bool(finished)
 
     def has_ready(self) -> bool:
@@ -270,8 +270,8 @@ class Processor:
         for worker in self.workers:
             worker.cancel(self.owner)
         self.llm_key.clear()
-        for processor, pid in self.board.leave(self):  # others waited on our requests: they run their own
-            processor.settle(pid, Outcome(retry=True))
+        for processor, phys in self.board.leave(self):  # others waited on our requests: they run their own
+            processor.settle(phys, Outcome(retry=True))
         self._tool_futures.clear()
 
     def _preload_next(self, worker: Worker) -> None:
@@ -282,69 +282,69 @@ class Processor:
 
     # -- settling -----------------------------------------------------------------------------------
 
-    def settle(self, pid: int, outcome: Outcome) -> None:
-        """End one attempt at physical node `pid`: the one place every completion passes through.
+    def settle(self, phys: int, outcome: Outcome) -> None:
+        """End one attempt at physical node `phys`: the one place every completion passes through.
 
         A value completes the node; `retry` submits it again; an error follows the node's on_error
         policy: another attempt while `retries` last (retry), the fallback as its value (default),
         or the node fails and, under fail_row, so does everything downstream of it in its rows.
         """
-        node = self.wf.node(self.graph.physical.node[pid])
+        node = self.wf.node(self.graph.physical.node[phys])
         ran = outcome.ran
         if ran is not None:
-            start = self.start_time.pop(pid, ran.end)
-            self.out.timeline.append(Span(pid, node.id, node.kind, ran.worker, start, ran.end, ran.ok))
+            start = self.start_time.pop(phys, ran.end)
+            self.out.timeline.append(Span(phys, node.id, node.kind, ran.worker, start, ran.end, ran.ok))
         if outcome.retry:
-            self._submit_again(pid, node)
+            self._submit_again(phys, node)
         elif outcome.error is None:
-            self._complete(pid, outcome.value)
-        elif node.spec.on_error == "retry" and self.attempts[pid] < node.spec.retries:
-            self.attempts[pid] += 1
-            self._submit_again(pid, node)
+            self._complete(phys, outcome.value)
+        elif node.spec.on_error == "retry" and self.attempts[phys] < node.spec.retries:
+            self.attempts[phys] += 1
+            self._submit_again(phys, node)
         elif node.spec.on_error == "default":
-            self._complete(pid, fallback_result(node))
+            self._complete(phys, fallback_result(node))
         else:
-            self._fail(pid, outcome.error)
+            self._fail(phys, outcome.error)
 
-    def _reply(self, pid: int, done: LLMDone) -> Outcome:
-        """The outcome of physical node `pid` answered by `done` (its own node reads the reply)."""
+    def _reply(self, phys: int, done: LLMDone) -> Outcome:
+        """The outcome of physical node `phys` answered by `done` (its own node reads the reply)."""
         ran = Ran(done.worker, done.end, done.error is None)
         if done.error is not None:
             return Outcome(error=done.error, ran=ran)
         try:
-            return Outcome(value=llm_result(self.wf.node(self.graph.physical.node[pid]), done.text or ""), ran=ran)
+            return Outcome(value=llm_result(self.wf.node(self.graph.physical.node[phys]), done.text or ""), ran=ran)
         except ValueError as exc:  # e.g. no JSON in the reply of a node with a json_schema
             return Outcome(error=str(exc), ran=ran)
 
-    def _submit_again(self, pid: int, node: GraphNode) -> None:
+    def _submit_again(self, phys: int, node: GraphNode) -> None:
         if node.kind == "llm":
             worker = self.workers[int(self.execution.worker_of.get(node.id, 0)) % len(self.workers)]
-            self._dispatch_llm(worker, np.asarray([pid]))
+            self._dispatch_llm(worker, np.asarray([phys]))
         else:
-            self._dispatch_tools(np.asarray([pid]))
+            self._dispatch_tools(np.asarray([phys]))
 
-    def _complete(self, pid: int, result: Any) -> None:
-        self.results[pid] = result
-        self.ok[pid] = 1
+    def _complete(self, phys: int, result: Any) -> None:
+        self.results[phys] = result
+        self.ok[phys] = 1
         if self.journal is not None:
             journaled = {"$skipped": True} if result is SKIPPED else result
-            self.journal.node(self.graph.physical.signature(pid), journaled)
-        self.core.complete(pid)
-        self._count_off(pid)
+            self.journal.node(self.graph.physical.signature(phys), journaled)
+        self.core.complete(phys)
+        self._count_off(phys)
 
-    def _fail(self, pid: int, message: str) -> None:
-        node_id = self.graph.physical.node[pid]
-        for _, row in self.graph.physical.instances[pid]:
+    def _fail(self, phys: int, message: str) -> None:
+        node_id = self.graph.physical.node[phys]
+        for _, row in self.graph.physical.instances[phys]:
             self.out.errors.setdefault(row, RowError(row, node_id, message))
-        cancelled = self.core.fail(pid)
-        self._count_off(pid)
+        cancelled = self.core.fail(phys)
+        self._count_off(phys)
         for other in cancelled.tolist():
             self._count_off(int(other))
 
-    def _count_off(self, pid: int) -> None:
+    def _count_off(self, phys: int) -> None:
         """A physical node reached a final state: count its instances off their rows."""
-        self.node_left[self.graph.physical.node[pid]] -= 1
-        for _, row in self.graph.physical.instances[pid]:
+        self.node_left[self.graph.physical.node[phys]] -= 1
+        for _, row in self.graph.physical.instances[phys]:
             self.row_left[row] -= 1
             if self.row_left[row] == 0:
                 self._row_done(row)
@@ -352,9 +352,9 @@ class Processor:
     def _row_done(self, row: int) -> None:
         results: dict[str, Any] = {}
         for node in self.wf.nodes:
-            pid = self.graph.assignment[node.id][row]
-            if self.ok[pid] and self.results[pid] is not SKIPPED:
-                results[node.id] = self.results[pid]
+            phys = self.graph.assignment[node.id][row]
+            if self.ok[phys] and self.results[phys] is not SKIPPED:
+                results[node.id] = self.results[phys]
         outputs = row_outputs(self.wf, self.rows[row], results)
         self.out.outputs[row] = outputs
         error = self.out.errors.get(row)
@@ -365,81 +365,81 @@ class Processor:
 
     # -- handing out work ---------------------------------------------------------------------------
 
-    def _context(self, pid: int) -> tuple[GraphNode, Mapping[str, Any], dict[str, Any]]:
+    def _context(self, phys: int) -> tuple[GraphNode, Mapping[str, Any], dict[str, Any]]:
         """The node, row and upstream results (by graph node id) of a physical node's first instance."""
         table = self.graph.physical
-        node = self.wf.node(table.node[pid])
-        row = table.row[pid]
+        node = self.wf.node(table.node[phys])
+        row = table.row[phys]
         results: dict[str, Any] = {}
         for up in node.upstream:
-            upid = self.graph.assignment[up][row]
-            if self.ok[upid] and self.results[upid] is not SKIPPED:
-                results[up] = self.results[upid]
+            up_phys = self.graph.assignment[up][row]
+            if self.ok[up_phys] and self.results[up_phys] is not SKIPPED:
+                results[up] = self.results[up_phys]
         return node, self.rows[row], results
 
-    def _prepare(self, pid: int) -> tuple[GraphNode, tuple] | None:
+    def _prepare(self, phys: int) -> tuple[GraphNode, tuple] | None:
         """Render a node about to run; None if it was settled instead (skipped, or failed to render)."""
-        self.start_time.setdefault(pid, time.perf_counter())
-        node, row, results = self._context(pid)
+        self.start_time.setdefault(phys, time.perf_counter())
+        node, row, results = self._context(phys)
         if node.guards and self.wf.skipped(node, row, results):
             self.out.skipped += 1
-            self.settle(pid, Outcome(value=SKIPPED))
+            self.settle(phys, Outcome(value=SKIPPED))
             return None
-        failed = self.graph.render_errors.get(pid)  # the row's data broke the template at consolidation
+        failed = self.graph.render_errors.get(phys)  # the row's data broke the template at consolidation
         if failed is not None:
-            self.settle(pid, Outcome(error=failed))
+            self.settle(phys, Outcome(error=failed))
             return None
-        values = self.graph.physical.values[pid]
+        values = self.graph.physical.values[phys]
         if values is None:
             try:
                 values = render_values(self.wf, node, row, results)
             except HaloError as exc:
-                self.settle(pid, Outcome(error=str(exc)))  # on_error applies, as in the serial baseline
+                self.settle(phys, Outcome(error=str(exc)))  # on_error applies, as in the serial baseline
                 return None
         return node, values
 
-    def _dispatch_tools(self, pids: Any) -> None:
-        for pid in pids.tolist():
-            prepared = self._prepare(int(pid))
+    def _dispatch_tools(self, phys_ids: Any) -> None:
+        for phys in phys_ids.tolist():
+            prepared = self._prepare(int(phys))
             if prepared is None:
                 continue
             node, values = prepared
             request = self.wf.template(node).request(values)
             future = self.tools.submit(node, request)
-            self._tool_futures[future] = int(pid)
+            self._tool_futures[future] = int(phys)
 
-    def _dispatch_llm(self, worker: Worker, pids: Any) -> None:
+    def _dispatch_llm(self, worker: Worker, phys_ids: Any) -> None:
         requests: list[_Request] = []
-        for pid in pids.tolist():
-            pid = int(pid)
-            prepared = self._prepare(pid)
+        for phys in phys_ids.tolist():
+            phys = int(phys)
+            prepared = self._prepare(phys)
             if prepared is None:
                 continue
             node, values = prepared
-            request = _Request(pid, self.wf.model_source(node) or "", llm_prompt(node, values), sampling_params(node))
+            request = _Request(phys, self.wf.model_source(node) or "", llm_prompt(node, values), sampling_params(node))
             if node.pure:
                 key = (self.pool, request.model, json.dumps(request.messages), request.params)
-                leader = self.board.join(key, self, pid)
+                leader = self.board.join(key, self, phys)
                 if leader is not None:  # the same request is already running: share its result
                     if leader is self:
                         self.out.llm_coalesced += 1
                     else:
                         self.out.llm_joined += 1
                     continue
-                self.llm_key[pid] = key
+                self.llm_key[phys] = key
             requests.append(request)
         jobs: list[LLMJob] = []
         failed: list[LLMDone] = []
         for request, prompt in zip(requests, self._prompts(requests), strict=True):
             if isinstance(prompt, str):  # the chat template refused the messages, as the engine would have
                 now = time.perf_counter()
-                failed.append(LLMDone(request.pid, worker.index, None, prompt, start=now, end=now, owner=self.owner))
+                failed.append(LLMDone(request.phys, worker.index, None, prompt, start=now, end=now, owner=self.owner))
                 continue
-            source = self.execution.kv_source.get(self.graph.physical.node[request.pid])
+            source = self.execution.kv_source.get(self.graph.physical.node[request.phys])
             if source is not None and source != worker.index:
                 worker.pull_prefix(self.workers[source], request.model, prompt)
                 self.out.kv_moves += 1
-            jobs.append(LLMJob(request.pid, request.model, prompt, request.params, self.owner))
+            jobs.append(LLMJob(request.phys, request.model, prompt, request.params, self.owner))
         self.out.llm_executed += len(requests)
         self.out.calls_by_worker[worker.index] = self.out.calls_by_worker.get(worker.index, 0) + len(requests)
         for done in [*worker.submit(jobs), *failed]:
@@ -453,7 +453,7 @@ class Processor:
         texts: dict[str, list[tuple[int, str]]] = {}  # model -> (position, rendered chat) to encode
         planned = self.graph.physical.prompt_ids
         for position, request in enumerate(requests):
-            ids = planned.get(request.pid) if request.model in self._planned_ids else None
+            ids = planned.get(request.phys) if request.model in self._planned_ids else None
             tokenizer = self.tokenizers.get(request.model)
             prompts.append(request.messages if ids is None else ids)
             if ids is None and tokenizer is not None:
@@ -476,13 +476,13 @@ class Processor:
         journaled again, and a resumed row keeps the outputs the journal holds without being reported."""
         table = self.graph.physical
         restored: list[int] = []
-        for pid in range(len(table)):
-            result = state.nodes.get(table.signature(pid), _MISSING)
+        for phys in range(len(table)):
+            result = state.nodes.get(table.signature(phys), _MISSING)
             if result is _MISSING:
                 continue
-            self.results[pid] = SKIPPED if result == {"$skipped": True} else result
-            self.ok[pid] = 1
-            restored.append(pid)
+            self.results[phys] = SKIPPED if result == {"$skipped": True} else result
+            self.ok[phys] = 1
+            restored.append(phys)
         for row, record in state.rows.items():
             if 0 <= row < self.graph.rows:
                 self.out.resumed_rows.add(row)
@@ -491,16 +491,16 @@ class Processor:
                     self.out.errors[row] = RowError(row, record["error"]["node"], record["error"]["message"])
         # A physical node that only finished rows use need not run again, even if it failed then.
         done_rows = self.out.resumed_rows
-        for pid in range(len(table)):
-            if not self.ok[pid] and all(r in done_rows for _, r in table.instances[pid]):
-                self.ok[pid] = 1
-                self.results[pid] = SKIPPED
-                restored.append(pid)
+        for phys in range(len(table)):
+            if not self.ok[phys] and all(r in done_rows for _, r in table.instances[phys]):
+                self.ok[phys] = 1
+                self.results[phys] = SKIPPED
+                restored.append(phys)
         if restored:
             self.core.complete(sorted(restored))
-        for pid in restored:
-            self.node_left[table.node[pid]] -= 1
-            for _, row in table.instances[pid]:
+        for phys in restored:
+            self.node_left[table.node[phys]] -= 1
+            for _, row in table.instances[phys]:
                 self.row_left[row] -= 1
         for row in range(self.graph.rows):
             if self.row_left[row] == 0 and row not in done_rows:
@@ -528,7 +528,7 @@ class Processor:
 class _Request:
     """An llm request rendered for dispatch, before its prompt is in the form its engine takes."""
 
-    pid: int
+    phys: int
     model: str
     messages: list[dict[str, str]]
     params: SamplingParams

@@ -15,7 +15,7 @@ from typing import Any
 @dataclass
 class _Entry:
     leader: Any  # the Processor that submitted the request
-    pid: int
+    phys: int
     followers: list[tuple[Any, int]] = field(default_factory=list)  # (Processor, physical node)
 
 
@@ -23,13 +23,13 @@ class _Entry:
 class RequestBoard:
     entries: dict[tuple, _Entry] = field(default_factory=dict)
 
-    def join(self, key: tuple, processor: Any, pid: int) -> Any | None:
-        """Lead `key` (None) or join it: returns the leading Processor, and `pid` waits for its result."""
+    def join(self, key: tuple, processor: Any, phys: int) -> Any | None:
+        """Lead `key` (None) or join it: returns the leading Processor, and `phys` waits for its result."""
         entry = self.entries.get(key)
         if entry is None:
-            self.entries[key] = _Entry(processor, pid)
+            self.entries[key] = _Entry(processor, phys)
             return None
-        entry.followers.append((processor, pid))
+        entry.followers.append((processor, phys))
         return entry.leader
 
     def finish(self, key: tuple) -> list[tuple[Any, int]]:
@@ -42,7 +42,7 @@ class RequestBoard:
         Processors whose leader it was; each must be submitted again (the first becomes the new leader)."""
         orphans: list[tuple[Any, int]] = []
         for key, entry in list(self.entries.items()):
-            entry.followers = [(p, pid) for p, pid in entry.followers if p is not processor]
+            entry.followers = [(p, phys) for p, phys in entry.followers if p is not processor]
             if entry.leader is processor:
                 del self.entries[key]
                 orphans += entry.followers

@@ -63,7 +63,7 @@ class RunStats:
 class Span:
     """One execution on the timeline: physical node, graph node, kind, where, and when (perf_counter)."""
 
-    pid: int
+    phys: int
     node: str
     kind: str
     worker: int  # llm worker index; -1 for the tool pool
