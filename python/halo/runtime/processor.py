@@ -57,7 +57,7 @@ from halo.runtime.run_loop import RunLoop
 from halo.spec.graph import GraphNode
 
 
-class Worker(Protocol):
+class LLMWorker(Protocol):
     index: int
 
     @property
@@ -141,7 +141,7 @@ class Processor:
         graph: ConsolidatedGraph,
         rows: Sequence[Mapping[str, Any]],
         execution: ExecutionGraph,
-        workers: Sequence[Worker],
+        workers: Sequence[LLMWorker],
         tools: Tools,
         *,
         max_inflight: int = 64,
@@ -274,7 +274,7 @@ class Processor:
             processor.settle(phys, Outcome(retry=True))
         self._tool_futures.clear()
 
-    def _preload_next(self, worker: Worker) -> None:
+    def _preload_next(self, worker: LLMWorker) -> None:
         for node_id, model in self.planned.get(worker.index, ()):
             if self.node_left[node_id] > 0:
                 worker.preload_async(model)
@@ -408,7 +408,7 @@ class Processor:
             future = self.tools.submit(node, request)
             self._tool_futures[future] = int(phys)
 
-    def _dispatch_llm(self, worker: Worker, phys_ids: Any) -> None:
+    def _dispatch_llm(self, worker: LLMWorker, phys_ids: Any) -> None:
         requests: list[_Request] = []
         for phys in phys_ids.tolist():
             phys = int(phys)
