@@ -52,13 +52,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "bench": ANY,  # outside the package: drives all of it (and only the cli imports bench)
 }
 
-# (importer, imported) -> why a layer violation is tolerated for now.
-LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("halo.plan.cost.profiler", "halo.engine.sampling_params"): (
-        "compiled.py split (issue 16, in progress): the profiler drives a live LLMEngine, so it belongs in "
-        "runtime, but `halo profile` (cli.py) imports profile_engine from halo.plan.cost; it moves with cli.py"
-    ),
-}
+# (importer, imported) -> why a layer violation is tolerated for now. Empty: every import points down.
+LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 # (importer, imported) -> why this deferred import stays out of check 3. Empty today: the deferred imports
 # kept for another reason (the optional heavy dependencies triton, ray, cupy, transformers, matplotlib,

@@ -75,7 +75,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _profile(args: argparse.Namespace) -> int:
     from halo.engine import LLMEngine
-    from halo.plan.cost import model_key, profile_engine, save_curves
+    from halo.plan.cost import model_key, save_curves
+    from halo.runtime.engine_profiler import profile_engine
 
     t0 = time.perf_counter()
     engine = LLMEngine(model=args.model, dtype=args.dtype)

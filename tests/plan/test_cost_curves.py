@@ -7,7 +7,6 @@ import warnings
 import pytest
 from halo.plan.cost import (
     DecodeSample,
-    EngineTimer,
     LatencyCurves,
     PrefillSample,
     ProfileMissingWarning,
@@ -16,6 +15,7 @@ from halo.plan.cost import (
     profile_path,
     save_curves,
 )
+from halo.runtime.engine_profiler import EngineTimer
 
 CURVES = LatencyCurves(model="m", dtype="fp32", device="cpu", threads=2,
                        prefill=(0.01, 2e-4, 1e-7), decode=(0.02, 3e-4, 1e-6), step_tokens=512,
@@ -119,7 +119,7 @@ def _held_out_errors(engine, curves) -> dict[str, float]:
 @pytest.mark.slow
 def test_profiled_curves_predict_held_out_shapes_within_25_percent(checkpoint):
     from halo.engine import LLMEngine
-    from halo.plan.cost import profile_engine
+    from halo.runtime.engine_profiler import profile_engine
 
     engine = LLMEngine(checkpoint, dtype="auto")
     # The machine is shared: a timing disturbed by other work reads slow. Each sample is already the

@@ -1,7 +1,7 @@
 """The cost model: what each planned step will cost on this machine.
 
 The LLM part: per-(model, dtype, device, threads) prefill and decode latency curves, model load time
-and KV copy bandwidth, measured by ``halo profile`` (``profile_engine``) and cached as JSON
+and KV copy bandwidth, measured by ``halo profile`` (``halo.runtime.engine_profiler.profile_engine``) and cached as JSON
 (``load_curves``); and the observed output lengths per llm node (``OutputLengthHistory``).
 """
 
@@ -15,24 +15,20 @@ from halo.plan.cost.profile_cache import (
     profile_path,
     save_curves,
 )
-from halo.plan.cost.profiler import EngineTimer, ProfileGrid, profile_engine
 from halo.plan.cost.tool_cost import ToolCostModel
 
 __all__ = [
     "DEFAULT_CURVES",
     "DecodeSample",
-    "EngineTimer",
     "LatencyCurves",
     "OutputLengthHistory",
     "PrefillSample",
-    "ProfileGrid",
     "ProfileMissingWarning",
     "ToolCostModel",
     "fit_latency_curves",
     "load_curves",
     "model_key",
     "output_key",
-    "profile_engine",
     "profile_path",
     "save_curves",
 ]

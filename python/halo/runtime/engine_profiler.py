@@ -1,8 +1,10 @@
-"""Profile a real LLMEngine over a small grid of step shapes and fit its LatencyCurves.
+"""Profile a real LLMEngine over a small grid of step shapes and fit its LatencyCurves (`halo profile`).
 
+It lives in runtime because it drives a live engine; the curves it fits are `halo.plan.cost`'s.
 Every sample is the best of a few timings of one ``engine.step()`` (the minimum is the least
 disturbed by other work on a shared machine). It steps the engine itself, not through the run
-loop, because what it measures is one step at a shape it sets up; a loop would add its own time. Prompts are random ordinary tokens, fresh for every
+loop, because what it measures is one step at a shape it sets up; a loop would add its own time.
+Prompts are random ordinary tokens, fresh for every
 timing so nothing is served from the prefix cache unless a sample asks for a cached prefix.
 The KV copy bandwidth is the best of a few export + import round trips of one cached prefix; the
 model load time is measured by whoever built the engine (``halo profile`` times the constructor).
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from halo.engine.sampling_params import SamplingParams
 from halo.plan.cost.latency_curves import DecodeSample, LatencyCurves, PrefillSample, fit_latency_curves
 
 _FIRST_ORDINARY_TOKEN = 17  # SmolLM2's ids 0..16 are control tokens
@@ -141,9 +144,7 @@ class EngineTimer:
                 best, per_token, rate = elapsed, prefix.nbytes / prefix.num_tokens, prefix.nbytes / elapsed
         return per_token, rate
 
-    def _params(self, max_tokens: int):
-        from halo.engine.sampling_params import SamplingParams
-
+    def _params(self, max_tokens: int) -> SamplingParams:
         return SamplingParams(max_tokens=max_tokens, ignore_eos=True)
 
     def _run(self, prompt: list[int], max_tokens: int) -> None:
