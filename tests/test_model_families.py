@@ -83,8 +83,13 @@ def check_rows(model, recorder: Recorder, results) -> int:
 def test_config_switches(tiny) -> None:
     spec, directory, _ = tiny
     config = config_from_json(directory / "config.json")
-    family = {"LlamaConfig": "llama", "MistralConfig": "mistral", "Qwen2Config": "qwen2", "Qwen3Config": "qwen3",
-              "Gemma3TextConfig": "gemma3"}[spec.config_class]
+    family = {
+        "LlamaConfig": "llama",
+        "MistralConfig": "mistral",
+        "Qwen2Config": "qwen2",
+        "Qwen3Config": "qwen3",
+        "Gemma3TextConfig": "gemma3",
+    }[spec.config_class]
     assert config.family == family
     if spec.window is not None:
         windows = {config.layer(i).window for i in range(config.num_layers)}
@@ -108,8 +113,9 @@ def test_continuation_after_cached_prefix_matches_transformers(tiny) -> None:
     prefix = engine.tokenizer.encode(LONG_PROMPT)
     engine.generate([prefix], SamplingParams(max_tokens=1))
     recorder = Recorder(engine)
-    (res,) = engine.generate([prefix + engine.tokenizer.encode(" " + CORPUS[4])],
-                             SamplingParams(max_tokens=8, ignore_eos=True))
+    (res,) = engine.generate(
+        [prefix + engine.tokenizer.encode(" " + CORPUS[4])], SamplingParams(max_tokens=8, ignore_eos=True)
+    )
     assert res.cached_tokens >= len(prefix) - BLOCK
     assert check_rows(model, recorder, [res]) == 8
 
@@ -139,11 +145,17 @@ def test_gemma3_nested_under_text_config(tmp_path: Path) -> None:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (wrapped / name).write_bytes((text_dir / name).read_bytes())
     text_config = json.loads((text_dir / "config.json").read_text())
-    config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
-              "text_config": text_config, "vision_config": {"model_type": "siglip_vision_model"}}
+    config = {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "text_config": text_config,
+        "vision_config": {"model_type": "siglip_vision_model"},
+    }
     (wrapped / "config.json").write_text(json.dumps(config))
-    tensors = {k.replace("model.", "model.language_model.", 1): v
-               for k, v in load_file(str(text_dir / "model.safetensors")).items()}
+    tensors = {
+        k.replace("model.", "model.language_model.", 1): v
+        for k, v in load_file(str(text_dir / "model.safetensors")).items()
+    }
     tensors["model.vision_tower.unused.weight"] = torch.zeros(2)
     save_file(tensors, str(wrapped / "model.safetensors"))
     engine = LLMEngine(model=str(wrapped), dtype="fp32", block_size=BLOCK, kv_blocks=64)
@@ -155,27 +167,48 @@ def test_gemma3_nested_under_text_config(tmp_path: Path) -> None:
 
 # -- load errors: an unsupported family or maths-changing key is named, never run wrongly -------
 
-BASE = {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 128,
-        "vocab_size": 384}
+BASE = {
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "vocab_size": 384,
+}
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
         pytest.param({"model_type": "phi3"}, "model_type 'phi3' is not supported", id="family"),
-        pytest.param({"model_type": "llama", "rope_scaling": {"type": "dynamic", "factor": 2.0}},
-                     r"rope_scaling\.type 'dynamic' is not supported \(llama\)", id="rope-dynamic"),
-        pytest.param({"model_type": "qwen2", "rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}},
-                     r"rope_parameters\.rope_type 'longrope' is not supported \(qwen2\)", id="rope-longrope"),
-        pytest.param({"model_type": "mistral", "hidden_act": "gelu"}, r"hidden_act 'gelu' is not supported",
-                     id="activation"),
+        pytest.param(
+            {"model_type": "llama", "rope_scaling": {"type": "dynamic", "factor": 2.0}},
+            r"rope_scaling\.type 'dynamic' is not supported \(llama\)",
+            id="rope-dynamic",
+        ),
+        pytest.param(
+            {"model_type": "qwen2", "rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}},
+            r"rope_parameters\.rope_type 'longrope' is not supported \(qwen2\)",
+            id="rope-longrope",
+        ),
+        pytest.param(
+            {"model_type": "mistral", "hidden_act": "gelu"}, r"hidden_act 'gelu' is not supported", id="activation"
+        ),
         pytest.param({"model_type": "llama", "partial_rotary_factor": 0.5}, "partial_rotary_factor", id="partial"),
-        pytest.param({"model_type": "qwen3", "quantization_config": {"quant_method": "gptq"}},
-                     "quantization_config", id="quantized"),
-        pytest.param({"model_type": "gemma3_text", "use_bidirectional_attention": True},
-                     "use_bidirectional_attention", id="bidirectional"),
-        pytest.param({"model_type": "gemma3_text", "layer_types": ["sliding_attention", "chunked_attention"]},
-                     "layer_types", id="layer-type"),
+        pytest.param(
+            {"model_type": "qwen3", "quantization_config": {"quant_method": "gptq"}},
+            "quantization_config",
+            id="quantized",
+        ),
+        pytest.param(
+            {"model_type": "gemma3_text", "use_bidirectional_attention": True},
+            "use_bidirectional_attention",
+            id="bidirectional",
+        ),
+        pytest.param(
+            {"model_type": "gemma3_text", "layer_types": ["sliding_attention", "chunked_attention"]},
+            "layer_types",
+            id="layer-type",
+        ),
         pytest.param({"model_type": "mistral", "sliding_window": -3}, "sliding_window", id="window"),
     ],
 )
@@ -262,8 +295,13 @@ def test_triton_backend_honours_sliding_windows_under_interpreter(name: str, tmp
     directory = tmp_path / name
     build(SPEC_BY_NAME[name], directory)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", TRITON_SCRIPT, str(directory), CORPUS[1]], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", TRITON_SCRIPT, str(directory), CORPUS[1]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     cpu_tokens, triton_tokens = out["tokens"]

@@ -48,24 +48,63 @@ class TinySpec:
 
 
 SPECS = [
-    TinySpec("llama3", "LlamaConfig", {"num_hidden_layers": 2, "rope_theta": 500000.0, "rope_scaling": {
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 32}}),
-    TinySpec("llama2-linear-tied-bias", "LlamaConfig", {
-        "num_hidden_layers": 2, "tie_word_embeddings": True, "attention_bias": True, "mlp_bias": True,
-        "rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    TinySpec(
+        "llama3",
+        "LlamaConfig",
+        {
+            "num_hidden_layers": 2,
+            "rope_theta": 500000.0,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        },
+    ),
+    TinySpec(
+        "llama2-linear-tied-bias",
+        "LlamaConfig",
+        {
+            "num_hidden_layers": 2,
+            "tie_word_embeddings": True,
+            "attention_bias": True,
+            "mlp_bias": True,
+            "rope_scaling": {"rope_type": "linear", "factor": 2.0},
+        },
+    ),
     TinySpec("mistral", "MistralConfig", {"num_hidden_layers": 2, "sliding_window": 8}, window=8),
-    TinySpec("qwen2-yarn-window", "Qwen2Config", {
-        "num_hidden_layers": 3, "rope_theta": 1000000.0, "use_sliding_window": True, "sliding_window": 8,
-        "max_window_layers": 1, "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
-                                                 "original_max_position_embeddings": 64}}, window=8),
+    TinySpec(
+        "qwen2-yarn-window",
+        "Qwen2Config",
+        {
+            "num_hidden_layers": 3,
+            "rope_theta": 1000000.0,
+            "use_sliding_window": True,
+            "sliding_window": 8,
+            "max_window_layers": 1,
+            "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+        },
+        window=8,
+    ),
     TinySpec("qwen3", "Qwen3Config", {"num_hidden_layers": 2, "rope_theta": 1000000.0, "tie_word_embeddings": True}),
-    TinySpec("gemma3", "Gemma3TextConfig", {
-        "num_hidden_layers": 4, "sliding_window": 8, "sliding_window_pattern": 2, "query_pre_attn_scalar": 24,
-        "final_logit_softcapping": 30.0,
-        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}}},
-        window=8),
+    TinySpec(
+        "gemma3",
+        "Gemma3TextConfig",
+        {
+            "num_hidden_layers": 4,
+            "sliding_window": 8,
+            "sliding_window_pattern": 2,
+            "query_pre_attn_scalar": 24,
+            "final_logit_softcapping": 30.0,
+            "rope_parameters": {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+            },
+        },
+        window=8,
+    ),
 ]
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 
@@ -77,13 +116,21 @@ def train_tokenizer(directory: Path) -> Any:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS * 4, trainer)
     directory.mkdir(parents=True, exist_ok=True)
     tok.save(str(directory / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "bos_token": "<bos>",
-              "add_bos_token": False}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<|endoftext|>",
+        "bos_token": "<bos>",
+        "add_bos_token": False,
+    }
     (directory / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return tok
 
@@ -96,8 +143,14 @@ def build(spec: TinySpec, directory: Path, seed: int = 0) -> Any:
     tok = train_tokenizer(directory)
     vocab = tok.get_vocab_size()
     config_class = getattr(transformers, spec.config_class)
-    config = config_class(**COMMON, **spec.keys, vocab_size=vocab, eos_token_id=tok.token_to_id("<|endoftext|>"),
-                          bos_token_id=tok.token_to_id("<bos>"), pad_token_id=None)
+    config = config_class(
+        **COMMON,
+        **spec.keys,
+        vocab_size=vocab,
+        eos_token_id=tok.token_to_id("<|endoftext|>"),
+        bos_token_id=tok.token_to_id("<bos>"),
+        pad_token_id=None,
+    )
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""Loading a model by registered name, .gguf file or HF Llama directory into a `Checkpoint`.
+"""Loading a model by registered name, .gguf file or HF directory (any supported family) into a `Checkpoint`.
 
 The `Checkpoint` it returns (config, fp32 weights under canonical names, tokenizer) is defined in
 `checkpoint_layout.py`, which the format loaders build on; this module only picks the loader.
@@ -22,7 +22,7 @@ def load_checkpoint(
     name_or_path: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Checkpoint:
-    """Load a registered model name, a .gguf file or an HF Llama directory (None = the default model)."""
+    """Load a registered model name, a .gguf file or an HF directory (None = the default model)."""
     path = resolve_model_path(name_or_path, cache_dir)
     ckpt = load_hf_checkpoint(path) if path.is_dir() else load_gguf_checkpoint(path)
     key = os.fspath(name_or_path) if name_or_path is not None else None

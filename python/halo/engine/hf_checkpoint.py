@@ -54,8 +54,11 @@ SANDWICH_TENSORS = {
 }
 # Where the decoder sits: a causal LM, or the language model of gemma3's multimodal wrapper
 # (transformers 5, then 4). The first whose embedding exists wins; vision weights are not read.
-DECODER_PREFIXES = {"model.": "lm_head.weight", "model.language_model.": "lm_head.weight",
-                    "language_model.model.": "language_model.lm_head.weight"}
+DECODER_PREFIXES = {
+    "model.": "lm_head.weight",
+    "model.language_model.": "lm_head.weight",
+    "language_model.model.": "language_model.lm_head.weight",
+}
 
 
 def load_hf_checkpoint(directory: Path) -> Checkpoint:
@@ -120,8 +123,10 @@ def save_hf_checkpoint(ckpt: Checkpoint, directory: Path) -> None:
     """
     c = ckpt.config
     if not c.is_plain_llama:
-        raise ModelLoadError(f"{ckpt.path}: only plain Llama checkpoints can be written as HF directories "
-                             f"(this one is {c.family} with other switches)")
+        raise ModelLoadError(
+            f"{ckpt.path}: only plain Llama checkpoints can be written as HF directories "
+            f"(this one is {c.family} with other switches)"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     config = {
         "architectures": ["LlamaForCausalLM"],

@@ -18,11 +18,22 @@ from halo.engine.model_config import FAMILIES, LayerAttention, ModelConfig, Rope
 from halo.errors import ModelLoadError
 
 # model_type → family; the gemma3 multimodal wrapper's text model is gemma3_text.
-MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3",
-               "gemma3": "gemma3"}
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
-                 "Qwen3ForCausalLM": "qwen3", "Gemma3ForCausalLM": "gemma3_text",
-                 "Gemma3ForConditionalGeneration": "gemma3"}
+MODEL_TYPES = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma3_text": "gemma3",
+    "gemma3": "gemma3",
+}
+ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "Gemma3ForCausalLM": "gemma3_text",
+    "Gemma3ForConditionalGeneration": "gemma3",
+}
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 # transformers' defaults where a config omits the key
 DEFAULT_HEAD_DIM = {"qwen3": 128, "gemma3": 256}
@@ -65,15 +76,14 @@ def config_from_json(path: Path) -> ModelConfig:
         supported = ", ".join(sorted(MODEL_TYPES))
         raise ModelLoadError(f"{path}: model_type {found!r} is not supported (supported: {supported})")
     family = MODEL_TYPES[model_type]
+    if raw.get("quantization_config"):
+        raise ModelLoadError(f"{path}: quantization_config is not supported ({family}; load an unquantized checkpoint)")
     if model_type == "gemma3":  # the multimodal wrapper: the decoder is its text_config
         text = raw.get("text_config")
         if not isinstance(text, dict):
             raise ModelLoadError(f"{path}: model_type 'gemma3' without a text_config object")
-        raw = {"tie_word_embeddings": raw.get("tie_word_embeddings")} | {k: v for k, v in text.items()
-                                                                           if v is not None}
+        raw = {"tie_word_embeddings": raw.get("tie_word_embeddings")} | {k: v for k, v in text.items() if v is not None}
     r = _Reader(path, raw, family)
-    if raw.get("quantization_config"):
-        raise r.fail("quantization_config is not supported (load an unquantized checkpoint)")
     fam = FAMILIES[family]
     act_key = "hidden_activation" if family == "gemma3" and "hidden_activation" in raw else "hidden_act"
     act = r.get(act_key, "gelu_pytorch_tanh" if family == "gemma3" else "silu")
@@ -87,7 +97,7 @@ def config_from_json(path: Path) -> ModelConfig:
     gemma = family == "gemma3"
     if gemma and r.get("use_bidirectional_attention", False):
         raise r.fail("use_bidirectional_attention true is not supported")
-    attention = _layer_attention(r, layers, head_dim, context)
+    attention = _layer_attention(r, layers, context)
     return ModelConfig(
         name=path.parent.name,
         num_layers=layers,
@@ -120,7 +130,7 @@ def config_from_json(path: Path) -> ModelConfig:
     )
 
 
-def _layer_attention(r: _Reader, num_layers: int, head_dim: int, context: int) -> list[LayerAttention]:
+def _layer_attention(r: _Reader, num_layers: int, context: int) -> list[LayerAttention]:
     """Each layer's RoPE and window, as transformers 5 resolves them for the family."""
     raw, family = r.raw, r.family
     if r.get("partial_rotary_factor", 1.0) != 1.0:
@@ -128,16 +138,19 @@ def _layer_attention(r: _Reader, num_layers: int, head_dim: int, context: int) -
     window = raw.get("sliding_window")
     if family == "gemma3":
         pattern = int(r.get("sliding_window_pattern", r.get("_sliding_window_pattern", 6)))
-        types = r.get("layer_types", ["sliding_attention" if (i + 1) % pattern else "full_attention"
-                                      for i in range(num_layers)])
+        types = r.get(
+            "layer_types", ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(num_layers)]
+        )
         params = raw.get("rope_parameters") or {}
         full = dict(params.get("full_attention") or {}) | dict(raw.get("rope_scaling") or {})
         full.setdefault("rope_theta", r.get("rope_theta", 1e6))
         local = dict(params.get("sliding_attention") or {})
         local.setdefault("rope_theta", r.get("rope_local_base_freq", 1e4))
         where = "rope_parameters" if params else "rope_scaling"
-        ropes = {"full_attention": _rope(r, f"{where}.full_attention" if params else where, full, context),
-                 "sliding_attention": _rope(r, f"{where}.sliding_attention", local, context)}
+        ropes = {
+            "full_attention": _rope(r, f"{where}.full_attention" if params else where, full, context),
+            "sliding_attention": _rope(r, f"{where}.sliding_attention", local, context),
+        }
     else:
         if family == "mistral":
             types = ["sliding_attention" if window else "full_attention"] * num_layers
@@ -145,8 +158,13 @@ def _layer_attention(r: _Reader, num_layers: int, head_dim: int, context: int) -
             if not r.get("use_sliding_window", False):
                 window = None
             first = int(r.get("max_window_layers", 28))
-            types = r.get("layer_types", ["sliding_attention" if window is not None and i >= first
-                                          else "full_attention" for i in range(num_layers)])
+            types = r.get(
+                "layer_types",
+                [
+                    "sliding_attention" if window is not None and i >= first else "full_attention"
+                    for i in range(num_layers)
+                ],
+            )
         else:
             types = ["full_attention"] * num_layers
         # transformers 5: rope_scaling, when a config has it, wins over rope_parameters

@@ -64,8 +64,9 @@ FAMILIES: dict[str, Family] = {
         Family("mistral"),
         Family("qwen2", qkv_bias=True),
         Family("qwen3", qk_norm=True),
-        Family("gemma3", norm="gemma", activation="gelu_tanh", qk_norm=True, sandwich_norms=True,
-               scale_embeddings=True),
+        Family(
+            "gemma3", norm="gemma", activation="gelu_tanh", qk_norm=True, sandwich_norms=True, scale_embeddings=True
+        ),
     )
 }
 

@@ -27,8 +27,9 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None
     return _yarn(head_dim, theta, scaling)
 
 
-def rope_tables(head_dim: int, theta: float, scaling: RopeScaling | None,
-                max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    head_dim: int, theta: float, scaling: RopeScaling | None, max_positions: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin ``[max_positions, head_dim]`` in fp32 for rotate_half RoPE."""
     inv_freq, attention_factor = inverse_frequencies(head_dim, theta, scaling)
     freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)

@@ -40,7 +40,10 @@ class StepContext:
 
     def to(self, device: torch.device) -> StepContext:
         """The same context with every tensor on ``device`` (built on the host, run on a GPU)."""
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
         spans = tuple(replace(s, blocks=s.blocks.to(device)) for s in self.prefills)
         return replace(self, prefills=spans, **moved)
