@@ -289,7 +289,7 @@ TRITON_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("name", ["mistral", "gemma3"])
+@pytest.mark.parametrize("name", ["gemma3"])  # interleaved windowed and global layers
 def test_triton_backend_honours_sliding_windows_under_interpreter(name: str, tmp_path: Path) -> None:
     pytest.importorskip("triton")
     directory = tmp_path / name
