@@ -494,9 +494,9 @@ DpResult run_phases(const PlanCost& cost, double incumbent_cost, const DpOptions
 DpResult search_epoch_dp(const PlanCost& cost, double incumbent_cost, const DpOptions& options) {
   // the smallest mask that holds every LLM task and every tool: one word for most workflows
   const int bits = std::max(cost.n(), cost.n_tools());
-  if (bits <= FixedMask<1>::kBits) return run_phases<FixedMask<1>>(cost, incumbent_cost, options);
-  if (bits <= FixedMask<2>::kBits) return run_phases<FixedMask<2>>(cost, incumbent_cost, options);
-  if (bits <= FixedMask<4>::kBits) return run_phases<FixedMask<4>>(cost, incumbent_cost, options);
+  if (bits <= 64) return run_phases<FixedMask<1>>(cost, incumbent_cost, options);
+  if (bits <= 128) return run_phases<FixedMask<2>>(cost, incumbent_cost, options);
+  if (bits <= 256) return run_phases<FixedMask<4>>(cost, incumbent_cost, options);
   return run_phases<MaskN>(cost, incumbent_cost, options);
 }
 

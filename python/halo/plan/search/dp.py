@@ -7,7 +7,7 @@ per-worker tuples; actions name canonical slots and are mapped back to real work
 An action is one epoch: a set of ready LLM tasks on slots, or no LLM task at all (a tool-only
 epoch) when the state's tool wave is not empty; the wave itself is never chosen (rule 5).
 
-Invariant of `_Search.solve(state, limit)`: it returns the exact least cost-to-go of `state` if that
+Invariant of `Search::solve(state, limit)`: it returns the exact least cost-to-go of `state` if that
 is below `limit`, else some lower bound >= `limit`. Exact values and lower bounds are memoised, so a
 state reached again (by another epoch order) is not searched twice. The admissible bound `bound` is
 max(critical path, total work / workers, remaining tool CPU) + overhead x epochs still needed for
