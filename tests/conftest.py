@@ -31,6 +31,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
     gguf_checkpoint.load_gguf_checkpoint = counted  # checkpoint.load_checkpoint looks it up at call time
 
+    from halo.engine import checkpoint_cache
+
+    read_entry = checkpoint_cache.read_entry
+
+    def counted_hit(entry: checkpoint_cache.CacheEntry):  # a real model mapped from the cache is a real load too
+        ckpt, reason = read_entry(entry)
+        source = entry.source
+        size = source.stat().st_size if source.is_file() else sum(f.stat().st_size for f in source.iterdir())
+        if ckpt is not None and size >= REAL_MODEL_BYTES:
+            _real_loads.append(str(source))
+        return ckpt, reason
+
+    checkpoint_cache.read_entry = counted_hit  # load_through_cache looks it up at call time
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest):

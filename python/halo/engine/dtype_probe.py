@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import platform
 import time
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 
+from halo.engine.model_source import default_cache_dir
 from halo.errors import InvalidRequestError
 
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
@@ -54,6 +59,28 @@ def _gflops(dtype: torch.dtype, seconds: float = 0.03) -> float:
 
 @cache
 def _probe() -> tuple[float, float]:
+    # Measured once per CPU, thread count and torch build and kept in the cache dir: a fresh process
+    # skips the ~0.25 s probe and every process on the machine picks the same dtype (delete to re-probe).
+    ident = f"{cpu_capability()} {platform.processor() or platform.machine()} torch {torch.__version__} "
+    ident += f"threads {torch.get_num_threads()}"
+    path = default_cache_dir() / "probe" / f"matmul-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return float(saved["fp32"]), float(saved["bf16"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    fp32, bf16 = _measure_probe()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"fp32": fp32, "bf16": bf16, "cpu": ident}), encoding="utf-8")
+        os.replace(tmp, path)  # atomic: a concurrent reader sees no file or a whole one
+    except OSError:
+        pass  # a read-only cache dir only costs the next process its own probe
+    return fp32, bf16
+
+
+def _measure_probe() -> tuple[float, float]:
     # Two alternating rounds, best of each: the first matmuls of a process pay one-time set-up
     # (thread pool, kernel selection) that would otherwise make whichever dtype runs first look slow.
     fp32 = bf16 = 0.0
