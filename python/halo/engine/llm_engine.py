@@ -143,7 +143,7 @@ class LLMEngine:
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError("empty prompt: give at least one character or token")
-            return self.tokenizer.encode(prompt)
+            return self.tokenizer.encode_prompt(prompt)  # with the BOS the model expects (add_bos)
         if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
             return self.tokenizer.encode(self.tokenizer.render_chat(prompt))
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
