@@ -36,10 +36,11 @@ def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
 class Linear:
     """``y = x @ weight.T (+ bias)`` for one weight, packed when that gives the same numbers faster."""
 
-    __slots__ = ("weight", "bias", "packed", "out_features", "in_features")
+    __slots__ = ("weight", "bias", "packed", "out_features", "in_features", "format")
 
     def __init__(self, weight: torch.Tensor, pack: bool, bias: torch.Tensor | None = None) -> None:
         self.out_features, self.in_features = weight.shape
+        self.format = "bf16" if weight.dtype == torch.bfloat16 else "fp32"  # the weight format (quantized_linear.py)
         packed = pack_weight_checked(weight, bias) if pack else None
         self.packed = packed is not None
         self.weight = packed if packed is not None else weight
@@ -52,6 +53,11 @@ class Linear:
 
     def numel(self) -> int:
         return self.out_features * self.in_features
+
+    def nbytes(self) -> int:
+        """Resident bytes of the weight (packed or not: the same element count) and the bias."""
+        size = 2 if self.format == "bf16" else 4
+        return self.numel() * size + (0 if self.bias is None else self.bias.numel() * self.bias.element_size())
 
 
 def pack_weight_checked(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:

@@ -15,12 +15,20 @@ import torch
 from halo.engine.batch_scheduler import BatchScheduler, ScheduledBatch
 from halo.engine.block_manager import BlockManager
 from halo.engine.checkpoint import Checkpoint, load_checkpoint
-from halo.engine.dtype_probe import DtypeChoice, choose_dtype, cpu_capability, matmul_gflops
+from halo.engine.dtype_probe import (
+    DtypeChoice,
+    WeightsChoice,
+    choose_dtype,
+    choose_weights,
+    cpu_capability,
+    matmul_gflops,
+)
 from halo.engine.kv_cache import KVCache
 from halo.engine.kv_prefix import KVPrefix
 from halo.engine.kv_swapper import KVSwapper
 from halo.engine.model import DecoderModel
 from halo.engine.model_runner import ModelRunner
+from halo.engine.quantized_linear import check_weight_format
 from halo.engine.sampling_params import GenerationResult, SamplingParams
 from halo.engine.sequence import Sequence, SequenceStatus
 from halo.errors import ContextLengthError, InvalidRequestError, KVCacheFullError
@@ -59,6 +67,16 @@ class LLMEngine:
     buffer when that is predicted cheaper than recomputing; 0 disables). ``device`` is ``cpu`` or
     ``cuda``; ``attention_backend`` ``auto`` picks the native CPU kernel on CPU, Triton on CUDA.
     ``pack_weights`` pre-packs bf16 CPU weights once for oneDNN (bit-identical, faster small batches).
+
+    ``weights`` is how the weight matrices are stored: ``bf16``/``fp32`` keep them in the compute
+    dtype (so either one alone also sets ``dtype``, and a different explicit ``dtype`` is an error);
+    ``int8`` (a scale per output row) and ``int4`` (a scale and zero per 32 inputs) are weight-only
+    quantized layers on CPU through torch's kernels, whose products take bf16 activations (an fp32
+    ``dtype`` casts around them; norms, attention, residuals and the KV cache stay in ``dtype``);
+    their head and embedding are int8. ``auto`` keeps the float format of ``dtype`` unless the weights
+    would not fit the memory available, or the model has 1B+ parameters and a probe of its MLP shape
+    shows int8 faster at decode batches 1 and 64; ``describe()`` says what it chose and why
+    (quantized_linear.py, dtype_probe.choose_weights, docs/models.md "Weight formats").
     """
 
     def __init__(
@@ -77,6 +95,7 @@ class LLMEngine:
         num_threads: int | None = None,
         cache_dir: str | os.PathLike | None = None,
         pack_weights: bool = True,
+        weights: str = "auto",
     ) -> None:
         for name, value in (("block_size", block_size), ("max_batch_tokens", max_batch_tokens),
                             ("max_num_seqs", max_num_seqs)):
@@ -90,6 +109,16 @@ class LLMEngine:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise InvalidRequestError("device='cuda' was requested but torch sees no CUDA device")
         attention = _attention_backend(attention_backend, self.device)
+        weights = check_weight_format(weights)
+        if weights in ("bf16", "fp32"):
+            # float weights are kept in the compute dtype: naming one names the other
+            if dtype in (None, "auto"):
+                dtype = weights
+            elif choose_dtype(dtype).name != weights:
+                raise InvalidRequestError(
+                    f"weights={weights!r} keeps the weights in the compute dtype, but dtype={dtype!r}: "
+                    f"give the same for both, or weights='int8'/'int4' for quantized weights"
+                )
         if self.device.type == "cuda" and dtype in (None, "auto"):
             dtype = "bf16"  # the CPU matmul probe says nothing about a GPU
         self.dtype_choice: DtypeChoice = choose_dtype(dtype)
@@ -99,13 +128,17 @@ class LLMEngine:
         self.model_path = ckpt.path
         self.config = ckpt.config
         self.tokenizer = ckpt.tokenizer
+        per_block = KVCache.bytes_per_block(self.config, block_size, self.dtype_choice.dtype)
+        if kv_blocks is None:
+            kv_blocks = max(16, int(kv_memory_gb * 2**30 // per_block))
+        self.weights_choice: WeightsChoice = choose_weights(
+            weights, self.dtype_choice.dtype, self.config, self.device, reserved_bytes=kv_blocks * per_block
+        )
         self.model = DecoderModel(
-            ckpt.config, dict(ckpt.weights), self.dtype_choice.dtype, self.device, attention, pack_weights
+            ckpt.config, dict(ckpt.weights), self.dtype_choice.dtype, self.device, attention, pack_weights,
+            weight_format=self.weights_choice.name,
         )
         del ckpt
-        if kv_blocks is None:
-            per_block = KVCache.bytes_per_block(self.config, block_size, self.dtype_choice.dtype)
-            kv_blocks = max(16, int(kv_memory_gb * 2**30 // per_block))
         self.block_manager = BlockManager(kv_blocks, block_size, enable_prefix_cache)
         self.kv = KVCache(self.config, kv_blocks, block_size, self.dtype_choice.dtype, self.device)
         self.swapper = None
@@ -122,7 +155,7 @@ class LLMEngine:
 
     # ---- describing the engine ---------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        """Model, dtype (and why), CPU capability, pool size: printed by every benchmark."""
+        """Model, dtype and weight format (and why), CPU capability, pool size: printed by every benchmark."""
         return {
             "model": str(self.model_path),
             "dtype": self.dtype_choice.name,
@@ -133,6 +166,11 @@ class LLMEngine:
             "device": str(self.device),
             "attention": self.model.attention.__name__.rsplit(".", 1)[-1],
             "packed_weights": self.model.packed_weights,
+            "weights": self.model.weight_format,
+            "weights_reason": self.weights_choice.reason,
+            "weights_probe_us": self.weights_choice.probe_us,
+            "weight_layers": self.model.layer_formats(),
+            "weight_bytes": self.model.weight_bytes(),
             "kv_blocks": self.block_manager.num_blocks,
             "block_size": self.block_manager.block_size,
         }

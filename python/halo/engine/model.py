@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from halo.engine import cpu_attention
 from halo.engine.kv_cache import KVCache
-from halo.engine.linear import Linear, packing_available
+from halo.engine.linear import packing_available
 from halo.engine.model_config import ModelConfig
+from halo.engine.quantized_linear import Int8Embedding, LinearLayer, WeightFormat, WeightFormatName, float_format_name
 from halo.engine.rope import rope_tables
 from halo.engine.step_context import StepContext
 from halo.errors import ModelLoadError
@@ -57,9 +58,11 @@ class DecoderModel:
 
     def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype,
                  device: torch.device | str = "cpu", attention: ModuleType = cpu_attention,
-                 pack_weights: bool = True) -> None:
+                 pack_weights: bool = True, weight_format: WeightFormatName | None = None) -> None:
         """``attention`` is the backend module (``cpu_attention`` or ``triton_attention``);
-        ``pack_weights`` pre-packs bf16 CPU weights for oneDNN where that is bit-identical (see linear.py)."""
+        ``pack_weights`` pre-packs bf16 CPU weights for oneDNN where that is bit-identical (see linear.py);
+        ``weight_format`` (fp32/bf16/int8/int4, None = the float format of ``dtype``) is how every weight
+        matrix is stored: one factory builds them all (quantized_linear.py)."""
         self.config = config
         self.dtype = dtype
         self.device = torch.device(device)
@@ -82,34 +85,36 @@ class DecoderModel:
             return (1.0 + w.float()).contiguous() if c.norm == "gemma" else w
 
         def take_all(*names: str) -> torch.Tensor:
-            return convert(torch.cat([weights.pop(n) for n in names]))
+            # the checkpoint's own (fp32) values: the weight format converts or quantizes them
+            return torch.cat([weights.pop(n) for n in names])
 
         pack = pack_weights and packing_available(self.device, dtype)
-        self.packed_weights = pack
+        fmt = WeightFormat(weight_format or float_format_name(dtype), dtype, self.device, pack)
+        self.weight_format = fmt.name
+        self.packed_weights = pack and not fmt.quantized
+        linear = fmt.linear
         self.norm = rms_norm if c.norm == "rms" else gemma_rms_norm
         self.act = ACTIVATIONS[c.activation]
-        self.embed = take("embed")
+        self.embed, self.lm_head = fmt.embedding_and_head(weights.pop("embed"), weights.pop("lm_head", None))
         # transformers rounds the scale to the weight dtype before multiplying (sqrt(3072) -> 55.5 in bf16)
         self.embed_scale = None if c.embed_scale is None else torch.tensor(c.embed_scale).to(self.device, dtype)
-        # a tied head gets its own packed copy: the embedding lookup needs the plain layout
-        self.lm_head = Linear(take("lm_head") if "lm_head" in weights else self.embed, pack)
         self.final_norm = take_norm("final_norm")
         norm_names = ["attn_norm", "ffn_norm"]
         norm_names += ["q_norm", "k_norm"] if c.qk_norm else []
         norm_names += ["attn_post_norm", "ffn_post_norm"] if c.sandwich_norms else []
         self.layers: list[dict[str, torch.Tensor]] = []
-        self.linears: list[dict[str, Linear]] = []
+        self.linears: list[dict[str, LinearLayer]] = []
         for i in range(c.num_layers):
             p = f"layers.{i}."
             self.layers.append({name: take_norm(p + name) for name in norm_names})
             self.linears.append(
                 {
-                    "wqkv": Linear(take_all(p + "wq", p + "wk", p + "wv"), pack,
+                    "wqkv": linear(take_all(p + "wq", p + "wk", p + "wv"),
                                    take_all(p + "bq", p + "bk", p + "bv") if c.qkv_bias else None),
-                    "wo": Linear(take(p + "wo"), pack, take(p + "bo") if c.o_bias else None),
-                    "w_gate_up": Linear(take_all(p + "w_gate", p + "w_up"), pack,
+                    "wo": linear(take_all(p + "wo"), take_all(p + "bo") if c.o_bias else None),
+                    "w_gate_up": linear(take_all(p + "w_gate", p + "w_up"),
                                         take_all(p + "b_gate", p + "b_up") if c.mlp_bias else None),
-                    "w_down": Linear(take(p + "w_down"), pack, take(p + "b_down") if c.mlp_bias else None),
+                    "w_down": linear(take_all(p + "w_down"), take_all(p + "b_down") if c.mlp_bias else None),
                 }
             )
         # One cos/sin table per distinct RoPE among the layers (gemma3: local and global bases).
@@ -133,6 +138,26 @@ class DecoderModel:
         self.flops_per_token = 2 * (
             sum(w.numel() for layer in self.linears for w in layer.values()) + self.lm_head.numel()
         )
+
+    def layer_formats(self) -> dict[str, int]:
+        """How many weight matrices (head included) each format holds: int4 layers the kernel cannot take are int8."""
+        counts: dict[str, int] = {}
+        for layer in [*(lin for layers in self.linears for lin in layers.values()), self.lm_head]:
+            counts[layer.format] = counts.get(layer.format, 0) + 1
+        return counts
+
+    def weight_bytes(self) -> int:
+        """Resident bytes of every weight: matrices (a packed tied head's own copy included), embedding, norms."""
+        total = sum(lin.nbytes() for layers in self.linears for lin in layers.values()) + self.lm_head.nbytes()
+        embed = self.embed
+        # a tied head may be the embedding's own table (fp32, or unpacked bf16, or the shared int8 rows)
+        shared = getattr(self.lm_head, "weight", None) is embed or (
+            isinstance(embed, Int8Embedding) and getattr(self.lm_head, "qweight", None) is embed.qweight
+        )
+        if not shared:
+            total += embed.nbytes() if isinstance(embed, Int8Embedding) else embed.numel() * embed.element_size()
+        total += sum(t.numel() * t.element_size() for layer in self.layers for t in layer.values())
+        return total + self.final_norm.numel() * self.final_norm.element_size()
 
     @torch.inference_mode()
     def forward(self, ctx: StepContext, kv: KVCache) -> torch.Tensor:
