@@ -174,3 +174,188 @@ def randomize(model: Any, gemma: bool) -> None:
             p.copy_((0.25 if gemma else 1.0) * torch.randn(p.shape, generator=g))
         else:
             p.copy_(0.15 * torch.randn(p.shape, generator=g))
+
+
+# -- the same tiny models as GGUF files, written the way llama.cpp's converter writes them ---------
+
+# GGUF can say less than config.json: llama.cpp fixes gemma3's score scale to head_dim ** -0.5 and
+# has no per-layer windows for qwen2, so those two variants drop what a GGUF cannot carry.
+GGUF_SPECS = [
+    s
+    if s.name not in ("gemma3", "qwen2-yarn-window")
+    else TinySpec(
+        s.name.replace("-window", ""),
+        s.config_class,
+        {k: v for k, v in s.keys.items() if k not in ("use_sliding_window", "sliding_window", "max_window_layers")}
+        if s.name != "gemma3"
+        else s.keys | {"query_pre_attn_scalar": COMMON["head_dim"]},
+        window=s.window if s.name == "gemma3" else None,
+    )
+    for s in SPECS
+]
+GGUF_SPEC_BY_NAME = {s.name: s for s in GGUF_SPECS}
+GGUF_ARCH = {"LlamaConfig": "llama", "MistralConfig": "llama", "Qwen2Config": "qwen2", "Qwen3Config": "qwen3"}
+
+
+def gguf_metadata_from_tokenizer(directory: Path, pre: str) -> dict[str, Any]:
+    """tokenizer.ggml.* keys of a byte-level BPE tokenizer.json, as llama.cpp's converter writes them."""
+    raw = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab: dict[str, int] = raw["model"]["vocab"] | {t["content"]: t["id"] for t in raw["added_tokens"]}
+    tokens = [tok for tok, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    special = {t["content"] for t in raw["added_tokens"] if t.get("special")}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in raw["model"]["merges"]]
+    cfg = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [3 if t in special else 1 for t in tokens],
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.eos_token_id": vocab[cfg["eos_token"]],
+        "tokenizer.ggml.bos_token_id": vocab[cfg["bos_token"]],
+        "tokenizer.ggml.add_bos_token": bool(cfg.get("add_bos_token", False)),
+    }
+
+
+def add_metadata(writer: Any, meta: dict[str, Any]) -> None:
+    """Write plain Python values with the GGUF type their value implies (ints as u32, floats as f32)."""
+    for key, value in meta.items():
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        elif isinstance(value, str):
+            writer.add_string(key, value)
+        else:
+            writer.add_array(key, value)  # the element type follows the Python values
+
+
+def _permute(w: Any, n_head: int) -> Any:
+    # llama.cpp's LlamaModel.permute: HF rotate_half rows → GGML's interleaved pairs
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _unpermute(w: Any, n_head: int) -> Any:
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama3_rope_factors(head_dim: int, theta: float, scaling: dict[str, Any]) -> Any:
+    """The rope_freqs tensor llama.cpp's converter writes for `rope_type: llama3` (its formula)."""
+    import math
+
+    import numpy as np
+
+    freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old = scaling["original_max_position_embeddings"]
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def write_gguf(
+    spec: TinySpec, model: Any, directory: Path, path: Path, quant: str = "F32", extra: dict[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
+    """Write `model` (built by `build` into `directory`) as a GGUF at `path`, tensors in `quant`
+    (F32, F16 or Q8_0 for the matrices; norms and biases stay F32 as in llama.cpp).
+
+    Returns the HF state dict the file holds (rounded/dequantized, back in HF's convention), which
+    a transformers reference loads so it computes with exactly the file's numbers. `extra` adds
+    GGUF tensors by name (arrays), for files halo must refuse.
+    """
+    import gguf
+    import numpy as np
+
+    cfg = model.config
+    gemma = spec.config_class.startswith("Gemma")
+    arch = "gemma3" if gemma else GGUF_ARCH[spec.config_class]
+    heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    meta: dict[str, Any] = {
+        "general.architecture": arch,
+        "general.name": spec.name,
+        f"{arch}.block_count": cfg.num_hidden_layers,
+        f"{arch}.context_length": cfg.max_position_embeddings,
+        f"{arch}.embedding_length": cfg.hidden_size,
+        f"{arch}.feed_forward_length": cfg.intermediate_size,
+        f"{arch}.attention.head_count": heads,
+        f"{arch}.attention.head_count_kv": kv_heads,
+        f"{arch}.attention.key_length": head_dim,
+        f"{arch}.attention.value_length": head_dim,
+        f"{arch}.attention.layer_norm_rms_epsilon": float(cfg.rms_norm_eps),
+    }
+    rope = dict(getattr(cfg, "rope_parameters", None) or {})
+    if gemma:
+        full, local = rope["full_attention"], rope["sliding_attention"]
+        meta[f"{arch}.rope.freq_base"] = float(full["rope_theta"])
+        meta[f"{arch}.rope.freq_base_swa"] = float(local["rope_theta"])
+        if full.get("rope_type") == "linear":
+            meta[f"{arch}.rope.scaling.type"] = "linear"
+            meta[f"{arch}.rope.scaling.factor"] = float(full["factor"])
+        meta[f"{arch}.attention.sliding_window"] = cfg.sliding_window
+        meta[f"{arch}.attention.sliding_window_pattern"] = [t == "sliding_attention" for t in cfg.layer_types]
+        if cfg.final_logit_softcapping:
+            meta[f"{arch}.final_logit_softcapping"] = float(cfg.final_logit_softcapping)
+    else:
+        meta[f"{arch}.rope.freq_base"] = float(rope["rope_theta"])
+        kind = rope.get("rope_type", "default")
+        if kind in ("linear", "yarn"):
+            meta[f"{arch}.rope.scaling.type"] = kind
+            meta[f"{arch}.rope.scaling.factor"] = float(rope["factor"])
+        if kind == "yarn":
+            meta[f"{arch}.rope.scaling.original_context_length"] = rope["original_max_position_embeddings"]
+        if arch == "llama":
+            meta[f"{arch}.rope.dimension_count"] = head_dim
+            meta[f"{arch}.vocab_size"] = cfg.vocab_size
+        if getattr(cfg, "sliding_window", None) and spec.config_class == "MistralConfig":
+            meta[f"{arch}.attention.sliding_window"] = cfg.sliding_window
+    meta |= gguf_metadata_from_tokenizer(directory, "gpt2")
+
+    qtype = gguf.GGMLQuantizationType[quant]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], cfg.num_hidden_layers)
+    writer = gguf.GGUFWriter(str(path), arch)
+    add_metadata(writer, {k: v for k, v in meta.items() if k != "general.architecture"})
+    held: dict[str, torch.Tensor] = {}
+    if spec.config_class == "LlamaConfig" and rope.get("rope_type") == "llama3":
+        writer.add_tensor("rope_freqs.weight", llama3_rope_factors(head_dim, float(rope["rope_theta"]), rope))
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        assert name is not None, hf_name
+        w = tensor.detach().to(torch.float64).numpy()
+        permuted = arch == "llama" and (".q_proj." in hf_name or ".k_proj." in hf_name)
+        n_head = heads if ".q_proj." in hf_name else kv_heads
+        if permuted:
+            w = _permute(w, n_head)
+        if gemma and hf_name.endswith("norm.weight"):
+            w = w + 1.0  # llama.cpp folds Gemma's 1 + w into the stored weight
+        stored = w.astype(np.float32)
+        if stored.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:
+            data = stored.astype(np.float16) if quant == "F16" else gguf.quants.quantize(stored, qtype)
+            writer.add_tensor(name, data, raw_dtype=qtype)
+            back = np.asarray(gguf.quants.dequantize(data, qtype), dtype=np.float64).reshape(stored.shape)
+        else:
+            writer.add_tensor(name, stored)
+            back = stored.astype(np.float64)
+        if gemma and hf_name.endswith("norm.weight"):
+            back = back - 1.0
+        if permuted:
+            back = _unpermute(back, n_head)
+        held[hf_name] = torch.from_numpy(np.ascontiguousarray(back)).to(torch.float32)
+    for name, array in (extra or {}).items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return held
