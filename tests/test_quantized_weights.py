@@ -39,14 +39,20 @@ PROMPTS = [SHARED + list(range(1 + i, 12 + 3 * i)) for i in range(6)]
 PARAMS = SamplingParams(max_tokens=20, ignore_eos=True)
 
 
-def tiny_checkpoint(seed: int = 0, tied: bool = True, intermediate: int = 128) -> Checkpoint:
+def tiny_checkpoint(seed: int = 0, tied: bool = True, intermediate: int = 128, biases: bool = False) -> Checkpoint:
     """A llama-shaped checkpoint with random weights: 2 layers, 4 query / 2 KV heads of 16 dims."""
-    config = ModelConfig("tiny-random", 2, 64, 4, 2, 16, intermediate, VOCAB, 1e4, 1e-5, 512, tied)
+    config = ModelConfig(
+        "tiny-random", 2, 64, 4, 2, 16, intermediate, VOCAB, 1e4, 1e-5, 512, tied,
+        qkv_bias=biases, o_bias=biases, mlp_bias=biases,
+    )  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
-    weights = {
-        name: torch.ones(shape) if len(shape) == 1 else 0.3 * torch.randn(shape, generator=gen)
-        for name, shape in expected_shapes(config).items()
-    }
+
+    def draw(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if len(shape) == 2 or name.rsplit(".", 1)[-1].startswith("b"):
+            return (0.3 if len(shape) == 2 else 0.1) * torch.randn(shape, generator=gen)
+        return torch.ones(shape)  # norms
+
+    weights = {name: draw(name, shape) for name, shape in expected_shapes(config).items()}
     backend = BackendTokenizer(models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
     return Checkpoint(Path("tiny-random"), config, weights, Tokenizer(backend, eos_id=0))
 
@@ -163,15 +169,18 @@ def test_weight_bytes_of_the_model_match_the_estimate() -> None:
 
 
 # ---- engines in each format -------------------------------------------------------------------
-@pytest.mark.parametrize("kind,dtype", [("int8", "bf16"), ("int4", "bf16"), ("int8", "fp32"), ("int4", "fp32")])
-def test_batched_run_equals_serial_run_in_quantized_formats(kind: str, dtype: str) -> None:
+@pytest.mark.parametrize(
+    "kind,dtype,biases",
+    [("int8", "bf16", False), ("int4", "bf16", False), ("int8", "fp32", False), ("int4", "fp32", True)],
+)
+def test_batched_run_equals_serial_run_in_quantized_formats(kind: str, dtype: str, biases: bool) -> None:
     # optimized: all prompts at once, prefix cache on, chunked prefill mixed with decodes
-    batched = engine(kind, dtype, max_batch_tokens=24)
+    batched = engine(kind, dtype, max_batch_tokens=24, ckpt={"biases": biases})
     assert batched.describe()["weights"] == kind and batched.describe()["dtype"] == dtype
     together = [r.token_ids for r in batched.generate(PROMPTS, PARAMS)]
     assert batched.stats().cached_tokens > 0, "the batched run should have shared the prefix"
     # serial: one request at a time, nothing cached, from an independently built copy of the weights
-    serial = engine(kind, dtype, enable_prefix_cache=False)
+    serial = engine(kind, dtype, enable_prefix_cache=False, ckpt={"biases": biases})
     alone = [serial.generate([p], PARAMS)[0].token_ids for p in PROMPTS]
     assert together == alone
 
