@@ -109,7 +109,7 @@ class LLMEngine:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise InvalidRequestError("device='cuda' was requested but torch sees no CUDA device")
         attention = _attention_backend(attention_backend, self.device)
-        weights = check_weight_format(weights)
+        weights = check_weight_format(weights, self.device)
         if weights in ("bf16", "fp32"):
             # float weights are kept in the compute dtype: naming one names the other
             if dtype in (None, "auto"):

@@ -57,11 +57,13 @@ class LinearLayer(Protocol):
     def nbytes(self) -> int: ...
 
 
-def check_weight_format(weights: object) -> str:
-    """``weights`` itself if it names a format, else an InvalidRequestError naming the allowed values."""
+def check_weight_format(weights: object, device: torch.device | None = None) -> str:
+    """``weights`` itself if it names a format usable on ``device``, else an InvalidRequestError saying why."""
     if not isinstance(weights, str) or weights not in WEIGHT_FORMATS:
         allowed = ", ".join(repr(f) for f in WEIGHT_FORMATS)
         raise InvalidRequestError(f"weights must be one of {allowed}, got {weights!r}")
+    if weights in QUANTIZED_FORMATS and device is not None and device.type != "cpu":
+        raise InvalidRequestError(f"weights={weights!r} runs on CPU only (torch's CPU kernels), not on {device}")
     return weights
 
 
@@ -215,10 +217,7 @@ class WeightFormat:
     group_size: int = INT4_GROUP_SIZE
 
     def __post_init__(self) -> None:
-        if self.name in QUANTIZED_FORMATS and self.device.type != "cpu":
-            raise InvalidRequestError(
-                f"weights={self.name!r} runs on CPU only (torch's CPU kernels), not on {self.device}"
-            )
+        check_weight_format(self.name, self.device)
         if self.name not in QUANTIZED_FORMATS and _FLOAT_DTYPES[self.name] != self.dtype:
             raise InvalidRequestError(
                 f"weights={self.name!r} keeps the weights in the compute dtype, but the dtype is {self.dtype}"
