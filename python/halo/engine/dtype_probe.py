@@ -2,15 +2,12 @@
 
 The dtype: bf16 only where a matmul probe shows it beats fp32. The weight format (`choose_weights`):
 the float format of the dtype unless the memory budget or a probe of the model's own MLP shape in
-each format says otherwise. Both probes run once per process (per shape for the second).
+each format says otherwise. The dtype probe's result is remembered per machine (probe_cache.py);
+the weight-format probe runs once per process and shape.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import platform
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -19,7 +16,7 @@ import torch
 
 from halo.engine.linear import packing_available
 from halo.engine.model_config import ModelConfig
-from halo.engine.model_source import default_cache_dir
+from halo.engine.probe_cache import remembered
 from halo.engine.quantized_linear import LinearLayer, WeightFormat, float_format_name, weight_bytes
 from halo.errors import InvalidRequestError
 
@@ -67,25 +64,10 @@ def _gflops(dtype: torch.dtype, seconds: float = 0.03) -> float:
 
 @cache
 def _probe() -> tuple[float, float]:
-    # Measured once per CPU, thread count and torch build and kept in the cache dir: a fresh process
-    # skips the ~0.25 s probe and every process on the machine picks the same dtype (delete to re-probe).
-    ident = f"{cpu_capability()} {platform.processor() or platform.machine()} torch {torch.__version__} "
-    ident += f"threads {torch.get_num_threads()}"
-    path = default_cache_dir() / "probe" / f"matmul-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.json"
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        return float(saved["fp32"]), float(saved["bf16"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    fp32, bf16 = _measure_probe()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"fp32": fp32, "bf16": bf16, "cpu": ident}), encoding="utf-8")
-        os.replace(tmp, path)  # atomic: a concurrent reader sees no file or a whole one
-    except OSError:
-        pass  # a read-only cache dir only costs the next process its own probe
-    return fp32, bf16
+    # Remembered per CPU, torch build and thread count in the cache dir (probe_cache.py): a fresh process
+    # skips the ~0.25 s probe and every process on the machine picks the same dtype.
+    fp32, bf16 = remembered("matmul", {"threads": torch.get_num_threads()}, _measure_probe)
+    return float(fp32), float(bf16)
 
 
 def _measure_probe() -> tuple[float, float]:

@@ -28,7 +28,7 @@ from halo.engine.kv_prefix import KVPrefix
 from halo.engine.kv_swapper import KVSwapper
 from halo.engine.model import DecoderModel
 from halo.engine.model_runner import ModelRunner
-from halo.engine.quantized_linear import check_weight_format
+from halo.engine.quantized_linear import QUANTIZED_FORMATS, check_weight_format
 from halo.engine.sampling_params import GenerationResult, SamplingParams
 from halo.engine.sequence import Sequence, SequenceStatus
 from halo.errors import ContextLengthError, InvalidRequestError, KVCacheFullError
@@ -123,8 +123,10 @@ class LLMEngine:
             dtype = "bf16"  # the CPU matmul probe says nothing about a GPU
         self.dtype_choice: DtypeChoice = choose_dtype(dtype)
         # A loaded Checkpoint may be passed to build several engines from one load; its weights
-        # dict is copied so the model can consume its own view of it.
-        ckpt = model if isinstance(model, Checkpoint) else load_checkpoint(model, cache_dir=cache_dir)
+        # dict is copied so the model can consume its own view of it. A float format keeps the weights
+        # in the compute dtype, so they are loaded (and cached) cast; int8/int4 start from fp32 values.
+        load_dtype = torch.float32 if weights in QUANTIZED_FORMATS else self.dtype_choice.dtype
+        ckpt = model if isinstance(model, Checkpoint) else load_checkpoint(model, cache_dir, load_dtype)
         self.model_path = ckpt.path
         self.config = ckpt.config
         self.tokenizer = ckpt.tokenizer
@@ -134,6 +136,10 @@ class LLMEngine:
         self.weights_choice: WeightsChoice = choose_weights(
             weights, self.dtype_choice.dtype, self.config, self.device, reserved_bytes=kv_blocks * per_block
         )
+        if self.weights_choice.name in QUANTIZED_FORMATS and not isinstance(model, Checkpoint) and (
+            load_dtype != torch.float32
+        ):
+            ckpt = load_checkpoint(model, cache_dir)  # auto picked int8/int4: quantize the fp32 values
         self.model = DecoderModel(
             ckpt.config, dict(ckpt.weights), self.dtype_choice.dtype, self.device, attention, pack_weights,
             weight_format=self.weights_choice.name,
