@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from halo.engine import LLMEngine, SamplingParams
-from halo.engine.checkpoint import _convert, load_checkpoint
-from halo.engine.checkpoint_cache import CacheLoad, entry_for, load_through_cache, read_entry
+from halo.engine import LLMEngine, SamplingParams, checkpoint
+from halo.engine.checkpoint import _convert, load_checkpoint, load_tokenizer
+from halo.engine.checkpoint_cache import CacheLoad, cached_tokenizer, entry_for, load_through_cache, read_entry
 from halo.engine.checkpoint_layout import Checkpoint
 from halo.engine.hf_export import write_hf_directory
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tiny_gguf import write_tiny_gguf
 
 PROMPT = "the cat in the hat"
@@ -158,6 +160,38 @@ def test_a_bad_header_or_a_foreign_file_is_rebuilt(gguf_file: Path, cache: Path,
     again = load(gguf_file, cache)
     assert again.outcome == "built", damage
     assert_same(again.checkpoint, fresh)
+
+
+def test_a_damaged_config_or_tokenizer_is_detected(gguf_file: Path, cache: Path) -> None:
+    fresh = load_checkpoint(gguf_file, use_cache=False)
+    entry = load(gguf_file, cache).entry
+    assert entry is not None
+    with safe_open(str(entry.path), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    blob = meta["halo.checkpoint"]
+    meta["halo.checkpoint"] = blob[:100] + ("A" if blob[100] != "A" else "B") + blob[101:]
+    save_file(tensors, str(entry.path), metadata=meta)  # a whole file, right key and tensors, one byte off
+    ckpt, reason = read_entry(entry)
+    assert ckpt is None and "config and tokenizer" in reason
+    assert cached_tokenizer(gguf_file, cache) is None
+    again = load(gguf_file, cache)
+    assert again.outcome == "built"
+    assert_same(again.checkpoint, fresh)
+
+
+def test_load_tokenizer_reads_the_entry_header(gguf_file: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    want = load_checkpoint(gguf_file, use_cache=False).tokenizer
+    load_checkpoint(gguf_file, cache_dir=cache)
+
+    def no_gguf(path: Path) -> None:
+        raise AssertionError(f"{path} was parsed although its entry holds the tokenizer")
+
+    monkeypatch.setattr(checkpoint, "load_gguf_tokenizer", no_gguf)
+    got = load_tokenizer(gguf_file, cache_dir=cache)
+    assert got.encode(PROMPT) == want.encode(PROMPT) and got.stop_ids == want.stop_ids
+    with pytest.raises(AssertionError, match="was parsed"):  # no entry in another cache: from the file
+        load_tokenizer(gguf_file, cache_dir=cache.with_name("other"))
 
 
 def test_a_changed_source_invalidates_its_entry(gguf_file: Path, cache: Path) -> None:

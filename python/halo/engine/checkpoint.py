@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from halo.engine.checkpoint_cache import load_through_cache
+from halo.engine.checkpoint_cache import cached_tokenizer, load_through_cache
 from halo.engine.checkpoint_layout import Checkpoint
 from halo.engine.gguf_checkpoint import load_gguf_checkpoint, load_gguf_tokenizer
 from halo.engine.hf_checkpoint import load_hf_checkpoint
@@ -56,6 +56,11 @@ def load_tokenizer(
     name_or_path: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Tokenizer:
-    """Only the tokenizer of a model (no weights are read): what planning and explain need."""
+    """Only the tokenizer of a model (no weights are read): what planning and explain need.
+
+    From a conversion cache entry's header when one exists (a GGUF's metadata is slow to parse)."""
     path = resolve_model_path(name_or_path, cache_dir)
+    cached = cached_tokenizer(path, Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
+    if cached is not None:
+        return cached
     return Tokenizer.from_hf_dir(path) if path.is_dir() else load_gguf_tokenizer(path)

@@ -48,7 +48,7 @@ from safetensors.torch import save_file
 from halo.engine.checkpoint_layout import Checkpoint
 from halo.engine.tokenizer import Tokenizer
 
-CACHE_FORMAT = 1  # bump when the entry layout changes
+CACHE_FORMAT = 2  # bump when the entry layout changes
 HEAD_BYTES = 1 << 20  # how much of each source file the identity hashes
 SAMPLE_BYTES = 4096  # per tensor end, what the digest covers
 STALE_TEMP_S = 3600.0  # a temporary file older than this is a dead writer's, removed on the next write
@@ -175,13 +175,43 @@ def read_entry(entry: CacheEntry) -> tuple[Checkpoint | None, str]:
             weights = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         if tensor_digest(weights) != meta.get("halo.digest"):
             return None, "its tensors do not match the digest recorded when it was written"
-        fields_state = pickle.loads(base64.b64decode(meta["halo.checkpoint"]))
+        fields_state = _fields_state(meta)
+        if fields_state is None:
+            return None, "its config and tokenizer do not match the digest recorded when it was written"
         tokenizer = restore_tokenizer(fields_state.pop("tokenizer"))
     except Exception as exc:  # a damaged file fails in safetensors, base64, pickle or the tokenizer, any way
         return None, f"it cannot be read ({type(exc).__name__}: {exc})"
     if tokenizer is None:
         return None, "its tokenizer state does not rebuild the same tokenizer"
     return Checkpoint(weights=weights, tokenizer=tokenizer, **fields_state), ""
+
+
+def _fields_state(meta: dict[str, str]) -> dict[str, Any] | None:
+    # the pickled fields are checked whole (a few MB of tokenizer at most) before pickle sees them
+    blob = meta["halo.checkpoint"]
+    if hashlib.sha256(blob.encode()).hexdigest() != meta.get("halo.checkpoint_sha256"):
+        return None
+    return pickle.loads(base64.b64decode(blob))
+
+
+def cached_tokenizer(source: Path, cache_dir: Path) -> Tokenizer | None:
+    """The tokenizer stored with any current entry of ``source`` (its header only: no tensor is read), or None."""
+    for dtype in (torch.bfloat16, torch.float32):
+        try:
+            entry = entry_for(source, dtype, cache_dir)
+            if not entry.path.exists():
+                continue
+            with safe_open(str(entry.path), framework="pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("halo.key") != entry.key:
+                continue
+            state = _fields_state(meta)
+            tokenizer = restore_tokenizer(state["tokenizer"]) if state is not None else None
+        except Exception:  # unreadable or damaged: the caller builds the tokenizer from the source
+            continue
+        if tokenizer is not None:
+            return tokenizer
+    return None
 
 
 def write_entry(entry: CacheEntry, ckpt: Checkpoint) -> None:
@@ -191,11 +221,13 @@ def write_entry(entry: CacheEntry, ckpt: Checkpoint) -> None:
     weights = {name: _owned(w) for name, w in ckpt.weights.items()}
     state = {f.name: getattr(ckpt, f.name) for f in fields(Checkpoint) if f.name not in ("weights", "tokenizer")}
     state["tokenizer"] = tokenizer_state(ckpt.tokenizer)
+    blob = base64.b64encode(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)).decode()
     metadata = {
         "halo.key": entry.key,
         "halo.source": str(entry.source),
         "halo.digest": tensor_digest(weights),
-        "halo.checkpoint": base64.b64encode(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)).decode(),
+        "halo.checkpoint": blob,
+        "halo.checkpoint_sha256": hashlib.sha256(blob.encode()).hexdigest(),
     }
     fd, tmp = tempfile.mkstemp(prefix=entry.path.name + ".", suffix=".tmp", dir=folder)
     os.close(fd)
