@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import coo_array
 
 from halo.plan.search.cost_table import CostTable
 
@@ -433,6 +431,11 @@ class MilpModel:
     # -- solving -----------------------------------------------------------------------------------
 
     def solve(self, time_limit_s: float, rel_gap: float, verbose: bool) -> Solved:
+        # scipy here, not at the top: the oracle is for tests, and importing scipy.optimize costs every
+        # `halo run` (which imports this package for the native search) a few hundred ms of start-up
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.sparse import coo_array
+
         md, tb = self.md, self.tb
         rows, cols, vals = [], [], []
         for i, coef in enumerate(md.rows):
