@@ -100,6 +100,7 @@ def load_through_cache(
         ckpt, reason = read_entry(entry)
         if ckpt is not None:
             return CacheLoad(ckpt, "hit", entry)
+        print(f"halo: rebuilding the checkpoint cache entry {entry.path}: {reason}", file=sys.stderr)
     ckpt = build(source)
     ckpt.weights = {name: w.to(dtype).contiguous() for name, w in ckpt.weights.items()}
     if entry is None:
