@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from halo.engine import LLMEngine, SamplingParams, checkpoint
+from halo.engine import LLMEngine, SamplingParams, checkpoint, checkpoint_cache
 from halo.engine.checkpoint import _convert, load_checkpoint, load_tokenizer
 from halo.engine.checkpoint_cache import CacheLoad, cached_tokenizer, entry_for, load_through_cache, read_entry
 from halo.engine.checkpoint_layout import Checkpoint
@@ -227,6 +227,16 @@ def test_an_unwritable_cache_still_loads(gguf_file: Path, tmp_path: Path) -> Non
     got = load(gguf_file, blocker)
     assert got.outcome == "uncached"
     assert_same(got.checkpoint, fresh)
+
+
+def test_an_entry_that_would_crowd_the_disk_is_not_written(
+    gguf_file: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoint_cache, "MAX_DISK_FRACTION", 0.0)
+    got = load(gguf_file, cache)
+    assert got.outcome == "uncached"
+    assert not list((cache / "checkpoints").glob("*.safetensors"))
+    assert_same(got.checkpoint, load_checkpoint(gguf_file, use_cache=False))
 
 
 def test_two_processes_loading_at_once_both_succeed(gguf_file: Path, cache: Path) -> None:

@@ -31,6 +31,7 @@ import inspect
 import json
 import os
 import pickle
+import shutil
 import sys
 import tempfile
 import time
@@ -51,6 +52,7 @@ from halo.engine.tokenizer import Tokenizer
 CACHE_FORMAT = 2  # bump when the entry layout changes
 HEAD_BYTES = 1 << 20  # how much of each source file the identity hashes
 SAMPLE_BYTES = 4096  # per tensor end, what the digest covers
+MAX_DISK_FRACTION = 0.5  # an entry is written only if it takes at most this share of the free disk
 STALE_TEMP_S = 3600.0  # a temporary file older than this is a dead writer's, removed on the next write
 
 # The modules whose code decides what a conversion produces: an edit to any of them is a new key.
@@ -219,6 +221,11 @@ def write_entry(entry: CacheEntry, ckpt: Checkpoint) -> None:
     """Store ``ckpt`` as ``entry`` atomically (temporary file, fsync, rename), then drop this source's older entries."""
     folder = entry.path.parent
     folder.mkdir(parents=True, exist_ok=True)
+    size = sum(w.nbytes for w in ckpt.weights.values())
+    free = shutil.disk_usage(folder).free
+    if size > free * MAX_DISK_FRACTION:
+        # an fp32 copy of a multi-billion-parameter model is tens of GB: never fill the disk for a cache
+        raise OSError(f"the entry would take {size / 2**30:.1f} GiB of the {free / 2**30:.1f} GiB free")
     weights = {name: _owned(w) for name, w in ckpt.weights.items()}
     state = {f.name: getattr(ckpt, f.name) for f in fields(Checkpoint) if f.name not in ("weights", "tokenizer")}
     state["tokenizer"] = tokenizer_state(ckpt.tokenizer)
