@@ -12,18 +12,27 @@ converter does to the tensors are undone so every checkpoint is in HF's conventi
     loader does; the real Gemma 3 270M check compares logits with transformers).
 Llama 3.1-style RoPE scaling arrives as a ``rope_freqs`` tensor of per-dimension divisors; it is
 turned back into the `llama3` RopeScaling that reproduces it, or refused.
+
+The file itself is read by `GGUFFile` (header, key/values, tensor infos over one memory map), not by
+`gguf.GGUFReader`: that reader builds a numpy view per array element, ~40 s for the 262k-token
+vocabulary of Gemma 3 where this one decodes string arrays in one loop and numeric arrays with one
+`np.frombuffer` (`tests/test_gguf_file.py` holds it to GGUFReader's values). The `gguf` package
+still names the tensor types and dequantizes.
 """
 
 from __future__ import annotations
 
 import math
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gguf
 import numpy as np
 import torch
-from gguf.gguf_reader import ReaderTensor
+from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType
+from gguf.quants import quant_shape_to_byte_shape
 
 from halo.engine.checkpoint_layout import Checkpoint, check_weights, layer_shapes
 from halo.engine.model_config import FAMILIES, LayerAttention, ModelConfig, RopeScaling
@@ -106,8 +115,6 @@ def load_gguf_checkpoint(path: Path) -> Checkpoint:
     """Load a GGUF file; every failure is a ModelLoadError that names the file."""
     reader = open_gguf(path)
     meta = read_metadata(reader)
-    # The parsed fields (~100k small arrays for the vocab) are ~150 MB; drop them before dequantizing.
-    reader.fields.clear()
     config = config_from_metadata(path, meta, reader)
     sources = tensor_sources(path, reader, config)  # cheap checks first, before seconds of dequantizing
     tokenizer = Tokenizer.from_gguf_metadata(meta, source=str(path))
@@ -122,28 +129,196 @@ def load_gguf_tokenizer(path: Path) -> Tokenizer:
     return Tokenizer.from_gguf_metadata(read_metadata(open_gguf(path)), source=str(path))
 
 
-def open_gguf(path: Path) -> gguf.GGUFReader:
-    """A memory-mapped reader whose every tensor lies inside the file."""
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor of a GGUF file: `shape` in GGML order (fastest dimension first, as the file stores
+    it), `data` a read-only view of the memory map (elements for float/int types, bytes otherwise)."""
+
+    name: str
+    tensor_type: GGMLQuantizationType
+    shape: tuple[int, ...]
+    n_elements: int
+    n_bytes: int
+    data_offset: int
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class GGUFFile:
+    """A memory-mapped GGUF file: its key/value metadata (plain Python values) and its tensors."""
+
+    path: Path
+    data: np.ndarray  # the whole file, memory-mapped
+    metadata: dict[str, Any]
+    tensors: list[GGUFTensor]
+
+
+# GGUF value types (gguf.GGUFValueType): numpy dtypes of the scalar ones, then string and array.
+_SCALAR_DTYPES = {0: "u1", 1: "i1", 2: "u2", 3: "i2", 4: "u4", 5: "i4", 6: "f4", 7: "?", 10: "u8", 11: "i8", 12: "f8"}
+_STRING, _ARRAY, _UINT32 = 8, 9, 4
+_ELEMENT_DTYPES = {  # float and int tensor types whose data is viewed as elements, not bytes
+    GGMLQuantizationType.F32: "f4",
+    GGMLQuantizationType.F16: "f2",
+    GGMLQuantizationType.F64: "f8",
+    GGMLQuantizationType.I8: "i1",
+    GGMLQuantizationType.I16: "i2",
+    GGMLQuantizationType.I32: "i4",
+    GGMLQuantizationType.I64: "i8",
+}
+_VERSIONS = (2, 3)
+
+
+class _Corrupt(ValueError):
+    """What `_Cursor` raises where the bytes are not a GGUF file."""
+
+
+class _Cursor:
+    """Reads GGUF values in the file's byte order from a position that moves forward."""
+
+    def __init__(self, buf: memoryview, order: str) -> None:
+        self.buf, self.pos, self.order = buf, 0, order
+        self._u32, self._u64 = struct.Struct(order + "I"), struct.Struct(order + "Q")
+
+    def take(self, size: int) -> int:
+        """The position of the next `size` bytes, which the cursor moves past."""
+        start = self.pos
+        if size < 0 or start + size > len(self.buf):
+            raise _Corrupt(f"{size} bytes at offset {start} run past the end of the file ({len(self.buf)} bytes)")
+        self.pos = start + size
+        return start
+
+    def u32(self) -> int:
+        return self._u32.unpack_from(self.buf, self.take(4))[0]
+
+    def u64(self) -> int:
+        return self._u64.unpack_from(self.buf, self.take(8))[0]
+
+    def string(self) -> str:
+        size = self.u64()
+        start = self.take(size)
+        return str(self.buf[start : start + size], "utf-8")
+
+    def value(self, kind: int) -> Any:
+        if kind == _STRING:
+            return self.string()
+        if kind == _ARRAY:
+            return self.array()
+        dtype = self._dtype(kind)
+        return np.frombuffer(self.buf, dtype, 1, self.take(dtype.itemsize))[0].item()
+
+    def array(self) -> list[Any]:
+        kind, count = self.u32(), self.u64()
+        if kind == _STRING:
+            return self._strings(count)
+        if kind == _ARRAY:  # nested arrays are rare (no key halo reads): element by element
+            return [self.array() for _ in range(count)]
+        dtype = self._dtype(kind)
+        return np.frombuffer(self.buf, dtype, count, self.take(count * dtype.itemsize)).tolist()
+
+    def _strings(self, count: int) -> list[str]:
+        # The hot loop of a large vocabulary (Gemma 3: 262k tokens): locals only, one bound check each.
+        buf, pos, end, unpack = self.buf, self.pos, len(self.buf), self._u64.unpack_from
+        if count * 8 > end - pos:
+            raise _Corrupt(f"an array of {count} strings at offset {pos} cannot fit in the file")
+        out: list[str] = []
+        append = out.append
+        for _ in range(count):
+            if pos + 8 > end:
+                raise _Corrupt(f"a string at offset {pos} runs past the end of the file")
+            (size,) = unpack(buf, pos)
+            pos += 8
+            if pos + size > end:
+                raise _Corrupt(f"a string of {size} bytes at offset {pos} runs past the end of the file")
+            append(str(buf[pos : pos + size], "utf-8"))
+            pos += size
+        self.pos = pos
+        return out
+
+    def _dtype(self, kind: int) -> np.dtype:
+        name = _SCALAR_DTYPES.get(kind)
+        if name is None:
+            raise _Corrupt(f"unknown value type {kind} at offset {self.pos}")
+        return np.dtype(self.order + name)
+
+
+def read_gguf(path: Path) -> GGUFFile:
+    """Parse the header, metadata and tensor infos of a GGUF file (version 2 or 3, either byte order).
+
+    Raises ValueError (or UnicodeDecodeError) where the bytes are not a well-formed GGUF file, e.g.
+    truncated; `open_gguf` turns that into a ModelLoadError."""
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    cur = _Cursor(memoryview(data), "<")
+    if cur.u32() != GGUF_MAGIC:
+        raise _Corrupt("GGUF magic invalid")
+    version = cur.u32()
+    if version & 0xFFFF == 0:  # written on a machine of the other byte order
+        cur = _Cursor(cur.buf, ">")
+        cur.pos = 4
+        version = cur.u32()
+    if version not in _VERSIONS:
+        raise _Corrupt(f"GGUF version {version} is not supported (only {', '.join(map(str, _VERSIONS))})")
+    tensor_count, kv_count = cur.u64(), cur.u64()
+    metadata: dict[str, Any] = {}
+    alignment = GGUF_DEFAULT_ALIGNMENT
+    for _ in range(kv_count):
+        key = cur.string()
+        kind = cur.u32()
+        if key in metadata:
+            raise _Corrupt(f"duplicate metadata key {key}")
+        metadata[key] = cur.value(kind)
+        if key == "general.alignment":
+            alignment = metadata[key]
+            if kind != _UINT32 or alignment <= 0 or alignment & (alignment - 1):
+                raise _Corrupt("general.alignment must be a uint32 power of two")
+    infos = []
+    for _ in range(tensor_count):
+        name = cur.string()
+        dims = tuple(cur.u64() for _ in range(cur.u32()))
+        infos.append((name, dims, GGMLQuantizationType(cur.u32()), cur.u64()))
+    start = -(-cur.pos // alignment) * alignment
+    tensors: list[GGUFTensor] = []
+    for name, dims, kind, offset in infos:
+        tensors.append(_tensor(path, data, name, dims, kind, start + offset, cur.order))
+    if len({t.name for t in tensors}) != len(tensors):
+        raise _Corrupt("duplicate tensor names")
+    return GGUFFile(path, data, metadata, tensors)
+
+
+def _tensor(
+    path: Path, data: np.ndarray, name: str, dims: tuple[int, ...], kind: GGMLQuantizationType, at: int, order: str
+) -> GGUFTensor:
+    count = math.prod(dims)
+    block, block_bytes = GGML_QUANT_SIZES[kind]
+    size = count * block_bytes // block
+    if at + size > len(data):
+        raise ModelLoadError(
+            f"{path} is truncated: tensor {name} ends at byte {at + size} but the file has {len(data)} bytes"
+        )
+    shape = tuple(reversed(dims))
+    element = _ELEMENT_DTYPES.get(kind)
+    if element is None:
+        view = data[at : at + size].reshape(quant_shape_to_byte_shape(shape, kind))
+    else:
+        view = data[at : at + size].view(np.dtype(order + element)).reshape(shape)
+    return GGUFTensor(name, kind, dims, count, size, at, view)
+
+
+def open_gguf(path: Path) -> GGUFFile:
+    """The parsed GGUF file at `path`; ModelLoadError naming it when it is missing, truncated or corrupt."""
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
     try:
-        reader = gguf.GGUFReader(path)
+        return read_gguf(path)
+    except ModelLoadError:
+        raise
     except Exception as exc:
-        # gguf raises ValueError, IndexError, struct errors … on a truncated or foreign file.
+        # _Corrupt, an empty file (mmap refuses it), invalid UTF-8, an unknown tensor type, an OS error ...
         raise ModelLoadError(f"{path} is not a readable GGUF file (truncated or corrupt?): {exc}") from exc
-    size = len(reader.data)
-    for t in reader.tensors:
-        end = t.data_offset + t.n_bytes
-        if end > size:
-            raise ModelLoadError(
-                f"{path} is truncated: tensor {t.name} ends at byte {end} but the file has {size} bytes"
-            )
-    return reader
 
 
-def read_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
+def read_metadata(reader: GGUFFile) -> dict[str, Any]:
     """Every key/value pair as plain Python values (strings decoded, arrays as lists)."""
-    return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    return dict(reader.metadata)
 
 
 class _Meta:
@@ -166,7 +341,7 @@ class _Meta:
         return value
 
 
-def config_from_metadata(path: Path, meta: dict[str, Any], reader: gguf.GGUFReader) -> ModelConfig:
+def config_from_metadata(path: Path, meta: dict[str, Any], reader: GGUFFile) -> ModelConfig:
     """ModelConfig from `general.architecture` and the `{arch}.*` keys; ModelLoadError naming any key
     that is missing, unknown, or asks for maths this engine does not implement."""
     arch = meta.get("general.architecture")
@@ -243,7 +418,7 @@ def _family(m: _Meta) -> str:
 
 
 def _layer_attention(
-    m: _Meta, num_layers: int, head_dim: int, context: int, tensors: dict[str, ReaderTensor]
+    m: _Meta, num_layers: int, head_dim: int, context: int, tensors: dict[str, GGUFTensor]
 ) -> list[LayerAttention]:
     """Each layer's RoPE and window from the rope.* and sliding_window keys (and rope_freqs)."""
     theta = float(m.get("rope.freq_base", 1e6 if m.family == "gemma3" else 10000.0))
@@ -270,7 +445,7 @@ def _layer_attention(
 
 
 def _rope_scaling(
-    m: _Meta, head_dim: int, theta: float, context: int, tensors: dict[str, ReaderTensor]
+    m: _Meta, head_dim: int, theta: float, context: int, tensors: dict[str, GGUFTensor]
 ) -> RopeScaling | None:
     kind = m.get("rope.scaling.type", "none")
     freqs = tensors.get(ROPE_FREQS)
@@ -294,7 +469,7 @@ def _rope_scaling(
     )
 
 
-def _llama3_from_factors(m: _Meta, head_dim: int, theta: float, tensor: ReaderTensor) -> RopeScaling:
+def _llama3_from_factors(m: _Meta, head_dim: int, theta: float, tensor: GGUFTensor) -> RopeScaling:
     """The `llama3` RopeScaling whose frequencies are llama.cpp's ``base / rope_freqs``.
 
     The factors are 1 for short wavelengths, `factor` for long ones and smooth in between; the
@@ -325,7 +500,7 @@ def _llama3_from_factors(m: _Meta, head_dim: int, theta: float, tensor: ReaderTe
     return scaling
 
 
-def tensor_sources(path: Path, reader: gguf.GGUFReader, config: ModelConfig) -> dict[str, ReaderTensor]:
+def tensor_sources(path: Path, reader: GGUFFile, config: ModelConfig) -> dict[str, GGUFTensor]:
     """Canonical weight name → the GGUF tensor holding it; ModelLoadError naming any missing or unused one."""
     names = {"embed": "token_embd.weight", "final_norm": "output_norm.weight"}
     if not config.tie_embeddings:
@@ -347,7 +522,7 @@ def tensor_sources(path: Path, reader: gguf.GGUFReader, config: ModelConfig) -> 
 
 
 def dequantize_weights(
-    path: Path, reader: gguf.GGUFReader, config: ModelConfig, sources: dict[str, ReaderTensor]
+    path: Path, reader: GGUFFile, config: ModelConfig, sources: dict[str, GGUFTensor]
 ) -> dict[str, torch.Tensor]:
     """Dequantize the model's tensors one at a time into fp32 torch tensors in HF's convention."""
     permuted = config.family in ("llama", "mistral")
