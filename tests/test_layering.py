@@ -36,9 +36,18 @@ ALLOWED: dict[str, frozenset[str]] = {
     "halo.spec": frozenset({"halo.errors"}),
     # The cost evaluator and the epoch DP have native twins in halo._core.
     "halo.plan": frozenset({"halo.spec", "halo._core", "halo.errors"}),
-    "halo.engine": frozenset({"halo.kernels", "halo._core", "halo.errors"}),
+    "halo.engine": frozenset({"halo.kernels", "halo._core", "halo.errors", "halo.durable_files"}),
     "halo.runtime": frozenset(
-        {"halo.plan", "halo.spec", "halo.engine", "halo.kernels", "halo._core", "halo.errors", "halo.batch_io"}
+        {
+            "halo.plan",
+            "halo.spec",
+            "halo.engine",
+            "halo.kernels",
+            "halo._core",
+            "halo.errors",
+            "halo.batch_io",
+            "halo.durable_files",
+        }
     ),
     # serve never reaches into the engine: the engine types its chat endpoint needs (LLMEngine, SamplingParams,
     # GenerationResult, the default model) come through halo.runtime.chat_engine, and compiling a workflow
@@ -46,6 +55,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "halo.serve": frozenset({"halo.runtime", "halo.plan", "halo.spec", "halo.errors"}),
     "halo.kernels": frozenset(),
     "halo.errors": frozenset(),
+    "halo.durable_files": frozenset(),
     "halo.batch_io": frozenset({"halo.errors"}),
     "halo": frozenset({"halo.spec", "halo.runtime"}),  # the package's public re-exports: Workflow, compile
     "halo.cli": ANY,  # the command line is the top of the house

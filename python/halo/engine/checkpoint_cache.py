@@ -46,6 +46,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from halo.durable_files import sync_directory
 from halo.engine.checkpoint_layout import Checkpoint
 from halo.engine.tokenizer import Tokenizer
 
@@ -247,7 +248,7 @@ def write_entry(entry: CacheEntry, ckpt: Checkpoint) -> None:
         os.replace(tmp, entry.path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    _fsync_dir(folder)
+    sync_directory(folder)
     prune(folder, keep=entry.path)
 
 
@@ -282,19 +283,6 @@ def _owned(w: torch.Tensor) -> torch.Tensor:
     # safetensors refuses tensors that share storage (views of a fused tensor): give those their own.
     w = w.contiguous()
     return w if w.untyped_storage().nbytes() == w.nbytes and w.storage_offset() == 0 else w.clone()
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the rename is still atomic
-    finally:
-        os.close(fd)
 
 
 def tensor_digest(weights: dict[str, torch.Tensor]) -> str:

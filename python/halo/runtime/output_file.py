@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from halo.durable_files import sync_directory
 from halo.errors import HaloError
 from halo.runtime.json_values import dumps, without_nonfinite
 from halo.runtime.results import RunResult
@@ -82,7 +83,7 @@ def replace_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise OutputPathError(f"cannot write --output {path}: {reason}") from None
     finally:
         tmp.unlink(missing_ok=True)  # gone after the rename; else nothing half-written stays behind
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
 
 
 def _write_jsonl(f: IO[bytes], result: RunResult) -> None:
@@ -201,15 +202,3 @@ def _kind(mode: int) -> str:
     return "an unknown kind of file"
 
 
-def _sync_directory(folder: Path) -> None:
-    """fsync the folder so the rename survives a machine crash (best effort: not every filesystem can)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
