@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from pathlib import Path
 
-import gguf
 import numpy as np
 import pytest
 import torch
@@ -27,7 +26,7 @@ from halo.engine.hf_config import config_from_json  # noqa: E402
 from halo.engine.rope import inverse_frequencies  # noqa: E402
 from halo.errors import ModelLoadError  # noqa: E402
 from test_model_families import BLOCK, LONG_PROMPT, Recorder, check_rows  # noqa: E402
-from tiny_checkpoints import CORPUS, GGUF_SPEC_BY_NAME, GGUF_SPECS, add_metadata, build, write_gguf  # noqa: E402
+from tiny_checkpoints import CORPUS, GGUF_SPEC_BY_NAME, GGUF_SPECS, build, write_gguf, write_metadata_gguf  # noqa: E402
 
 
 def tiny_gguf(tmp: Path, name: str, quant: str = "F32"):
@@ -95,16 +94,6 @@ def test_gguf_config_is_the_hf_config(tmp_path: Path, name: str) -> None:
 # -- load errors: what halo does not implement is named, never run wrongly -----------------------
 
 
-def write_meta_only(path: Path, arch: str, meta: dict) -> Path:
-    writer = gguf.GGUFWriter(str(path), arch)
-    add_metadata(writer, meta)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 BASE = {
     "block_count": 2,
     "context_length": 64,
@@ -130,7 +119,7 @@ BASE = {
 )
 def test_unsupported_gguf_is_a_load_error_naming_the_key(tmp_path: Path, arch: str, extra: dict, message: str) -> None:
     meta = {f"{arch}.{k}": v for k, v in BASE.items()} | extra
-    path = write_meta_only(tmp_path / "bad.gguf", arch, meta)
+    path = write_metadata_gguf(tmp_path / "bad.gguf", arch, meta)
     reader = open_gguf(path)
     with pytest.raises(ModelLoadError, match=message) as err:
         config_from_metadata(path, read_metadata(reader), reader)

@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import gguf
 import pytest
 
 pytest.importorskip("transformers", reason="transformers is a test dependency (pip install 'halo[test]')")
 
 from halo.engine.tokenizer import Tokenizer  # noqa: E402
 from halo.errors import ModelLoadError  # noqa: E402
-from tiny_checkpoints import CORPUS, SPECIAL_TOKENS, add_metadata, gguf_metadata_from_tokenizer  # noqa: E402
+from tiny_checkpoints import CORPUS, SPECIAL_TOKENS, gguf_metadata_from_tokenizer, write_metadata_gguf  # noqa: E402
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
 from tokenizers import Tokenizer as HFTokenizer
 from transformers import AutoTokenizer  # noqa: E402
@@ -77,16 +76,6 @@ def train_byte_level(directory: Path, pre: str) -> None:
     (directory / "tokenizer_config.json").write_text(json.dumps(config | {"add_bos_token": False}))
 
 
-def write_tokenizer_gguf(path: Path, arch: str, meta: dict) -> Path:
-    writer = gguf.GGUFWriter(str(path), arch)
-    add_metadata(writer, meta)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 @pytest.mark.parametrize("pre", list(BYTE_LEVEL))
 def test_byte_level_gguf_tokenizer_ids_equal_transformers(tmp_path: Path, pre: str) -> None:
     train_byte_level(tmp_path, pre)
@@ -96,7 +85,7 @@ def test_byte_level_gguf_tokenizer_ids_equal_transformers(tmp_path: Path, pre: s
     ref = AutoTokenizer.from_pretrained(str(tmp_path))
     refs = [ref]
     if pre != "smollm":
-        write_tokenizer_gguf(tmp_path / "tok.gguf", "llama", meta)
+        write_metadata_gguf(tmp_path / "tok.gguf", "llama", meta)
         refs.append(AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="tok.gguf"))
     for text in TEXTS:
         want = ref.encode(text, add_special_tokens=False)
@@ -140,7 +129,7 @@ def spm_metadata(directory: Path, arch: str, add_space_prefix: bool) -> dict:
 @pytest.mark.parametrize(("arch", "add_space_prefix"), [("llama", True), ("gemma3", False)])
 def test_sentencepiece_gguf_tokenizer_ids_equal_transformers(tmp_path: Path, arch: str, add_space_prefix: bool) -> None:
     meta = spm_metadata(tmp_path, arch, add_space_prefix)
-    write_tokenizer_gguf(tmp_path / "tok.gguf", arch, {k: v for k, v in meta.items() if k != "general.architecture"})
+    write_metadata_gguf(tmp_path / "tok.gguf", arch, {k: v for k, v in meta.items() if k != "general.architecture"})
     ref = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="tok.gguf")
     halo = Tokenizer.from_gguf_metadata(meta)
     for text in TEXTS:

@@ -232,6 +232,19 @@ def add_metadata(writer: Any, meta: dict[str, Any]) -> None:
             writer.add_array(key, value)  # the element type follows the Python values
 
 
+def write_metadata_gguf(path: Path, arch: str, meta: dict[str, Any]) -> Path:
+    """A GGUF file of `meta` and no tensors (load errors, tokenizers)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    add_metadata(writer, meta)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def _permute(w: Any, n_head: int) -> Any:
     # llama.cpp's LlamaModel.permute: HF rotate_half rows → GGML's interleaved pairs
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
