@@ -1,20 +1,17 @@
 """The DP against the MILP oracle and the baselines on seeded random problems (same cost semantics).
 
-Problems have 3 to `MAX_TASKS` (12, as issue 5 asks) LLM tasks, 1-4 workers of two kinds, 1-3
-models, tool tasks between them, KV parents, overheads and load weights (`plan_problems.random_problem`).
-The MILP (`milp.py`: exact models over a growing number of epochs, each paired with a relaxed tail
-for longer plans) stops once its best plan is within `MILP_GAP` of its proven lower bound: the test
-asserts against that bound, so "DP within 5% of the optimum" is proven on every instance (DP <= 1.05
-x bound), a DP plan below the bound would mean the two disagree on costs, and a MILP plan cheaper
-than the DP's would mean the DP missed the optimum. No instance may end on the time limit.
+Problems have 3 to 12 LLM tasks (as issue 5 asks), 1-4 workers of two kinds, 1-3 models, tool tasks
+between them, KV parents, overheads and load weights (`plan_problems.random_problem`). Each is
+planned by the DP and proven against the MILP oracle by `optimality_check.check_seed`: DP optimal
+as it claims and priced as the evaluator prices it, within 5% of the MILP's proven bound and never
+below it, no MILP plan cheaper, no baseline cheaper, no instance ending on the time limit.
 
-The MILP gets the DP plan's cost as its `upper_bound`: a cut that any cheaper plan passes (so the
-check loses nothing) and that prunes the MILP's search harder than the greedy plan's cost.
-
-Measured on a shared 2-core machine (54 seeds, up to 12 LLM tasks): about 100 s of MILP time with a
-4% gap and the greedy plan's cut, the slowest instance 10-15 s; closing every gap to 0 takes about
-twice that (the proofs that no plan with more epochs is cheaper dominate), so the test keeps the 4%
-gap. With `-s` it prints the DP's gap over the proven bound and the greedy planner's gap over the DP optimum.
+CI checks the 15 seeds of `SEEDS` (about 16 s on a shared 2-core machine): three of 12 tasks,
+four of 11, tool-heavy ones, one to four workers of one or both kinds, one to three models. The
+full sweep of 54 seeds (191 s in CI, 4-5 minutes on the shared machine, the slowest seeds 15-55 s)
+is `bench/plan_optimality.py`, which prints the same summary and exits non-zero on any violation.
+With `-s` the test prints the summary of its seeds: the DP's gap over the proven bound and the
+greedy planner's over the DP.
 """
 
 from __future__ import annotations
@@ -22,70 +19,31 @@ from __future__ import annotations
 import time
 
 import pytest
-from halo.plan.search import (
-    LLMTask,
-    PlanProblem,
-    Worker,
-    evaluate,
-    operator_at_a_time,
-    plan_dp,
-    plan_greedy,
-    random_schedule,
-    round_robin,
-    serial,
-    solve_milp,
-)
+from halo.plan.search import LLMTask, PlanProblem, Worker, evaluate, plan_dp, solve_milp
+from optimality_check import MAX_TASKS, check_seed, summary
 from plan_problems import random_problem
 
-SEEDS = range(54)
-MAX_TASKS = 12
-MILP_GAP = 0.04
-MILP_TIME_LIMIT_S = 90.0  # a safety net only: an instance that reaches it fails the test
+# Chosen from one timed pass over the 54 seeds of the sweep: cheap ones that between them keep every
+# shape it has. Of its six 12-task seeds, 6 and 37 (two workers of one kind) take about 4 s each on
+# the shared machine and 10 (four workers of both kinds) about 10 s, the other three 12-18 s; the
+# rest here take about 4 s together.
+SEEDS = (6, 37, 10, 17, 29, 35, 48, 9, 27, 1, 4, 22, 42, 49, 2)
 
 
 def test_dp_matches_milp_and_beats_baselines() -> None:
-    rows = []
     start = time.perf_counter()
+    rows = []
     for seed in SEEDS:
-        problem = random_problem(seed, max_tasks=MAX_TASKS)
-        dp = plan_dp(problem)
-        assert dp.optimal, f"seed {seed}: the DP did not prove optimality"
-        assert abs(evaluate(problem, dp.schedule(), "check").cost - dp.cost) < 1e-9
-        began = time.perf_counter()
-        # the DP plan's cost (priced by `evaluate`, a real plan's) is the MILP's known-plan cut: a
-        # cheaper plan is still found, and the tighter cut caps the epochs the MILP must rule out
-        oracle = solve_milp(problem, time_limit_s=MILP_TIME_LIMIT_S, upper_bound=dp.cost, rel_gap=MILP_GAP)
-        milp_s = time.perf_counter() - began
-        assert oracle.optimal, f"seed {seed}: the MILP did not close its gap in {MILP_TIME_LIMIT_S} s"
-        scale = max(1.0, oracle.cost)
-        assert oracle.plan.cost <= oracle.cost + 1e-5 * scale, "the MILP prices its plan below the evaluator"
-        assert dp.cost <= oracle.plan.cost + 1e-9, f"seed {seed}: the MILP found a plan cheaper than the DP optimum"
-        assert dp.cost >= oracle.dual_bound - 1e-6 * scale, f"seed {seed}: DP below the MILP's proven bound"
-        assert dp.cost <= 1.05 * oracle.dual_bound + 1e-9, f"seed {seed}: DP not proven within 5% of the optimum"
-        for base in (
-            round_robin(problem),
-            random_schedule(problem, seed),
-            operator_at_a_time(problem),
-            serial(problem),
-        ):
-            assert dp.cost <= base.cost + 1e-9, f"seed {seed}: DP worse than {base.planner}"
-        greedy = plan_greedy(problem)
-        rows.append((seed, len(problem.tasks), len(problem.tools), dp.cost, oracle, greedy.cost, milp_s))
-    gaps = [r[3] / r[4].dual_bound - 1 for r in rows]
-    greedy_gaps = [r[5] / r[3] - 1 for r in rows]
-    slowest = max(rows, key=lambda r: r[6])
-    print(
-        f"\n{len(rows)} problems, {min(r[1] for r in rows)}-{max(r[1] for r in rows)} LLM tasks"
-        f" ({sum(r[1] == MAX_TASKS for r in rows)} with {MAX_TASKS}), {sum(r[2] for r in rows)} tools,"
-        f" {time.perf_counter() - start:.1f}s (MILP {sum(r[6] for r in rows):.1f}s, slowest seed {slowest[0]}"
-        f" with {slowest[1]} tasks {slowest[6]:.1f}s, {sum(r[4].solves for r in rows)} MILPs solved)\n"
-        f"DP over the MILP's proven bound: max {max(gaps):+.2%} mean {sum(gaps) / len(gaps):+.2%}"
-        f" (bound proven within {MILP_GAP:.0%}; exactly 0 on {sum(g < 1e-9 for g in gaps)});"
-        f" DP == MILP plan cost on {sum(abs(r[4].plan.cost - r[3]) < 1e-6 for r in rows)}\n"
-        f"greedy over the DP optimum: mean {sum(greedy_gaps) / len(greedy_gaps):.1%} max {max(greedy_gaps):.1%},"
-        f" optimal on {sum(g < 1e-9 for g in greedy_gaps)}"
-    )
-    assert len(rows) >= 50 and max(r[1] for r in rows) == MAX_TASKS
+        row = check_seed(seed)
+        assert not row.violations, "\n".join(row.violations)
+        rows.append(row)
+    print("\n" + summary(rows, time.perf_counter() - start))
+    # the seeds still cover what the sweep covers: the largest problems, tools, pools of both worker
+    # kinds, several models
+    assert sum(r.tasks == MAX_TASKS for r in rows) >= 3 and min(r.tasks for r in rows) == 3
+    assert sum(r.tools > 0 for r in rows) >= len(rows) // 2 and max(r.tools for r in rows) >= 5
+    assert {r.workers for r in rows} == {1, 2, 3, 4} and any(r.worker_kinds == 2 for r in rows)
+    assert {r.models for r in rows} == {1, 2, 3}
 
 
 @pytest.mark.parametrize("seed", range(5))
