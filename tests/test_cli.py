@@ -124,3 +124,15 @@ def test_bench_finds_the_checkout_from_the_working_directory_in_a_regular_instal
     assert source_checkout(str(installed), str(repo / "bench" / "workloads")) == repo
     assert source_checkout(str(installed), str(tmp_path)) is None
     assert source_checkout(str(repo / "python" / "halo" / "cli.py"), str(tmp_path)) == repo  # editable
+
+
+def test_weights_flag_is_offered_without_torch_and_refuses_unknown_formats(capsys):
+    """`--weights` on generate, run and serve; argparse refuses a format the engine does not take."""
+    for command in ("generate", "run", "serve"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--weights {auto,bf16,fp32,int8,int4}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "hi", "--weights", "int3"])
+    assert exit_info.value.code == 2 and "invalid choice: 'int3'" in capsys.readouterr().err
+

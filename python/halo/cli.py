@@ -19,7 +19,7 @@ from halo.errors import HaloError
 def _generate(args: argparse.Namespace) -> int:
     from halo.engine import LLMEngine, SamplingParams
 
-    engine = LLMEngine(model=args.model, dtype=args.dtype)
+    engine = LLMEngine(model=args.model, dtype=args.dtype, weights=args.weights)
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
         prompt = messages + [{"role": "user", "content": args.prompt}]
@@ -105,8 +105,8 @@ def _serve(args: argparse.Namespace) -> int:
                          max_active_epochs=args.max_active_epochs, merge_rows=args.merge_rows,
                          journal_dir=args.journal_dir or os.environ.get("HALO_SERVE_JOURNAL_DIR"))
     grace = args.shutdown_grace if args.shutdown_grace is not None else float(os.environ.get("HALO_SERVE_GRACE_S", 60))
-    serve(args.workflows, host=args.host, port=args.port, config=config, dtype=args.dtype, model=args.model,
-          chat=not args.no_chat, shutdown_timeout_s=grace)
+    serve(args.workflows, host=args.host, port=args.port, config=config, dtype=args.dtype, weights=args.weights,
+          model=args.model, chat=not args.no_chat, shutdown_timeout_s=grace)
     return 0
 
 
@@ -230,6 +230,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from halo.engine.weight_formats import WEIGHT_FORMATS, WEIGHTS_HELP
+
     parser = argparse.ArgumentParser(prog="halo", description="Batch query processing for agentic LLM workflows")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="complete one prompt with the engine")
@@ -238,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--system", help="system message (with --chat)")
     g.add_argument("--model", default=None, help="registered name, .gguf file or HF directory (default smollm2-135m)")
     g.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    g.add_argument("--weights", default="auto", choices=WEIGHT_FORMATS, help=WEIGHTS_HELP)
     g.add_argument("--max-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--top-p", type=float, default=1.0)
@@ -279,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="chat model: registered name, .gguf or HF dir (default smollm2-135m)")
     s.add_argument("--no-chat", action="store_true", help="serve workflows only (no chat engine is loaded)")
     s.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    s.add_argument("--weights", default="auto", choices=WEIGHT_FORMATS, help=WEIGHTS_HELP)
     s.add_argument("--max-active-epochs", type=int, default=8, help="epochs planned or running at once (overlapping)")
     s.add_argument("--merge-rows", type=int, default=64,
                    help="closed epochs that wait for a runner merge up to this many rows (default 64)")

@@ -25,7 +25,7 @@ from halo.engine.model_config import ModelConfig
 from halo.plan import WhitespaceTokenizer, consolidate
 from halo.plan.emit import emit
 from halo.plan.prompt_tokens import _SENTINEL, chat_messages
-from halo.runtime.llm_worker import EngineActor, LLMJob
+from halo.runtime.llm_worker import EngineActor, EngineRecipe, LLMJob
 from halo.runtime.processor import Processor
 from halo.runtime.tools import ToolRunner
 from halo.spec import Workflow
@@ -220,7 +220,7 @@ def test_a_prompt_over_the_context_window_is_its_rows_located_error(app):
 
 def test_an_engine_actor_runs_jobs_and_moves_prefixes_by_token_ids(tiny_model):
     """The body of a Ray worker, in this process: jobs and prefix exports carry ids, as Ray pickles them."""
-    actor = EngineActor(0, {"dtype": "fp32", **ENGINE}, 1, 2, {SOURCE: str(tiny_model)})
+    actor = EngineActor(0, EngineRecipe({"dtype": "fp32", **ENGINE}, models={SOURCE: str(tiny_model)}), 1, 2)
     engine = actor.worker.engines.get(SOURCE)
     assert engine is not None
     messages = [{"role": "system", "content": "Rules. " * 40}, {"role": "user", "content": "Go."}]

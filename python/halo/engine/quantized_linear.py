@@ -27,17 +27,15 @@ fp32 (gguf_checkpoint.py) and are quantized again here, from those fp32 values, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
 from halo.engine.linear import Linear
 from halo.engine.model_config import ModelConfig
+from halo.engine.weight_formats import QUANTIZED_FORMATS, WEIGHT_FORMATS, WeightFormatName
 from halo.errors import InvalidRequestError
 
-WeightFormatName = Literal["fp32", "bf16", "int8", "int4"]
-WEIGHT_FORMATS: tuple[str, ...] = ("auto", "bf16", "fp32", "int8", "int4")  # what LLMEngine(weights=) takes
-QUANTIZED_FORMATS = ("int8", "int4")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
 INT4_GROUP_SIZE = 32  # the most accurate the kernel takes; 64 measured no faster at decode batch 1 here
 KERNEL_DTYPE = torch.bfloat16  # the activation dtype the quantized products run in (see above)

@@ -22,9 +22,16 @@ from halo.errors import InvalidRequestError
 from halo.plan import PlannedBatch
 from halo.plan.emit import emit
 from halo.runtime import journal as journal_io
-from halo.runtime.llm_worker import LocalWorker
+from halo.runtime.llm_worker import EngineRecipe, LocalWorker
 from halo.runtime.online_session import OnlineSession
-from halo.runtime.planning import DEFAULT_TOOL_THREADS, BatchPlanner, CostModels, PlanMode, PreparedBatch
+from halo.runtime.planning import (
+    DEFAULT_TOOL_THREADS,
+    BatchPlanner,
+    CostModels,
+    PlanMode,
+    PreparedBatch,
+    model_dtypes,
+)
 from halo.runtime.processor import Processor, ProcessorOutcome, Progress
 from halo.runtime.results import RowError, RunResult
 from halo.runtime.run_stats import RowCallback, TokenCounts, run_result, run_stats
@@ -104,17 +111,21 @@ class CompiledWorkflow:
         self.model_sources = sorted({self.graph.model_source(n) or "" for n in self.graph.nodes if n.kind == "llm"})
         self._tool_options = {"max_threads": tool_threads, "allowed_hosts": allowed_hosts}
         self.warnings: list[str] = []
-        dtype = str(engine_options.get("dtype", "auto"))
-        self.costs = CostModels(workflow, models=models, dtype=dtype, tool_threads=tool_threads, warnings=self.warnings)
+        recipe = EngineRecipe(engine_options, self.graph.model_settings(), models)
+        self.costs = CostModels(
+            workflow,
+            models=models,
+            dtypes=model_dtypes(workflow, str(engine_options.get("dtype", "auto"))),
+            tool_threads=tool_threads,
+            warnings=self.warnings,
+        )
         self.tool_costs_path = self.costs.tool_costs_path
         self.tool_costs = self.costs.tool_costs
         self.output_history = self.costs.output_history
         with self._new_tools() as tools:  # bind databases and functions now: a broken one fails compile
             tools.open_databases()
         self._session: OnlineSession | None = None  # where runs execute when attached (else: the caller)
-        self._pool = WorkerPool(
-            workers, self.model_sources, models=models, engine_options=engine_options, ray_address=ray_address
-        )
+        self._pool = WorkerPool(workers, self.model_sources, recipe=recipe, ray_address=ray_address)
         self._planner = BatchPlanner(
             workflow,
             self.costs,

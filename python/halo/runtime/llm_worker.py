@@ -264,29 +264,38 @@ class LocalWorker:
         return None
 
 
-def engine_factory(options: Mapping[str, Any]) -> Callable[[str], LLMEngine]:
-    """Builds engines for model sources with the run's engine options (dtype, pool size, threads...)."""
+@dataclass(frozen=True)
+class EngineRecipe:
+    """How a worker builds the engine of a model source: the run's engine options (dtype, weights, pool
+    size, threads...), the workflow's per-source settings over them (a model declared with its own
+    `dtype`/`weights`), and `models`, a source mapped to the model loaded instead (a local GGUF, say).
+    Plain data, so a Ray actor receives the same recipe as the in-process worker."""
 
-    def build(model: str) -> LLMEngine:
-        return LLMEngine(model=model, **dict(options))
+    options: Mapping[str, Any]
+    per_source: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    models: Mapping[str, str] = field(default_factory=dict)
 
-    return build
+    def options_for(self, source: str) -> dict[str, Any]:
+        return {**self.options, **self.per_source.get(source, {})}
+
+    def build(self, source: str) -> LLMEngine:
+        return LLMEngine(model=self.models.get(source, source), **self.options_for(source))
+
+    def with_options(self, **options: Any) -> EngineRecipe:
+        return EngineRecipe({**self.options, **options}, self.per_source, self.models)
 
 
 class EngineActor:
     """The body of a Ray worker: its engines, driven a batch at a time (`run` returns when all finish)."""
 
-    def __init__(
-        self, index: int, options: Mapping[str, Any], threads: int, capacity: int, models: Mapping[str, str]
-    ) -> None:
+    def __init__(self, index: int, recipe: EngineRecipe, threads: int, capacity: int) -> None:
         import torch
 
         # Each actor owns its share of the cores: more threads than cores makes every op 10-50x slower.
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
-        factory = engine_factory({**options, "num_threads": threads})
         # A source maps to the model loaded instead, as in-process (the driver's tokenizer is that model's).
-        self.worker = LocalWorker(index, EngineSet(lambda source: factory(models.get(source, source)), capacity))
+        self.worker = LocalWorker(index, EngineSet(recipe.with_options(num_threads=threads).build, capacity))
 
     def preload(self, model: str) -> float:
         clock = time.perf_counter()
@@ -317,19 +326,12 @@ class EngineActor:
 class RayWorker:
     """A worker in a Ray actor (one engine process per worker), fed one batch at a time."""
 
-    def __init__(
-        self,
-        index: int,
-        options: Mapping[str, Any],
-        threads: int,
-        capacity: int = 2,
-        models: Mapping[str, str] | None = None,
-    ) -> None:
+    def __init__(self, index: int, recipe: EngineRecipe, threads: int, capacity: int = 2) -> None:
         import ray
 
         self.index = index
         actor_class = ray.remote(num_cpus=threads)(EngineActor)
-        self._actor = actor_class.remote(index, dict(options), threads, capacity, dict(models or {}))
+        self._actor = actor_class.remote(index, recipe, threads, capacity)
         self._pending: list[LLMJob] = []
         self._call: Any = None  # the ObjectRef of the batch running now
         self._call_jobs = 0

@@ -41,7 +41,8 @@ DEFAULT_TOOL_THREADS = 16  # tool calls an app's pool runs at once
 
 
 class CostModels:
-    """The costs an app plans with; `dtype` picks the latency profile, `tool_threads` the pool width.
+    """The costs an app plans with; `dtypes` (per model source, `auto` where absent) picks each model's
+    latency profile, `tool_threads` the pool width.
 
     Tool latencies (and the SQL seconds-per-EXPLAIN-unit fit) and output lengths carry over between
     runs in the halo cache dir; what cannot be read or saved is noted in `warnings`.
@@ -52,7 +53,7 @@ class CostModels:
         workflow: Workflow,
         *,
         models: Mapping[str, str],
-        dtype: str,
+        dtypes: Mapping[str, str],
         tool_threads: int,
         warnings: list[str],
     ) -> None:
@@ -63,7 +64,7 @@ class CostModels:
         self.tool_costs = _load_tool_costs(self.tool_costs_path)
         self.output_history = _load_output_history()
         self._models = dict(models)
-        self._dtype = dtype
+        self._dtypes = dict(dtypes)
         self._tool_threads = tool_threads
         self._curves: dict[str, LatencyCurves] = {}
 
@@ -72,7 +73,9 @@ class CostModels:
         if curves is None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ProfileMissingWarning)
-                curves = self._curves[model] = load_curves(self._models.get(model, model), dtype=self._dtype)
+                curves = self._curves[model] = load_curves(
+                    self._models.get(model, model), dtype=self._dtypes.get(model, "auto")
+                )
             self.profiles_missing |= any(issubclass(w.category, ProfileMissingWarning) for w in caught)
             self.warnings.extend(str(w.message) for w in caught)
         return curves
@@ -165,13 +168,22 @@ class BatchPlanner:
         )
 
 
+def model_dtypes(workflow: Workflow, run_dtype: str) -> dict[str, str]:
+    """Per model source of `workflow`, the dtype its engine is asked for: its declaration's, else the run's."""
+    settings = workflow.graph.model_settings()
+    sources = {workflow.graph.model_source(n) or "" for n in workflow.graph.nodes if n.kind == "llm"}
+    return {source: settings.get(source, {}).get("dtype", run_dtype) for source in sorted(sources)}
+
+
 def fresh_planner(workflow: Workflow, *, workers: int = 1, dtype: str = "auto") -> BatchPlanner:
     """The planner `halo.compile(workflow, workers=workers, dtype=dtype)` has right after it starts its
     workers (their models loaded as `compile` loads them, no prefix cached), without starting any."""
     if workers < 1:
         raise InvalidRequestError(f"workers must be a positive integer, got {workers!r}")
     sources = sorted({workflow.graph.model_source(n) or "" for n in workflow.graph.nodes if n.kind == "llm"})
-    costs = CostModels(workflow, models={}, dtype=dtype, tool_threads=DEFAULT_TOOL_THREADS, warnings=[])
+    costs = CostModels(
+        workflow, models={}, dtypes=model_dtypes(workflow, dtype), tool_threads=DEFAULT_TOOL_THREADS, warnings=[]
+    )
     held = tuple(models_loaded_at_start(sources, workers))
     tokenizers = {source: load_tokenizer(source) for source in sources}
     return BatchPlanner(workflow, costs, tokenizers, workers=workers, resident=lambda: (held,) * workers)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from halo.engine.weight_formats import WEIGHT_FORMATS, WEIGHTS_HELP
 from halo.runtime import journal as journal_io
 from halo.runtime.output_file import OutputPathError, check_paths, write_output
 from halo.runtime.results import RunResult
@@ -39,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="planner: epoch DP (default), greedy, or the plain per-call serial baseline",
     )
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--weights", default="auto", choices=WEIGHT_FORMATS, help=WEIGHTS_HELP)
     parser.add_argument("--resume", action="store_true", help="skip the work a previous run journaled")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 if any row failed")
     parser.add_argument("--allow-host", action="append", default=[], help="extra host http nodes may call")
@@ -65,11 +67,17 @@ def run(args: argparse.Namespace) -> int:
     clock = time.perf_counter()
     with console.status("loading models and binding tools ...", spinner="dots") if not args.quiet else _Null():
         app = compile(
-            args.workflow, workers=args.workers, plan=args.plan, dtype=args.dtype, allowed_hosts=args.allow_host
+            args.workflow,
+            workers=args.workers,
+            plan=args.plan,
+            dtype=args.dtype,
+            engine_options={"weights": args.weights},
+            allowed_hosts=args.allow_host,
         )
     load_s = time.perf_counter() - clock
     for warning in app.warnings:
         console.print(f"[yellow]{warning}[/]")
+    engines = _engine_lines(app)
     try:
         result = _run_with_progress(app, rows, journal, args, console)
     finally:
@@ -82,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     if result.stats.rows_failed == 0:
         journal.unlink(missing_ok=True)  # nothing left to resume
-    _summary(console, result, load_s, output)
+    _summary(console, result, load_s, output, engines)
     return 1 if args.strict and result.errors else 0
 
 
@@ -128,7 +136,19 @@ def _run_with_progress(
     return result
 
 
-def _summary(console: Console, result: RunResult, load_s: float, output: Path) -> None:
+def _engine_lines(app: Any) -> dict[str, str]:
+    """Per model of an in-process worker, its compute dtype and weight format with the reasons (what
+    `--dtype`/`--weights auto` chose); empty for Ray workers, whose engines live in their actors."""
+    if app.num_workers != 1:
+        return {}
+    lines = {}
+    for source in app.model_sources:
+        d = app.engine(source).describe()
+        lines[source] = f"{d['dtype']} ({d['dtype_reason']}), weights {d['weights']} ({d['weights_reason']})"
+    return lines
+
+
+def _summary(console: Console, result: RunResult, load_s: float, output: Path, engines: dict[str, str]) -> None:
     from rich.table import Table
 
     s = result.stats
@@ -153,6 +173,8 @@ def _summary(console: Console, result: RunResult, load_s: float, output: Path) -
             f"{actual:.2f}s in llm epochs",
         )
     console.print(table)
+    for source, line in engines.items():
+        console.print(f"engine {source}: {line}", soft_wrap=True)  # one line a log can grep
     for error in result.errors[:10]:
         console.print(f"[red]row {error.row}[/] {error.node}: {error.message}")
     if len(result.errors) > 10:

@@ -9,14 +9,14 @@ the workers a fresh `halo run` starts without starting them.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
 from halo.engine import EngineStats, LLMEngine
 from halo.engine.checkpoint import load_tokenizer
 from halo.errors import InvalidRequestError
-from halo.runtime.llm_worker import EngineSet, LocalWorker, RayWorker, engine_factory
+from halo.runtime.llm_worker import EngineRecipe, EngineSet, LocalWorker, RayWorker
 from halo.runtime.online_session import OnlineSession
 
 WARM_PREFIX_WAIT_S = 2.0  # how long planning waits for the session thread to read the prefix cache
@@ -30,26 +30,18 @@ def models_loaded_at_start(model_sources: Sequence[str], workers: int) -> list[s
 
 
 class WorkerPool:
-    """The workers of one app and the tokenizers of its models (`models` maps a source to load instead)."""
+    """The workers of one app and the tokenizers of its models (`recipe` says how each engine is built)."""
 
     def __init__(
-        self,
-        count: int,
-        model_sources: Sequence[str],
-        *,
-        models: Mapping[str, str],
-        engine_options: Mapping[str, Any],
-        ray_address: str | None,
+        self, count: int, model_sources: Sequence[str], *, recipe: EngineRecipe, ray_address: str | None
     ) -> None:
         self.model_sources = list(model_sources)
         self.tokenizers: dict[str, Any] = {}
         self.workers: list[Any] = []
         preload = models_loaded_at_start(self.model_sources, count)
+        models = recipe.models
         if count == 1:
-            factory = engine_factory(dict(engine_options))
-            engines = EngineSet(
-                lambda source: factory(models.get(source, source)), capacity=max(2, len(self.model_sources))
-            )
+            engines = EngineSet(recipe.build, capacity=max(2, len(self.model_sources)))
             self.workers = [LocalWorker(0, engines)]
             for source in preload:
                 engine = engines.get(source)
@@ -58,7 +50,7 @@ class WorkerPool:
             return
         _start_ray(ray_address)
         threads = max(1, (os.cpu_count() or 2) // count)
-        self.workers = [RayWorker(i, dict(engine_options), threads, models=models) for i in range(count)]
+        self.workers = [RayWorker(i, recipe, threads) for i in range(count)]
         for source in self.model_sources:
             self.tokenizers[source] = load_tokenizer(models.get(source, source))
         if preload:

@@ -61,7 +61,9 @@ def load_workflows(paths: Iterable[str | os.PathLike[str]], skipped: dict[str, s
     return workflows
 
 
-def compile_workflows(workflows: dict[str, Any], dtype: str, skipped: dict[str, str]) -> dict[str, Any]:
+def compile_workflows(
+    workflows: dict[str, Any], dtype: str, skipped: dict[str, str], weights: str = "auto"
+) -> dict[str, Any]:
     """Compiled apps by name; one that fails to compile (a missing database or model, a tool that does not
     bind) is logged and recorded in `skipped` (name -> reason) instead."""
     from halo.runtime.compiled import compile as compile_workflow
@@ -70,7 +72,7 @@ def compile_workflows(workflows: dict[str, Any], dtype: str, skipped: dict[str, 
     for name, workflow in workflows.items():
         log.info("compiling workflow %s", name)
         try:
-            apps[name] = compile_workflow(workflow, dtype=dtype)
+            apps[name] = compile_workflow(workflow, dtype=dtype, engine_options={"weights": weights})
         except (HaloError, OSError) as exc:
             log.error("skipping workflow %s: %s", name, exc)
             skipped[name] = str(exc)
@@ -84,11 +86,13 @@ def serve(
     port: int = 8000,
     config: ServeConfig | None = None,
     dtype: str = "auto",
+    weights: str = "auto",
     model: str | None = None,
     chat: bool = True,
     shutdown_timeout_s: float = 60.0,
 ) -> None:
-    """Compile every workflow, load the chat engine of `model` (default: the embedded SmolLM2), serve."""
+    """Compile every workflow, load the chat engine of `model` (default: the embedded SmolLM2), serve.
+    `dtype` and `weights` apply to every engine, the workflows' and the chat engine alike."""
     import uvicorn
 
     from halo.runtime.chat_engine import DEFAULT_MODEL, LLMEngine
@@ -100,14 +104,14 @@ def serve(
     apps: dict[str, Any] = {}
     engine = None
     try:
-        apps = compile_workflows(workflows, dtype, skipped)
+        apps = compile_workflows(workflows, dtype, skipped, weights)
         if skipped and not apps and not chat:
             reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
             raise HaloError(f"nothing to serve: no workflow could be loaded ({reasons})")
         if chat:
             engine = shared_engine(apps, model or DEFAULT_MODEL)
             if engine is None:
-                engine = LLMEngine(model=model, dtype=dtype)
+                engine = LLMEngine(model=model, dtype=dtype, weights=weights)
             else:
                 log.info("chat completions share the workflows' engine of %s", model or DEFAULT_MODEL)
         app = create_app(

@@ -77,6 +77,7 @@ def check_workflow(
             elif name == node.id:
                 out.append(Problem(node.path + ("after",), "a node cannot run after itself", node.id))
     _check_model_paths(header, out)
+    _check_model_settings(header, out)
     _check_loops(header, by_id, bodies, env, inputs, broken, out, unchecked)
     _check_outputs(header, by_id, inputs | set(unchecked), out)
     edges = declared_edges(declared, members)
@@ -95,6 +96,24 @@ def check_workflow(
         first = by_id[cycle[0]]
         out.append(Problem(first.path, f"dependency cycle: {' -> '.join(cycle)}", cycle[0]))
     return out
+
+
+def _check_model_settings(header: WorkflowHeader, out: list[Problem]) -> None:
+    # Engines are keyed by source: two names for one source share an engine, so they cannot ask for
+    # two different dtypes or weight formats of it.
+    first: dict[str, tuple[str, dict[str, str]]] = {}
+    for name, model in header.models.items():
+        settings = model.engine_settings()
+        seen = first.setdefault(model.source, (name, settings))
+        if seen[1] != settings:
+            out.append(
+                Problem(
+                    ("models", name),
+                    f"model '{name}' and model '{seen[0]}' name the same source {model.source!r} with different "
+                    f"settings ({settings or 'the run default'} vs {seen[1] or 'the run default'}); one source "
+                    "is one engine: give them the same dtype/weights",
+                )
+            )
 
 
 def _check_model_paths(header: WorkflowHeader, out: list[Problem]) -> None:

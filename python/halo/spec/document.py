@@ -26,7 +26,15 @@ class ModelSpec(SpecModel):
     """A model the workflow may use: a registered name, a local .gguf file or an HF directory."""
 
     source: str
-    dtype: str | None = None  # None lets the engine pick (its `auto` probe)
+    # How this model's engine computes and stores its weights; None takes the run's setting (`halo run
+    # --dtype/--weights`, `halo.compile(dtype=, engine_options=)`, both `auto` by default). The names
+    # are the engine's (halo.engine.weight_formats; a test keeps the two lists equal).
+    dtype: Literal["auto", "bf16", "fp32"] | None = None
+    weights: Literal["auto", "bf16", "fp32", "int8", "int4"] | None = None
+
+    def engine_settings(self) -> dict[str, str]:
+        """The engine options this declaration sets (those it leaves to the run are absent)."""
+        return {key: value for key, value in (("dtype", self.dtype), ("weights", self.weights)) if value is not None}
 
 
 class DatabaseSpec(SpecModel):

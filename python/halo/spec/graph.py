@@ -128,6 +128,15 @@ class WorkflowGraph:
         declared = self.spec.models.get(name)
         return declared.source if declared is not None else name
 
+    def model_settings(self) -> dict[str, dict[str, str]]:
+        """Per model source, the engine options its declaration sets (`dtype`, `weights`); a source
+        declared twice with different settings is refused by validation (one engine per source)."""
+        settings: dict[str, dict[str, str]] = {}
+        for model in self.spec.models.values():
+            if model.engine_settings():
+                settings.setdefault(model.source, {}).update(model.engine_settings())
+        return settings
+
     def context(self, node: GraphNode, row: Mapping[str, Any], results: Mapping[str, Any]) -> dict[str, Any]:
         """The template context of one instance: its row inputs, iteration and upstream results.
 
