@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from halo.engine.llm_engine import EngineStats, LLMEngine
+    from halo.engine.output_format import OutputFormat
     from halo.engine.sampling_params import GenerationResult, SamplingParams
 
-__all__ = ["EngineStats", "GenerationResult", "LLMEngine", "SamplingParams"]
+__all__ = ["EngineStats", "GenerationResult", "LLMEngine", "OutputFormat", "SamplingParams"]
 
 _HOMES = {
     "EngineStats": "halo.engine.llm_engine",
     "LLMEngine": "halo.engine.llm_engine",
+    "OutputFormat": "halo.engine.output_format",
     "GenerationResult": "halo.engine.sampling_params",
     "SamplingParams": "halo.engine.sampling_params",
 }

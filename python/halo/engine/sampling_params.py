@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from halo.engine.output_format import OutputFormat
 from halo.errors import InvalidRequestError
 
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes on every platform (and int64 servers)
@@ -21,6 +22,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    # The shape the text must take, enforced while decoding (engine/grammar.py); None: free text.
+    output_format: OutputFormat | None = None
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience and frozen into tuples so the params stay hashable.
