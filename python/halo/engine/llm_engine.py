@@ -23,12 +23,15 @@ from halo.engine.dtype_probe import (
     cpu_capability,
     matmul_gflops,
 )
+from halo.engine.grammar import GrammarCompiler
 from halo.engine.kv_cache import KVCache
 from halo.engine.kv_prefix import KVPrefix
 from halo.engine.kv_swapper import KVSwapper
 from halo.engine.model import DecoderModel
 from halo.engine.model_runner import ModelRunner
 from halo.engine.quantized_linear import QUANTIZED_FORMATS, check_weight_format
+from halo.engine.sampler import logprobs as token_logprobs
+from halo.engine.sampler import sample
 from halo.engine.sampling_params import GenerationResult, SamplingParams
 from halo.engine.sequence import Sequence, SequenceStatus
 from halo.errors import ContextLengthError, InvalidRequestError, KVCacheFullError
@@ -46,6 +49,14 @@ class EngineStats:
     prefill_tokens: int = 0  # prompt-position tokens actually computed (recompute after preemption included)
     decode_tokens: int = 0  # generated-position tokens computed
     generated_tokens: int = 0  # tokens sampled
+    jump_forward_tokens: int = 0  # tokens a grammar forced, appended without sampling (docs/structured_outputs.md)
+    # decode steps sequences did not run thanks to jump-forward: one per forced token, less the steps
+    # spent computing a forced tail that did not fit one step's token budget
+    decode_steps_saved: int = 0
+    masked_rows: int = 0  # logits rows masked by an output format
+    mask_seconds: float = 0.0  # computing and applying those masks (part of step_seconds)
+    grammar_seconds: float = 0.0  # all grammar work in steps: masks, advancing matchers, forced tokens
+    grammar_compiles: int = 0  # output formats compiled (the per-engine cache's misses)
     steps: int = 0
     preemptions: int = 0
     swapped_out: int = 0  # preemptions whose KV went to host memory instead of being recomputed
@@ -67,6 +78,8 @@ class LLMEngine:
     buffer when that is predicted cheaper than recomputing; 0 disables). ``device`` is ``cpu`` or
     ``cuda``; ``attention_backend`` ``auto`` picks the native CPU kernel on CPU, Triton on CUDA.
     ``pack_weights`` pre-packs bf16 CPU weights once for oneDNN (bit-identical, faster small batches).
+    ``jump_forward`` appends the tokens an output format forces without decode steps (off: each is
+    sampled under its mask, for benchmarks that measure what jump-forward saves).
 
     ``weights`` is how the weight matrices are stored: ``bf16``/``fp32`` keep them in the compute
     dtype (so either one alone also sets ``dtype``, and a different explicit ``dtype`` is an error);
@@ -96,9 +109,13 @@ class LLMEngine:
         cache_dir: str | os.PathLike | None = None,
         pack_weights: bool = True,
         weights: str = "auto",
+        jump_forward: bool = True,
     ) -> None:
-        for name, value in (("block_size", block_size), ("max_batch_tokens", max_batch_tokens),
-                            ("max_num_seqs", max_num_seqs)):
+        for name, value in (
+            ("block_size", block_size),
+            ("max_batch_tokens", max_batch_tokens),
+            ("max_num_seqs", max_num_seqs),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise InvalidRequestError(f"{name} must be a positive integer, got {value!r}")
         if kv_blocks is not None and (not isinstance(kv_blocks, int) or kv_blocks < 1):
@@ -136,12 +153,19 @@ class LLMEngine:
         self.weights_choice: WeightsChoice = choose_weights(
             weights, self.dtype_choice.dtype, self.config, self.device, reserved_bytes=kv_blocks * per_block
         )
-        if self.weights_choice.name in QUANTIZED_FORMATS and not isinstance(model, Checkpoint) and (
-            load_dtype != torch.float32
+        if (
+            self.weights_choice.name in QUANTIZED_FORMATS
+            and not isinstance(model, Checkpoint)
+            and (load_dtype != torch.float32)
         ):
             ckpt = load_checkpoint(model, cache_dir)  # auto picked int8/int4: quantize the fp32 values
         self.model = DecoderModel(
-            ckpt.config, dict(ckpt.weights), self.dtype_choice.dtype, self.device, attention, pack_weights,
+            ckpt.config,
+            dict(ckpt.weights),
+            self.dtype_choice.dtype,
+            self.device,
+            attention,
+            pack_weights,
             weight_format=self.weights_choice.name,
         )
         del ckpt
@@ -153,6 +177,9 @@ class LLMEngine:
             self.swapper = KVSwapper(self.kv, prefill_rate, int(swap_space_gb * 2**30))
         self.batch_scheduler = BatchScheduler(self.block_manager, max_batch_tokens, max_num_seqs, self.swapper)
         self.runner = ModelRunner(self.model, self.kv)
+        self.grammar = GrammarCompiler(self.tokenizer, self.config.vocab_size)
+        self.jump_forward = jump_forward
+        self._compiles_base = 0
         self._stats = EngineStats()
         self._swap_base = (0, 0)
         self._ids = itertools.count()
@@ -190,8 +217,7 @@ class LLMEngine:
             return self.tokenizer.encode_prompt(prompt)  # with the BOS the model expects (add_bos)
         if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
             return self.tokenizer.encode(self.tokenizer.render_chat(prompt))
-        if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
-                                                        for t in prompt):
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             bad = [t for t in prompt if not 0 <= t < self.config.vocab_size]
             if bad:
                 raise InvalidRequestError(f"token ids out of range [0, {self.config.vocab_size}): {bad[:5]}")
@@ -216,8 +242,7 @@ class LLMEngine:
                 f"KV blocks but the pool has only {self.block_manager.num_blocks}; raise kv_blocks or lower max_tokens"
             )
 
-    def add_request(self, prompt: Prompt, params: SamplingParams | None = None,
-                    request_id: str | None = None) -> str:
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
         """Validate and queue one request; returns its id. Nothing is queued if validation fails."""
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
@@ -227,11 +252,22 @@ class LLMEngine:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         ids = self.encode_prompt(prompt)
         self._check_fits(ids, params, f"request {request_id}")
-        self._enqueue(request_id, ids, params)
+        matcher = self._matcher(params, f"request {request_id}")
+        self._enqueue(request_id, ids, params, matcher)
         return request_id
 
-    def _enqueue(self, request_id: str, ids: list[int], params: SamplingParams) -> None:
-        seq = Sequence(request_id, ids, params, next(self._arrivals), self.config.context_length)
+    def _matcher(self, params: SamplingParams, where: str):
+        """The request's grammar matcher (None for free text); a format that cannot compile raises here,
+        before anything is queued."""
+        if params.output_format is None:
+            return None
+        try:
+            return self.grammar.matcher(params.output_format)
+        except InvalidRequestError as e:
+            raise InvalidRequestError(f"{where}: {e}") from None
+
+    def _enqueue(self, request_id: str, ids: list[int], params: SamplingParams, matcher=None) -> None:
+        seq = Sequence(request_id, ids, params, next(self._arrivals), self.config.context_length, matcher=matcher)
         self._requests[request_id] = seq
         self.batch_scheduler.add(seq)
 
@@ -256,39 +292,112 @@ class LLMEngine:
             prompt_part = max(0, min(len(seq.prompt_ids), seq.num_computed + n) - seq.num_computed)
             self._stats.prefill_tokens += prompt_part
             self._stats.decode_tokens += n - prompt_part
-        samplers, tokens = self.runner.run(batch)
+            if seq.num_computed + n < min(seq.forced_end, seq.num_tokens) and seq.num_computed >= len(seq.prompt_ids):
+                self._stats.decode_steps_saved -= 1  # a forced tail too long for this step's budget
+        samplers, logits = self.runner.run(batch)
         for seq, n in zip(batch.seqs, batch.num_new, strict=True):
             seq.num_computed += n
             self.block_manager.publish(seq)
         finished: list[GenerationResult] = []
-        for seq, token in zip(samplers, tokens, strict=True):
-            self._stats.generated_tokens += 1
-            if self._append_token(seq, token):
-                self.batch_scheduler.finish(seq)
-                finished.append(self._result(seq))
+        if samplers:
+            tokens, chosen_logprobs = self._select(logits, samplers)
+            for seq, token, lp in zip(samplers, tokens, chosen_logprobs, strict=True):
+                self._stats.generated_tokens += 1
+                if self._accept(seq, token, lp):
+                    self.batch_scheduler.finish(seq)
+                    finished.append(self._result(seq))
         self._stats.steps += 1
         self._stats.preemptions = self.batch_scheduler.num_preemptions
         self._stats.step_seconds += time.perf_counter() - t0
         return finished
 
-    def _append_token(self, seq: Sequence, token: int) -> bool:
-        """Record a sampled token; returns True when the sequence is finished."""
+    def _select(self, logits: torch.Tensor, samplers: list[Sequence]):
+        """Mask the constrained rows, pick a token per row, and the logprobs asked for."""
+        rows = [i for i, s in enumerate(samplers) if s.matcher is not None]
+        if rows:
+            t0 = time.perf_counter()
+            self.grammar.apply_masks(
+                logits, rows, [samplers[i].matcher for i in rows], [not samplers[i].params.ignore_eos for i in rows]
+            )
+            spent = time.perf_counter() - t0
+            self._stats.masked_rows += len(rows)
+            self._stats.mask_seconds += spent
+            self._stats.grammar_seconds += spent
+        tokens = sample(logits, samplers)
+        return tokens, token_logprobs(logits, samplers, tokens)
+
+    def _accept(self, seq: Sequence, token: int, lp) -> bool:
+        """Record a sampled token, then (constrained) the tokens its grammar now forces; True when finished."""
+        if seq.matcher is None:
+            return self._append_token(seq, token, lp)
+        t0 = time.perf_counter()
+        try:
+            done = self._append_token(seq, token, lp)
+            while not done and self.jump_forward:
+                forced = seq.matcher.compute_ff_tokens()
+                if not forced:
+                    break
+                self._stats.jump_forward_tokens += len(forced)
+                self._stats.decode_steps_saved += len(forced)
+                for t in forced:
+                    done = self._append_token(seq, t, (0.0, [(t, 0.0)]), forced=True)
+                    if done:
+                        break
+                seq.forced_end = seq.num_tokens
+            return done
+        finally:
+            self._stats.grammar_seconds += time.perf_counter() - t0
+
+    def _append_token(self, seq: Sequence, token: int, lp=None, forced: bool = False) -> bool:
+        """Record one token (sampled, or forced by the grammar); returns True when the sequence is finished.
+
+        Constrained sequences: the matcher consumes every appended token; the output is complete when
+        the grammar stops (only EOS could follow), and a stop token/string or a length limit reached
+        before the grammar accepts marks it incomplete (``format_error``)."""
         p = seq.params
+        m = seq.matcher
         if token in p.stop_token_ids or (not p.ignore_eos and token in self.tokenizer.stop_ids):
             seq.finish_reason = "stop"
+            if m is not None and not m.is_accepting():
+                self._incomplete(seq, f"ended by stop token {token}")
             return True
         seq.output_ids.append(token)
+        if lp is not None and p.logprobs is not None:
+            seq.token_logprobs.append(lp[0])
+            seq.top_logprobs.append(lp[1][: p.logprobs] if p.logprobs else [])
+        if m is not None and not m.consume_token(token):
+            seq.finish_reason = "error"
+            self._incomplete(seq, f"matcher error after {len(seq.output_ids)} tokens: {m.get_error().strip()}")
+            return True
         if p.stop:
             text = self.tokenizer.decode(seq.output_ids)
-            hits = [i for i in (text.find(s) for s in p.stop) if i >= 0]
+            hits = [(i, s) for i, s in ((text.find(s), s) for s in p.stop) if i >= 0]
             if hits:
-                seq.text = text[: min(hits)]
+                at, stop = min(hits)
+                seq.text = text[:at]
                 seq.finish_reason = "stop"
+                if m is not None and not self.grammar.accepts_text(p.output_format, seq.text):
+                    self._incomplete(seq, f"cut by stop string {stop!r} before it was complete")
                 return True
+        if m is not None and m.is_stopped():
+            seq.finish_reason = "stop"
+            return True
         if len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= seq.max_len:
             seq.finish_reason = "length"
+            if m is not None and not m.is_accepting():
+                limit = (
+                    f"max_tokens={p.max_tokens}"
+                    if len(seq.output_ids) >= p.max_tokens
+                    else (f"the context window ({seq.max_len} tokens)")
+                )
+                self._incomplete(seq, f"truncated at {limit}")
             return True
         return False
+
+    def _incomplete(self, seq: Sequence, why: str) -> None:
+        fmt = seq.params.output_format
+        seq.output_complete = False
+        seq.format_error = f"{fmt.kind if fmt is not None else 'constrained'} output {why}"
 
     def _result(self, seq: Sequence) -> GenerationResult:
         self._requests.pop(seq.request_id, None)
@@ -305,6 +414,10 @@ class LLMEngine:
             cached_tokens=seq.num_cached,
             finish_reason=seq.finish_reason or "length",
             prompt_token_ids=seq.prompt_ids,
+            output_complete=seq.output_complete,
+            format_error=seq.format_error,
+            token_logprobs=list(seq.token_logprobs),
+            top_logprobs=[list(t) for t in seq.top_logprobs],
         )
 
     # ---- batch API ---------------------------------------------------------------------------
@@ -334,11 +447,11 @@ class LLMEngine:
             except InvalidRequestError as e:
                 raise type(e)(f"prompt {i}: {e}") from None
             self._check_fits(ids, p, f"prompt {i}")
-            encoded.append(ids)
+            encoded.append((ids, self._matcher(p, f"prompt {i}")))
         rids = []
-        for ids, p in zip(encoded, plist, strict=True):
+        for (ids, matcher), p in zip(encoded, plist, strict=True):
             rid = f"req-{next(self._ids)}"
-            self._enqueue(rid, ids, p)
+            self._enqueue(rid, ids, p, matcher)
             rids.append(rid)
         results: dict[str, GenerationResult] = {}
         bar = _progress_bar(len(rids)) if progress else None
@@ -420,6 +533,7 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         s = EngineStats(**self._stats.as_dict())
         s.preemptions = self.batch_scheduler.num_preemptions
+        s.grammar_compiles = self.grammar.compiles - self._compiles_base
         if self.swapper is not None:
             s.swapped_out = self.swapper.stats.swapped_out - self._swap_base[0]
             s.swapped_in = self.swapper.stats.swapped_in - self._swap_base[1]
@@ -427,6 +541,7 @@ class LLMEngine:
 
     def reset_stats(self) -> None:
         self._stats = EngineStats()
+        self._compiles_base = self.grammar.compiles
         if self.swapper is not None:
             self._swap_base = (self.swapper.stats.swapped_out, self.swapper.stats.swapped_in)
         self.batch_scheduler.num_preemptions = 0
@@ -469,8 +584,10 @@ def _attention_backend(name: str, device: torch.device):
         from halo.kernels import triton_available
 
         if not triton_available():
-            raise InvalidRequestError("attention_backend='triton' needs triton and a CUDA device "
-                                      "(or TRITON_INTERPRET=1 to run the kernels on CPU)")
+            raise InvalidRequestError(
+                "attention_backend='triton' needs triton and a CUDA device "
+                "(or TRITON_INTERPRET=1 to run the kernels on CPU)"
+            )
         from halo.engine import triton_attention
 
         return triton_attention

@@ -1,4 +1,4 @@
-"""Turns a scheduled batch into model inputs, runs the forward pass and samples next tokens."""
+"""Turns a scheduled batch into model inputs and runs the forward pass; the engine masks and samples."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 from halo.engine.batch_scheduler import ScheduledBatch
 from halo.engine.kv_cache import KVCache
 from halo.engine.model import DecoderModel
-from halo.engine.sampler import sample
 from halo.engine.sequence import Sequence
 from halo.engine.step_context import PrefillSpan, StepContext
 
@@ -79,15 +78,14 @@ class ModelRunner:
         )
         return ctx, samplers
 
-    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], list[int]]:
-        """One forward step; returns the sequences that sampled and their new tokens."""
+    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
+        """One forward step; returns the sequences that sample a token and their fp32 logits rows on the host."""
         ctx, samplers = self.prepare(batch)
         if self.model.device.type != "cpu":
             ctx = ctx.to(self.model.device)
         logits = self.model.forward(ctx, self.kv)
         if self.on_logits is not None and samplers:
             self.on_logits(samplers, logits)
-        if not samplers:
-            return [], []
-        # sampling runs on the host: per-request generators are CPU generators, and [S, V] is small
-        return samplers, sample(logits.cpu(), samplers)
+        # masking and sampling run on the host: llguidance writes host memory, per-request generators
+        # are CPU generators, and [S, V] is small
+        return samplers, logits.cpu()

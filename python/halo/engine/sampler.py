@@ -1,10 +1,16 @@
-"""Token selection from logits: greedy, or temperature with top-k / top-p under a per-request generator."""
+"""Token selection from logits: greedy, or temperature with top-k / top-p under a per-request generator.
+
+The logits rows reaching here are already masked for constrained sequences (engine/grammar.py), so
+both greedy and sampled tokens stay inside the format, and log-probabilities are those under the mask.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from halo.engine.sequence import Sequence
+
+TokenLogprobs = tuple[float, list[tuple[int, float]]]  # the chosen token's logprob, the k best (id, logprob)
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
@@ -27,3 +33,29 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
         tokens[row] = int(torch.multinomial(probs, 1, generator=seq.generator).item())
     return tokens
+
+
+def logprobs(logits: torch.Tensor, seqs: list[Sequence], tokens: list[int]) -> list[TokenLogprobs | None]:
+    """For each row whose request asked (``params.logprobs`` not None): the chosen token's log-probability
+    and the ``params.logprobs`` most likely tokens, from log_softmax of the row as given — after the
+    format's mask, before temperature, top-k and top-p, so the figures do not depend on how the token
+    was picked. Tokens the mask excludes (-inf) are never listed as alternatives."""
+    rows = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+    out: list[TokenLogprobs | None] = [None] * len(seqs)
+    if not rows:
+        return out
+    lp = torch.log_softmax(logits[rows].float(), dim=-1)
+    k = max(seqs[i].params.logprobs or 0 for i in rows)
+    top_v, top_i = torch.topk(lp, k, dim=-1) if k else (None, None)
+    for j, i in enumerate(rows):
+        chosen = float(lp[j, tokens[i]])
+        best: list[tuple[int, float]] = []
+        want = seqs[i].params.logprobs or 0
+        if want and top_v is not None and top_i is not None:
+            best = [
+                (int(t), float(v))
+                for t, v in zip(top_i[j, :want].tolist(), top_v[j, :want].tolist(), strict=True)
+                if v != float("-inf")
+            ]
+        out[i] = (chosen, best)
+    return out

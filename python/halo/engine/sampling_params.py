@@ -8,6 +8,7 @@ from halo.engine.output_format import OutputFormat
 from halo.errors import InvalidRequestError
 
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes on every platform (and int64 servers)
+MAX_LOGPROBS = 20  # top alternatives per token, OpenAI's top_logprobs bound
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class SamplingParams:
     ignore_eos: bool = False
     # The shape the text must take, enforced while decoding (engine/grammar.py); None: free text.
     output_format: OutputFormat | None = None
+    # None: no log-probabilities; 0: the chosen tokens' own; k > 0: also the k most likely alternatives.
+    # Taken from log_softmax of the logits before temperature/top-k/top-p, after the format's mask
+    # (docs/structured_outputs.md).
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience and frozen into tuples so the params stay hashable.
@@ -55,6 +60,14 @@ class SamplingParams:
         for t in self.stop_token_ids:
             if not isinstance(t, int) or t < 0:
                 out.append(f"stop_token_ids must be non-negative integers, got {t!r}")
+        if self.logprobs is not None and (
+            not isinstance(self.logprobs, int)
+            or isinstance(self.logprobs, bool)
+            or not 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
+            out.append(f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
+        if self.output_format is not None and not isinstance(self.output_format, OutputFormat):
+            out.append(f"output_format must be an OutputFormat or None, got {type(self.output_format).__name__}")
         return out
 
     @property
@@ -71,5 +84,14 @@ class GenerationResult:
     token_ids: list[int]
     prompt_tokens: int
     cached_tokens: int
-    finish_reason: str  # "stop" (stop token/string) or "length" (max_tokens or context window)
+    # "stop": a stop token/string, EOS, or the output format's end; "length": max_tokens or the context
+    # window; "error": the output format's matcher failed mid-generation (format_error says why).
+    finish_reason: str
     prompt_token_ids: list[int] = field(default_factory=list, repr=False)
+    # False when a constrained output (params.output_format) ended before the format accepted it:
+    # cut by max_tokens, the context window or a stop string, or a matcher error. Always True for free text.
+    output_complete: bool = True
+    format_error: str | None = None  # e.g. "json output truncated at max_tokens=64"; None when complete
+    # With params.logprobs set: one entry per token of token_ids (jump-forward tokens: 0.0, forced).
+    token_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # k best (id, logprob), best first

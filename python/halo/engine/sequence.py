@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from halo.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    import llguidance
 
 
 class SequenceStatus(enum.Enum):
@@ -39,6 +43,14 @@ class Sequence:
     finish_reason: str | None = None
     text: str | None = None  # set when finished (stop strings applied)
     generator: torch.Generator | None = None
+    # Constrained decoding (engine/grammar.py): the grammar state after output_ids, advanced over every
+    # appended token, sampled or forced; None for free text.
+    matcher: llguidance.LLMatcher | None = None
+    output_complete: bool = True  # False: a constrained output ended before its format accepted it
+    format_error: str | None = None  # why output_complete is False
+    forced_end: int = 0  # tokens[:forced_end] include every jump-forward token appended so far
+    token_logprobs: list[float] = field(default_factory=list)  # per output token, when params.logprobs is set
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.params.greedy:
