@@ -17,7 +17,7 @@ from halo.spec.catalog import DeclaredNode
 from halo.spec.dependencies import declared_edges, find_cycles, loop_bodies, memberships
 from halo.spec.document import WorkflowHeader
 from halo.spec.node_checks import check_node
-from halo.spec.nodes import OUTPUT_FIELDS
+from halo.spec.nodes import output_fields
 from halo.spec.problem import Problem
 from halo.spec.source_map import DocPath
 from halo.spec.template import DYNAMIC_FIELD, Reference, expression_references
@@ -188,7 +188,7 @@ def _check_reference(
                 )
             )
         return
-    fields = OUTPUT_FIELDS[target.spec.kind]
+    fields = output_fields(target.spec)
     if ref.field is None:
         out.append(
             Problem(
@@ -269,7 +269,7 @@ def _check_outputs(
             out.append(Problem(path, f"output '{name}' reads '{head}', which is neither a node nor an input"))
             continue
         field = rest.split(".", 1)[0].split("[", 1)[0]
-        fields = OUTPUT_FIELDS[by_id[head].spec.kind]
+        fields = output_fields(by_id[head].spec)
         if field not in fields:
             out.append(
                 Problem(

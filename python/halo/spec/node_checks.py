@@ -10,9 +10,9 @@ from halo.spec.document import WorkflowHeader
 from halo.spec.nodes import DEFAULT_MODEL, HttpNode, LlmNode, PythonNode, SqlNode
 from halo.spec.problem import Problem
 from halo.spec.sql_statement import check_read_only
+from halo.spec.structured_output import grammar_problem
 
 _FUNCTION = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-_JSON_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
 
 
 def check_node(
@@ -36,11 +36,7 @@ def check_node(
                     node.id,
                 )
             )
-        if spec.json_schema is not None:
-            kind = spec.json_schema.get("type")
-            kinds = kind if isinstance(kind, list) else [kind]
-            if kind is not None and not all(k in _JSON_TYPES for k in kinds):
-                out.append(Problem(node.path + ("json_schema",), f"json_schema has unknown type {kind!r}", node.id))
+        out.extend(_structured_output_problems(node, spec))
     elif isinstance(spec, SqlNode):
         dialect = "duckdb"
         if spec.db is not None:
@@ -72,6 +68,41 @@ def check_node(
                 node.id,
             )
         )
+    return out
+
+
+def _structured_output_problems(node: DeclaredNode, spec: LlmNode) -> list[Problem]:
+    """choices / regex / json_schema: one at most, choices distinct and non-empty, a regex or schema
+    that llguidance (the engine's grammar compiler) compiles; choice_mode score only with choices."""
+    out: list[Problem] = []
+    given = spec.structured
+    if len(given) > 1:
+        fields = " and ".join(f"'{name}'" for name in given)
+        message = f"{fields} cannot be combined: an llm node takes at most one of choices, regex, json_schema"
+        out.append(Problem(node.path + (given[1],), message, node.id))
+    if spec.choices is not None:
+        if not spec.choices:
+            out.append(Problem(node.path + ("choices",), "'choices' is empty: list at least one option", node.id))
+        for index, choice in enumerate(spec.choices):
+            if not choice:
+                out.append(Problem(node.path + ("choices", index), "a choice must be a non-empty string", node.id))
+            elif choice in spec.choices[:index]:
+                message = f"choice {choice!r} is listed twice (choices must be distinct)"
+                out.append(Problem(node.path + ("choices", index), message, node.id))
+    if spec.regex is not None:
+        reason = "the pattern is empty" if not spec.regex else grammar_problem(regex=spec.regex)
+        if reason is not None:
+            out.append(Problem(node.path + ("regex",), f"regex {spec.regex!r} cannot be compiled: {reason}", node.id))
+    if spec.json_schema is not None:
+        reason = grammar_problem(schema=spec.json_schema)
+        if reason is not None:
+            out.append(Problem(node.path + ("json_schema",), f"json_schema cannot be compiled: {reason}", node.id))
+    if spec.choice_mode == "score":
+        if spec.choices is None:
+            message = "choice_mode applies to 'choices' only (this node has none)"
+        else:
+            message = "choice_mode 'score' is not implemented yet; use choice_mode: greedy (the default)"
+        out.append(Problem(node.path + ("choice_mode",), message, node.id))
     return out
 
 

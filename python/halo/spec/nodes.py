@@ -27,6 +27,7 @@ DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 OUTPUT_FIELDS: dict[str, frozenset[str]] = {
     # `output` is the node's main value: llm text (or the parsed JSON when json_schema is set),
     # sql rows (a list of dicts), http value at response_path (else the body), python return, rule match.
+    # An llm node with a json_schema also has `json` (see `output_fields`).
     "llm": frozenset({"output", "text"}),
     "sql": frozenset({"output", "rows", "columns"}),
     "http": frozenset({"output", "status", "json", "text", "headers"}),
@@ -121,7 +122,16 @@ class LlmNode(NodeBase):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: tuple[str, ...] = ()
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    # A structured output, enforced while decoding (at most one of the three; halo.spec.structured_output):
+    # the text is exactly one of `choices`; or matches `regex` whole; or is one JSON document valid against
+    # `json_schema` (written inline, or as a file path relative to the workflow, read at load), whose parsed
+    # value is the node's `output` and `json`. A text cut by max_tokens or not of the format fails its row.
+    choices: tuple[str, ...] | None = None
+    regex: str | None = None
     json_schema: dict[str, Any] | None = None
+    # How a `choices` node picks: constrained greedy decoding (greedy), or ranking every option by the
+    # log-probability of its tokens after the prompt (score; not implemented yet, refused at load).
+    choice_mode: Literal["greedy", "score"] = "greedy"
     sql: tuple[EmbeddedSql, ...] = ()
     http: tuple[EmbeddedHttp, ...] = ()
 
@@ -134,6 +144,12 @@ class LlmNode(NodeBase):
     def pure(self) -> bool:
         """Greedy or seeded sampling: the same request always yields the same text."""
         return self.temperature == 0.0 or self.seed is not None
+
+    @property
+    def structured(self) -> tuple[str, ...]:
+        """The structured-output fields this node sets (valid nodes set at most one)."""
+        given = (("choices", self.choices), ("regex", self.regex), ("json_schema", self.json_schema))
+        return tuple(name for name, value in given if value is not None)
 
 
 class SqlNode(NodeBase, SqlCall):
@@ -211,3 +227,11 @@ NODE_TYPES: dict[str, type[LlmNode | SqlNode | HttpNode | PythonNode | RuleNode]
 }
 
 AnyNode = LlmNode | SqlNode | HttpNode | PythonNode | RuleNode
+
+
+def output_fields(spec: AnyNode) -> frozenset[str]:
+    """The fields of this node's result that templates and `outputs:` may read."""
+    fields = OUTPUT_FIELDS[spec.kind]
+    if isinstance(spec, LlmNode) and spec.json_schema is not None:
+        return fields | {"json"}
+    return fields

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,6 +22,7 @@ from halo.spec.errors import SpecError, SpecIssue
 from halo.spec.limits import DEFAULT_LIMITS, Limits
 from halo.spec.nodes import NODE_TYPES, AnyNode
 from halo.spec.source_map import DocPath, SourceMap
+from halo.spec.structured_output import load_schema_file
 from halo.spec.template import make_environment
 
 
@@ -74,6 +76,8 @@ def _describe(item: Mapping[str, Any], loc: tuple[Any, ...], model: type) -> str
     if kind == "missing":
         return f"missing required field '{field}'"
     message = item["msg"].removeprefix("Value error, ")
+    if kind == "string_type" and isinstance(item.get("input"), bool):
+        message += "; YAML reads an unquoted yes/no/on/off/true/false as a boolean: quote it"
     if loc:
         return (
             f"invalid '{field}': {message} (got {item.get('input')!r})"
@@ -98,7 +102,8 @@ def validate_document(
         diagnostics.add((), "a workflow must be a mapping with 'name' and 'nodes'")
         diagnostics.raise_if_any()
     header, broken = _validate_header(data, diagnostics)
-    nodes, unchecked = _validate_nodes(data, diagnostics)
+    base = Path(source.file).resolve().parent if source.file else Path.cwd()
+    nodes, unchecked = _validate_nodes(data, diagnostics, base, limits)
     env = make_environment(limits)
     declared, template_problems = build_catalog(nodes, env)
     for problem in template_problems:
@@ -129,10 +134,11 @@ def _validate_header(data: Mapping[str, Any], diagnostics: Diagnostics) -> tuple
 
 
 def _validate_nodes(
-    data: Mapping[str, Any], diagnostics: Diagnostics
+    data: Mapping[str, Any], diagnostics: Diagnostics, base: Path, limits: Limits
 ) -> tuple[list[tuple[AnyNode, DocPath]], set[str]]:
     """The nodes that validate (some only once their broken fields are left out), and the ids of
-    nodes too broken for that, whose references later checks must accept unchecked."""
+    nodes too broken for that, whose references later checks must accept unchecked. A `json_schema`
+    naming a file (relative to `base`, the workflow's folder) is replaced by the schema it holds."""
     unchecked: set[str] = set()
     raw_nodes = data.get("nodes")
     if raw_nodes is None:
@@ -173,6 +179,8 @@ def _validate_nodes(
                 f"unknown node kind '{kind}' (expected one of {', '.join(NODE_TYPES)}{hint})",
             )
             continue
+        if kind == "llm" and isinstance(raw.get("json_schema"), str):
+            raw = _with_schema_file(raw, path, base, limits, diagnostics)
         try:
             valid.append((model.model_validate(raw), path))
         except ValidationError as exc:
@@ -186,3 +194,17 @@ def _validate_nodes(
                 if isinstance(node_id, str):
                     unchecked.add(node_id)
     return valid, unchecked
+
+
+def _with_schema_file(
+    raw: Mapping[str, Any], path: DocPath, base: Path, limits: Limits, diagnostics: Diagnostics
+) -> dict[str, Any]:
+    """`raw` with its `json_schema: file.json` replaced by the file's schema (the raw document is kept
+    as written). A file that cannot be used is reported here; the node then stays a JSON node, of any
+    JSON (`{}`), so its readers' `.json` references are not reported as well."""
+    try:
+        schema = load_schema_file(raw["json_schema"], base, limits.max_yaml_bytes)
+    except ValueError as exc:
+        diagnostics.add(path + ("json_schema",), str(exc))
+        schema = {}
+    return {**raw, "json_schema": schema}
