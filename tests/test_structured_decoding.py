@@ -148,9 +148,10 @@ def test_preemption_and_prefix_cache_keep_constrained_outputs(tiny: Checkpoint) 
     prompts = [f"{p} {i}" for i, p in enumerate(PROMPTS * 2)]
     plist = [params(FORMATS["json"])] * len(prompts)
     roomy = make_engine(tiny).generate(prompts, plist)
-    tight = make_engine(tiny, kv_blocks=24, block_size=4, max_batch_tokens=16)
-    assert outcome(tight.generate(prompts, plist)) == outcome(roomy)
-    assert tight.stats().preemptions > 0 and tight.stats().jump_forward_tokens > 0
+    for swap_gb in (0, 1.0):  # preempted by recompute, or (where the swapper predicts it cheaper) by swapping
+        tight = make_engine(tiny, kv_blocks=24, block_size=4, max_batch_tokens=16, swap_space_gb=swap_gb)
+        assert outcome(tight.generate(prompts, plist)) == outcome(roomy)
+        assert tight.stats().preemptions > 0 and tight.stats().jump_forward_tokens > 0
     # what was published from the outputs (forced tokens included) serves a continuation's prefill
     cold = make_engine(tiny, enable_prefix_cache=False)
     warm = make_engine(tiny, block_size=4)
