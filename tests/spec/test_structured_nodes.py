@@ -262,3 +262,10 @@ def test_grammar_problem_is_none_for_what_compiles():
     assert grammar_problem(regex="APPROVE|REJECT") is None
     assert grammar_problem(schema=SCHEMA) is None
     assert grammar_problem(schema={"type": "object", "properties": {"n": {"type": "integer"}}}) is None
+
+
+def test_logprobs_adds_a_field():
+    wf = Workflow("s").inputs("t").llm("a", prompt="{{ t }}", choices=["x"], logprobs=True).outputs(lp="a.logprobs")
+    assert output_fields(wf.spec.nodes[0]) == {"output", "text", "logprobs"}
+    with pytest.raises(SpecError, match="has no field 'logprobs'"):
+        Workflow("s").inputs("t").llm("a", prompt="{{ t }}").outputs(lp="a.logprobs").validate()

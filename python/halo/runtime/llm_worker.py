@@ -53,6 +53,9 @@ class LLMDone:
     start: float = 0.0  # perf_counter of submission and of completion (this process's clock)
     end: float = 0.0
     owner: int = 0
+    finish_reason: str | None = None  # the engine's: "stop", "length" (max_tokens, the context) or "error"
+    format_error: str | None = None  # why a constrained output is incomplete (the engine's); None: complete
+    token_logprobs: tuple[float, ...] = ()  # per generated token, when the request asked for logprobs
 
 
 GuestDone = Callable[[GenerationResult | None, str | None], None]  # (result, error message)
@@ -194,6 +197,9 @@ class LocalWorker:
                         start,
                         time.perf_counter(),
                         job.owner,
+                        result.finish_reason,
+                        result.format_error,
+                        tuple(result.token_logprobs),
                     )
                 )
         return finished
@@ -404,6 +410,9 @@ class RayWorker:
                 base + offset,
                 end,
                 d.owner,
+                d.finish_reason,
+                d.format_error,
+                d.token_logprobs,
             )
             for d, offset in results
             if d.owner not in self._cancelled

@@ -6,16 +6,15 @@ results the same way (the fidelity tests compare the two).
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from halo.engine import SamplingParams
+from halo.engine import OutputFormat, SamplingParams
 from halo.plan.prompt_tokens import chat_messages
 from halo.spec.errors import TemplateRenderError
 from halo.spec.graph import GraphNode, OutputBinding, WorkflowGraph
 from halo.spec.nodes import LlmNode
+from halo.spec.structured_output import OutputCheck, check_output
 
 SKIPPED = object()  # the result of an instance whose loop guard held
 
@@ -35,41 +34,75 @@ def llm_prompt(node: GraphNode, values: tuple) -> list[dict[str, str]]:
     return chat_messages(node.spec, values)
 
 
+def output_format(spec: LlmNode) -> OutputFormat | None:
+    """The node's structured output as the engine takes it (None: free text)."""
+    if spec.choices is not None:
+        return OutputFormat.of_choices(spec.choices)
+    if spec.regex is not None:
+        return OutputFormat.of_regex(spec.regex)
+    if spec.json_schema is not None:
+        return OutputFormat.of_json(spec.json_schema)
+    return None
+
+
 def sampling_params(node: GraphNode) -> SamplingParams:
+    """The one place a node's request parameters are made (Processor, serial baseline, bench systems)."""
     spec = node.spec
     assert isinstance(spec, LlmNode)
     return SamplingParams(
-        max_tokens=spec.max_tokens, temperature=spec.temperature, top_p=spec.top_p, seed=spec.seed, stop=spec.stop
+        max_tokens=spec.max_tokens,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        seed=spec.seed,
+        stop=spec.stop,
+        output_format=output_format(spec),
+        logprobs=0 if spec.logprobs else None,
     )
 
 
-def llm_result(node: GraphNode, text: str) -> dict[str, Any]:
-    """An llm node's result; with a json_schema the output is the parsed JSON (ValueError if none)."""
+def llm_result(
+    node: GraphNode,
+    text: str,
+    *,
+    finish_reason: str | None = None,
+    format_error: str | None = None,
+    logprobs: Sequence[float] = (),
+) -> dict[str, Any]:
+    """An llm node's result: `output` and `text` are the text; with a json_schema `output` and `json`
+    are the parsed document; with `logprobs: true`, `logprobs` are the generated tokens' log-probabilities.
+
+    A structured output the engine reports incomplete (`format_error`, e.g. "json output truncated at
+    max_tokens=64"), or that is not of the node's format, raises ValueError: the row's error, under the
+    node's on_error. The text is checked here too, not only trusted, so a result from any engine (or
+    one cut at `finish_reason` "length" by an engine that says no more) holds to the format.
+    """
     spec = node.spec
     assert isinstance(spec, LlmNode)
-    if spec.json_schema is None:
-        return {"output": text, "text": text}
-    return {"output": parse_json_output(text), "text": text}
-
-
-def parse_json_output(text: str) -> Any:
-    """The first JSON value in a model's reply (models often wrap it in prose or code fences)."""
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"[\[{]", text):
-        try:
-            value, _ = decoder.raw_decode(text, match.start())
-            return value
-        except json.JSONDecodeError:
-            continue
-    raise ValueError(f"the reply contains no JSON value: {text[:80]!r}")
+    extra: dict[str, Any] = {"logprobs": list(logprobs)} if spec.logprobs else {}
+    if not spec.structured:
+        return {"output": text, "text": text, **extra}
+    if format_error is not None:
+        raise ValueError(format_error)
+    check = OutputCheck(spec.choices, spec.regex, spec.json_schema)
+    checked = check_output(check, text, finish_reason == "length", spec.max_tokens)
+    if checked.error is not None:
+        raise ValueError(checked.error)
+    if spec.json_schema is not None:
+        return {"output": checked.value, "json": checked.value, "text": text, **extra}
+    return {"output": text, "text": text, **extra}
 
 
 def fallback_result(node: GraphNode) -> dict[str, Any]:
     """What an instance yields when it fails under `on_error: default`: `fallback` as its output."""
     value = node.spec.fallback
     kind = node.kind
-    if kind == "llm":
-        return {"output": value, "text": "" if value is None else str(value)}
+    if isinstance(node.spec, LlmNode):
+        result = {"output": value, "text": "" if value is None else str(value)}
+        if node.spec.json_schema is not None:
+            result["json"] = value  # `fallback` stands for the parsed document
+        if node.spec.logprobs:
+            result["logprobs"] = []
+        return result
     if kind == "sql":
         return {"output": value, "rows": value if isinstance(value, list) else [], "columns": []}
     if kind == "http":

@@ -312,8 +312,16 @@ class Processor:
         if done.error is not None:
             return Outcome(error=done.error, ran=ran)
         try:
-            return Outcome(value=llm_result(self.wf.node(self.graph.physical.node[phys]), done.text or ""), ran=ran)
-        except ValueError as exc:  # e.g. no JSON in the reply of a node with a json_schema
+            node = self.wf.node(self.graph.physical.node[phys])
+            value = llm_result(
+                node,
+                done.text or "",
+                finish_reason=done.finish_reason,
+                format_error=done.format_error,
+                logprobs=done.token_logprobs,
+            )
+            return Outcome(value=value, ran=ran)
+        except ValueError as exc:  # a structured output cut at max_tokens or not of the node's format
             return Outcome(error=str(exc), ran=ran)
 
     def _submit_again(self, phys: int, node: GraphNode) -> None:

@@ -87,7 +87,14 @@ def _run_node(
                 out.llm_executed += 1
                 [generated] = engine.generate([llm_prompt(node, values)], sampling_params(node))
                 out.generated_tokens += len(generated.token_ids)
-                return llm_result(node, generated.text), None
+                result = llm_result(
+                    node,
+                    generated.text,
+                    finish_reason=generated.finish_reason,
+                    format_error=generated.format_error,
+                    logprobs=generated.token_logprobs,
+                )
+                return result, None
             out.tool_executed += 1
             return call_tool(node, wf.template(node).request(values)), None
         except (HaloError, ValueError) as exc:

@@ -27,7 +27,7 @@ DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 OUTPUT_FIELDS: dict[str, frozenset[str]] = {
     # `output` is the node's main value: llm text (or the parsed JSON when json_schema is set),
     # sql rows (a list of dicts), http value at response_path (else the body), python return, rule match.
-    # An llm node with a json_schema also has `json` (see `output_fields`).
+    # An llm node with a json_schema also has `json`, one with `logprobs: true` `logprobs` (`output_fields`).
     "llm": frozenset({"output", "text"}),
     "sql": frozenset({"output", "rows", "columns"}),
     "http": frozenset({"output", "status", "json", "text", "headers"}),
@@ -132,6 +132,9 @@ class LlmNode(NodeBase):
     # How a `choices` node picks: constrained greedy decoding (greedy), or ranking every option by the
     # log-probability of its tokens after the prompt (score; not implemented yet, refused at load).
     choice_mode: Literal["greedy", "score"] = "greedy"
+    # Also return the generated tokens' log-probabilities (result field `logprobs`, one float per token,
+    # from the logits after the format's mask and before temperature; jump-forward tokens are 0.0).
+    logprobs: bool = False
     sql: tuple[EmbeddedSql, ...] = ()
     http: tuple[EmbeddedHttp, ...] = ()
 
@@ -232,6 +235,7 @@ AnyNode = LlmNode | SqlNode | HttpNode | PythonNode | RuleNode
 def output_fields(spec: AnyNode) -> frozenset[str]:
     """The fields of this node's result that templates and `outputs:` may read."""
     fields = OUTPUT_FIELDS[spec.kind]
-    if isinstance(spec, LlmNode) and spec.json_schema is not None:
-        return fields | {"json"}
+    if isinstance(spec, LlmNode):
+        extra = {"json"} if spec.json_schema is not None else set()
+        return fields | extra | ({"logprobs"} if spec.logprobs else set())
     return fields
