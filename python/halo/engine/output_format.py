@@ -21,13 +21,16 @@ OutputKind = Literal["choices", "regex", "json"]
 @dataclass(frozen=True)
 class OutputFormat:
     """Exactly one of: ``choices`` (the text is one of the strings), ``regex`` (the whole text matches),
-    ``json`` (the text is one JSON document; ``schema`` is its JSON Schema as canonical JSON text, or
+    ``json`` (the text is one JSON document; ``schema`` is its JSON Schema as JSON text, or
     None for any JSON object, OpenAI's ``json_object``)."""
 
     kind: OutputKind
     choices: tuple[str, ...] = ()
     regex: str | None = None
-    schema: str | None = None  # canonical JSON text (sorted keys): hashable, and equal schemas compare equal
+    # JSON text in the schema's own key order: the grammar generates properties in that order, and the
+    # order guides a model ("reasons" before "verdict"); sorting would compare more schemas equal but
+    # would reorder every document
+    schema: str | None = None
 
     @classmethod
     def of_choices(cls, choices: Any) -> OutputFormat:
@@ -39,7 +42,7 @@ class OutputFormat:
 
     @classmethod
     def of_json(cls, schema: dict[str, Any] | None = None) -> OutputFormat:
-        return cls("json", schema=None if schema is None else json.dumps(schema, sort_keys=True))
+        return cls("json", schema=None if schema is None else json.dumps(schema))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "choices", tuple(self.choices))
