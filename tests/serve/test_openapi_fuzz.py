@@ -51,7 +51,7 @@ def test_the_server_keeps_its_openapi_contract(server):
     api = schemathesis.openapi.from_url(f"{server.url}/openapi.json", headers=AUTH)
     api.config.update(base_url=server.url)
     operations = [result.ok() for result in api.get_all_operations()]
-    assert len(operations) == 11
+    assert len(operations) == 12
     tried: list[str] = []
     for operation in operations:
 
@@ -64,6 +64,7 @@ def test_the_server_keeps_its_openapi_contract(server):
         check()
         tried.append(operation.label)
     assert "POST /v1/workflows/pair/runs" in tried and "POST /v1/chat/completions" in tried
+    assert "POST /v1/completions" in tried
     statuses = server.state.metrics.statuses
     assert statuses.get(("/v1/workflows/{name}/runs", 202), 0) >= 2  # generated rows ran, not only 4xx
     assert sum(statuses.values()) >= 30

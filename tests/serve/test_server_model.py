@@ -227,3 +227,48 @@ def test_chat_on_its_own_engine_without_workflows(checkpoint, reference):
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected.text
     finally:
         server.stop()
+
+
+def test_structured_outputs_n_and_logprobs_on_the_real_model(model_server, reference):
+    """`client.chat.completions.parse` with a pydantic model gives the engine's own constrained greedy
+    output, parsed; a stream under the same schema concatenates to that document; n=3 sampled choices
+    share one prefill of the prompt; logprobs are the engine's."""
+    import openai
+    from halo.engine import OutputFormat, SamplingParams
+    from pydantic import BaseModel, Field
+
+    class Capital(BaseModel):
+        city: str = Field(max_length=16)
+        country: str = Field(max_length=16)
+
+    client = openai.OpenAI(base_url=model_server.url + "/v1", api_key="unused", max_retries=0)
+    ask = [{"role": "user", "content": "What is the capital of France? Answer in JSON."}]
+    done = client.chat.completions.parse(model="smollm2-135m", messages=ask, response_format=Capital,
+                                         max_tokens=40, temperature=0)  # fmt: skip
+    schema = openai.lib._pydantic.to_strict_json_schema(Capital)
+    want = reference.generate([ask], SamplingParams(max_tokens=40, output_format=OutputFormat.of_json(schema)))[0]
+    assert done.choices[0].finish_reason == "stop" and done.choices[0].message.content == want.text
+    assert done.choices[0].message.parsed == Capital.model_validate_json(want.text)
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "Capital", "schema": schema, "strict": True}}
+    stream = client.chat.completions.create(model="smollm2-135m", messages=ask, response_format=fmt,
+                                            max_tokens=40, temperature=0, stream=True)  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert Capital.model_validate_json(text) == done.choices[0].message.parsed
+
+    engine = model_server.state.chat.engine
+    long_ask = [{"role": "user", "content": "Name one animal that lives in the sea, and say why. " * 6}]
+    before = engine.stats().prefill_tokens
+    three = client.chat.completions.create(model="smollm2-135m", messages=long_ask, n=3, temperature=1.0, seed=3,
+                                           max_tokens=3, logprobs=True, top_logprobs=2)  # fmt: skip
+    prompt = three.usage.prompt_tokens
+    assert len(three.choices) == 3 and prompt > 64
+    # One prefill of the prompt for all three (the others wait a step and reuse its KV blocks), not three.
+    assert engine.stats().prefill_tokens - before < 2 * prompt
+    again = client.chat.completions.create(model="smollm2-135m", messages=long_ask, n=3, temperature=1.0, seed=3,
+                                           max_tokens=3, logprobs=True, top_logprobs=2)  # fmt: skip
+    assert [c.message.content for c in again.choices] == [c.message.content for c in three.choices]
+    first = reference.generate([long_ask], SamplingParams(max_tokens=3, temperature=1.0, seed=3, logprobs=2))[0]
+    assert three.choices[0].message.content == first.text
+    got = [e.logprob for e in three.choices[0].logprobs.content]
+    assert got == pytest.approx(first.token_logprobs, abs=1e-4)

@@ -1,13 +1,17 @@
-"""`ChatFront`: chat completions as guest requests of the server's `OnlineSession`, with their event stream.
+"""`ChatFront`: completions (chat and text) as guest requests of the server's `OnlineSession`, with their
+event stream.
 
 There is no engine loop here: the session's one loop thread steps every engine (workflow epochs and
 chat alike). When the chat model is the engine a served workflow already holds, chat requests enter
 that workflow's worker, sharing its engine steps with the epochs (one engine in memory); otherwise
 the chat engine gets a worker of its own on the same session (`GuestRequests.on_engine`).
 
-Protocol: a handler `submit`s a `ChatJob` and reads its events from an asyncio queue that the session
-thread feeds through the handler's event loop: first `Accepted` (with the prompt's token count) or
-`Failed`, then `Delta` texts for streaming jobs, then `Done` with the `GenerationResult` (or `Failed`).
+Protocol: a handler `submit`s the `ChatJob`s of one request (one per choice, all added to the engine in
+the same session callback, so they join the same step and the prompt's KV is shared) and reads their
+events from one asyncio queue that the session thread feeds through the handler's event loop, each as
+`(job.index, event)`: first `Accepted` (with the prompt's token count) or `Failed` for every job — all
+of them before any later event, as the jobs are added together — then `Delta` texts for streaming
+jobs, then `Done` with the `GenerationResult` (or `Failed`).
 
 `close(timeout)` takes no new requests and lets those in flight finish for up to `timeout`; whatever is
 still generating then ends with `Failed(ChatCancelled)`, which the route answers as a 503 in OpenAI's
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field, replace
 
 from halo.runtime.chat_engine import GenerationResult, SamplingParams
 from halo.runtime.guest_requests import GuestRequests
+from halo.serve.openai_schemas import Prompt
 
 CANCEL_JOIN_S = 30.0  # how long close waits for the session thread to end what it cancelled (one step)
 
@@ -65,19 +70,21 @@ ChatEvent = Accepted | Delta | Done | Failed
 
 @dataclass
 class ChatJob:
-    """One chat request as the front sees it; `max_tokens=None` means the server default, clipped."""
+    """One engine request (one choice of a completion) as the front sees it; `max_tokens=None` means the
+    server default, clipped to the context; `index` tags its events on the (shared) `events` queue."""
 
-    messages: list[dict[str, str]]
+    prompt: Prompt
     params: SamplingParams
     max_tokens: int | None
     stream: bool
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[ChatEvent] = field(default_factory=asyncio.Queue)
+    events: asyncio.Queue[tuple[int, ChatEvent]] = field(default_factory=asyncio.Queue)
+    index: int = 0
     request_id: str = ""
     sent_text: str = ""  # streamed so far
 
     def post(self, event: ChatEvent) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (self.index, event))
 
 
 class ChatFront:
@@ -110,19 +117,34 @@ class ChatFront:
         self.requests.start()
         self.requests.session.after_step(self._stream_all)
 
-    def submit(self, job: ChatJob) -> ChatJob:
+    def submit(self, *jobs: ChatJob) -> None:
+        """Queue `jobs` to be added to the engine together (see the module doc)."""
         if self._closing:
             raise ChatClosed("the server is shutting down and accepts no new completions")
-        job.request_id = f"chat-{next(self._ids)}"
-        self.requests.session.call_soon(lambda: self._add(job))
-        return job
+        for job in jobs:
+            job.request_id = f"chat-{next(self._ids)}"
 
-    def abort(self, job: ChatJob) -> None:
+        def add() -> None:
+            for job in jobs:
+                self._add(job)
+
+        self.requests.session.call_soon(add)
+
+    def abort(self, *jobs: ChatJob) -> None:
+        """Stop generating for `jobs` (those already done are left as they are)."""
+
         def drop() -> None:
-            if self._jobs.pop(job.request_id, None) is not None:
-                self.requests.abort_now(job.request_id)
+            for job in jobs:
+                if self._jobs.pop(job.request_id, None) is not None:
+                    self.requests.abort_now(job.request_id)
 
         self.requests.session.call_soon(drop)
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes token id `token` stands for (for logprobs), from the grammar engine's byte-exact view of
+        the vocabulary: a byte-level token may be half of a UTF-8 character, which decoding it alone as
+        text would turn into U+FFFD."""
+        return bytes(self.requests.engine.grammar.lltokenizer.decode_bytes([token]))
 
     def close(self, timeout: float | None = None) -> bool:
         """Take no new requests, let those in flight finish for up to `timeout`, then cancel the rest on the
@@ -153,7 +175,7 @@ class ChatFront:
             return
         engine = self.requests.engine
         try:
-            ids = engine.encode_prompt(job.messages)
+            ids = engine.encode_prompt(job.prompt)
             max_tokens = job.max_tokens
             if max_tokens is None:
                 max_tokens = max(1, min(self.default_max_tokens, engine.config.context_length - len(ids)))
@@ -174,6 +196,9 @@ class ChatFront:
         self._jobs.pop(job.request_id, None)
         if result is None:
             job.post(Failed(RuntimeError(error or "the engine failed")))
+            return
+        if result.finish_reason == "error":  # the output format's matcher failed: no answer to give
+            job.post(Failed(RuntimeError(result.format_error or "the output format failed")))
             return
         if job.stream and result.text.startswith(job.sent_text) and len(result.text) > len(job.sent_text):
             job.post(Delta(result.text[len(job.sent_text) :]))

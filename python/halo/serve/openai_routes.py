@@ -1,4 +1,7 @@
-"""`POST /v1/chat/completions` (plain and `stream: true`) and `GET /v1/models`, through the `ChatFront`.
+"""`POST /v1/chat/completions` and `POST /v1/completions` (plain and `stream: true`) and `GET /v1/models`,
+through the `ChatFront`: one code path for both endpoints (`_serve`), which differ only in their request
+model and how a `Wire` writes their JSON. A request's `n` choices (per prompt) are one engine request
+each; a stream interleaves their chunks, each tagged with its choice's `index`.
 
 A completion whose client goes away is aborted in the engine at once, streaming or not: a plain one
 watches the connection while it waits (`until_disconnected`), so it does not hold its slot in the batch
@@ -13,6 +16,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,13 +24,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from halo.errors import HaloError, InvalidRequestError
+from halo.runtime.chat_engine import GenerationResult
 from halo.serve.api_errors import ApiError, error_body
-from halo.serve.chat_front import Accepted, ChatCancelled, ChatClosed, ChatJob, Delta, Done, Failed
+from halo.serve.chat_front import ChatCancelled, ChatClosed, ChatEvent, ChatJob, Delta, Done, Failed
 from halo.serve.openai_schemas import (
+    CHAT,
+    TEXT,
     ChatCompletionRequest,
+    CompletionRequest,
+    Plan,
     UnsupportedField,
-    chunk_json,
-    completion_json,
+    Wire,
     model_json,
     usage,
 )
@@ -50,73 +58,121 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
+    return await _serve(request, ChatCompletionRequest, CHAT, "chat completion")
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(request: Request) -> JSONResponse | StreamingResponse:
+    return await _serve(request, CompletionRequest, TEXT, "completion")
+
+
+async def _serve(request: Request, model: type[ChatCompletionRequest | CompletionRequest], wire: Wire,
+                 what: str) -> JSONResponse | StreamingResponse:  # fmt: skip
+    """Both endpoints: validate, plan, admit, submit one job per choice, then answer or stream."""
     state = request.app.state.halo
     refuse_when_draining(state)
     body = await read_json(request)
     try:
-        chat = ChatCompletionRequest.model_validate(body)
+        asked = model.model_validate(body)
     except ValidationError as exc:
-        raise ApiError(400, "invalid chat completion request: " + validation_message(exc),
-                       param=first_location(exc)) from None
+        raise ApiError(400, f"invalid {what} request: " + validation_message(exc), param=first_location(exc)) from None
     try:  # what the request asks for first, then whether this server has the model
-        chat.check_supported()
-        params = chat.sampling_params()
-        messages = chat.engine_messages()
+        plan = asked.plan()
     except UnsupportedField as exc:
         raise ApiError(400, str(exc), code="unsupported_parameter", param=exc.param) from None
     except InvalidRequestError as exc:
         raise ApiError(400, str(exc)) from None
-    _check_model(state, chat.model)
+    _check_model(state, plan.model)
     if state.chat is None:
         raise ApiError(404, "this server serves no chat model", code="model_not_found", param="model")
-    if not state.admission.try_acquire(1):
+    count = len(plan.choices)
+    if count > state.admission.limit:
+        raise ApiError(
+            400,
+            f"this request asks for {count} completions (prompts x n) but the server admits at "
+            f"most {state.admission.limit} at once",
+            param="n",
+        )
+    if not state.admission.try_acquire(count):
         state.metrics.reject("queue_full")
         raise queue_full(state)
-    job = ChatJob(messages, params, chat.requested_max_tokens(), chat.stream, asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[int, ChatEvent]] = asyncio.Queue()
+    jobs = [ChatJob(prompt, params, plan.max_tokens, plan.stream, loop, events, index)
+            for index, (prompt, params) in enumerate(plan.choices)]  # fmt: skip
     try:
-        state.chat.submit(job)
-        first = await job.events.get()
+        state.chat.submit(*jobs)
+        failure = None
+        for _ in jobs:  # every job's Accepted or Failed comes before any later event (see ChatFront)
+            _, first = await events.get()
+            if isinstance(first, Failed) and failure is None:
+                failure = first.error
     except ChatClosed as exc:
-        state.admission.release(1)
+        state.admission.release(count)
         raise shutting_down(state, str(exc)) from None
     except BaseException:
-        state.chat.abort(job)
-        state.admission.release(1)
+        state.chat.abort(*jobs)
+        state.admission.release(count)
         raise
-    if isinstance(first, Failed):
-        state.admission.release(1)
-        raise _engine_error(first.error)
-    assert isinstance(first, Accepted)
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    if not chat.stream:
+    if failure is not None:
+        state.chat.abort(*jobs)
+        state.admission.release(count)
+        raise _engine_error(failure)
+    answer = Answer(state, plan, wire, jobs, events, f"{wire.id_prefix}{uuid.uuid4().hex}")
+    if not plan.stream:
         try:
-            return await _complete(state, request, job, completion_id, chat.model)
+            return await _complete(request, answer)
         finally:
-            state.admission.release(1)
-    include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-    return StreamingResponse(_stream(state, job, completion_id, chat.model, include_usage),
-                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            state.admission.release(count)
+    return StreamingResponse(_stream(answer), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def _complete(state: Any, request: Request, job: ChatJob, completion_id: str, model: str) -> JSONResponse:
-    """Wait for a plain completion's result while watching its connection; a client gone aborts it."""
+@dataclass
+class Answer:
+    """One admitted request's jobs (one per choice) and the queue their events arrive on."""
+
+    state: Any
+    plan: Plan
+    wire: Wire
+    jobs: list[ChatJob]
+    events: asyncio.Queue[tuple[int, ChatEvent]]
+    completion_id: str
+
+    def logprobs(self, result: GenerationResult) -> dict[str, Any] | None:
+        return self.wire.logprobs(result, self.plan.top_logprobs, self.state.chat.token_bytes)
+
+    def abort(self) -> None:
+        self.state.chat.abort(*self.jobs)
+
+
+async def _complete(request: Request, answer: Answer) -> JSONResponse:
+    """Wait for every choice's result while watching the connection; a client gone aborts them all."""
+    results: dict[int, GenerationResult] = {}
     gone = asyncio.ensure_future(until_disconnected(request))
     try:
-        while True:
-            event = asyncio.ensure_future(job.events.get())
+        while len(results) < len(answer.jobs):
+            event = asyncio.ensure_future(answer.events.get())
             await asyncio.wait({event, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not event.done():
                 event.cancel()
-                state.chat.abort(job)
+                answer.abort()
                 # Nobody reads this answer; it only ends the handler in the server's error shape.
                 return JSONResponse(error_body(499, "the client closed the connection"), status_code=499)
             match event.result():
-                case Failed(error):
+                case (_, Failed(error)):
+                    answer.abort()
                     raise _engine_error(error)
-                case Done(result):
-                    return JSONResponse(completion_json(completion_id, model, result))
+                case (index, Done(result)):
+                    results[index] = result
+        ordered = [results[i] for i in range(len(answer.jobs))]
+        plan = answer.plan
+        return JSONResponse(
+            answer.wire.completion(
+                answer.completion_id, plan.model, ordered, plan.n, plan.top_logprobs, answer.state.chat.token_bytes
+            )
+        )
     except asyncio.CancelledError:
-        state.chat.abort(job)
+        answer.abort()
         raise
     finally:
         gone.cancel()
@@ -131,30 +187,44 @@ async def until_disconnected(request: Request) -> None:
             return
 
 
-async def _stream(state: Any, job: ChatJob, completion_id: str, model: str, include_usage: bool) -> AsyncIterator[str]:
+async def _stream(answer: Answer) -> AsyncIterator[str]:
+    """Every choice's chunks as they come, tagged with its `index`; a choice's last chunk carries its
+    finish_reason and, when asked for, the logprobs of all its tokens; then the usage chunk if asked."""
+    plan, wire = answer.plan, answer.wire
     created = int(time.time())
+    results: dict[int, GenerationResult] = {}
     finished = False
+
+    def chunk(index: int | None, text: str | None, **kw: Any) -> str:
+        return _sse(wire.chunk(answer.completion_id, plan.model, created, index, text, **kw))
+
     try:
-        yield _sse(chunk_json(completion_id, model, created, {"role": "assistant", "content": ""}))
-        while True:
-            event = await job.events.get()
+        for job in answer.jobs:
+            opening = wire.opening(job.index)
+            if opening is not None:
+                yield chunk(job.index, None, delta=opening)
+        while len(results) < len(answer.jobs):
+            index, event = await answer.events.get()
             if isinstance(event, Delta):
-                yield _sse(chunk_json(completion_id, model, created, {"content": event.text}))
+                yield chunk(index, event.text)
             elif isinstance(event, Failed):
                 finished = True
+                answer.abort()
                 yield _sse(_engine_error(event.error).response_body())
                 break
             elif isinstance(event, Done):
-                finished = True
-                yield _sse(chunk_json(completion_id, model, created, {}, event.result.finish_reason))
-                if include_usage:
-                    yield _sse(chunk_json(completion_id, model, created, None, usage_=usage(event.result)))
-                break
+                results[index] = event.result
+                yield chunk(index, None, finish_reason=event.result.finish_reason,
+                            logprobs=answer.logprobs(event.result))  # fmt: skip
+        else:
+            finished = True
+            if plan.include_usage:
+                yield chunk(None, None, usage_=usage([results[i] for i in range(len(answer.jobs))], plan.n))
         yield "data: [DONE]\n\n"
     finally:
         if not finished:  # the client went away: stop generating for it
-            state.chat.abort(job)
-        state.admission.release(1)
+            answer.abort()
+        answer.state.admission.release(len(answer.jobs))
 
 
 def _sse(payload: dict[str, Any]) -> str:
@@ -164,8 +234,9 @@ def _sse(payload: dict[str, Any]) -> str:
 def _check_model(state: Any, model: str) -> None:
     if model not in state.chat_models:
         served = ", ".join(state.chat_models) or "none"
-        raise ApiError(404, f"The model '{model}' does not exist (served: {served})", code="model_not_found",
-                       param="model")
+        raise ApiError(
+            404, f"The model '{model}' does not exist (served: {served})", code="model_not_found", param="model"
+        )
 
 
 def _engine_error(exc: BaseException) -> ApiError:
@@ -194,11 +265,16 @@ def refuse_when_draining(state: Any) -> None:
 def shutting_down(state: Any, message: str) -> ApiError:
     state.metrics.reject("shutting_down")
     retry = state.config.shutdown_retry_after_s
-    return ApiError(503, f"{message}; retry after {retry} s", code="server_shutting_down",
-                    headers={"Retry-After": str(retry)})
+    return ApiError(
+        503, f"{message}; retry after {retry} s", code="server_shutting_down", headers={"Retry-After": str(retry)}
+    )
 
 
 def queue_full(state: Any) -> ApiError:
     retry = max(1, math.ceil(state.metrics.mean_epoch_s()))
-    return ApiError(429, f"the admission queue is full ({state.admission.limit} requests and rows in flight); "
-                    f"retry after {retry} s", code="queue_full", headers={"Retry-After": str(retry)})
+    return ApiError(
+        429,
+        f"the admission queue is full ({state.admission.limit} requests and rows in flight); retry after {retry} s",
+        code="queue_full",
+        headers={"Retry-After": str(retry)},
+    )

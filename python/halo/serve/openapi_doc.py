@@ -1,8 +1,9 @@
 """`openapi_document`: the server's OpenAPI schema, precise enough to fuzz against.
 
 The routes read their bodies raw (`request_body.read_json`), so FastAPI alone documents neither
-bodies nor the error shape. This fills both in from what the server really accepts: the chat request
-(only supported fields; `model` one of the served models), per workflow a `POST
+bodies nor the error shape. This fills both in from what the server really accepts: the chat and
+completions requests (only supported fields; `model` one of the served models; the rules that tie
+fields together, e.g. `n > 1` only when sampling, as `allOf` constraints), per workflow a `POST
 /v1/workflows/<name>/runs` whose rows hold exactly its declared inputs (scalars within the ranges the
 server takes), with an example row, in place of the generic `{name}` one (a single body schema could not
 say which inputs go with which name), `GET /v1/workflows/{name}` limited to the loaded workflows,
@@ -16,7 +17,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from halo.serve.openai_schemas import MAX_STOP, ChatCompletionRequest
+from halo.serve.openai_schemas import MAX_N, MAX_STOP, ChatCompletionRequest, CompletionRequest
 from halo.serve.request_body import INT64_MAX, INT64_MIN
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
@@ -50,6 +51,7 @@ INPUT_VALUE = {
 ERRORS_BY_ROUTE = {  # what each operation may answer besides its success (401 is added when a key is set)
     ("get", "/v1/models/{model_id}"): ("404",),
     ("post", "/v1/chat/completions"): ("400", "404", "413", "429", "500", "503"),
+    ("post", "/v1/completions"): ("400", "404", "413", "429", "500", "503"),
     ("get", "/v1/workflows/{name}"): ("404",),
     ("post", "/v1/workflows/{name}/runs"): ("400", "404", "413", "422", "429", "503"),
     ("get", "/v1/runs/{run_id}"): ("404", "422"),
@@ -66,17 +68,18 @@ def openapi_document(base: dict[str, Any], apps: Mapping[str, Any], models: list
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas["Error"] = ERROR_SCHEMA
-    chat = chat_request_schema(models)
-    schemas.update(chat.pop("$defs", {}))
-    schemas["ChatCompletionRequest"] = chat
     paths = doc["paths"]
-    paths["/v1/chat/completions"]["post"]["requestBody"] = _json_body(
-        {"$ref": "#/components/schemas/ChatCompletionRequest"}
-    )
-    paths["/v1/chat/completions"]["post"]["responses"]["200"]["content"] = {
-        "application/json": {"schema": {"type": "object"}},
-        "text/event-stream": {"schema": {"type": "string"}},
-    }
+    for path, name, schema in (
+        ("/v1/chat/completions", "ChatCompletionRequest", chat_request_schema(models, queue_limit)),
+        ("/v1/completions", "CompletionRequest", completion_request_schema(models, queue_limit)),
+    ):
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
+        paths[path]["post"]["requestBody"] = _json_body({"$ref": f"#/components/schemas/{name}"})
+        paths[path]["post"]["responses"]["200"]["content"] = {
+            "application/json": {"schema": {"type": "object"}},
+            "text/event-stream": {"schema": {"type": "string"}},
+        }
     paths["/v1/runs/{run_id}/events"]["get"]["responses"]["200"]["content"] = {
         "text/event-stream": {"schema": {"type": "string"}}
     }
@@ -119,24 +122,69 @@ def openapi_document(base: dict[str, Any], apps: Mapping[str, Any], models: list
     return doc
 
 
-def chat_request_schema(models: list[str]) -> dict[str, Any]:
+def chat_request_schema(models: list[str], queue_limit: int = 1024) -> dict[str, Any]:
     """The documented chat request: the supported fields only, in the ranges the engine takes."""
-    schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema = _request_schema(ChatCompletionRequest, models, queue_limit)
+    # top_logprobs only with logprobs: true
+    schema["allOf"].append({"anyOf": [
+            {"properties": {"top_logprobs": {"enum": [0, None]}}},
+            {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+        ]})  # fmt: skip
+    # max_tokens and max_completion_tokens are one setting: not both (the server takes both only if equal)
+    schema["allOf"].append({"anyOf": [
+        {"properties": {"max_tokens": {"type": "null"}}},
+        {"properties": {"max_completion_tokens": {"type": "null"}}},
+    ]})  # fmt: skip
+    defs = schema.get("$defs", {})
+    if "ContentPart" in defs:  # text parts only
+        defs["ContentPart"]["properties"] = {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}
+        defs["ContentPart"]["required"] = ["type", "text"]
+    if "ResponseFormat" in defs:  # json_schema goes with type json_schema, and only with it
+        defs["ResponseFormat"]["anyOf"] = [
+            {"properties": {"type": {"enum": ["text", "json_object"]}, "json_schema": {"type": "null"}}},
+            {"properties": {"type": {"const": "json_schema"}}, "required": ["json_schema"]},
+        ]
+        defs["ResponseFormat"]["properties"]["json_schema"] = {"$ref": "#/components/schemas/JsonSchemaFormat"}
+    if "JsonSchemaFormat" in defs:
+        defs["JsonSchemaFormat"]["properties"]["schema"] = _optional(
+            {"type": "object", "description": "a JSON Schema the grammar engine compiles (else a 400)"}
+        )
+    return schema
+
+
+def completion_request_schema(models: list[str], queue_limit: int = 1024) -> dict[str, Any]:
+    """The documented completions request: text prompts (the server also takes token ids), as many that
+    every prompt's `n` choices fit the admission queue."""
+    schema = _request_schema(CompletionRequest, models, queue_limit)
+    props = schema["properties"]
+    text = {"type": "string", "minLength": 1}
+    most = max(1, queue_limit // _max_n(queue_limit))
+    props["prompt"] = {"anyOf": [text, {"type": "array", "items": text, "minItems": 1, "maxItems": most}]}
+    return schema
+
+
+def _max_n(queue_limit: int) -> int:
+    return max(1, min(MAX_N, queue_limit))
+
+
+def _request_schema(model: Any, models: list[str], queue_limit: int) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     schema["additionalProperties"] = False
     props = schema["properties"]
     if models:
         props["model"] = {"type": "string", "enum": models}
     props["temperature"] = _optional({"type": "number", "minimum": 0, "maximum": 10})
     props["top_p"] = _optional({"type": "number", "exclusiveMinimum": 0, "maximum": 1})
-    props["n"] = _optional({"type": "integer", "enum": [1]})
+    props["n"] = _optional({"type": "integer", "minimum": 1, "maximum": _max_n(queue_limit)})
     stop = {"type": "string", "minLength": 1}
     props["stop"] = {"anyOf": [stop, {"type": "array", "items": stop, "maxItems": MAX_STOP}, {"type": "null"}]}
-    defs = schema.get("$defs", {})
-    for definition in defs.values():
+    # n > 1 only when sampling: greedy choices would all be the same (a 400)
+    schema["allOf"] = [{"anyOf": [
+        {"properties": {"n": {"enum": [1, None]}}},
+        {"properties": {"temperature": _optional({"type": "number", "exclusiveMinimum": 0, "maximum": 10})}},
+    ]}]  # fmt: skip
+    for definition in schema.get("$defs", {}).values():
         definition["additionalProperties"] = False
-    if "ContentPart" in defs:  # text parts only
-        defs["ContentPart"]["properties"] = {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}
-        defs["ContentPart"]["required"] = ["type", "text"]
     return schema
 
 
