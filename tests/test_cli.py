@@ -82,7 +82,12 @@ def test_run_the_readme_main_job(tmp_path, capsys):
     inputs = (root / "examples/invoice_audit.jsonl").read_text().splitlines()
     assert len(rows) == len(inputs) and all(set(r) == {"vendor", "verdict", "reasons"} for r in rows)
     assert rows[0] == rows[3]  # rows 0 and 3 are the same invoice
-    assert all(r["verdict"] in ("APPROVE", "REJECT", "REVIEW") for r in rows)
+    # Structured nodes: the verdict is exactly one of the choices, the vendor a field of the JSON document,
+    # which finds its record (the SQL lookup is by equality).
+    assert all(r["verdict"] in ("APPROVE", "REJECT") for r in rows)
+    vendors = {"ACME Tools Ltd", "Blue Sky Catering", "Northwind Freight"}
+    assert [r["vendor"] for r in rows] == [json.loads(i)["invoice_text"].split("\n")[0] for i in inputs]
+    assert {r["vendor"] for r in rows} == vendors
     summary = capsys.readouterr().err
     assert "llm calls" in summary and "rows failed" in summary
     assert not out.with_name(out.name + ".journal.jsonl").exists()  # a clean run leaves no journal

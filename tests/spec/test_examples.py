@@ -22,6 +22,7 @@ def ticket_triage() -> Workflow:
             model="small",
             system="You are a support triage assistant.",
             prompt="Ticket: {{ ticket }}\nAnswer with one word: billing, bug or other.",
+            choices=["billing", "bug", "other"],
             max_tokens=4,
             temperature=0,
         )
@@ -49,34 +50,43 @@ def invoice_audit() -> Workflow:
         .database("erp", init="data/erp.sql")
         .inputs("invoice_text", "amount")
         .llm(
-            "vendor",
-            system="You extract fields from invoices. Answer with the vendor name only.",
-            prompt="Invoice:\n{{ invoice_text }}\nVendor name:",
-            max_tokens=12,
-            stop=["\n"],
+            "extract",
+            system="You extract fields from invoices. Answer in JSON.",
+            prompt="Invoice:\n{{ invoice_text }}\nWhat is the vendor name?",
+            json_schema={
+                "type": "object",
+                "properties": {"vendor": {"type": "string", "maxLength": 40}},
+                "required": ["vendor"],
+                "additionalProperties": False,
+            },
+            max_tokens=24,
         )
         .sql(
             "vendor_record",
             db="erp",
             query="SELECT name, approved, max_invoice\nFROM vendors\n"
-            "WHERE strpos(lower(:vendor), lower(name)) > 0\nLIMIT 1\n",
-            params={"vendor": "{{ vendor.output | trim }}"},
+            "WHERE lower(name) = lower(trim(:vendor))\nLIMIT 1\n",
+            params={"vendor": "{{ extract.json.vendor }}"},
         )
         .llm(
-            "judgement",
-            system="You are an accounts-payable auditor. Be brief.",
-            prompt="Vendor record: {{ vendor_record.rows | tojson }}\nInvoice amount: {{ amount }}\n"
-            "Invoice:\n{{ invoice_text }}\nReply APPROVE or REJECT, then one sentence of reasons.\n",
-            max_tokens=40,
-        )
-        .rule(
             "verdict",
-            input="{{ judgement.output }}",
-            regex=r"\b(APPROVE|REJECT)\b",
-            group=1,
-            default="REVIEW",
+            system="You are an accounts-payable auditor.",
+            prompt="Vendor record: {{ vendor_record.rows | tojson }}\nInvoice amount: {{ amount }}\n"
+            "Invoice:\n{{ invoice_text }}\n"
+            "Approve only an approved vendor's invoice within its max_invoice. Reply APPROVE or REJECT.\n",
+            choices=["APPROVE", "REJECT"],
+            max_tokens=4,
         )
-        .outputs(vendor="vendor.output", verdict="verdict.output", reasons="judgement.output")
+        .llm(
+            "reasons",
+            system="You are an accounts-payable auditor. Be brief.",
+            prompt="Invoice from {{ extract.json.vendor }} for {{ amount }}. "
+            "Vendor record: {{ vendor_record.rows | tojson }}\n"
+            "The auditor's decision: {{ verdict.output }}. In one sentence, why?\n",
+            max_tokens=40,
+            stop=["\n"],
+        )
+        .outputs(vendor="extract.json.vendor", verdict="verdict.output", reasons="reasons.output")
     )
 
 
