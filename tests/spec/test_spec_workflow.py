@@ -19,6 +19,7 @@ nodes:
     model: small
     system: "You are a support triage assistant."
     prompt: "Ticket: {{ ticket }}\\nAnswer with one word: billing, bug or other."
+    choices: [billing, bug, other]
     max_tokens: 4
     temperature: 0
   - id: history
