@@ -47,6 +47,14 @@ class BatchScheduler:
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
+    def add_running(self, seq: Sequence) -> None:
+        """Join a sequence that already owns the blocks of its computed tokens (a scored option forked
+        from its finished prompt) to the running set, in arrival order so older work still preempts last.
+        It may take the running set past max_num_seqs for a while; admissions wait until it shrinks."""
+        seq.status = SequenceStatus.RUNNING
+        at = next((i for i, s in enumerate(self.running) if s.arrival > seq.arrival), len(self.running))
+        self.running.insert(at, seq)
+
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 

@@ -34,12 +34,14 @@ class BlockManager:
     def match_prefix(self, seq: Sequence) -> int:
         """Point a fresh sequence at the cached blocks of its longest cached prefix; returns tokens reused.
 
-        At least one token is left to compute, because the step that computes it yields the logits.
+        At least one token is left to compute, because the step that computes it yields the logits; a
+        scoring sequence computes every position from ``score_from`` on, whose logits it needs.
         """
         assert not seq.block_table and seq.num_computed == 0
         if not self.enable_prefix_cache:
             return 0
-        usable = (seq.num_tokens - 1) // self.block_size * self.block_size
+        last = seq.num_tokens - 1 if seq.score_from is None else min(seq.score_from, seq.num_tokens - 1)
+        usable = last // self.block_size * self.block_size
         if usable == 0:
             return 0
         blocks = self.tree.match(seq.tokens[:usable])

@@ -15,6 +15,7 @@ import torch
 from halo.engine.batch_scheduler import BatchScheduler, ScheduledBatch
 from halo.engine.block_manager import BlockManager
 from halo.engine.checkpoint import Checkpoint, load_checkpoint
+from halo.engine.choice_scoring import ChoiceScores, ScoringRequest
 from halo.engine.dtype_probe import (
     DtypeChoice,
     WeightsChoice,
@@ -28,7 +29,8 @@ from halo.engine.kv_cache import KVCache
 from halo.engine.kv_prefix import KVPrefix
 from halo.engine.kv_swapper import KVSwapper
 from halo.engine.model import DecoderModel
-from halo.engine.model_runner import ModelRunner
+from halo.engine.model_runner import ModelRunner, ScoredRows
+from halo.engine.output_format import OutputFormat
 from halo.engine.quantized_linear import QUANTIZED_FORMATS, check_weight_format
 from halo.engine.sampler import logprobs as token_logprobs
 from halo.engine.sampler import sample
@@ -57,6 +59,11 @@ class EngineStats:
     mask_seconds: float = 0.0  # computing and applying those masks (part of step_seconds)
     grammar_seconds: float = 0.0  # all grammar work in steps: masks, advancing matchers, forced tokens
     grammar_compiles: int = 0  # output formats compiled (the per-engine cache's misses)
+    scored_requests: int = 0  # finished choice_mode="score" requests (also counted in requests)
+    scored_options: int = 0  # their options
+    # option parts that started from a fork of the computed prompt's KV (the rest were queued and
+    # reused the prompt's full blocks through the prefix cache)
+    forked_options: int = 0
     steps: int = 0
     preemptions: int = 0
     swapped_out: int = 0  # preemptions whose KV went to host memory instead of being recomputed
@@ -185,6 +192,9 @@ class LLMEngine:
         self._ids = itertools.count()
         self._arrivals = itertools.count()
         self._requests: dict[str, Sequence] = {}
+        self._scoring: dict[str, ScoringRequest] = {}  # by request id
+        # each scoring part (Sequences hash by identity): its request, and its option (None: the prompt part)
+        self._scoring_of: dict[Sequence, tuple[ScoringRequest, int | None]] = {}
 
     # ---- describing the engine ---------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -250,11 +260,59 @@ class LLMEngine:
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self._requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        if request_id in self._scoring:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
         ids = self.encode_prompt(prompt)
+        if params.choice_mode == "score":
+            option_ids = self._option_ids(ids, params, f"request {request_id}")
+            self._enqueue_scoring(request_id, ids, params, option_ids)
+            return request_id
         self._check_fits(ids, params, f"request {request_id}")
         matcher = self._matcher(params, f"request {request_id}")
         self._enqueue(request_id, ids, params, matcher)
         return request_id
+
+    def _option_ids(self, prompt_ids: list[int], params: SamplingParams, where: str) -> list[list[int]]:
+        """Each option's token ids after the prompt: ``tokenizer.encode(option)``, the option's text on its
+        own (no BOS), appended to the prompt's ids. An option that does not fit raises here."""
+        assert params.output_format is not None
+        options = params.output_format.choices
+        option_ids = self.tokenizer.encode_batch(list(options))
+        ctx, n = self.config.context_length, len(prompt_ids)
+        for i, (text, ids) in enumerate(zip(options, option_ids, strict=True)):
+            if not ids:
+                raise InvalidRequestError(f"{where}: option {i} {text!r} encodes to no tokens")
+            if n + len(ids) > ctx:
+                raise ContextLengthError(
+                    f"{where}: option {i} {text!r} has {len(ids)} tokens; after the prompt's {n} tokens it "
+                    f"needs {n + len(ids)} positions but the context window of {self.config.name} is {ctx}"
+                )
+            need = self.block_manager.blocks_for(n + len(ids) - 1)
+            if need > self.block_manager.num_blocks:
+                raise KVCacheFullError(
+                    f"{where}: scoring option {i} {text!r} after the prompt ({n} + {len(ids)} tokens) needs "
+                    f"{need} KV blocks but the pool has only {self.block_manager.num_blocks}; raise kv_blocks"
+                )
+        return option_ids
+
+    def _enqueue_scoring(
+        self, request_id: str, ids: list[int], params: SamplingParams, option_ids: list[list[int]]
+    ) -> None:
+        assert params.output_format is not None
+        req = ScoringRequest(
+            request_id, ids, params.output_format.choices, option_ids, params.logprobs, params.length_normalized
+        )
+        seq = Sequence(
+            request_id,
+            ids,
+            params,
+            next(self._arrivals),
+            self.config.context_length,
+            score_from=len(ids) - 1,
+        )
+        self._scoring_of[seq] = (req, None)
+        self._scoring[request_id] = req
+        self.batch_scheduler.add(seq)
 
     def _matcher(self, params: SamplingParams, where: str):
         """The request's grammar matcher (None for free text); a format that cannot compile raises here,
@@ -275,6 +333,10 @@ class LLMEngine:
         seq = self._requests.pop(request_id, None)
         if seq is not None and not seq.is_finished:
             self.batch_scheduler.abort(seq)
+        req = self._scoring.pop(request_id, None)
+        for part in [s for s, (r, _) in self._scoring_of.items() if r is req] if req is not None else ():
+            self.batch_scheduler.abort(part)
+            del self._scoring_of[part]
 
     def has_unfinished(self) -> bool:
         return self.batch_scheduler.has_unfinished()
@@ -294,13 +356,17 @@ class LLMEngine:
             self._stats.decode_tokens += n - prompt_part
             if seq.num_computed + n < min(seq.forced_end, seq.num_tokens) and seq.num_computed >= len(seq.prompt_ids):
                 self._stats.decode_steps_saved -= 1  # a forced tail too long for this step's budget
-        samplers, logits = self.runner.run(batch)
+        samplers, logits, scored = self.runner.run(batch)
         for seq, n in zip(batch.seqs, batch.num_new, strict=True):
             seq.num_computed += n
             self.block_manager.publish(seq)
         finished: list[GenerationResult] = []
+        for rows in scored:
+            done = self._observe_scored(rows, logits)
+            if done is not None:
+                finished.append(done)
         if samplers:
-            tokens, chosen_logprobs = self._select(logits, samplers)
+            tokens, chosen_logprobs = self._select(logits[: len(samplers)], samplers)
             for seq, token, lp in zip(samplers, tokens, chosen_logprobs, strict=True):
                 self._stats.generated_tokens += 1
                 if self._accept(seq, token, lp):
@@ -310,6 +376,86 @@ class LLMEngine:
         self._stats.preemptions = self.batch_scheduler.num_preemptions
         self._stats.step_seconds += time.perf_counter() - t0
         return finished
+
+    def _observe_scored(self, rows: ScoredRows, logits: torch.Tensor) -> GenerationResult | None:
+        """Record a scoring part's logprobs; a part whose tokens are all computed finishes (the prompt
+        part first forks the option parts). Returns the request's result when its last part finished."""
+        seq = rows.seq
+        req, option = self._scoring_of[seq]
+        req.observe(option, rows.first_position, logits[rows.row : rows.row + rows.count])
+        if seq.num_computed < seq.num_tokens:
+            return None
+        if option is None:
+            req.cached_tokens = seq.num_cached
+            for index, tokens in req.option_parts():
+                part = Sequence(
+                    req.option_request_id(index),
+                    tokens,
+                    seq.params,
+                    seq.arrival,
+                    self.config.context_length,
+                    score_from=len(req.prompt_ids),
+                )
+                req.parts_left += 1
+                self._scoring_of[part] = (req, index)
+                if self._fork_prompt(seq, part):
+                    self._stats.forked_options += 1
+                    self.batch_scheduler.add_running(part)
+                else:
+                    self.batch_scheduler.add(part)
+        self.batch_scheduler.finish(seq)
+        req.parts_left -= 1
+        del self._scoring_of[seq]
+        return self._scored_result(req) if req.parts_left == 0 else None
+
+    def _fork_prompt(self, prompt: Sequence, child: Sequence) -> bool:
+        """Give ``child`` (tokens: the prompt's + more) the computed prompt's KV: the full blocks shared by
+        reference (cached blocks are never written again), the partly filled last block copied into a
+        block of its own, where the child writes its next tokens. False, with nothing changed, when no
+        block is free for the copy."""
+        bm = self.block_manager
+        n = prompt.num_computed
+        assert n == prompt.num_tokens and child.tokens[:n] == prompt.tokens and not child.block_table
+        full = n // bm.block_size
+        copy: list[int] = []
+        if n % bm.block_size:
+            if bm.num_free < 1:
+                bm.tree.evict(1)
+            if bm.num_free < 1:
+                return False
+            copy = bm.allocator.allocate(1)
+            self.kv.write_blocks(copy, *self.kv.read_blocks(prompt.block_table[full : full + 1]))
+        shared = prompt.block_table[:full]
+        if shared:
+            bm.allocator.incref(shared)
+        child.block_table = list(shared) + copy
+        child.num_computed = n
+        child.num_published_blocks = min(full, prompt.num_published_blocks)
+        return True
+
+    def _scored_result(self, req: ScoringRequest) -> GenerationResult:
+        self._scoring.pop(req.request_id, None)
+        scores = req.scores()
+        chosen = scores.options[scores.chosen]
+        cached = req.cached_tokens
+        self._stats.requests += 1
+        self._stats.scored_requests += 1
+        self._stats.scored_options += len(scores.options)
+        self._stats.prompt_tokens += len(req.prompt_ids)
+        self._stats.cached_tokens += cached
+        want = req.logprobs_wanted
+        return GenerationResult(
+            request_id=req.request_id,
+            text=chosen.text,
+            token_ids=list(chosen.token_ids),
+            prompt_tokens=len(req.prompt_ids),
+            cached_tokens=cached,
+            finish_reason="stop",
+            prompt_token_ids=req.prompt_ids,
+            token_logprobs=list(chosen.token_logprobs) if want is not None else [],
+            top_logprobs=[list(t) for t in req.top[scores.chosen]] if want is not None else [],
+            choice_scores=scores,
+        )
 
     def _select(self, logits: torch.Tensor, samplers: list[Sequence]):
         """Mask the constrained rows, pick a token per row, and the logprobs asked for."""
@@ -446,12 +592,18 @@ class LLMEngine:
                 ids = self.encode_prompt(prompt)
             except InvalidRequestError as e:
                 raise type(e)(f"prompt {i}: {e}") from None
+            if p.choice_mode == "score":
+                encoded.append((ids, self._option_ids(ids, p, f"prompt {i}")))
+                continue
             self._check_fits(ids, p, f"prompt {i}")
             encoded.append((ids, self._matcher(p, f"prompt {i}")))
         rids = []
-        for (ids, matcher), p in zip(encoded, plist, strict=True):
+        for (ids, prepared), p in zip(encoded, plist, strict=True):
             rid = f"req-{next(self._ids)}"
-            self._enqueue(rid, ids, p, matcher)
+            if p.choice_mode == "score":
+                self._enqueue_scoring(rid, ids, p, prepared)
+            else:
+                self._enqueue(rid, ids, p, prepared)
             rids.append(rid)
         results: dict[str, GenerationResult] = {}
         bar = _progress_bar(len(rids)) if progress else None
@@ -471,6 +623,32 @@ class LLMEngine:
                 bar.close()
         return [results[rid] for rid in rids]
 
+    def score(
+        self,
+        prompts: Seq[Prompt],
+        options: Seq[Seq[str]],
+        length_normalized: bool = False,
+        logprobs: int | None = None,
+    ) -> list[ChoiceScores]:
+        """Rank ``options[i]`` after ``prompts[i]`` by log-probability, without decoding: `generate` with
+        ``SamplingParams(output_format=OutputFormat.of_choices(options[i]), choice_mode="score")``.
+        A single list of options (of strings) applies to every prompt."""
+        if options and isinstance(options[0], str):
+            options = [options] * len(prompts)  # type: ignore[list-item]
+        if len(options) != len(prompts):
+            raise InvalidRequestError(f"got {len(options)} option lists for {len(prompts)} prompts")
+        params = [
+            SamplingParams(
+                output_format=OutputFormat.of_choices(opts),
+                choice_mode="score",
+                length_normalized=length_normalized,
+                logprobs=logprobs,
+            )
+            for opts in options
+        ]
+        results = self.generate(prompts, params)
+        return [r.choice_scores for r in results if r.choice_scores is not None]
+
     def next_token_logits(self, prompt: Prompt) -> torch.Tensor:
         """fp32 logits ``[vocab]`` of the token after ``prompt``, computed outside the batch (scoring/tests)."""
         ids = self.encode_prompt(prompt)
@@ -480,7 +658,7 @@ class LLMEngine:
             raise KVCacheFullError("no free KV blocks to score the prompt; wait for running requests to finish")
         self.block_manager.append(seq, len(ids))
         try:
-            ctx, _ = self.runner.prepare(ScheduledBatch([seq], [len(ids)]))
+            ctx, _, _ = self.runner.prepare(ScheduledBatch([seq], [len(ids)]))
             return self.model.forward(ctx, self.kv)[0]
         finally:
             self.block_manager.release(seq)
@@ -559,6 +737,8 @@ class LLMEngine:
         """Token ids a request has generated so far (None for an unknown or aborted id); for
         streaming, read between steps on the thread that drives the engine."""
         seq = self._requests.get(request_id)
+        if seq is None and request_id in self._scoring:
+            return []  # a scoring request outputs its chosen option at the end, all at once
         return list(seq.output_ids) if seq is not None else None
 
     @property

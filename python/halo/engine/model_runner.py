@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -15,6 +16,17 @@ from halo.engine.step_context import PrefillSpan, StepContext
 LogitsObserver = Callable[[list[Sequence], torch.Tensor], None]
 
 
+@dataclass(frozen=True)
+class ScoredRows:
+    """A scoring sequence's logits this step: rows ``[row, row + count)`` of the returned logits are
+    positions ``[first_position, first_position + count)`` of its tokens."""
+
+    seq: Sequence
+    first_position: int
+    row: int
+    count: int
+
+
 class ModelRunner:
     def __init__(self, model: DecoderModel, kv: KVCache) -> None:
         self.model = model
@@ -24,8 +36,12 @@ class ModelRunner:
         # transformers; nothing in the engine sets it.
         self.on_logits: LogitsObserver | None = None
 
-    def prepare(self, batch: ScheduledBatch) -> tuple[StepContext, list[Sequence]]:
-        """Build the step context; also return the sequences that sample a token this step."""
+    def prepare(self, batch: ScheduledBatch) -> tuple[StepContext, list[Sequence], list[ScoredRows]]:
+        """Build the step context; also return the sequences that sample a token this step, and the
+        scoring sequences' rows. Logits rows: one per sampler first (in order), then the scored rows.
+
+        Only a scoring sequence (``score_from`` set) asks for more than its last row, so generation
+        steps compute the head over exactly one row per sampler, as before."""
         bs = self.kv.block_size
         ids: list[int] = []
         positions: list[int] = []
@@ -35,6 +51,8 @@ class ModelRunner:
         decode_tables: list[list[int]] = []
         decode_lens: list[int] = []
         prefills: list[PrefillSpan] = []
+        scored_rows: list[int] = []
+        scored: list[ScoredRows] = []
         for seq, n in zip(batch.seqs, batch.num_new, strict=True):
             start = seq.num_computed
             end = start + n
@@ -49,7 +67,12 @@ class ModelRunner:
             else:
                 blocks = torch.tensor(table[: -(-end // bs)], dtype=torch.int64)
                 prefills.append(PrefillSpan(q_start, n, end, blocks))
-            if end == seq.num_tokens:
+            if seq.score_from is not None:
+                first = max(start, seq.score_from)
+                if first < end:
+                    scored.append(ScoredRows(seq, first, len(scored_rows), end - first))
+                    scored_rows.extend(range(q_start + first - start, q_start + n))
+            elif end == seq.num_tokens:
                 logits_rows.append(len(ids) - 1)
                 samplers.append(seq)
         nd = len(decode_tables)
@@ -74,18 +97,20 @@ class ModelRunner:
             decode_lens=lens,
             decode_mask=mask,
             prefills=tuple(prefills),
-            logits_rows=torch.tensor(logits_rows, dtype=torch.int64),
+            logits_rows=torch.tensor(logits_rows + scored_rows, dtype=torch.int64),
         )
-        return ctx, samplers
+        scored = [ScoredRows(r.seq, r.first_position, len(samplers) + r.row, r.count) for r in scored]
+        return ctx, samplers, scored
 
-    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
-        """One forward step; returns the sequences that sample a token and their fp32 logits rows on the host."""
-        ctx, samplers = self.prepare(batch)
+    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor, list[ScoredRows]]:
+        """One forward step; returns the sequences that sample a token, the fp32 logits rows on the host
+        (the samplers' rows first, then the scored rows) and where the scored rows are."""
+        ctx, samplers, scored = self.prepare(batch)
         if self.model.device.type != "cpu":
             ctx = ctx.to(self.model.device)
         logits = self.model.forward(ctx, self.kv)
         if self.on_logits is not None and samplers:
-            self.on_logits(samplers, logits)
+            self.on_logits(samplers, logits[: len(samplers)])
         # masking and sampling run on the host: llguidance writes host memory, per-request generators
         # are CPU generators, and [S, V] is small
-        return samplers, logits.cpu()
+        return samplers, logits.cpu(), scored

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from halo.engine.output_format import OutputFormat
 from halo.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from halo.engine.choice_scoring import ChoiceScores
 
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes on every platform (and int64 servers)
 MAX_LOGPROBS = 20  # top alternatives per token, OpenAI's top_logprobs bound
@@ -29,6 +33,12 @@ class SamplingParams:
     # Taken from log_softmax of the logits before temperature/top-k/top-p, after the format's mask
     # (docs/structured_outputs.md).
     logprobs: int | None = None
+    # How a ``choices`` format picks its option: "greedy" decodes under the format's mask; "score" ranks
+    # every option by the log-probability of its tokens after the prompt, in prefill only, with no
+    # sampling (engine/choice_scoring.py; temperature, top-p/k, seed, stop and max_tokens do not apply).
+    # ``length_normalized`` ranks scored options by their mean token logprob instead of the sum.
+    choice_mode: Literal["greedy", "score"] = "greedy"
+    length_normalized: bool = False
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience and frozen into tuples so the params stay hashable.
@@ -68,6 +78,16 @@ class SamplingParams:
             out.append(f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
         if self.output_format is not None and not isinstance(self.output_format, OutputFormat):
             out.append(f"output_format must be an OutputFormat or None, got {type(self.output_format).__name__}")
+        if self.choice_mode not in ("greedy", "score"):
+            out.append(f"choice_mode must be 'greedy' or 'score', got {self.choice_mode!r}")
+        elif self.choice_mode == "score" and (
+            not isinstance(self.output_format, OutputFormat) or self.output_format.kind != "choices"
+        ):
+            out.append("choice_mode='score' needs output_format=OutputFormat.of_choices(...)")
+        if not isinstance(self.length_normalized, bool):
+            out.append(f"length_normalized must be a bool, got {self.length_normalized!r}")
+        elif self.length_normalized and self.choice_mode != "score":
+            out.append("length_normalized applies to choice_mode='score' only")
         return out
 
     @property
@@ -95,3 +115,6 @@ class GenerationResult:
     # With params.logprobs set: one entry per token of token_ids (jump-forward tokens: 0.0, forced).
     token_logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # k best (id, logprob), best first
+    # choice_mode="score": every option's score, the chosen one and its confidence; text/token_ids are then
+    # the chosen option's, token_logprobs its tokens' (with params.logprobs set). None for generation.
+    choice_scores: ChoiceScores | None = None

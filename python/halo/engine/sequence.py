@@ -51,6 +51,10 @@ class Sequence:
     forced_end: int = 0  # tokens[:forced_end] include every jump-forward token appended so far
     token_logprobs: list[float] = field(default_factory=list)  # per output token, when params.logprobs is set
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    # Choice scoring (engine/choice_scoring.py): a part of a scoring request. The model runner returns
+    # the logits of every computed position >= score_from, and the sequence finishes once all its tokens
+    # are computed, without sampling. None for generation.
+    score_from: int | None = None
 
     def __post_init__(self) -> None:
         if not self.params.greedy:
