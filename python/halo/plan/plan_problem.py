@@ -9,8 +9,11 @@ LLM tasks: times come from the model's latency curves: prefill of the node's own
 steps at that batch size. Decode runs for the expected output length: the observed mean in an
 `OutputLengthHistory` when one is given and has seen the node, else ``max_tokens``. Requests
 rendered only at run time (deferred) are estimated from their static prefix plus the expected output
-of the llm results they read. Model load time: ``model_load_s`` if given, else the profile's measured
-load time, else `DEFAULT_MODEL_LOAD_S`.
+of the llm results they read. A scored choice node (``choices`` with ``choice_mode: score``) decodes
+nothing: it is priced as the prefill of its prompt plus one batched prefill of its options after the
+shared prompt (`LatencyCurves.score_s`), with option tokens counted by the model's tokenizer (without
+one: a token per 4 UTF-8 bytes), and its expected output is its longest option. Model load time:
+``model_load_s`` if given, else the profile's measured load time, else `DEFAULT_MODEL_LOAD_S`.
 
 KV parents (the rule): a deferred llm node N shares its parent P's prefix when P is an llm node N
 waits for directly, with the same model, the same system prompt, and N's prompt template begins with
@@ -82,8 +85,12 @@ def build_plan_problem(
             measured = curves.model_load_s
             loads[model] = DEFAULT_MODEL_LOAD_S if measured is None else float(measured)
         batch = max(counters.owned, 0)
+        options = scored_option_tokens(graph, node)
         max_tokens = int(node.spec.max_tokens)
-        out = output_history.expected(output_key(node, model), max_tokens) if output_history else max_tokens
+        if options is not None:
+            out = max(options)
+        else:
+            out = output_history.expected(output_key(node, model), max_tokens) if output_history else max_tokens
         expected_out[node.id] = out
         parent = _kv_parent(graph, node, model) if counters.deferred else None
         if counters.deferred:
@@ -96,14 +103,19 @@ def build_plan_problem(
             prompt = counters.physical_prompt_tokens // max(batch, 1)
             cached = counters.cached_prompt_tokens // max(batch, 1)
         prompt_of[node.id] = prompt
-        prefill = curves.prefill_s(prompt - cached, cached, batch)
-        steps = max(0, out - 1)
-        decode = steps * curves.decode_step_s(batch, prompt + (steps + 1) / 2) if batch else 0.0
-        one_call = curves.prefill_s(prompt, 0, 1) + steps * curves.decode_step_s(1, prompt + (steps + 1) / 2)
+        prompt_prefill = curves.prefill_s(prompt - cached, cached, batch)
+        if options is not None:
+            prefill, decode = curves.score_s(prompt, cached, options, batch), 0.0
+            one_call = curves.score_s(prompt, 0, options, 1)
+        else:
+            prefill = prompt_prefill
+            steps = max(0, out - 1)
+            decode = steps * curves.decode_step_s(batch, prompt + (steps + 1) / 2) if batch else 0.0
+            one_call = curves.prefill_s(prompt, 0, 1) + steps * curves.decode_step_s(1, prompt + (steps + 1) / 2)
         per_call += counters.logical * one_call
         saving = move = 0.0
         if parent and shared > 0:
-            saving = min(prefill, max(0.0, prefill - curves.prefill_s(prompt - shared, shared, batch)))
+            saving = min(prefill, max(0.0, prompt_prefill - curves.prefill_s(prompt - shared, shared, batch)))
             measured_move = curves.kv_move_s(shared, batch)
             move = saving if measured_move is None else measured_move
         tasks.append(
@@ -130,6 +142,18 @@ def build_plan_problem(
         tools=tuple(tools),
         per_call_s=per_call,
     )
+
+
+def scored_option_tokens(graph: ConsolidatedGraph, node: GraphNode) -> list[int] | None:
+    """Token counts of a scored choice node's options (None for any other node), as the engine
+    tokenizes them: each option's text on its own, without BOS."""
+    spec = node.spec
+    if node.kind != "llm" or getattr(spec, "choice_mode", "greedy") != "score" or not spec.choices:
+        return None
+    tokenizer = graph.tokenizers.get(graph.workflow.model_source(node) or "")
+    if tokenizer is None:
+        return [max(1, math.ceil(len(c.encode()) / 4)) for c in spec.choices]
+    return [max(1, len(ids)) for ids in tokenizer.encode_batch(list(spec.choices))]
 
 
 def _kv_parent(graph: ConsolidatedGraph, node: GraphNode, model: str) -> str | None:

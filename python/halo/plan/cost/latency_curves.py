@@ -94,6 +94,25 @@ class LatencyCurves:
             total += steps * (d + e * batch + f * batch * mean_context)
         return total
 
+    def score_s(
+        self, prompt_tokens: int, cached_tokens: int = 0, option_tokens: Sequence[int] = (), batch: int = 1
+    ) -> float:
+        """Seconds for ``batch`` choice-scoring requests of one shape (``choice_mode: score``): no decode.
+
+        The engine prefills the prompt (its last row scores every option's first token), then, in one
+        batched prefill after the shared prompt KV, each option's tokens but its last: an option of ``k``
+        tokens computes ``k - 1`` tokens that attend on average over ``prompt_tokens + (k - 1) / 2``
+        keys (docs/structured_outputs.md, "Choice scoring")."""
+        cached = min(cached_tokens, prompt_tokens)
+        total = self.prefill_s(prompt_tokens - cached, cached, batch)
+        extra = [k - 1 for k in option_tokens if k > 1]
+        if extra and batch > 0:
+            a, b, c = self.prefill
+            tokens = batch * sum(extra)
+            attended = sum(k * (prompt_tokens + k / 2) for k in extra)
+            total += a * math.ceil(tokens / self.step_tokens) + b * tokens + c * batch * attended
+        return total
+
     def kv_move_s(self, tokens: int, batch: int = 1) -> float | None:
         """Seconds to move the KV of ``batch`` prefixes of ``tokens`` tokens to another worker (None: unmeasured)."""
         if not self.kv_bytes_per_token or not self.kv_bytes_per_s:
