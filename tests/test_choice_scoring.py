@@ -207,7 +207,8 @@ def test_scoring_under_preemption_in_a_tiny_kv_pool(tiny: Checkpoint, swap: floa
     params = [scoring(OPTIONS), SamplingParams(max_tokens=20, ignore_eos=True)] * len(PROMPTS)
     prompts = [p for p in PROMPTS for _ in range(2)]
     results = engine.generate(prompts, params)
-    assert engine.stats().preemptions > 0
+    stats = engine.stats()
+    assert stats.preemptions > 0 and (stats.swapped_out > 0) == (swap > 0)
     for i, r in enumerate(results[::2]):
         assert flat(r.choice_scores) == pytest.approx(flat(want[i]), abs=TOL)
         assert_matches_reference(alone, r, OPTIONS)
