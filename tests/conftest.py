@@ -7,6 +7,7 @@ shows only once), fails, saying so.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,26 @@ _real_loads: list[str] = []  # files of real models loaded in this test process,
 _real_model_fixtures: set[str] = {"checkpoint", "dense"}  # grows with every fixture seen loading one
 
 
+def _share_the_cores() -> None:
+    """Under pytest-xdist (the suite runs `-n logical`), each worker process gets its share of the cores.
+
+    Torch's default is one thread per core in every process: two workers would run four OpenMP threads
+    on two cores, and OpenMP threads that wait by spinning make every op many times slower when
+    oversubscribed. OMP_NUM_THREADS is set too, so the processes a test starts (the `halo` command,
+    servers, Ray actors) inherit the share.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _share_the_cores()
     from halo.engine import gguf_checkpoint
 
     load = gguf_checkpoint.load_gguf_checkpoint

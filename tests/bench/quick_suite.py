@@ -1,5 +1,6 @@
-"""The benchmark suite end to end in `--quick` size: every workload under every system on the real
-model (fp32, greedy), outputs identical to the serial baseline, sane counters, report files written."""
+"""The `--quick` benchmark suite run and its checks, shared by the two test files that each run half of
+the workloads (test_suite_quick_tpch.py, test_suite_quick_agents.py): two files, so the suite's two
+halves run on two cores under pytest-xdist instead of one after the other."""
 
 from __future__ import annotations
 
@@ -7,24 +8,27 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # the suite lives in bench/, outside the installed package
 
-from bench.generators.workloads import WORKLOADS  # noqa: E402
 from bench.suite import QUICK, SuiteConfig, run_suite  # noqa: E402
+from bench.suite_result import SuiteResult  # noqa: E402
 from bench.systems import SYSTEMS  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# Two rows, not --quick's three: a repeated prefix still appears (the workloads' shared prompts and
+# tool calls), and the fidelity and counter checks hold the same; the third row only cost time.
+ROWS = 2
+# The halves, each about half of the suite's time: the TPC-H workloads make the most calls per row.
+HALVES = {
+    "tpch": ["tpch-trident", "tpch-fanout"],
+    "agents": ["multi-step-retrieval", "adversarial-reasoning", "multi-agent-voting", "multi-turn"],
+}
 
 
-@pytest.fixture(scope="module")
-def quick_result(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bench")
+def run_quick(folder: Path, workloads: list[str]) -> tuple[SuiteResult, Path]:
     config = SuiteConfig(
-        workloads=list(WORKLOADS),
-        rows=QUICK["rows"],
+        workloads=workloads,
+        rows=[ROWS],
         systems=list(SYSTEMS),
         dtype="fp32",
         out=folder / "results",
@@ -37,14 +41,12 @@ def quick_result(tmp_path_factory):
     return run_suite(config), folder / "results"
 
 
-def test_every_workload_runs_under_every_system(quick_result):
-    result, _ = quick_result
+def check_every_workload_runs_under_every_system(result: SuiteResult, workloads: list[str]) -> None:
     seen = {(m.workload, m.system) for m in result.measurements}
-    assert seen == {(w, s) for w in WORKLOADS for s in SYSTEMS}
+    assert seen == {(w, s) for w in workloads for s in SYSTEMS}
 
 
-def test_outputs_are_identical_to_serial_in_fp32_greedy(quick_result):
-    result, _ = quick_result
+def check_outputs_are_identical_to_serial_in_fp32_greedy(result: SuiteResult) -> None:
     assert all(e["dtype"] == "fp32" for e in result.engines.values())
     mismatched = [(m.workload, m.system) for m in result.measurements if m.fidelity_vs_serial != 1]
     assert mismatched == []
@@ -57,10 +59,9 @@ def _llm_node_ids(path: Path) -> set[str]:
     return {n.id for n in Workflow.from_yaml(path).graph.nodes if n.kind == "llm"}
 
 
-def test_counters_are_sane(quick_result):
-    result, folder = quick_result
+def check_counters_are_sane(result: SuiteResult, folder: Path, workloads: list[str]) -> None:
     by = {(m.workload, m.system): m.counters for m in result.measurements}
-    for workload in WORKLOADS:
+    for workload in workloads:
         serial, per_call, opwise, halo = (by[(workload, s)] for s in ("serial", "per-call", "opwise", "halo"))
         for c in (serial, per_call, opwise):  # the baselines run every call of every row, no sharing
             assert c["llm_calls_executed"] == c["llm_calls_logical"] > 0
@@ -79,14 +80,13 @@ def test_counters_are_sane(quick_result):
             assert instances >= 1 and 0 <= start <= end <= halo["wall_s"]
 
 
-def test_report_files_are_written(quick_result):
-    result, folder = quick_result
+def check_report_files_are_written(folder: Path, workloads: list[str]) -> None:
     data = json.loads((folder / "results.json").read_text())
-    assert len(data["measurements"]) == len(WORKLOADS) * len(SYSTEMS)
+    assert len(data["measurements"]) == len(workloads) * len(SYSTEMS)
     assert data["environment"]["cpu"]
     table = (folder / "results.md").read_text()
-    assert all(w in table for w in WORKLOADS) and "Geometric mean" in table
+    assert all(w in table for w in workloads) and "Geometric mean" in table
     assert "## Where halo's time goes" in table
     for name in ("wall_time.png", "savings.png"):
         assert (folder / name).read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in (folder / "workloads").glob("*.yaml")) == sorted(f"{w}.yaml" for w in WORKLOADS)
+    assert sorted(p.name for p in (folder / "workloads").glob("*.yaml")) == sorted(f"{w}.yaml" for w in workloads)
