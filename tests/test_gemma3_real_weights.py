@@ -30,21 +30,54 @@ def engine() -> LLMEngine:
     return LLMEngine(model="gemma3-270m", dtype="fp32")
 
 
+import gguf  # noqa: E402
+
+_GGUFReader = gguf.GGUFReader  # the real one: the patch below replaces the module's name during the load
+
+
+class _ReaderWithoutVocab:
+    """gguf.GGUFReader without the tokenizer's arrays, for transformers' model loader only.
+
+    `load_gguf_checkpoint` parses every metadata field in Python, the 262,144 tokens, scores and types
+    included (about 30 s a call on 2 cores), to fill a tokenizer the model reference never uses; the
+    config and the tensors come from the other fields, untouched. The tokenizer test below uses the
+    real reader through AutoTokenizer."""
+
+    def __new__(cls, path: str):
+        reader = _GGUFReader(path)
+        vocab = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.merges")
+        for key in vocab:
+            reader.fields.pop(key, None)
+        return reader
+
+
 @pytest.fixture(scope="module")
-def reference():
+def reference(monkeypatch_module):
     import transformers
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     path = str(resolve_model_path("gemma3-270m"))
-    raw = load_gguf_checkpoint(path, return_tensors=False)["config"]
-    config = transformers.Gemma3TextConfig(
-        **{k: v for k, v in raw.items() if k not in ("model_type", "_model_name_or_path")}
-    )
-    config._attn_implementation = "eager"
-    model = transformers.Gemma3ForCausalLM(config).float().eval()
-    model.load_state_dict(load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"], strict=False)
+    with monkeypatch_module.context() as patch:
+        patch.setattr(gguf, "GGUFReader", _ReaderWithoutVocab)  # looked up inside load_gguf_checkpoint
+        raw = load_gguf_checkpoint(path, return_tensors=False)["config"]
+        config = transformers.Gemma3TextConfig(
+            **{k: v for k, v in raw.items() if k not in ("model_type", "_model_name_or_path")}
+        )
+        # transformers sizes the vocabulary by the token list it parsed: the list's length, read unparsed
+        config.vocab_size = len(_GGUFReader(path).fields["tokenizer.ggml.tokens"].data)
+        assert config.vocab_size == 262_144
+        config._attn_implementation = "eager"
+        model = transformers.Gemma3ForCausalLM(config).float().eval()
+        tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
+    model.load_state_dict(tensors, strict=False)
     model.tie_weights()
     return model
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
 
 
 def test_gemma3_greedy_tokens_and_logits_match_transformers(engine: LLMEngine, reference) -> None:
