@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import ClassVar
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # the suite lives in bench/, outside the installed package
@@ -90,3 +93,25 @@ def check_report_files_are_written(folder: Path, workloads: list[str]) -> None:
     for name in ("wall_time.png", "savings.png"):
         assert (folder / name).read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in (folder / "workloads").glob("*.yaml")) == sorted(f"{w}.yaml" for w in workloads)
+
+
+class QuickSuiteChecks:
+    """The tests of one half: a test file subclasses this as `Test...` and names its WORKLOADS."""
+
+    WORKLOADS: ClassVar[list[str]] = []
+
+    @pytest.fixture(scope="class")
+    def quick_result(self, tmp_path_factory: pytest.TempPathFactory) -> tuple[SuiteResult, Path]:
+        return run_quick(tmp_path_factory.mktemp("bench"), self.WORKLOADS)
+
+    def test_every_workload_runs_under_every_system(self, quick_result) -> None:
+        check_every_workload_runs_under_every_system(quick_result[0], self.WORKLOADS)
+
+    def test_outputs_are_identical_to_serial_in_fp32_greedy(self, quick_result) -> None:
+        check_outputs_are_identical_to_serial_in_fp32_greedy(quick_result[0])
+
+    def test_counters_are_sane(self, quick_result) -> None:
+        check_counters_are_sane(quick_result[0], quick_result[1], self.WORKLOADS)
+
+    def test_report_files_are_written(self, quick_result) -> None:
+        check_report_files_are_written(quick_result[1], self.WORKLOADS)
