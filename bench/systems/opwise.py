@@ -16,7 +16,8 @@ from typing import Any
 
 from halo.errors import HaloError
 from halo.runtime.compiled import CompiledWorkflow
-from halo.runtime.node_io import llm_prompt, llm_result, render_values, row_outputs, sampling_params
+from halo.runtime.llm_worker import LlmReply
+from halo.runtime.node_io import llm_prompt, render_values, replies_result, request_params, row_outputs
 from halo.runtime.tools.tool_runner import ToolRunner
 from halo.spec.graph import GraphNode, WorkflowGraph
 
@@ -90,20 +91,22 @@ def _llm_operator(
     results: list[dict[str, Any]],
     batch: list[int],
 ) -> dict[int, Any]:
-    """One engine batch: every row's request of `node`, all in flight at once; a dict row -> result or exception."""
+    """One engine batch: every row's request of `node` (its n samples), all in flight at once; a dict
+    row -> result or exception. Results are read as the serial path reads them (`replies_result`)."""
     out: dict[int, Any] = {}
-    futures: dict[int, Future] = {}
-    params = sampling_params(node)
+    futures: dict[int, list[Future]] = {}
+    params = request_params(node)
     for r in batch:
         try:
             values = render_values(wf, node, rows[r], _context(node, results[r]))
         except (HaloError, ValueError) as exc:
             out[r] = exc
             continue
-        futures[r] = calls.submit(llm_prompt(node, values), params)
-    for r, future in futures.items():
+        prompt = llm_prompt(node, values)
+        futures[r] = [calls.submit(prompt, p) for p in params]
+    for r, samples in futures.items():
         try:
-            out[r] = llm_result(node, future.result().text)
+            out[r] = replies_result(node, [LlmReply.of(f.result()) for f in samples])
         except (HaloError, ValueError) as exc:
             out[r] = exc
     return out

@@ -17,7 +17,8 @@ from typing import Any
 
 from halo.engine import SamplingParams
 from halo.runtime.compiled import CompiledWorkflow
-from halo.runtime.node_io import llm_prompt, llm_result, render_values, row_outputs, sampling_params
+from halo.runtime.llm_worker import LlmReply
+from halo.runtime.node_io import llm_prompt, render_values, replies_result, request_params, row_outputs
 from halo.runtime.tools.tool_runner import ToolRunner
 from halo.spec.graph import GraphNode
 
@@ -25,7 +26,8 @@ from bench.systems.engine_calls import EngineCalls
 from bench.systems.system_run import EngineCounters, SystemRun, with_policy
 
 _FAILED = object()  # an upstream instance failed: this one does not run
-Generate = Callable[[list[dict[str, str]], SamplingParams], Awaitable[str]]  # one llm call: messages -> text
+# One engine request: messages -> its reply (a str: a reply known by its text only, e.g. over HTTP)
+Generate = Callable[[list[dict[str, str]], SamplingParams], Awaitable[LlmReply | str]]
 
 
 def run_per_call(
@@ -60,7 +62,10 @@ def run_per_call(
 async def _run_batch(
     app: CompiledWorkflow, rows: Sequence[Mapping[str, Any]], calls: EngineCalls, tools: ToolRunner
 ) -> tuple[list[dict[str, Any]], dict[int, str]]:
-    done = await asyncio.gather(*(walk_row(app, row, calls.generate, tools) for row in rows))
+    async def generate(prompt: list[dict[str, str]], params: SamplingParams) -> LlmReply:
+        return LlmReply.of(await asyncio.wrap_future(calls.submit(prompt, params)))
+
+    done = await asyncio.gather(*(walk_row(app, row, generate, tools) for row in rows))
     outputs = [out for out, _ in done]
     errors = {r: node for r, (_, node) in enumerate(done) if node is not None}
     return outputs, errors
@@ -70,7 +75,8 @@ async def walk_row(
     app: CompiledWorkflow, row: Mapping[str, Any], generate: Generate, tools: ToolRunner
 ) -> tuple[dict[str, Any], str | None]:
     """One row through the DAG, each node as soon as its upstream nodes are done: (outputs, first failing node).
-    Every llm call goes through `generate` on its own; tools go to `tools` (shared by the rows)."""
+    Every llm request goes through `generate` on its own (a node of n samples: n requests at once, read
+    together by `replies_result`, as the serial path reads them); tools go to `tools` (shared by the rows)."""
     wf = app.graph
     results: dict[str, Any] = {}
     failed: list[str] = []
@@ -87,7 +93,9 @@ async def walk_row(
         async def attempt() -> Any:
             values = render_values(wf, node, row, context)
             if node.kind == "llm":
-                return llm_result(node, await generate(llm_prompt(node, values), sampling_params(node)))
+                prompt = llm_prompt(node, values)
+                replies = await asyncio.gather(*(generate(prompt, p) for p in request_params(node)))
+                return replies_result(node, replies)
             return await asyncio.wrap_future(tools.submit(node, wf.template(node).request(values)))
 
         result, error = await with_policy(node, attempt)

@@ -9,7 +9,7 @@ import pytest
 from halo.plan import WhitespaceTokenizer, consolidate
 from halo.plan.cost import DEFAULT_CURVES
 from halo.plan.plan_problem import build_plan_problem, scored_option_tokens
-from halo.spec import Workflow, node_checks
+from halo.spec import Workflow
 
 WORKFLOW = """
 name: scored
@@ -31,14 +31,7 @@ outputs: {a: scored.output, b: greedy.output}
 
 
 @pytest.fixture
-def workflow(tmp_path, monkeypatch) -> Workflow:
-    # until the spec admits choice_mode: score (its load check refuses it while unimplemented)
-    checks = node_checks._structured_output_problems
-    monkeypatch.setattr(
-        node_checks,
-        "_structured_output_problems",
-        lambda node, spec: [p for p in checks(node, spec) if "not implemented yet" not in p.message],
-    )
+def workflow(tmp_path) -> Workflow:
     path = tmp_path / "scored.yaml"
     path.write_text(WORKFLOW)
     return Workflow.from_yaml(path)

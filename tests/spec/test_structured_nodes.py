@@ -144,7 +144,7 @@ def test_bad_choices_and_combinations_are_located():
           - {id: blank, kind: llm, prompt: "{{ text }}", choices: [a, ""]}
           - {id: both, kind: llm, prompt: "{{ text }}", choices: [a, b], regex: "a|b"}
           - {id: three, kind: llm, prompt: "{{ text }}", regex: "a", json_schema: {type: string}}
-          - {id: scored, kind: llm, prompt: "{{ text }}", choices: [a, b], choice_mode: score}
+          - {id: scored, kind: llm, prompt: "{{ text }}", choices: [a, b], length_normalized: true}
           - {id: free, kind: llm, prompt: "{{ text }}", choice_mode: score}
           - {id: mode, kind: llm, prompt: "{{ text }}", choices: [a], choice_mode: vote}
           - {id: number, kind: llm, prompt: "{{ text }}", choices: [1, 2]}
@@ -156,7 +156,9 @@ def test_bad_choices_and_combinations_are_located():
     assert found[("blank", 12)] == "a choice must be a non-empty string"
     assert found[("both", 13)].startswith("'choices' and 'regex' cannot be combined")
     assert found[("three", 14)].startswith("'regex' and 'json_schema' cannot be combined")
-    assert found[("scored", 15)] == "choice_mode 'score' is not implemented yet; use choice_mode: greedy (the default)"
+    assert found[("scored", 15)] == (
+        "length_normalized applies to choice_mode: score only (it ranks scored options by mean logprob)"
+    )
     assert found[("free", 16)] == "choice_mode applies to 'choices' only (this node has none)"
     assert "choice_mode" in found[("mode", 17)] and "'greedy' or 'score'" in found[("mode", 17)]
     numbers = sorted(i.message for i in error.issues if i.node == "number")
@@ -266,6 +268,8 @@ def test_grammar_problem_is_none_for_what_compiles():
 
 def test_logprobs_adds_a_field():
     wf = Workflow("s").inputs("t").llm("a", prompt="{{ t }}", choices=["x"], logprobs=True).outputs(lp="a.logprobs")
-    assert output_fields(wf.spec.nodes[0]) == {"output", "text", "logprobs"}
+    assert output_fields(wf.spec.nodes[0]) == {"output", "text", "logprobs", "confidence"}  # a choices node
+    free = Workflow("s").inputs("t").llm("a", prompt="{{ t }}", logprobs=True)
+    assert output_fields(free.spec.nodes[0]) == {"output", "text", "logprobs"}
     with pytest.raises(SpecError, match="has no field 'logprobs'"):
         Workflow("s").inputs("t").llm("a", prompt="{{ t }}").outputs(lp="a.logprobs").validate()

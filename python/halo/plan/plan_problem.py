@@ -12,7 +12,10 @@ rendered only at run time (deferred) are estimated from their static prefix plus
 of the llm results they read. A scored choice node (``choices`` with ``choice_mode: score``) decodes
 nothing: it is priced as the prefill of its prompt plus one batched prefill of its options after the
 shared prompt (`LatencyCurves.score_s`), with option tokens counted by the model's tokenizer (without
-one: a token per 4 UTF-8 bytes), and its expected output is its longest option. Model load time:
+one: a token per 4 UTF-8 bytes), and its expected output is its longest option. A node of ``n``
+samples decodes ``n`` sequences per call (``n`` times the batch at each decode step) after one
+prefill of the prompt (the samples share it through the prefix cache), and a request reading it reads
+``n`` outputs. Model load time:
 ``model_load_s`` if given, else the profile's measured load time, else `DEFAULT_MODEL_LOAD_S`.
 
 KV parents (the rule): a deferred llm node N shares its parent P's prefix when P is an llm node N
@@ -91,7 +94,8 @@ def build_plan_problem(
             out = max(options)
         else:
             out = output_history.expected(output_key(node, model), max_tokens) if output_history else max_tokens
-        expected_out[node.id] = out
+        samples = int(getattr(node.spec, "n", 1))
+        expected_out[node.id] = out * samples  # what a request reading this node's output reads
         parent = _kv_parent(graph, node, model) if counters.deferred else None
         if counters.deferred:
             upstream_out = sum(expected_out.get(d, 0) for d in deps)
@@ -110,8 +114,9 @@ def build_plan_problem(
         else:
             prefill = prompt_prefill
             steps = max(0, out - 1)
-            decode = steps * curves.decode_step_s(batch, prompt + (steps + 1) / 2) if batch else 0.0
-            one_call = curves.prefill_s(prompt, 0, 1) + steps * curves.decode_step_s(1, prompt + (steps + 1) / 2)
+            decoding = batch * samples  # sequences in each decode step
+            decode = steps * curves.decode_step_s(decoding, prompt + (steps + 1) / 2) if batch else 0.0
+            one_call = curves.prefill_s(prompt, 0, 1) + steps * curves.decode_step_s(samples, prompt + (steps + 1) / 2)
         per_call += counters.logical * one_call
         saving = move = 0.0
         if parent and shared > 0:

@@ -14,10 +14,16 @@ previous one returns.
 A job's prompt is token ids (the Processor encoded them once, with the tokenizer of the job's
 model: see `Processor._prompts`), so an engine here, or in a Ray actor, does not encode it again;
 only a run that knows no tokenizer for a model sends chat messages, which the engine then encodes.
+
+A job of `n` samples (an llm node's `n: k`) is one logical call: the worker adds `n` engine requests of
+the same prompt at once, sample `i` seeded `seed + i` (`sample_params`), so the prefix cache computes the
+prompt's full blocks once for all of them, and answers with one `LLMDone` holding the `n` replies in
+sample order when the last one finishes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import OrderedDict
@@ -26,10 +32,42 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from halo.engine import EngineStats, GenerationResult, LLMEngine, SamplingParams
+from halo.engine.choice_scoring import ChoiceScores
 from halo.engine.kv_prefix import KVPrefix
+from halo.engine.sampling_params import MAX_SEED
 from halo.errors import HaloError
 
 Prompt = list[int] | list[dict[str, str]]  # token ids, or chat messages for the engine to encode
+
+
+def sample_params(params: SamplingParams, index: int) -> SamplingParams:
+    """Sample `index`'s params of a request drawn `n` times: seeded `seed + index` (wrapping past the
+    largest seed), as the OpenAI server seeds choice `index`; unseeded samples stay unseeded."""
+    if index == 0 or params.seed is None:
+        return params
+    return dataclasses.replace(params, seed=(params.seed + index) % (MAX_SEED + 1))
+
+
+@dataclass(frozen=True)
+class LlmReply:
+    """What one engine request answered, as an llm node's result reads it (slim enough to cross Ray)."""
+
+    text: str
+    finish_reason: str | None = None  # the engine's: "stop", "length" (max_tokens, the context) or "error"
+    format_error: str | None = None  # why a constrained output is incomplete (the engine's); None: complete
+    token_logprobs: tuple[float, ...] = ()  # per generated token, when the request asked for logprobs
+    choice_scores: ChoiceScores | None = None  # a scoring request's (choice_mode="score")
+
+    @classmethod
+    def of(cls, result: GenerationResult) -> LlmReply:
+        return cls(
+            result.text, result.finish_reason, result.format_error, tuple(result.token_logprobs), result.choice_scores
+        )
+
+    @staticmethod
+    def generated_tokens(result: GenerationResult) -> int:
+        """Tokens the request generated: its output's, none for scoring (it decodes nothing)."""
+        return 0 if result.choice_scores is not None else len(result.token_ids)
 
 
 @dataclass(frozen=True)
@@ -37,25 +75,28 @@ class LLMJob:
     phys: int  # the physical node this request executes
     model: str  # model source
     prompt: Prompt  # token ids (chat messages only where the run knows no tokenizer of the model)
-    params: SamplingParams
+    params: SamplingParams  # sample 0's; sample i's are sample_params(params, i)
     owner: int = 0  # the run this job belongs to (request ids and completions are namespaced by it)
+    n: int = 1  # samples: engine requests of this prompt, answered together
 
 
 @dataclass(frozen=True)
 class LLMDone:
     phys: int
     worker: int
-    text: str | None  # None when the request failed
-    error: str | None
-    prompt_tokens: int = 0
+    replies: tuple[LlmReply, ...] = ()  # one per sample, in sample order; () when the request failed
+    error: str | None = None
+    prompt_tokens: int = 0  # over all samples, as the engine counted them
     cached_tokens: int = 0
     generated_tokens: int = 0
     start: float = 0.0  # perf_counter of submission and of completion (this process's clock)
     end: float = 0.0
     owner: int = 0
-    finish_reason: str | None = None  # the engine's: "stop", "length" (max_tokens, the context) or "error"
-    format_error: str | None = None  # why a constrained output is incomplete (the engine's); None: complete
-    token_logprobs: tuple[float, ...] = ()  # per generated token, when the request asked for logprobs
+
+    @property
+    def text(self) -> str | None:
+        """The first sample's text (None when the request failed)."""
+        return self.replies[0].text if self.replies else None
 
 
 GuestDone = Callable[[GenerationResult | None, str | None], None]  # (result, error message)
@@ -107,7 +148,7 @@ class LocalWorker:
         self.index = index
         self.engines = engines
         self._waiting: list[LLMJob] = []  # jobs whose model has no room yet
-        self._running: dict[str, tuple[LLMJob, float]] = {}  # request id -> job, submit time
+        self._running: dict[str, _Call] = {}  # engine request id -> the call it is a sample of
         self._guests: dict[str, tuple[str, GuestDone]] = {}  # request id -> model, completion callback
         self._by_model: dict[str, int] = {}
 
@@ -136,12 +177,11 @@ class LocalWorker:
     def cancel(self, owner: int) -> int:
         """Abort every job of run `owner` here (its completions will never come); the number aborted."""
         self._waiting = [j for j in self._waiting if j.owner != owner]
-        aborted = 0
-        for request_id, (job, _) in list(self._running.items()):
-            if job.owner == owner:
-                self._drop(request_id, job.model)
-                aborted += 1
-        return aborted
+        calls = {id(call): call for call in self._running.values() if call.job.owner == owner}
+        for call in calls.values():
+            for request_id in call.pending():
+                self._drop(request_id, call.job.model)
+        return len(calls)
 
     def add_guest(
         self, model: str, prompt: list[int], params: SamplingParams, request_id: str, on_done: GuestDone
@@ -184,24 +224,9 @@ class LocalWorker:
                 if guest is not None:
                     guest[1](result, None)
                     continue
-                job, start = self._running.pop(result.request_id)
-                finished.append(
-                    LLMDone(
-                        job.phys,
-                        self.index,
-                        result.text,
-                        None,
-                        result.prompt_tokens,
-                        result.cached_tokens,
-                        len(result.token_ids),
-                        start,
-                        time.perf_counter(),
-                        job.owner,
-                        result.finish_reason,
-                        result.format_error,
-                        tuple(result.token_logprobs),
-                    )
-                )
+                call = self._running.pop(result.request_id)
+                if call.record(result):
+                    finished.append(call.done(self.index))
         return finished
 
     def stats(self) -> EngineStats:
@@ -216,13 +241,14 @@ class LocalWorker:
 
     def _fail_model(self, model: str, engine: LLMEngine, message: str) -> list[LLMDone]:
         """Abort every request of `model` here and report each as failed with `message`."""
-        failed: list[LLMDone] = []
-        for request_id, (job, start) in list(self._running.items()):
-            if job.model == model:
+        failed: dict[int, LLMDone] = {}  # one per call, however many of its samples were running
+        for request_id, call in list(self._running.items()):
+            if call.job.model == model:
                 engine.abort(request_id)
                 del self._running[request_id]
-                failed.append(
-                    LLMDone(job.phys, self.index, None, message, start=start, end=time.perf_counter(), owner=job.owner)
+                job = call.job
+                failed[id(call)] = LLMDone(
+                    job.phys, self.index, error=message, start=call.start, end=time.perf_counter(), owner=job.owner
                 )
         for request_id, (guest_model, on_done) in list(self._guests.items()):
             if guest_model == model:
@@ -230,7 +256,7 @@ class LocalWorker:
                 del self._guests[request_id]
                 on_done(None, message)
         self._by_model[model] = 0
-        return failed
+        return list(failed.values())
 
     def export_prefix(self, model: str, prompt: Prompt) -> KVPrefix | None:
         """The K/V this worker caches for the longest whole-block prefix of `prompt` (None if none)."""
@@ -256,18 +282,59 @@ class LocalWorker:
         try:
             engine = self.engines.get(job.model, self._busy)
         except HaloError as exc:
-            return LLMDone(job.phys, self.index, None, str(exc), start=start, end=time.perf_counter(), owner=job.owner)
+            return LLMDone(job.phys, self.index, error=str(exc), start=start, end=time.perf_counter(), owner=job.owner)
         if engine is None:
             self._waiting.append(job)
             return None
-        request_id = f"p{job.owner}-{job.phys}"
+        call = _Call(job, start)
+        added: list[str] = []
         try:
-            engine.add_request(job.prompt, job.params, request_id=request_id)
+            for index, request_id in enumerate(call.request_ids):  # together, so the samples share the prefill
+                engine.add_request(job.prompt, sample_params(job.params, index), request_id=request_id)
+                added.append(request_id)
         except HaloError as exc:
-            return LLMDone(job.phys, self.index, None, str(exc), start=start, end=time.perf_counter(), owner=job.owner)
-        self._running[request_id] = (job, start)
-        self._by_model[job.model] = self._by_model.get(job.model, 0) + 1
+            for request_id in added:  # all samples or none
+                engine.abort(request_id)
+            return LLMDone(job.phys, self.index, error=str(exc), start=start, end=time.perf_counter(), owner=job.owner)
+        for request_id in added:
+            self._running[request_id] = call
+        self._by_model[job.model] = self._by_model.get(job.model, 0) + len(added)
         return None
+
+
+class _Call:
+    """One job in flight: its `n` engine requests (ids `p{owner}-{phys}`, then `.1`, `.2`, ... for
+    samples past the first) and the results of those finished so far."""
+
+    def __init__(self, job: LLMJob, start: float) -> None:
+        self.job = job
+        self.start = start
+        base = f"p{job.owner}-{job.phys}"
+        self.request_ids = tuple(base if i == 0 else f"{base}.{i}" for i in range(job.n))
+        self.results: dict[str, GenerationResult] = {}
+
+    def pending(self) -> list[str]:
+        return [r for r in self.request_ids if r not in self.results]
+
+    def record(self, result: GenerationResult) -> bool:
+        """Keep one sample's result; True when it was the last one outstanding."""
+        self.results[result.request_id] = result
+        return len(self.results) == len(self.request_ids)
+
+    def done(self, worker: int) -> LLMDone:
+        results = [self.results[r] for r in self.request_ids]
+        return LLMDone(
+            self.job.phys,
+            worker,
+            tuple(LlmReply.of(r) for r in results),
+            None,
+            sum(r.prompt_tokens for r in results),
+            sum(r.cached_tokens for r in results),
+            sum(LlmReply.generated_tokens(r) for r in results),
+            self.start,
+            time.perf_counter(),
+            self.job.owner,
+        )
 
 
 @dataclass(frozen=True)
@@ -399,21 +466,7 @@ class RayWorker:
         self._launch()
         # The actor's clock is not ours: place each request by its offset inside the call.
         return [
-            LLMDone(
-                d.phys,
-                self.index,
-                d.text,
-                d.error,
-                d.prompt_tokens,
-                d.cached_tokens,
-                d.generated_tokens,
-                base + offset,
-                end,
-                d.owner,
-                d.finish_reason,
-                d.format_error,
-                d.token_logprobs,
-            )
+            dataclasses.replace(d, worker=self.index, start=base + offset, end=end)
             for d, offset in results
             if d.owner not in self._cancelled
         ]

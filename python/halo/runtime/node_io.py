@@ -6,14 +6,17 @@ results the same way (the fidelity tests compare the two).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from halo.engine import OutputFormat, SamplingParams
+from halo.engine.choice_scoring import ChoiceScores
 from halo.plan.prompt_tokens import chat_messages
+from halo.runtime.llm_worker import LlmReply, sample_params
 from halo.spec.errors import TemplateRenderError
 from halo.spec.graph import GraphNode, OutputBinding, WorkflowGraph
-from halo.spec.nodes import LlmNode
+from halo.spec.nodes import LlmNode, output_fields
 from halo.spec.structured_output import OutputCheck, check_output
 
 SKIPPED = object()  # the result of an instance whose loop guard held
@@ -46,7 +49,8 @@ def output_format(spec: LlmNode) -> OutputFormat | None:
 
 
 def sampling_params(node: GraphNode) -> SamplingParams:
-    """The one place a node's request parameters are made (Processor, serial baseline, bench systems)."""
+    """The one place a node's request parameters are made (Processor, serial baseline, bench systems):
+    sample 0's when the node draws `n` samples (`request_params` gives all of them)."""
     spec = node.spec
     assert isinstance(spec, LlmNode)
     return SamplingParams(
@@ -57,7 +61,51 @@ def sampling_params(node: GraphNode) -> SamplingParams:
         stop=spec.stop,
         output_format=output_format(spec),
         logprobs=0 if spec.logprobs else None,
+        choice_mode="score" if spec.scored else "greedy",
+        length_normalized=spec.length_normalized and spec.scored,
     )
+
+
+def request_params(node: GraphNode) -> list[SamplingParams]:
+    """The params of each of the node's `n` engine requests: sample i seeded `seed + i` (the worker's
+    `sample_params`, so every path draws the same samples)."""
+    first = sampling_params(node)
+    n = node.spec.n if isinstance(node.spec, LlmNode) else 1
+    return [sample_params(first, i) for i in range(n)]
+
+
+def replies_result(node: GraphNode, replies: Sequence[LlmReply | str]) -> dict[str, Any]:
+    """An llm node's result from its engine replies, one per sample (a str: a reply known by its text only).
+
+    n = 1: `llm_result` of the one reply. n > 1: the same fields, each a list of the samples' values in
+    sample order (`output`, `text`, `json`, `logprobs`, `confidence`); a sample that fails its format
+    fails the whole node, with "sample i of n: " before the sample's error.
+    """
+    spec = node.spec
+    assert isinstance(spec, LlmNode)
+    samples = [LlmReply(r) if isinstance(r, str) else r for r in replies]
+    if len(samples) != spec.n:
+        raise ValueError(f"node '{node.id}' draws n={spec.n} samples but {len(samples)} replies came back")
+    results = []
+    for i, reply in enumerate(samples):
+        try:
+            results.append(
+                llm_result(
+                    node,
+                    reply.text,
+                    finish_reason=reply.finish_reason,
+                    format_error=reply.format_error,
+                    logprobs=reply.token_logprobs,
+                    choice_scores=reply.choice_scores,
+                )
+            )
+        except ValueError as exc:
+            if spec.n == 1:
+                raise
+            raise ValueError(f"sample {i} of {spec.n}: {exc}") from None
+    if spec.n == 1:
+        return results[0]
+    return {name: [result[name] for result in results] for name in results[0]}
 
 
 def llm_result(
@@ -67,9 +115,12 @@ def llm_result(
     finish_reason: str | None = None,
     format_error: str | None = None,
     logprobs: Sequence[float] = (),
+    choice_scores: ChoiceScores | None = None,
 ) -> dict[str, Any]:
-    """An llm node's result: `output` and `text` are the text; with a json_schema `output` and `json`
+    """One sample's result: `output` and `text` are the text; with a json_schema `output` and `json`
     are the parsed document; with `logprobs: true`, `logprobs` are the generated tokens' log-probabilities.
+    A choices node with `logprobs: true` or `choice_mode: score` has `confidence`, a scored one `scores`
+    and `probabilities` (by option); docs/structured_outputs.md, "In workflows", defines them.
 
     A structured output the engine reports incomplete (`format_error`, e.g. "json output truncated at
     max_tokens=64"), or that is not of the node's format, raises ValueError: the row's error, under the
@@ -81,6 +132,10 @@ def llm_result(
     extra: dict[str, Any] = {"logprobs": list(logprobs)} if spec.logprobs else {}
     if not spec.structured:
         return {"output": text, "text": text, **extra}
+    if spec.scored:
+        if choice_scores is None:
+            raise ValueError("choice_mode: score, but the engine's reply carries no option scores")
+        text = choice_scores.chosen_text
     if format_error is not None:
         raise ValueError(format_error)
     check = OutputCheck(spec.choices, spec.regex, spec.json_schema)
@@ -89,19 +144,43 @@ def llm_result(
         raise ValueError(checked.error)
     if spec.json_schema is not None:
         return {"output": checked.value, "json": checked.value, "text": text, **extra}
+    if choice_scores is not None and spec.scored:
+        options = [o.text for o in choice_scores.options]
+        return {
+            "output": text,
+            "text": text,
+            **extra,
+            "confidence": choice_scores.confidence,
+            "scores": dict(zip(options, choice_scores.scores, strict=True)),
+            "probabilities": dict(zip(options, choice_scores.probabilities, strict=True)),
+        }
+    if spec.choices is not None and spec.logprobs:
+        # The chosen path's probability under the masked (constrained) distribution; no logprobs (a
+        # reply known by its text only) leaves it unknown.
+        extra["confidence"] = math.exp(math.fsum(logprobs)) if logprobs else None
     return {"output": text, "text": text, **extra}
 
 
 def fallback_result(node: GraphNode) -> dict[str, Any]:
-    """What an instance yields when it fails under `on_error: default`: `fallback` as its output."""
+    """What an instance yields when it fails under `on_error: default`: `fallback` as its output (and
+    `json`); `text` its string ("" for none); `logprobs` [], `confidence` None, `scores` and
+    `probabilities` {}. With n > 1, `output`/`json` are `fallback` as written and the other fields []."""
     value = node.spec.fallback
     kind = node.kind
     if isinstance(node.spec, LlmNode):
-        result = {"output": value, "text": "" if value is None else str(value)}
-        if node.spec.json_schema is not None:
+        spec = node.spec
+        many = spec.n > 1
+        result: dict[str, Any] = {"output": value, "text": [] if many else "" if value is None else str(value)}
+        fields = output_fields(spec)
+        if "json" in fields:
             result["json"] = value  # `fallback` stands for the parsed document
-        if node.spec.logprobs:
+        if "logprobs" in fields:
             result["logprobs"] = []
+        if "confidence" in fields:
+            result["confidence"] = [] if many else None
+        for name in ("scores", "probabilities"):
+            if name in fields:
+                result[name] = {}
         return result
     if kind == "sql":
         return {"output": value, "rows": value if isinstance(value, list) else [], "columns": []}

@@ -46,8 +46,8 @@ from halo.runtime.node_io import (
     SKIPPED,
     fallback_result,
     llm_prompt,
-    llm_result,
     render_values,
+    replies_result,
     row_outputs,
     sampling_params,
 )
@@ -55,6 +55,7 @@ from halo.runtime.request_board import RequestBoard
 from halo.runtime.results import RowError, Span
 from halo.runtime.run_loop import RunLoop
 from halo.spec.graph import GraphNode
+from halo.spec.nodes import LlmNode
 
 
 class LLMWorker(Protocol):
@@ -240,7 +241,8 @@ class Processor:
         if done.error is None:
             node_id = self.graph.physical.node[done.phys]
             tokens, calls = self.out.output_tokens.get(node_id, (0, 0))
-            self.out.output_tokens[node_id] = (tokens + done.generated_tokens, calls + 1)
+            # per sample: the history prices each of a node's n decodes by the length of one
+            self.out.output_tokens[node_id] = (tokens + done.generated_tokens, calls + len(done.replies))
         for processor, phys in [(self, done.phys), *followers]:
             processor.settle(phys, processor._reply(phys, done))
 
@@ -313,14 +315,7 @@ class Processor:
             return Outcome(error=done.error, ran=ran)
         try:
             node = self.wf.node(self.graph.physical.node[phys])
-            value = llm_result(
-                node,
-                done.text or "",
-                finish_reason=done.finish_reason,
-                format_error=done.format_error,
-                logprobs=done.token_logprobs,
-            )
-            return Outcome(value=value, ran=ran)
+            return Outcome(value=replies_result(node, done.replies), ran=ran)
         except ValueError as exc:  # a structured output cut at max_tokens or not of the node's format
             return Outcome(error=str(exc), ran=ran)
 
@@ -424,9 +419,13 @@ class Processor:
             if prepared is None:
                 continue
             node, values = prepared
-            request = _Request(phys, self.wf.model_source(node) or "", llm_prompt(node, values), sampling_params(node))
+            samples = node.spec.n if isinstance(node.spec, LlmNode) else 1
+            request = _Request(
+                phys, self.wf.model_source(node) or "", llm_prompt(node, values), sampling_params(node), samples
+            )
             if node.pure:
-                key = (self.pool, request.model, json.dumps(request.messages), request.params)
+                # n is in the key: a node of n samples never joins an equal request of another n
+                key = (self.pool, request.model, json.dumps(request.messages), request.params, request.n)
                 leader = self.board.join(key, self, phys)
                 if leader is not None:  # the same request is already running: share its result
                     if leader is self:
@@ -441,13 +440,13 @@ class Processor:
         for request, prompt in zip(requests, self._prompts(requests), strict=True):
             if isinstance(prompt, str):  # the chat template refused the messages, as the engine would have
                 now = time.perf_counter()
-                failed.append(LLMDone(request.phys, worker.index, None, prompt, start=now, end=now, owner=self.owner))
+                failed.append(LLMDone(request.phys, worker.index, error=prompt, start=now, end=now, owner=self.owner))
                 continue
             source = self.execution.kv_source.get(self.graph.physical.node[request.phys])
             if source is not None and source != worker.index:
                 worker.pull_prefix(self.workers[source], request.model, prompt)
                 self.out.kv_moves += 1
-            jobs.append(LLMJob(request.phys, request.model, prompt, request.params, self.owner))
+            jobs.append(LLMJob(request.phys, request.model, prompt, request.params, self.owner, request.n))
         self.out.llm_executed += len(requests)
         self.out.calls_by_worker[worker.index] = self.out.calls_by_worker.get(worker.index, 0) + len(requests)
         for done in [*worker.submit(jobs), *failed]:
@@ -539,7 +538,8 @@ class _Request:
     phys: int
     model: str
     messages: list[dict[str, str]]
-    params: SamplingParams
+    params: SamplingParams  # sample 0's
+    n: int = 1  # samples (the node's n)
 
 
 _MISSING = object()

@@ -14,13 +14,14 @@ from typing import Any
 
 from halo.engine import LLMEngine
 from halo.errors import HaloError
+from halo.runtime.llm_worker import LlmReply
 from halo.runtime.node_io import (
     fallback_result,
     llm_prompt,
-    llm_result,
     render_values,
+    replies_result,
+    request_params,
     row_outputs,
-    sampling_params,
 )
 from halo.runtime.results import RowError, Span
 from halo.spec.graph import GraphNode, WorkflowGraph
@@ -85,16 +86,11 @@ def _run_node(
                 engine = engine_for(wf.model_source(node) or "")
                 engine.reset_prefix_cache()
                 out.llm_executed += 1
-                [generated] = engine.generate([llm_prompt(node, values)], sampling_params(node))
-                out.generated_tokens += len(generated.token_ids)
-                result = llm_result(
-                    node,
-                    generated.text,
-                    finish_reason=generated.finish_reason,
-                    format_error=generated.format_error,
-                    logprobs=generated.token_logprobs,
-                )
-                return result, None
+                # one call of n samples (seeds seed + i), added together as the workers add them
+                params = request_params(node)
+                generated = engine.generate([llm_prompt(node, values)] * len(params), params)
+                out.generated_tokens += sum(LlmReply.generated_tokens(g) for g in generated)
+                return replies_result(node, [LlmReply.of(g) for g in generated]), None
             out.tool_executed += 1
             return call_tool(node, wf.template(node).request(values)), None
         except (HaloError, ValueError) as exc:

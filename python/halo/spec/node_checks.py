@@ -37,6 +37,7 @@ def check_node(
                 )
             )
         out.extend(_structured_output_problems(node, spec))
+        out.extend(_sample_problems(node, spec))
     elif isinstance(spec, SqlNode):
         dialect = "duckdb"
         if spec.db is not None:
@@ -73,7 +74,8 @@ def check_node(
 
 def _structured_output_problems(node: DeclaredNode, spec: LlmNode) -> list[Problem]:
     """choices / regex / json_schema: one at most, choices distinct and non-empty, a regex or schema
-    that llguidance (the engine's grammar compiler) compiles; choice_mode score only with choices."""
+    that llguidance (the engine's grammar compiler) compiles; choice_mode score only with choices, and
+    length_normalized only with choice_mode score."""
     out: list[Problem] = []
     given = spec.structured
     if len(given) > 1:
@@ -97,13 +99,29 @@ def _structured_output_problems(node: DeclaredNode, spec: LlmNode) -> list[Probl
         reason = grammar_problem(schema=spec.json_schema)
         if reason is not None:
             out.append(Problem(node.path + ("json_schema",), f"json_schema cannot be compiled: {reason}", node.id))
-    if spec.choice_mode == "score":
-        if spec.choices is None:
-            message = "choice_mode applies to 'choices' only (this node has none)"
-        else:
-            message = "choice_mode 'score' is not implemented yet; use choice_mode: greedy (the default)"
+    if spec.choice_mode == "score" and spec.choices is None:
+        message = "choice_mode applies to 'choices' only (this node has none)"
         out.append(Problem(node.path + ("choice_mode",), message, node.id))
+    if spec.length_normalized and spec.choice_mode != "score":
+        message = "length_normalized applies to choice_mode: score only (it ranks scored options by mean logprob)"
+        out.append(Problem(node.path + ("length_normalized",), message, node.id))
     return out
+
+
+def _sample_problems(node: DeclaredNode, spec: LlmNode) -> list[Problem]:
+    """n > 1 needs sampling: greedy decoding and scoring would give n equal samples."""
+    if spec.n == 1:
+        return []
+    if spec.choice_mode == "score":
+        message = f"n={spec.n} with choice_mode: score: scoring is deterministic, every sample would be the same pick"
+    elif spec.temperature == 0.0:
+        message = (
+            f"n={spec.n} needs sampling: with temperature 0 (greedy decoding) every sample would be the same "
+            "text; set temperature > 0 or n: 1"
+        )
+    else:
+        return []
+    return [Problem(node.path + ("n",), message, node.id)]
 
 
 def _prefix_of_scheme(text: str) -> bool:

@@ -21,13 +21,17 @@ HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 MAX_SEED = 2**63 - 1
 """Largest sampling seed: what torch.Generator.manual_seed and OpenAI-compatible servers (int64) accept."""
 
+MAX_SAMPLES = 128
+"""Most samples one llm node draws per call (`n`), the OpenAI server's bound on `n` too."""
+
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 """An http node's response body bound when it sets none (`max_response_bytes`)."""
 
 OUTPUT_FIELDS: dict[str, frozenset[str]] = {
     # `output` is the node's main value: llm text (or the parsed JSON when json_schema is set),
     # sql rows (a list of dicts), http value at response_path (else the body), python return, rule match.
-    # An llm node with a json_schema also has `json`, one with `logprobs: true` `logprobs` (`output_fields`).
+    # An llm node with a json_schema also has `json`, one with `logprobs: true` `logprobs`, a choices node
+    # `confidence` (scored, or with logprobs), a scored one `scores` and `probabilities` (`output_fields`).
     "llm": frozenset({"output", "text"}),
     "sql": frozenset({"output", "rows", "columns"}),
     "http": frozenset({"output", "status", "json", "text", "headers"}),
@@ -129,12 +133,18 @@ class LlmNode(NodeBase):
     choices: tuple[str, ...] | None = None
     regex: str | None = None
     json_schema: dict[str, Any] | None = None
-    # How a `choices` node picks: constrained greedy decoding (greedy), or ranking every option by the
-    # log-probability of its tokens after the prompt (score; not implemented yet, refused at load).
+    # How a `choices` node picks: constrained decoding (greedy, the default; sampled when temperature > 0),
+    # or ranking every option by the log-probability of its tokens after the prompt, in prefill only (score;
+    # sampling fields do not apply). `length_normalized` (score only) ranks by the mean token logprob.
     choice_mode: Literal["greedy", "score"] = "greedy"
+    length_normalized: bool = False
     # Also return the generated tokens' log-probabilities (result field `logprobs`, one float per token,
-    # from the logits after the format's mask and before temperature; jump-forward tokens are 0.0).
+    # from the logits after the format's mask and before temperature; jump-forward tokens are 0.0), and for
+    # a choices node the chosen option's `confidence` (docs/structured_outputs.md, "In workflows").
     logprobs: bool = False
+    # Samples per call: n > 1 draws n samples of the same request (seeds seed, seed+1, ...; temperature > 0
+    # required) and every result field becomes a list of n values, one per sample, in seed order.
+    n: int = Field(default=1, ge=1, le=MAX_SAMPLES)
     sql: tuple[EmbeddedSql, ...] = ()
     http: tuple[EmbeddedHttp, ...] = ()
 
@@ -145,8 +155,13 @@ class LlmNode(NodeBase):
 
     @property
     def pure(self) -> bool:
-        """Greedy or seeded sampling: the same request always yields the same text."""
-        return self.temperature == 0.0 or self.seed is not None
+        """Greedy, seeded sampling or scoring: the same request always yields the same result."""
+        return self.temperature == 0.0 or self.seed is not None or self.scored
+
+    @property
+    def scored(self) -> bool:
+        """A choices node that picks by scoring its options (choice_mode: score)."""
+        return self.choice_mode == "score" and self.choices is not None
 
     @property
     def structured(self) -> tuple[str, ...]:
@@ -237,5 +252,11 @@ def output_fields(spec: AnyNode) -> frozenset[str]:
     fields = OUTPUT_FIELDS[spec.kind]
     if isinstance(spec, LlmNode):
         extra = {"json"} if spec.json_schema is not None else set()
-        return fields | extra | ({"logprobs"} if spec.logprobs else set())
+        if spec.logprobs:
+            extra.add("logprobs")
+        if spec.choices is not None and (spec.logprobs or spec.scored):
+            extra.add("confidence")
+        if spec.scored:
+            extra |= {"scores", "probabilities"}
+        return fields | extra
     return fields

@@ -2,8 +2,11 @@
 
 Before any observation a call is assumed to run to ``max_tokens``; afterwards the estimate is the
 running mean of what calls under the same key generated (capped at ``max_tokens``). Keys name a node's
-request shape, not a row: `output_key` hashes the model, system prompt, prompt template and
-``max_tokens``, so the same node of the same workflow shares its history across runs. The Processor
+request shape, not a row: `output_key` hashes the model, system prompt, prompt template,
+``max_tokens`` and the structured output (``choices``, ``regex``, ``json_schema``, ``choice_mode``),
+so the same node of the same workflow shares its history across runs, and a node whose format
+changes (a choices node's outputs are a few tokens) starts a history of its own. A node of ``n``
+samples counts each sample as a call. The Processor
 feeds ``observe``; ``build_plan_problem`` reads ``expected``. Persisted as one small JSON file
 (``$HALO_CACHE_DIR/output_lengths.json``), written atomically.
 """
@@ -27,11 +30,19 @@ def history_path(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def output_key(node: GraphNode, model: str | None) -> str:
-    """The history key of an llm node: its model and request template, not its rows."""
+    """The history key of an llm node: its model, request template and output format, not its rows."""
     spec = node.spec
-    text = json.dumps(
-        [model, getattr(spec, "system", None), getattr(spec, "prompt", None), getattr(spec, "max_tokens", None)]
-    )
+    parts: list[object] = [
+        model,
+        getattr(spec, "system", None),
+        getattr(spec, "prompt", None),
+        getattr(spec, "max_tokens", None),
+    ]
+    formats = {name: getattr(spec, name, None) for name in ("choices", "regex", "json_schema")}
+    structured = {name: value for name, value in formats.items() if value is not None}
+    if structured:  # free-text nodes keep the keys they had before formats existed
+        parts.append({**structured, "choice_mode": getattr(spec, "choice_mode", "greedy")})
+    text = json.dumps(parts, sort_keys=True)
     return f"{node.name}:{hashlib.sha1(text.encode()).hexdigest()[:12]}"
 
 
