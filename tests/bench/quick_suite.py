@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # the suite lives in bench/, outside the installed package
 
@@ -98,11 +96,7 @@ def check_report_files_are_written(folder: Path, workloads: list[str]) -> None:
 class QuickSuiteChecks:
     """The tests of one half: a test file subclasses this as `Test...` and names its WORKLOADS."""
 
-    WORKLOADS: ClassVar[list[str]] = []
-
-    @pytest.fixture(scope="class")
-    def quick_result(self, tmp_path_factory: pytest.TempPathFactory) -> tuple[SuiteResult, Path]:
-        return run_quick(tmp_path_factory.mktemp("bench"), self.WORKLOADS)
+    WORKLOADS: ClassVar[list[str]] = []  # the `quick_result` fixture (tests/bench/conftest.py) runs these
 
     def test_every_workload_runs_under_every_system(self, quick_result) -> None:
         check_every_workload_runs_under_every_system(quick_result[0], self.WORKLOADS)
