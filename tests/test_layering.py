@@ -33,10 +33,12 @@ ANY = frozenset({"*"})
 # Layer -> the layers it may import from. A layer is a subpackage of halo (halo.spec, halo.runtime...), a
 # top-level module (halo.errors, halo.cli...), "halo" itself (its __init__) or "bench".
 ALLOWED: dict[str, frozenset[str]] = {
-    "halo.spec": frozenset({"halo.errors"}),
+    "halo.spec": frozenset({"halo.errors", "halo.output_grammar"}),
     # The cost evaluator and the epoch DP have native twins in halo._core.
     "halo.plan": frozenset({"halo.spec", "halo._core", "halo.errors"}),
-    "halo.engine": frozenset({"halo.kernels", "halo._core", "halo.errors", "halo.durable_files"}),
+    "halo.engine": frozenset(
+        {"halo.kernels", "halo._core", "halo.errors", "halo.durable_files", "halo.output_grammar"}
+    ),
     "halo.runtime": frozenset(
         {
             "halo.plan",
@@ -56,6 +58,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "halo.kernels": frozenset(),
     "halo.errors": frozenset(),
     "halo.durable_files": frozenset(),
+    "halo.output_grammar": frozenset(),
     "halo.batch_io": frozenset({"halo.errors"}),
     "halo": frozenset({"halo.spec", "halo.runtime"}),  # the package's public re-exports: Workflow, compile
     "halo.cli": ANY,  # the command line is the top of the house

@@ -17,7 +17,6 @@ forced-token computation for jump-forward built in, and JSON Schema, regex and L
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -28,27 +27,15 @@ import torch
 from halo.engine.output_format import OutputFormat
 from halo.engine.tokenizer import Tokenizer
 from halo.errors import InvalidRequestError
+from halo.output_grammar import grammar_of
 
-# Compact, deterministic JSON (json.dumps' default separators, no other whitespace): a small model
-# cannot wander into runs of whitespace, and fixed keys and punctuation become forced runs that
-# jump-forward appends without decode steps.
-JSON_OPTIONS: dict[str, object] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 DEFAULT_CACHE_SIZE = 64  # compiled formats kept per engine; a workflow has a handful, a server a few dozen
 
 
 def grammar_text(fmt: OutputFormat) -> str:
-    """The llguidance grammar of a format (not yet checked; `format_error` checks it).
-
-    ``choices`` become a Lark alternation of string literals (JSON string syntax, which Lark's
-    literals share) rather than a regex alternation of escaped strings: a literal means exactly its
-    text, with no regex dialect (Python's ``re.escape`` vs Rust's regex syntax) to get wrong.
-    """
-    if fmt.kind == "choices":
-        return llguidance.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in fmt.choices))
-    if fmt.kind == "regex":
-        return llguidance.LLMatcher.grammar_from_regex(fmt.regex or "")
-    schema = fmt.schema if fmt.schema is not None else '{"type": "object"}'
-    return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)  # type: ignore[arg-type]
+    """The llguidance grammar of a format (not yet checked; `format_error` checks it): the one
+    construction the spec also uses (halo/output_grammar.py)."""
+    return grammar_of(choices=fmt.choices, regex=fmt.regex if fmt.kind == "regex" else None, schema=fmt.schema)
 
 
 def format_error(fmt: OutputFormat) -> str | None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from halo import output_grammar
+
 Verdict = Literal["ok", "prefix", "mismatch"]
 """A text against a format: it matches; it is an unfinished start of a match; it can never match."""
 
@@ -29,13 +31,10 @@ _EOS = 256  # the byte tokenizer's end-of-sequence token (bytes are tokens 0-255
 
 
 def grammar_of(regex: str | None = None, schema: Mapping[str, Any] | None = None) -> str:
-    """The llguidance grammar of a regex (matched whole) or of a JSON schema."""
-    from llguidance import LLMatcher
-
-    if regex is not None:
-        return str(LLMatcher.grammar_from_regex(regex))
-    assert schema is not None
-    return str(LLMatcher.grammar_from_json_schema(dict(schema)))
+    """The llguidance grammar of a regex (matched whole) or of a JSON schema: the engine's own
+    construction (halo/output_grammar.py), so load checks and output checks see the grammar that runs."""
+    assert regex is not None or schema is not None
+    return output_grammar.grammar_of(regex=regex, schema=schema)
 
 
 def grammar_problem(regex: str | None = None, schema: Mapping[str, Any] | None = None) -> str | None:
