@@ -10,19 +10,27 @@ tool cache.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 from halo.errors import HaloError
 from halo.runtime.compiled import CompiledWorkflow
 from halo.runtime.llm_worker import LlmReply
-from halo.runtime.node_io import llm_prompt, render_values, replies_result, request_params, row_outputs
+from halo.runtime.node_io import (
+    SKIPPED,
+    InstanceWork,
+    instance_work,
+    llm_prompt,
+    replies_result,
+    request_params,
+    row_outputs,
+)
 from halo.runtime.tools.tool_runner import ToolRunner
 from halo.spec.graph import GraphNode, WorkflowGraph
 
 from bench.systems.engine_calls import EngineCalls
-from bench.systems.system_run import EngineCounters, SystemRun, attempts, settle
+from bench.systems.system_run import EngineCounters, SystemRun, attempts, element_results, settle
 
 
 def run_opwise(
@@ -40,9 +48,7 @@ def run_opwise(
         ToolRunner(app.workflow, cache=False, coalesce=False, allowed_hosts=allowed_hosts) as tools,
     ):
         for node in wf.nodes:
-            live = [r for r in range(len(rows)) if r not in errors]
-            live = [r for r in live if not (node.guards and wf.skipped(node, rows[r], _context(node, results[r])))]
-            pending, last_error = live, {}
+            pending, last_error = [r for r in range(len(rows)) if r not in errors], {}
             for _ in range(attempts(node)):
                 if not pending:
                     break
@@ -54,7 +60,8 @@ def run_opwise(
                     if isinstance(value, Exception):
                         last_error[r] = str(value)
                     else:
-                        results[r][node.id] = value
+                        if value is not SKIPPED:  # a loop guard held: the instance has no result
+                            results[r][node.id] = value
                         last_error.pop(r, None)
                 pending = [r for r in pending if r in last_error]
             for r in pending:
@@ -91,25 +98,17 @@ def _llm_operator(
     results: list[dict[str, Any]],
     batch: list[int],
 ) -> dict[int, Any]:
-    """One engine batch: every row's request of `node` (its n samples), all in flight at once; a dict
-    row -> result or exception. Results are read as the serial path reads them (`replies_result`)."""
-    out: dict[int, Any] = {}
-    futures: dict[int, list[Future]] = {}
+    """One engine batch: every row's requests of `node` (its n samples, a foreach node's elements), all
+    in flight at once. Results are read as the serial path reads them (`replies_result`)."""
     params = request_params(node)
-    for r in batch:
-        try:
-            values = render_values(wf, node, rows[r], _context(node, results[r]))
-        except (HaloError, ValueError) as exc:
-            out[r] = exc
-            continue
+
+    def submit(values: tuple) -> list[Future]:
         prompt = llm_prompt(node, values)
-        futures[r] = [calls.submit(prompt, p) for p in params]
-    for r, samples in futures.items():
-        try:
-            out[r] = replies_result(node, [LlmReply.of(f.result()) for f in samples])
-        except (HaloError, ValueError) as exc:
-            out[r] = exc
-    return out
+        return [calls.submit(prompt, p) for p in params]
+
+    return _operator(
+        wf, node, rows, results, batch, submit, lambda f: replies_result(node, [LlmReply.of(x.result()) for x in f])
+    )
 
 
 def _tool_operator(
@@ -120,18 +119,47 @@ def _tool_operator(
     results: list[dict[str, Any]],
     batch: list[int],
 ) -> dict[int, Any]:
-    """Every row's call of `node`, all in flight at once on the tool pool; waits for all of them."""
+    """Every row's calls of `node`, all in flight at once on the tool pool; waits for all of them."""
+    return _operator(
+        wf,
+        node,
+        rows,
+        results,
+        batch,
+        lambda values: tools.submit(node, wf.template(node).request(values)),
+        Future.result,
+    )
+
+
+def _operator(
+    wf: WorkflowGraph,
+    node: GraphNode,
+    rows: Sequence[Mapping[str, Any]],
+    results: list[dict[str, Any]],
+    batch: list[int],
+    submit: Callable[[tuple], Any],
+    collect: Callable[[Any], Any],
+) -> dict[int, Any]:
+    """Row -> result (SKIPPED or a `when` stand-in for one that does not run) or the exception that
+    failed it; a foreach node's element that fails takes its fallback under `on_error: default`."""
     out: dict[int, Any] = {}
-    futures: dict[int, Future[dict[str, Any]]] = {}
+    sent: dict[int, tuple[InstanceWork, list[Any]]] = {}
     for r in batch:
         try:
-            values = render_values(wf, node, rows[r], _context(node, results[r]))
-            futures[r] = tools.submit(node, wf.template(node).request(values))
+            work = instance_work(wf, node, rows[r], _context(node, results[r]))
+            if work.skip is not None:
+                out[r] = work.skip
+                continue
+            sent[r] = (work, [submit(values) for values in work.calls])
         except (HaloError, ValueError) as exc:
             out[r] = exc
-    for r, future in futures.items():
-        try:
-            out[r] = future.result()
-        except (HaloError, ValueError) as exc:
-            out[r] = exc
+    for r, (work, handles) in sent.items():
+        outcomes: list[tuple[Any, str | None]] = []
+        for handle in handles:
+            try:
+                outcomes.append((collect(handle), None))
+            except (HaloError, ValueError) as exc:
+                outcomes.append(settle(node, str(exc)) if work.mapped else (None, str(exc)))
+        value, error = element_results(node, work, outcomes)
+        out[r] = ValueError(error) if error is not None else value
     return out

@@ -13,17 +13,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from halo.engine import SamplingParams
+from halo.errors import HaloError
 from halo.runtime.compiled import CompiledWorkflow
 from halo.runtime.llm_worker import LlmReply
-from halo.runtime.node_io import llm_prompt, render_values, replies_result, request_params, row_outputs
+from halo.runtime.node_io import SKIPPED, instance_work, llm_prompt, replies_result, request_params, row_outputs
 from halo.runtime.tools.tool_runner import ToolRunner
 from halo.spec.graph import GraphNode
 
 from bench.systems.engine_calls import EngineCalls
-from bench.systems.system_run import EngineCounters, SystemRun, with_policy
+from bench.systems.system_run import EngineCounters, SystemRun, element_results, settle, with_policy
 
 _FAILED = object()  # an upstream instance failed: this one does not run
 # One engine request: messages -> its reply (a str: a reply known by its text only, e.g. over HTTP)
@@ -38,7 +40,7 @@ def run_per_call(
     counters = EngineCounters(engine)
     clock = time.perf_counter()
     with (
-        EngineCalls(engine) as calls,
+        EngineCalls(engine, threaded=False) as calls,
         ToolRunner(app.workflow, cache=False, coalesce=False, allowed_hosts=allowed_hosts) as tools,
     ):
         outputs, errors = asyncio.run(_run_batch(app, rows, calls, tools))
@@ -65,7 +67,12 @@ async def _run_batch(
     async def generate(prompt: list[dict[str, str]], params: SamplingParams) -> LlmReply:
         return LlmReply.of(await asyncio.wrap_future(calls.submit(prompt, params)))
 
-    done = await asyncio.gather(*(walk_row(app, row, generate, tools) for row in rows))
+    driver = asyncio.create_task(calls.drive())
+    try:
+        done = await asyncio.gather(*(walk_row(app, row, generate, tools) for row in rows))
+    finally:
+        calls.stop()
+        await driver
     outputs = [out for out, _ in done]
     errors = {r: node for r, (_, node) in enumerate(done) if node is not None}
     return outputs, errors
@@ -87,18 +94,27 @@ async def walk_row(
         if failed or any(u is _FAILED for u in upstream):
             return _FAILED
         context = {u: results[u] for u in node.upstream if u in results}
-        if node.guards and wf.skipped(node, row, context):
-            return None
 
-        async def attempt() -> Any:
-            values = render_values(wf, node, row, context)
+        async def call(values: tuple) -> Any:
             if node.kind == "llm":
                 prompt = llm_prompt(node, values)
                 replies = await asyncio.gather(*(generate(prompt, p) for p in request_params(node)))
                 return replies_result(node, replies)
             return await asyncio.wrap_future(tools.submit(node, wf.template(node).request(values)))
 
-        result, error = await with_policy(node, attempt)
+        try:
+            work = instance_work(wf, node, row, context)
+        except (HaloError, ValueError) as exc:
+            result, error = settle(node, str(exc))
+        else:
+            if work.skip is not None:
+                if work.skip is SKIPPED:
+                    return None
+                results[node.id] = work.skip
+                return work.skip
+            # every call of the instance at once (a foreach node's elements too), each under the policy
+            outcomes = await asyncio.gather(*(with_policy(node, partial(call, values)) for values in work.calls))
+            result, error = element_results(node, work, outcomes)
         if error is not None:
             failed.append(node.id)
             return _FAILED

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from halo.engine import LLMEngine
 from halo.errors import HaloError
-from halo.runtime.node_io import fallback_result
+from halo.runtime.node_io import InstanceWork, fallback_result, map_result
 from halo.runtime.results import RunResult
 from halo.spec.graph import GraphNode
 
@@ -106,3 +106,16 @@ async def with_policy(node: GraphNode, attempt: Callable[[], Awaitable[Any]]) ->
         except (HaloError, ValueError) as exc:
             error = str(exc)
     return settle(node, error)
+
+
+def element_results(
+    node: GraphNode, work: InstanceWork, outcomes: Sequence[tuple[Any, str | None]]
+) -> tuple[Any, str | None]:
+    """An instance's result from its calls' (result, error) under the policy, as the Processor reads
+    them: one call's as it is; a foreach node's elements as `map_result`, the first failed one failing it."""
+    if not work.mapped:
+        return outcomes[0]
+    for index, (_, error) in enumerate(outcomes):
+        if error is not None:
+            return None, f"element {index + 1} of {len(outcomes)}: {error}"
+    return map_result(node, [value for value, _ in outcomes]), None

@@ -37,7 +37,7 @@ import math
 from collections.abc import Callable, Mapping
 
 from halo.plan.consolidated_graph import ConsolidatedGraph
-from halo.plan.cost import LatencyCurves, OutputLengthHistory, output_key
+from halo.plan.cost import FOREACH_GUESS, LatencyCurves, OutputLengthHistory, calls_key, output_key
 from halo.plan.search import LLMTask, PlanProblem, ToolTask, Worker
 from halo.spec.graph import GraphNode
 
@@ -78,16 +78,17 @@ def build_plan_problem(
     for node in wf.nodes:  # topological order
         deps = tuple(node.upstream)
         counters = graph.counters[node.id]
+        fan = calls_per_instance(node, wf.model_source(node), output_history)
         if node.kind != "llm":
-            tools.append(ToolTask(node.id, float(tool_cost(node, max(counters.owned, 0))), deps))
-            per_call += counters.logical * float(tool_cost(node, 1))
+            tools.append(ToolTask(node.id, float(tool_cost(node, math.ceil(max(counters.owned, 0) * fan))), deps))
+            per_call += counters.logical * fan * float(tool_cost(node, 1))
             continue
         model = wf.model_source(node) or "default"
         curves = curves_for(model)
         if model not in loads:
             measured = curves.model_load_s
             loads[model] = DEFAULT_MODEL_LOAD_S if measured is None else float(measured)
-        batch = max(counters.owned, 0)
+        batch = math.ceil(max(counters.owned, 0) * fan)  # calls: a map's elements, a conditional's that run
         options = scored_option_tokens(graph, node)
         max_tokens = int(node.spec.max_tokens)
         if options is not None:
@@ -104,8 +105,8 @@ def build_plan_problem(
             cached = 0
         else:
             shared = 0
-            prompt = counters.physical_prompt_tokens // max(batch, 1)
-            cached = counters.cached_prompt_tokens // max(batch, 1)
+            prompt = counters.physical_prompt_tokens // max(counters.owned, 1)
+            cached = counters.cached_prompt_tokens // max(counters.owned, 1)
         prompt_of[node.id] = prompt
         prompt_prefill = curves.prefill_s(prompt - cached, cached, batch)
         if options is not None:
@@ -117,7 +118,7 @@ def build_plan_problem(
             decoding = batch * samples  # sequences in each decode step
             decode = steps * curves.decode_step_s(decoding, prompt + (steps + 1) / 2) if batch else 0.0
             one_call = curves.prefill_s(prompt, 0, 1) + steps * curves.decode_step_s(samples, prompt + (steps + 1) / 2)
-        per_call += counters.logical * one_call
+        per_call += counters.logical * fan * one_call
         saving = move = 0.0
         if parent and shared > 0:
             saving = min(prefill, max(0.0, prompt_prefill - curves.prefill_s(prompt - shared, shared, batch)))
@@ -147,6 +148,17 @@ def build_plan_problem(
         tools=tuple(tools),
         per_call_s=per_call,
     )
+
+
+def calls_per_instance(node: GraphNode, model: str | None, history: OutputLengthHistory | None) -> float:
+    """Calls one instance of `node` is expected to make: 1 for a plain node; for a conditional one the
+    observed share that ran (1.0 until seen), for a map the observed mean elements (`FOREACH_GUESS`,
+    at most `max_items`, until seen)."""
+    spec = node.spec
+    if spec.when is None and spec.foreach is None:
+        return 1.0
+    default = float(min(spec.max_items, FOREACH_GUESS)) if spec.foreach is not None else 1.0
+    return history.expected_calls(calls_key(node, model), default) if history is not None else default
 
 
 def scored_option_tokens(graph: ConsolidatedGraph, node: GraphNode) -> list[int] | None:

@@ -300,7 +300,7 @@ class CompiledWorkflow:
             tokens = TokenCounts.between(before, self._pool.stats())
         else:  # other runs share the engines: count this run's own requests
             tokens = TokenCounts.of_requests(outcome)
-        self.costs.learn_output_lengths(outcome.output_tokens)
+        self.costs.learn_output_lengths(outcome.output_tokens, outcome.instance_calls)
         return outcome, tokens, tools.stats
 
     def _run_serial(self, prepared: PreparedBatch) -> tuple[SerialOutcome, TokenCounts]:

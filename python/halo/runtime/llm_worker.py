@@ -72,7 +72,7 @@ class LlmReply:
 
 @dataclass(frozen=True)
 class LLMJob:
-    phys: int  # the physical node this request executes
+    phys: int  # the job: a physical node, or one element call of a foreach node (the Processor's ids)
     model: str  # model source
     prompt: Prompt  # token ids (chat messages only where the run knows no tokenizer of the model)
     params: SamplingParams  # sample 0's; sample i's are sample_params(params, i)

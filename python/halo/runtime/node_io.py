@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from halo.engine import OutputFormat, SamplingParams
 from halo.engine.choice_scoring import ChoiceScores
+from halo.errors import HaloError
 from halo.plan.prompt_tokens import chat_messages
 from halo.runtime.llm_worker import LlmReply, sample_params
 from halo.spec.errors import TemplateRenderError
@@ -22,10 +24,69 @@ from halo.spec.structured_output import OutputCheck, check_output
 SKIPPED = object()  # the result of an instance whose loop guard held
 
 
-def render_values(wf: WorkflowGraph, node: GraphNode, row: Mapping[str, Any], results: Mapping[str, Any]) -> tuple:
-    """The rendered slot values of one instance (raises TemplateRenderError naming this node)."""
+@dataclass(frozen=True, slots=True)
+class InstanceWork:
+    """What one instance of a node asks for once its inputs exist (`instance_work`).
+
+    `skip` is the instance's result when it does not run: SKIPPED (a loop guard held) or, when its
+    `when` is false, the node's `default` as its output; else `calls` are the rendered slot values of
+    each call it makes: one, or one per element of a foreach node (`mapped`), whose result is then
+    `map_result` of the calls' results in element order.
+    """
+
+    skip: Any = None
+    calls: tuple[tuple[Any, ...], ...] = ()
+    mapped: bool = False
+
+
+def instance_work(
+    wf: WorkflowGraph,
+    node: GraphNode,
+    row: Mapping[str, Any],
+    results: Mapping[str, Any],
+    values: tuple[Any, ...] | None = None,
+    render_error: str | None = None,
+) -> InstanceWork:
+    """The one reading of an instance's loop guards, `when` and `foreach` (Processor, serial baseline and
+    the benchmark's systems). `values` are its slot values when consolidation rendered them already,
+    `render_error` why consolidation could not. Raises HaloError (a TemplateRenderError naming the node
+    when rendering fails here): the row's error, under the node's on_error."""
+    if node.guards and wf.skipped(node, row, results):
+        return InstanceWork(skip=SKIPPED)
+    if node.spec.when is not None and not wf.condition(node, row, results):
+        return InstanceWork(skip=stand_in_result(node, node.spec.default))
+    if render_error is not None:
+        raise HaloError(render_error)
+    if node.spec.foreach is None:
+        return InstanceWork(calls=(values if values is not None else render_values(wf, node, row, results),))
+    items = wf.items(node, row, results)
+    limit = node.spec.max_items
+    if len(items) > limit:
+        if not node.spec.truncate:
+            detail = f"gave {len(items)} elements, more than max_items={limit} (truncate: true runs the first {limit})"
+            raise TemplateRenderError(node.id, "foreach", detail)
+        items = items[:limit]
+    element = node.spec.as_
+    calls = tuple(render_values(wf, node, {**row, element: item}, results, element) for item in items)
+    return InstanceWork(calls=calls, mapped=True)
+
+
+def map_result(node: GraphNode, results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A foreach node's result: each field the list of its elements' values, in element order."""
+    fields = list(results[0]) if results else sorted(output_fields(node.spec))
+    return {name: [result.get(name) for result in results] for name in fields}
+
+
+def render_values(
+    wf: WorkflowGraph, node: GraphNode, row: Mapping[str, Any], results: Mapping[str, Any], element: str | None = None
+) -> tuple:
+    """The rendered slot values of one instance (raises TemplateRenderError naming this node); `element`
+    names a foreach node's element, read from `row` beside the inputs."""
     try:
-        return wf.template(node).render(wf.context(node, row, results))
+        context = wf.context(node, row, results)
+        if element is not None:
+            context[element] = row[element]
+        return wf.template(node).render(context)
     except TemplateRenderError as exc:
         if exc.node != node.id:
             raise TemplateRenderError(node.id, exc.field, exc.detail) from exc
@@ -162,10 +223,14 @@ def llm_result(
 
 
 def fallback_result(node: GraphNode) -> dict[str, Any]:
-    """What an instance yields when it fails under `on_error: default`: `fallback` as its output (and
-    `json`); `text` its string ("" for none); `logprobs` [], `confidence` None, `scores` and
-    `probabilities` {}. With n > 1, `output`/`json` are `fallback` as written and the other fields []."""
-    value = node.spec.fallback
+    """What an instance yields when it fails under `on_error: default`: `stand_in_result` of `fallback`."""
+    return stand_in_result(node, node.spec.fallback)
+
+
+def stand_in_result(node: GraphNode, value: Any) -> dict[str, Any]:
+    """A result for an instance that produced none (a failure under `on_error: default`, a false `when`):
+    `value` as its output (and `json`); `text` its string ("" for none); `logprobs` [], `confidence`
+    None, `scores` and `probabilities` {}. With n > 1, `output`/`json` are `value` and the other fields []."""
     kind = node.kind
     if isinstance(node.spec, LlmNode):
         spec = node.spec
@@ -197,6 +262,9 @@ def row_outputs(wf: WorkflowGraph, row: Mapping[str, Any], results: Mapping[str,
 
 
 def output_value(binding: OutputBinding, row: Mapping[str, Any], results: Mapping[str, Any]) -> Any:
+    if binding.alternatives:
+        values = (output_value(alternative, row, results) for alternative in binding.alternatives)
+        return next((value for value in values if value is not None), None)
     if binding.input is not None:
         value: Any = row.get(binding.input)
     else:

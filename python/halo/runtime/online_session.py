@@ -142,24 +142,39 @@ class OnlineSession:
         except queue.Empty:
             pass
 
+    @property
+    def idle(self) -> bool:
+        """Nothing to step and no command waiting."""
+        return not self.loop.busy and self._inbox.empty()
+
+    def turn(self, block: bool = False) -> None:
+        """One iteration of the loop on the calling thread: the waiting commands, then one step if anything
+        is in flight. The session thread's body; a session that was never started is driven by calling
+        this from one thread of its owner's (the per-call baseline's event loop), which then is the
+        session thread of the invariant. `block` waits up to IDLE_POLL_S for a command when idle."""
+        self._drain(block=block and not self.loop.busy)
+        if self._stop or not self.loop.busy:
+            return
+        self._step()
+
     def _run(self) -> None:
         while not self._stop:
-            self._drain(block=not self.loop.busy)
-            if self._stop or not self.loop.busy:
-                continue
-            try:
-                ended = self.loop.step()
-            except Exception as exc:  # a worker failed outside any one run: end every run with it
-                log.exception("online session step failed")
-                ended = list(self.loop.active)
-                for processor in ended:
-                    self.loop.cancel(processor, exc)
-                for failed in self._failure_hooks:
-                    failed(exc)
+            self.turn(block=True)
+
+    def _step(self) -> None:
+        try:
+            ended = self.loop.step()
+        except Exception as exc:  # a worker failed outside any one run: end every run with it
+            log.exception("online session step failed")
+            ended = list(self.loop.active)
             for processor in ended:
-                self._settle(processor)
-            for hook in self._hooks:
-                try:
-                    hook()
-                except Exception:
-                    log.exception("online session hook failed")
+                self.loop.cancel(processor, exc)
+            for failed in self._failure_hooks:
+                failed(exc)
+        for processor in ended:
+            self._settle(processor)
+        for hook in self._hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("online session hook failed")

@@ -27,6 +27,7 @@ from halo.plan.cost import (
     OutputLengthHistory,
     ProfileMissingWarning,
     ToolCostModel,
+    calls_key,
     load_curves,
     output_key,
 )
@@ -90,10 +91,17 @@ class CostModels:
         except OSError as exc:  # a read-only cache only costs the next run its latency history
             self.warnings.append(f"could not save tool latencies to {self.tool_costs_path}: {exc.strerror}")
 
-    def learn_output_lengths(self, observed: Mapping[str, tuple[int, int]]) -> None:
+    def learn_output_lengths(
+        self, observed: Mapping[str, tuple[int, int]], instance_calls: Mapping[str, tuple[int, int]] | None = None
+    ) -> None:
+        """Record a run's output lengths (llm node -> (tokens, calls)) and the calls per instance of its
+        conditional and map nodes (node -> (instances, calls)) in the history, and save it."""
         for node_id, (tokens, calls) in observed.items():
             node = self.graph.node(node_id)
             self.output_history.observe(output_key(node, self.graph.model_source(node)), round(tokens / calls), calls)
+        for node_id, (instances, calls) in (instance_calls or {}).items():
+            node = self.graph.node(node_id)
+            self.output_history.observe(calls_key(node, self.graph.model_source(node)), calls / instances, instances)
         try:
             self.output_history.save()
         except OSError as exc:

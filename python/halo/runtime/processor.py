@@ -45,8 +45,9 @@ from halo.runtime.llm_worker import LLMDone, LLMJob, Prompt
 from halo.runtime.node_io import (
     SKIPPED,
     fallback_result,
+    instance_work,
     llm_prompt,
-    render_values,
+    map_result,
     replies_result,
     row_outputs,
     sampling_params,
@@ -115,9 +116,11 @@ class ProcessorOutcome:
     errors: dict[int, RowError]  # consolidated row -> first error
     timeline: list[Span]
     llm_executed: int = 0
-    llm_coalesced: int = 0
+    llm_coalesced: int = 0  # pure llm requests that joined an equal one of this run in flight
+    llm_reused: int = 0  # pure llm requests answered by an equal one this run finished earlier
     generated_tokens: int = 0
-    skipped: int = 0
+    skipped: int = 0  # instances that did not run: a loop guard held or their `when` was false
+    element_calls: int = 0  # calls foreach nodes made, one per element (executed or joined)
     resumed_rows: set[int] = field(default_factory=set)
     calls_by_worker: dict[int, int] = field(default_factory=dict)
     llm_joined: int = 0  # pure llm requests that joined an equal one of another run in flight
@@ -125,6 +128,8 @@ class ProcessorOutcome:
     cached_tokens: int = 0
     kv_moves: int = 0  # prefixes pulled from another worker before a request
     output_tokens: dict[str, tuple[int, int]] = field(default_factory=dict)  # llm node -> (tokens, calls)
+    # conditional or map node -> (instances reached, calls they made): the planner's calls per instance
+    instance_calls: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class Processor:
@@ -175,6 +180,12 @@ class Processor:
             num_queues=execution.num_workers + 1,
         )
         n = len(graph.physical)
+        # Job ids: a physical node's is its id; the calls of a foreach node's elements get n, n+1, ...
+        # (`_calls`), and settle into their node's `_maps` entry, which completes when all have.
+        self._n = n
+        self._calls: list[_ElementCall] = []
+        self._maps: dict[int, _MapState] = {}
+        self._call_attempts: dict[int, int] = {}
         self.results: list[Any] = [None] * n
         self.ok = bytearray(n)  # 1: has a result (or was skipped)
         self.attempts = [0] * n
@@ -184,6 +195,9 @@ class Processor:
         self.board = RequestBoard()  # pure requests in flight (the loop shares one board between runs)
         self.pool = tuple(id(w) for w in self.workers)  # equal requests are joined only on the same workers
         self.llm_key: dict[int, tuple] = {}
+        # Replies of the pure requests this run finished, by request key: an equal deferred request (a
+        # foreach element, a prompt rendered at run time) that comes later is answered without a call.
+        self._answers: dict[tuple, LLMDone] = {}
         self.error: BaseException | None = None  # what stopped this run, when it did not finish
         self.row_left = [len(self.wf.nodes)] * graph.rows
         self.node_left = {node.id: 0 for node in self.wf.nodes}  # unsettled physical nodes per graph node
@@ -239,12 +253,15 @@ class Processor:
         self.out.prompt_tokens += done.prompt_tokens
         self.out.cached_tokens += done.cached_tokens
         if done.error is None:
-            node_id = self.graph.physical.node[done.phys]
+            node_id = self.graph.physical.node[self._phys_of(done.phys)]
             tokens, calls = self.out.output_tokens.get(node_id, (0, 0))
             # per sample: the history prices each of a node's n decodes by the length of one
             self.out.output_tokens[node_id] = (tokens + done.generated_tokens, calls + len(done.replies))
-        for processor, phys in [(self, done.phys), *followers]:
-            processor.settle(phys, processor._reply(phys, done))
+        for position, (processor, phys) in enumerate([(self, done.phys), *followers]):
+            outcome = processor._reply(phys, done)
+            if position == 0 and key is not None and outcome.error is None:
+                self._answers[key] = done  # a reply that failed its node (its format) is never reused
+            processor.settle(phys, outcome)
 
     def collect_tools(self) -> bool:
         """Settle finished tool calls; True if any finished."""
@@ -291,12 +308,15 @@ class Processor:
         policy: another attempt while `retries` last (retry), the fallback as its value (default),
         or the node fails and, under fail_row, so does everything downstream of it in its rows.
         """
+        job, phys = phys, self._phys_of(phys)
         node = self.wf.node(self.graph.physical.node[phys])
         ran = outcome.ran
         if ran is not None:
-            start = self.start_time.pop(phys, ran.end)
+            start = self.start_time.pop(job, ran.end)
             self.out.timeline.append(Span(phys, node.id, node.kind, ran.worker, start, ran.end, ran.ok))
-        if outcome.retry:
+        if job != phys:
+            self._settle_element(job, node, outcome)
+        elif outcome.retry:
             self._submit_again(phys, node)
         elif outcome.error is None:
             self._complete(phys, outcome.value)
@@ -308,23 +328,65 @@ class Processor:
         else:
             self._fail(phys, outcome.error)
 
-    def _reply(self, phys: int, done: LLMDone) -> Outcome:
-        """The outcome of physical node `phys` answered by `done` (its own node reads the reply)."""
-        ran = Ran(done.worker, done.end, done.error is None)
+    def _settle_element(self, job: int, node: GraphNode, outcome: Outcome) -> None:
+        """One element call of a foreach node ended: the node's on_error applies to the element (retry
+        it, or its `fallback` in its place); under fail_row its node fails; the last one completes it."""
+        call = self._calls[job - self._n]
+        state = self._maps[call.phys]
+        if state.finished:
+            return  # the node failed on another element already
+        if outcome.retry:
+            self._send(node, [(job, node, call.values)])
+            return
+        value = outcome.value
+        if outcome.error is not None:
+            attempts = self._call_attempts.get(job, 0)
+            if node.spec.on_error == "retry" and attempts < node.spec.retries:
+                self._call_attempts[job] = attempts + 1
+                self._send(node, [(job, node, call.values)])
+                return
+            if node.spec.on_error != "default":
+                state.finished = True
+                self._fail(call.phys, f"element {call.index + 1} of {len(state.results)}: {outcome.error}")
+                return
+            value = fallback_result(node)
+        state.results[call.index] = value
+        state.left -= 1
+        if state.left == 0:
+            state.finished = True
+            self._complete(call.phys, map_result(node, state.results))
+
+    def _phys_of(self, job: int) -> int:
+        """The physical node a job id belongs to (itself, or the foreach node of an element call)."""
+        return job if job < self._n else self._calls[job - self._n].phys
+
+    def _reply(self, phys: int, done: LLMDone, ran: bool = True) -> Outcome:
+        """The outcome of job `phys` answered by `done` (its own node reads the reply); `ran`: it ran for
+        this job (a reply reused from an earlier equal request is not on the timeline again)."""
+        where = Ran(done.worker, done.end, done.error is None) if ran else None
         if done.error is not None:
-            return Outcome(error=done.error, ran=ran)
+            return Outcome(error=done.error, ran=where)
         try:
-            node = self.wf.node(self.graph.physical.node[phys])
-            return Outcome(value=replies_result(node, done.replies), ran=ran)
+            node = self.wf.node(self.graph.physical.node[self._phys_of(phys)])
+            return Outcome(value=replies_result(node, done.replies), ran=where)
         except ValueError as exc:  # a structured output cut at max_tokens or not of the node's format
-            return Outcome(error=str(exc), ran=ran)
+            return Outcome(error=str(exc), ran=where)
 
     def _submit_again(self, phys: int, node: GraphNode) -> None:
         if node.kind == "llm":
-            worker = self.workers[int(self.execution.worker_of.get(node.id, 0)) % len(self.workers)]
-            self._dispatch_llm(worker, np.asarray([phys]))
+            self._dispatch_llm(self._worker_for(node), np.asarray([phys]))
         else:
             self._dispatch_tools(np.asarray([phys]))
+
+    def _worker_for(self, node: GraphNode) -> LLMWorker:
+        return self.workers[int(self.execution.worker_of.get(node.id, 0)) % len(self.workers)]
+
+    def _send(self, node: GraphNode, calls: list[_Work]) -> None:
+        """Send calls that are rendered already (a retried element) to the node's worker or the pool."""
+        if node.kind == "llm":
+            self._send_llm(self._worker_for(node), calls)
+        else:
+            self._send_tools(calls)
 
     def _complete(self, phys: int, result: Any) -> None:
         self.results[phys] = result
@@ -380,45 +442,56 @@ class Processor:
                 results[up] = self.results[up_phys]
         return node, self.rows[row], results
 
-    def _prepare(self, phys: int) -> tuple[GraphNode, tuple] | None:
-        """Render a node about to run; None if it was settled instead (skipped, or failed to render)."""
-        self.start_time.setdefault(phys, time.perf_counter())
+    def _prepare(self, phys: int) -> list[_Work]:
+        """The calls of a node about to run: one, one per element of a foreach node, or none when it was
+        settled instead (skipped by a loop guard or its `when`, or failed to render)."""
+        now = time.perf_counter()
+        self.start_time.setdefault(phys, now)
         node, row, results = self._context(phys)
-        if node.guards and self.wf.skipped(node, row, results):
+        try:
+            work = instance_work(
+                self.wf, node, row, results, self.graph.physical.values[phys], self.graph.render_errors.get(phys)
+            )
+        except HaloError as exc:
+            self.settle(phys, Outcome(error=str(exc)))  # on_error applies, as in the serial baseline
+            return []
+        if node.spec.when is not None or work.mapped:
+            instances, made = self.out.instance_calls.get(node.id, (0, 0))
+            self.out.instance_calls[node.id] = (instances + 1, made + (0 if work.skip is not None else len(work.calls)))
+        if work.skip is not None:
             self.out.skipped += 1
-            self.settle(phys, Outcome(value=SKIPPED))
-            return None
-        failed = self.graph.render_errors.get(phys)  # the row's data broke the template at consolidation
-        if failed is not None:
-            self.settle(phys, Outcome(error=failed))
-            return None
-        values = self.graph.physical.values[phys]
-        if values is None:
-            try:
-                values = render_values(self.wf, node, row, results)
-            except HaloError as exc:
-                self.settle(phys, Outcome(error=str(exc)))  # on_error applies, as in the serial baseline
-                return None
-        return node, values
+            self.settle(phys, Outcome(value=work.skip))
+            return []
+        if not work.mapped:
+            return [(phys, node, work.calls[0])]
+        if not work.calls:
+            self.settle(phys, Outcome(value=map_result(node, [])))
+            return []
+        self._maps[phys] = _MapState([None] * len(work.calls), len(work.calls))
+        calls: list[_Work] = []
+        for index, values in enumerate(work.calls):
+            job = self._n + len(self._calls)
+            self._calls.append(_ElementCall(phys, index, values))
+            self.start_time[job] = now
+            calls.append((job, node, values))
+        self.out.element_calls += len(calls)
+        return calls
 
     def _dispatch_tools(self, phys_ids: Any) -> None:
-        for phys in phys_ids.tolist():
-            prepared = self._prepare(int(phys))
-            if prepared is None:
-                continue
-            node, values = prepared
+        self._send_tools([call for phys in phys_ids.tolist() for call in self._prepare(int(phys))])
+
+    def _send_tools(self, calls: list[_Work]) -> None:
+        for job, node, values in calls:
             request = self.wf.template(node).request(values)
             future = self.tools.submit(node, request)
-            self._tool_futures[future] = int(phys)
+            self._tool_futures[future] = job
 
     def _dispatch_llm(self, worker: LLMWorker, phys_ids: Any) -> None:
+        self._send_llm(worker, [call for phys in phys_ids.tolist() for call in self._prepare(int(phys))])
+
+    def _send_llm(self, worker: LLMWorker, calls: list[_Work]) -> None:
         requests: list[_Request] = []
-        for phys in phys_ids.tolist():
-            phys = int(phys)
-            prepared = self._prepare(phys)
-            if prepared is None:
-                continue
-            node, values = prepared
+        for phys, node, values in calls:
             samples = node.spec.n if isinstance(node.spec, LlmNode) else 1
             request = _Request(
                 phys, self.wf.model_source(node) or "", llm_prompt(node, values), sampling_params(node), samples
@@ -426,6 +499,12 @@ class Processor:
             if node.pure:
                 # n is in the key: a node of n samples never joins an equal request of another n
                 key = (self.pool, request.model, json.dumps(request.messages), request.params, request.n)
+                retried = self.attempts[phys] if phys < self._n else self._call_attempts.get(phys, 0)
+                answered = None if retried else self._answers.get(key)  # a retry asks the engine again
+                if answered is not None:  # the same request ran earlier in this run: its reply is this one's
+                    self.out.llm_reused += 1
+                    self.settle(phys, self._reply(phys, answered, ran=False))
+                    continue
                 leader = self.board.join(key, self, phys)
                 if leader is not None:  # the same request is already running: share its result
                     if leader is self:
@@ -442,7 +521,7 @@ class Processor:
                 now = time.perf_counter()
                 failed.append(LLMDone(request.phys, worker.index, error=prompt, start=now, end=now, owner=self.owner))
                 continue
-            source = self.execution.kv_source.get(self.graph.physical.node[request.phys])
+            source = self.execution.kv_source.get(self.graph.physical.node[self._phys_of(request.phys)])
             if source is not None and source != worker.index:
                 worker.pull_prefix(self.workers[source], request.model, prompt)
                 self.out.kv_moves += 1
@@ -529,6 +608,27 @@ class Processor:
                 llm_in_flight=sum(w.inflight for w in self.workers),
             )
         )
+
+
+_Work = tuple[int, GraphNode, tuple]  # (job id, node, rendered slot values): one call to make
+
+
+@dataclass(frozen=True, slots=True)
+class _ElementCall:
+    """The call of one element of a foreach node's instance (job id: the Processor's n + its index)."""
+
+    phys: int  # the foreach node's physical id
+    index: int  # the element's position in the list
+    values: tuple  # its rendered slot values
+
+
+@dataclass(slots=True)
+class _MapState:
+    """A foreach instance in flight: its elements' results so far."""
+
+    results: list[Any]
+    left: int
+    finished: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ class RunStats:
     rows_resumed: int = 0  # finished by an earlier, interrupted run (read from the journal)
     llm_calls_logical: int = 0
     llm_calls_executed: int = 0
-    llm_calls_coalesced: int = 0  # equal requests found at run time (deferred prompts) and run once
+    llm_calls_coalesced: int = 0  # equal requests found at run time (deferred prompts, map elements), run once
     prompt_tokens: int = 0  # of the executed requests
     prefill_tokens: int = 0  # actually computed (prompt tokens minus prefix-cache hits)
     cached_tokens: int = 0
@@ -44,7 +44,7 @@ class RunStats:
     tool_calls_executed: int = 0
     tool_calls_coalesced: int = 0
     tool_cache_hits: int = 0
-    nodes_skipped: int = 0  # loop iterations skipped by `until`
+    nodes_skipped: int = 0  # instances that did not run: loop iterations after `until`, a false `when`
     wall_s: float = 0.0
     plan_s: float = 0.0  # consolidation + planning
     seconds_by_kind: dict[str, float] = field(default_factory=dict)  # busy seconds per node kind

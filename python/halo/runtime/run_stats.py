@@ -80,7 +80,7 @@ def run_stats(
         stats.tool_calls_executed = outcome.tool_executed
         return stats
     assert tools is not None and plan is not None
-    stats.llm_calls_coalesced = outcome.llm_coalesced + outcome.llm_joined
+    stats.llm_calls_coalesced = outcome.llm_coalesced + outcome.llm_joined + outcome.llm_reused
     stats.tool_calls_executed = tools.executed
     stats.tool_calls_coalesced = tools.coalesced
     stats.tool_cache_hits = tools.cache_hits

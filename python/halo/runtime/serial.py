@@ -16,9 +16,12 @@ from halo.engine import LLMEngine
 from halo.errors import HaloError
 from halo.runtime.llm_worker import LlmReply
 from halo.runtime.node_io import (
+    SKIPPED,
+    InstanceWork,
     fallback_result,
+    instance_work,
     llm_prompt,
-    render_values,
+    map_result,
     replies_result,
     request_params,
     row_outputs,
@@ -50,11 +53,19 @@ def run_serial(
         results: dict[str, Any] = {}
         for node in wf.nodes:
             context = {u: results[u] for u in node.upstream if u in results}
-            if node.guards and wf.skipped(node, row, context):
-                out.skipped += 1
-                continue
             start = time.perf_counter()
-            result, error = _run_node(wf, node, row, context, engine_for, call_tool, out)
+            try:
+                work = instance_work(wf, node, row, context)
+            except HaloError as exc:
+                work = None
+                result, error = (fallback_result(node), None) if node.spec.on_error == "default" else (None, str(exc))
+            if work is not None and work.skip is not None:
+                out.skipped += 1
+                if work.skip is not SKIPPED:
+                    results[node.id] = work.skip
+                continue
+            if work is not None:
+                result, error = _run_instance(wf, node, work, engine_for, call_tool, out)
             out.timeline.append(
                 Span(-1, node.id, node.kind, 0 if node.kind == "llm" else -1, start, time.perf_counter(), error is None)
             )
@@ -68,11 +79,30 @@ def run_serial(
     return out
 
 
+def _run_instance(
+    wf: WorkflowGraph,
+    node: GraphNode,
+    work: InstanceWork,
+    engine_for: Callable[[str], LLMEngine],
+    call_tool: Callable[[GraphNode, dict[str, Any]], dict[str, Any]],
+    out: SerialOutcome,
+) -> tuple[Any, str | None]:
+    """Run an instance's calls one after the other; a foreach node's elements each under its on_error."""
+    if not work.mapped:
+        return _run_node(wf, node, work.calls[0], engine_for, call_tool, out)
+    values = []
+    for index, call in enumerate(work.calls):
+        result, error = _run_node(wf, node, call, engine_for, call_tool, out)
+        if error is not None:
+            return None, f"element {index + 1} of {len(work.calls)}: {error}"
+        values.append(result)
+    return map_result(node, values), None
+
+
 def _run_node(
     wf: WorkflowGraph,
     node: GraphNode,
-    row: Mapping[str, Any],
-    context: dict[str, Any],
+    values: tuple[Any, ...],
     engine_for: Callable[[str], LLMEngine],
     call_tool: Callable[[GraphNode, dict[str, Any]], dict[str, Any]],
     out: SerialOutcome,
@@ -81,7 +111,6 @@ def _run_node(
     error = ""
     for _ in range(attempts):
         try:
-            values = render_values(wf, node, row, context)
             if node.kind == "llm":
                 engine = engine_for(wf.model_source(node) or "")
                 engine.reset_prefix_cache()

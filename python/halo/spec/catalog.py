@@ -15,7 +15,7 @@ from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from halo.spec.nodes import AnyNode, HttpNode, LlmNode, SqlNode
-from halo.spec.request_template import template_slots
+from halo.spec.request_template import control_slots, template_slots
 from halo.spec.source_map import DocPath
 from halo.spec.template import Reference, template_references
 
@@ -79,7 +79,8 @@ def _references(
 ) -> tuple[tuple[tuple[DocPath, frozenset[Reference]], ...], list[TemplateProblem]]:
     found: list[tuple[DocPath, frozenset[Reference]]] = []
     problems: list[TemplateProblem] = []
-    for slot, source, _ in template_slots(node.spec):
+    slots = [(slot, source) for slot, source, _ in template_slots(node.spec)] + control_slots(node.spec)
+    for slot, source in slots:
         try:
             found.append((slot, template_references(env, source)))
         except TemplateSyntaxError as exc:

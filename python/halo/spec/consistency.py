@@ -17,10 +17,11 @@ from halo.spec.catalog import DeclaredNode
 from halo.spec.dependencies import declared_edges, find_cycles, loop_bodies, memberships
 from halo.spec.document import WorkflowHeader
 from halo.spec.node_checks import check_node
-from halo.spec.nodes import output_fields
+from halo.spec.nodes import ReduceNode, output_fields
 from halo.spec.problem import Problem
+from halo.spec.request_template import expression_source
 from halo.spec.source_map import DocPath
-from halo.spec.template import DYNAMIC_FIELD, Reference, expression_references
+from halo.spec.template import DYNAMIC_FIELD, Reference, expression_references, is_single_expression
 
 ITERATION = "iteration"
 """The 1-based iteration number, readable by the templates of loop members and `until`."""
@@ -66,8 +67,11 @@ def check_workflow(
     members = memberships(bodies)
     for node in declared:
         out.extend(check_node(node, header, functions, broken))
+        element = _check_control(node, inputs, by_id, out)
         for slot, references in node.slot_references:
             for ref in sorted(references):
+                if element is not None and ref.name == element and slot != ("foreach",):
+                    continue  # the element a foreach node is running for
                 _check_reference(
                     ref, node.id, node.path + slot, inputs, by_id, node.id in members, broken, out, unchecked
                 )
@@ -96,6 +100,58 @@ def check_workflow(
         first = by_id[cycle[0]]
         out.append(Problem(first.path, f"dependency cycle: {' -> '.join(cycle)}", cycle[0]))
     return out
+
+
+def _check_control(
+    node: DeclaredNode, inputs: set[str], by_id: dict[str, DeclaredNode], out: list[Problem]
+) -> str | None:
+    """Checks of `when`, `foreach` and `kind: reduce`; returns the element name of a foreach node."""
+    spec = node.spec
+    for name in ("when", "foreach"):
+        text = getattr(spec, name)
+        if text is not None and not is_single_expression(expression_source(text)):
+            out.append(
+                Problem(
+                    node.path + (name,),
+                    f"'{name}' must be one expression, e.g. {name}: \"{{{{ x.output == 'y' }}}}\" (got {text!r})",
+                    node.id,
+                )
+            )
+    if isinstance(spec, ReduceNode) and not is_single_expression(spec.input):
+        out.append(
+            Problem(
+                node.path + ("input",),
+                f'a reduce node\'s input must be one expression giving a list, e.g. "{{{{ answers.output }}}}" '
+                f"(got {spec.input!r})",
+                node.id,
+            )
+        )
+    if isinstance(spec, ReduceNode):
+        read = {ref.name for _, refs in node.slot_references for ref in refs}
+        if not read & set(by_id) and not read & inputs:
+            out.append(
+                Problem(
+                    node.path + ("input",), "a reduce node's input reads no node or input: nothing to reduce", node.id
+                )
+            )
+    if spec.foreach is None:
+        for field in ("max_items", "truncate"):
+            if field in spec.model_fields_set:
+                out.append(Problem(node.path + (field,), f"'{field}' applies to foreach nodes only", node.id))
+        if "as_" in spec.model_fields_set:
+            out.append(
+                Problem(
+                    node.path + ("as",), "'as' names the element of a foreach node; this node has no foreach", node.id
+                )
+            )
+        return None
+    element = spec.as_
+    if element in inputs or element in by_id or element in RESERVED:
+        what = "an input" if element in inputs else "a node id" if element in by_id else "a reserved name"
+        out.append(
+            Problem(node.path + ("as",), f"foreach element name '{element}' is also {what}; pick another 'as'", node.id)
+        )
+    return element
 
 
 def _check_model_settings(header: WorkflowHeader, out: list[Problem]) -> None:
@@ -260,22 +316,35 @@ def _check_loops(
 def _check_outputs(
     header: WorkflowHeader, by_id: dict[str, DeclaredNode], inputs: set[str], out: list[Problem]
 ) -> None:
-    for name, target in header.outputs.items():
-        path: DocPath = ("outputs", name)
-        head, _, rest = target.partition(".")
-        if head in inputs and (not rest or head not in header.inputs):
-            continue  # an input, or a node too broken to check (already reported)
-        if head not in by_id:
-            out.append(Problem(path, f"output '{name}' reads '{head}', which is neither a node nor an input"))
-            continue
-        field = rest.split(".", 1)[0].split("[", 1)[0]
-        fields = output_fields(by_id[head].spec)
-        if field not in fields:
-            out.append(
-                Problem(
-                    path,
-                    f"output '{name}': node '{head}' has no field '{field or '(none)'}' "
-                    f"(fields: {', '.join(sorted(fields))})",
-                    head,
-                )
+    for name, targets in header.outputs.items():
+        for position, target in enumerate([targets] if isinstance(targets, str) else targets):
+            path: DocPath = ("outputs", name) if isinstance(targets, str) else ("outputs", name, position)
+            _check_output(header, by_id, inputs, name, path, target, out)
+
+
+def _check_output(
+    header: WorkflowHeader,
+    by_id: dict[str, DeclaredNode],
+    inputs: set[str],
+    name: str,
+    path: DocPath,
+    target: str,
+    out: list[Problem],
+) -> None:
+    head, _, rest = target.partition(".")
+    if head in inputs and (not rest or head not in header.inputs):
+        return  # an input, or a node too broken to check (already reported)
+    if head not in by_id:
+        out.append(Problem(path, f"output '{name}' reads '{head}', which is neither a node nor an input"))
+        return
+    field = rest.split(".", 1)[0].split("[", 1)[0]
+    fields = output_fields(by_id[head].spec)
+    if field not in fields:
+        out.append(
+            Problem(
+                path,
+                f"output '{name}': node '{head}' has no field '{field or '(none)'}' "
+                f"(fields: {', '.join(sorted(fields))})",
+                head,
             )
+        )

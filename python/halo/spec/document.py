@@ -115,7 +115,9 @@ class WorkflowHeader(SpecModel):
     databases: dict[str, DatabaseSpec] = Field(default_factory=dict)
     inputs: tuple[NodeId, ...] = ()
     loops: tuple[LoopSpec, ...] = ()
-    outputs: dict[str, str] = Field(default_factory=dict)  # name -> "node.field[.key...]" or an input
+    # name -> "node.field[.key...]" or an input; or a list of those: the first whose value is not null
+    # (a router's output: whichever of its conditional branches ran)
+    outputs: dict[str, str | tuple[str, ...]] = Field(default_factory=dict)
 
 
 class WorkflowSpec(WorkflowHeader):

@@ -18,7 +18,7 @@ from halo.spec.document import WorkflowSpec
 from halo.spec.errors import TemplateRenderError
 from halo.spec.limits import DEFAULT_LIMITS, Limits
 from halo.spec.nodes import DEFAULT_MODEL, AnyNode, LlmNode
-from halo.spec.request_template import RequestTemplate
+from halo.spec.request_template import RequestTemplate, control_slots
 from halo.spec.template import CompiledTemplate, make_environment
 
 
@@ -64,8 +64,9 @@ class GraphNode:
 
     @property
     def renderable(self) -> bool:
-        """Its request depends on row inputs only, so it can be rendered before anything runs."""
-        return not self.bindings
+        """Its request depends on row inputs only, so it can be rendered before anything runs (a foreach
+        node's requests read their element, known only once its list is)."""
+        return not self.bindings and self.spec.foreach is None
 
     @cached_property
     def upstream(self) -> tuple[str, ...]:
@@ -83,6 +84,7 @@ class OutputBinding:
     input: str | None
     binding: Binding | None
     path: tuple[str, ...]  # e.g. ("output",) or ("rows", "0", "n")
+    alternatives: tuple[OutputBinding, ...] = ()  # a list output: the first of these that is not null
 
 
 class WorkflowGraph:
@@ -101,6 +103,12 @@ class WorkflowGraph:
         self._by_id = {node.id: node for node in nodes}
         env = make_environment(limits)
         self._templates = {node.name: RequestTemplate(env, node.name, node.spec) for node in nodes}
+        # A node's `when` and `foreach` expressions, by declared name (shared by its iterations).
+        self._control = {
+            (node.name, slot[0]): CompiledTemplate(env, node.name, str(slot[0]), source)
+            for node in nodes
+            for slot, source in control_slots(node.spec)
+        }
         self._until = [
             CompiledTemplate(env, f"loops[{i}]", "until", "{{ " + loop.until + " }}") if loop.until else None
             for i, loop in enumerate(spec.loops)
@@ -173,6 +181,26 @@ class WorkflowGraph:
                 return True
         return False
 
+    def condition(self, node: GraphNode, row: Mapping[str, Any], results: Mapping[str, Any]) -> bool:
+        """The node's `when` for one instance (True without one); raises TemplateRenderError naming the
+        node when it fails or gives anything but a boolean."""
+        when = self._control.get((node.name, "when"))
+        if when is None:
+            return True
+        value = when.evaluate(self.context(node, row, results))
+        if not isinstance(value, bool):
+            raise TemplateRenderError(node.id, "when", f"gave {_shown(value)}, not a boolean (true or false)")
+        return value
+
+    def items(self, node: GraphNode, row: Mapping[str, Any], results: Mapping[str, Any]) -> list[Any]:
+        """The list a foreach node maps over for one instance; raises TemplateRenderError naming the node
+        when the expression fails or gives anything but a list."""
+        foreach = self._control[(node.name, "foreach")]
+        value = foreach.evaluate(self.context(node, row, results))
+        if not isinstance(value, list | tuple):
+            raise TemplateRenderError(node.id, "foreach", f"gave {_shown(value)}, not a list")
+        return list(value)
+
     def render(
         self, node: GraphNode, row: Mapping[str, Any], results: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -185,3 +213,9 @@ class WorkflowGraph:
                 raise TemplateRenderError(node.id, exc.field, exc.detail) from exc
             raise
         return template.request(values)
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message shows it: its type and a short repr."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"

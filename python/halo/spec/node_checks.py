@@ -7,7 +7,7 @@ from collections.abc import Collection
 
 from halo.spec.catalog import DeclaredNode
 from halo.spec.document import WorkflowHeader
-from halo.spec.nodes import DEFAULT_MODEL, HttpNode, LlmNode, PythonNode, SqlNode
+from halo.spec.nodes import DEFAULT_MODEL, HttpNode, LlmNode, PythonNode, ReduceNode, SqlNode
 from halo.spec.problem import Problem
 from halo.spec.sql_statement import check_read_only
 from halo.spec.structured_output import grammar_problem
@@ -65,6 +65,15 @@ def check_node(
             Problem(
                 node.path + ("function",),
                 f"python function '{spec.function}' is neither registered "
+                "with the workflow nor of the form 'package.module:function'",
+                node.id,
+            )
+        )
+    elif isinstance(spec, ReduceNode) and spec.python not in functions and not _FUNCTION.match(spec.python):
+        out.append(
+            Problem(
+                node.path + ("python",),
+                f"reduce function '{spec.python}' is neither registered "
                 "with the workflow nor of the form 'package.module:function'",
                 node.id,
             )

@@ -37,7 +37,11 @@ OUTPUT_FIELDS: dict[str, frozenset[str]] = {
     "http": frozenset({"output", "status", "json", "text", "headers"}),
     "python": frozenset({"output"}),
     "rule": frozenset({"output", "matched"}),
+    "reduce": frozenset({"output"}),
 }
+
+DEFAULT_MAX_ITEMS = 64
+"""Most elements a `foreach` node maps over per instance unless it sets `max_items`."""
 
 
 class SpecModel(BaseModel):
@@ -100,6 +104,10 @@ class EmbeddedHttp(HttpCall):
 
 
 EXECUTION_FIELDS = frozenset({"on_error", "fallback", "retries", "expected_latency_s", "cpu_bound"})
+
+CONTROL_FIELDS = frozenset({"when", "foreach", "as_", "max_items", "truncate"})
+"""Fields that say whether and how often a node runs, not what one call requests: left out of requests
+(they stay in signatures: a map node computes a list)."""
 """Fields that say how a node is executed, not what it requests: left out of signatures."""
 
 
@@ -107,6 +115,19 @@ class NodeBase(SpecModel):
     id: NodeId
     after: tuple[NodeId, ...] = ()  # ordering-only dependencies, on top of template references
     description: str | None = None
+    # Conditional node: one Jinja expression (`{{ classify.output == 'billing' }}`, braces optional) read
+    # per instance before it runs; it must give a boolean. False skips the instance: it reaches no engine
+    # or tool, and its result is `default` as its `output` (None unless set; readers see that value).
+    when: str | None = None
+    default: Any = None
+    # Map node: one expression giving a list (`{{ retrieve.rows }}`); the node runs once per element,
+    # the element bound to `as` in its templates, and each result field becomes the list of the
+    # elements' values, in order. More than `max_items` elements fail the row, or with `truncate` only
+    # the first `max_items` run. Element calls are calls like any other: equal pure ones run once.
+    foreach: str | None = None
+    as_: NodeId = Field(default="item", alias="as")
+    max_items: int = Field(default=DEFAULT_MAX_ITEMS, ge=1, le=100_000)
+    truncate: bool = False
     # What a failing instance does: fail its row (the default), yield `fallback` as its output, or
     # retry up to `retries` times and then fail the row.
     on_error: Literal["fail_row", "default", "retry"] = "fail_row"
@@ -196,6 +217,19 @@ class PythonNode(NodeBase):
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
 
 
+class ReduceNode(NodeBase):
+    """Combines a list without a model: `python` (a registered name or "package.module:function") is
+    called with the value of `input`, one expression that must give a list (e.g. `{{ answers.output }}`
+    of a foreach node). Its return value is the node's `output`."""
+
+    kind: Literal["reduce"] = "reduce"
+    input: str
+    python: str
+    pure: bool = True  # a reducer is a function of its list; say false for one that is not
+    cpu_bound: bool = False
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+
 class RuleNode(NodeBase):
     """Extraction without a model: a regex over `input`, or a field of `input` parsed as JSON."""
 
@@ -234,17 +268,18 @@ class RuleNode(NodeBase):
         return True
 
 
-NodeSpec = Annotated[LlmNode | SqlNode | HttpNode | PythonNode | RuleNode, Field(discriminator="kind")]
+NodeSpec = Annotated[LlmNode | SqlNode | HttpNode | PythonNode | RuleNode | ReduceNode, Field(discriminator="kind")]
 
-NODE_TYPES: dict[str, type[LlmNode | SqlNode | HttpNode | PythonNode | RuleNode]] = {
+NODE_TYPES: dict[str, type[LlmNode | SqlNode | HttpNode | PythonNode | RuleNode | ReduceNode]] = {
     "llm": LlmNode,
     "sql": SqlNode,
     "http": HttpNode,
     "python": PythonNode,
     "rule": RuleNode,
+    "reduce": ReduceNode,
 }
 
-AnyNode = LlmNode | SqlNode | HttpNode | PythonNode | RuleNode
+AnyNode = LlmNode | SqlNode | HttpNode | PythonNode | RuleNode | ReduceNode
 
 
 def output_fields(spec: AnyNode) -> frozenset[str]:

@@ -17,7 +17,17 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from halo.spec.errors import TemplateRenderError
 from halo.spec.limits import DEFAULT_LIMITS
-from halo.spec.nodes import EXECUTION_FIELDS, AnyNode, HttpNode, LlmNode, PythonNode, RuleNode, SqlNode
+from halo.spec.nodes import (
+    CONTROL_FIELDS,
+    EXECUTION_FIELDS,
+    AnyNode,
+    HttpNode,
+    LlmNode,
+    PythonNode,
+    ReduceNode,
+    RuleNode,
+    SqlNode,
+)
 from halo.spec.sandbox import BoundedEnvironment
 from halo.spec.source_map import DocPath
 from halo.spec.template import CompiledTemplate
@@ -47,7 +57,20 @@ def template_slots(spec: AnyNode) -> list[tuple[SlotPath, str, bool]]:
         _leaves(("kwargs",), spec.kwargs, True, slots)
     elif isinstance(spec, RuleNode):
         slots.append((("input",), spec.input, False))
+    elif isinstance(spec, ReduceNode):
+        slots.append((("input",), spec.input, True))
     return slots
+
+
+def control_slots(spec: AnyNode) -> list[tuple[SlotPath, str]]:
+    """(path, expression) of the node's `when` and `foreach`: read before the request, never part of it.
+    An expression may be written with or without its `{{ }}`."""
+    return [((name,), expression_source(value)) for name in ("when", "foreach") if (value := getattr(spec, name))]
+
+
+def expression_source(text: str) -> str:
+    """`{{ x }}` for an expression written bare as `x`; a text already in braces as it is."""
+    return text if text.strip().startswith("{{") else "{{ " + text + " }}"
 
 
 def _leaves(path: SlotPath, value: Any, native: bool, out: list[tuple[SlotPath, str, bool]]) -> None:
@@ -101,7 +124,7 @@ class RequestTemplate:
 
 def _request_fields(spec: AnyNode) -> dict[str, Any]:
     data = spec.model_dump(
-        by_alias=True, exclude={"id", "after", "description", "sql", "http", "pure", *EXECUTION_FIELDS}
+        by_alias=True, exclude={"id", "after", "description", "sql", "http", "pure", *EXECUTION_FIELDS, *CONTROL_FIELDS}
     )
     if "args" in data:
         data["args"] = list(data["args"])

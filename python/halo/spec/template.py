@@ -37,6 +37,11 @@ def make_environment(limits: Limits = DEFAULT_LIMITS) -> BoundedEnvironment:
     return BoundedEnvironment(limits)
 
 
+def is_single_expression(text: str) -> bool:
+    """True for a template that is one `{{ expression }}` and nothing else (it evaluates to a value)."""
+    return _SINGLE_EXPRESSION.match(text) is not None
+
+
 def is_template(text: str) -> bool:
     return "{{" in text or "{%" in text or "{#" in text
 

@@ -114,13 +114,18 @@ class _Resolver:
     def outputs(self) -> tuple[OutputBinding, ...]:
         out = []
         for name, target in self.spec.outputs.items():
-            head, _, rest = target.partition(".")
-            path = tuple(p for p in rest.replace("[", ".").replace("]", "").split(".") if p)
-            if head in self.ids:
-                out.append(OutputBinding(name, None, self.resolve(None, None, head), path))
+            if isinstance(target, str):
+                out.append(self.output(name, target))
             else:
-                out.append(OutputBinding(name, head, None, path))
+                out.append(OutputBinding(name, None, None, (), tuple(self.output(name, t) for t in target)))
         return tuple(out)
+
+    def output(self, name: str, target: str) -> OutputBinding:
+        head, _, rest = target.partition(".")
+        path = tuple(p for p in rest.replace("[", ".").replace("]", "").split(".") if p)
+        if head in self.ids:
+            return OutputBinding(name, None, self.resolve(None, None, head), path)
+        return OutputBinding(name, head, None, path)
 
 
 def _topological(nodes: list[GraphNode]) -> tuple[GraphNode, ...]:

@@ -6,7 +6,7 @@ and KV copy bandwidth, measured by ``halo profile`` (``halo.runtime.engine_profi
 """
 
 from halo.plan.cost.latency_curves import DecodeSample, LatencyCurves, PrefillSample, fit_latency_curves
-from halo.plan.cost.output_history import OutputLengthHistory, output_key
+from halo.plan.cost.output_history import FOREACH_GUESS, OutputLengthHistory, calls_key, output_key
 from halo.plan.cost.profile_cache import (
     DEFAULT_CURVES,
     ProfileMissingWarning,
@@ -19,12 +19,14 @@ from halo.plan.cost.tool_cost import ToolCostModel
 
 __all__ = [
     "DEFAULT_CURVES",
+    "FOREACH_GUESS",
     "DecodeSample",
     "LatencyCurves",
     "OutputLengthHistory",
     "PrefillSample",
     "ProfileMissingWarning",
     "ToolCostModel",
+    "calls_key",
     "fit_latency_curves",
     "load_curves",
     "model_key",

@@ -7,8 +7,11 @@ request shape, not a row: `output_key` hashes the model, system prompt, prompt t
 so the same node of the same workflow shares its history across runs, and a node whose format
 changes (a choices node's outputs are a few tokens) starts a history of its own. A node of ``n``
 samples counts each sample as a call. The Processor
-feeds ``observe``; ``build_plan_problem`` reads ``expected``. Persisted as one small JSON file
-(``$HALO_CACHE_DIR/output_lengths.json``), written atomically.
+feeds ``observe``; ``build_plan_problem`` reads ``expected``. The same history keeps, under
+`calls_key`, how many calls an instance of a conditional (`when`) or map (`foreach`) node made on
+average (0 when skipped, one per element of a map): `expected_calls`, the planner's multiplier of that
+node's work (1.0 for a conditional and `FOREACH_GUESS` elements for a map until observed).
+Persisted as one small JSON file (``$HALO_CACHE_DIR/output_lengths.json``), written atomically.
 """
 
 from __future__ import annotations
@@ -46,6 +49,17 @@ def output_key(node: GraphNode, model: str | None) -> str:
     return f"{node.name}:{hashlib.sha1(text.encode()).hexdigest()[:12]}"
 
 
+FOREACH_GUESS = 8
+"""Elements a foreach node's instance is assumed to map over before any run was observed (at most its
+`max_items`)."""
+
+
+def calls_key(node: GraphNode, model: str | None) -> str:
+    """The history key of a node's calls per instance: its output key and its `when`/`foreach`."""
+    control = json.dumps([getattr(node.spec, "when", None), getattr(node.spec, "foreach", None)])
+    return f"{output_key(node, model)}#calls:{hashlib.sha1(control.encode()).hexdigest()[:8]}"
+
+
 @dataclass
 class _Stat:
     count: int = 0
@@ -59,13 +73,18 @@ class OutputLengthHistory:
     path: Path | None = None  # where `save` writes; None: in memory only
     stats: dict[str, _Stat] = field(default_factory=dict)
 
-    def observe(self, key: str, tokens: int, calls: int = 1) -> None:
+    def observe(self, key: str, tokens: float, calls: int = 1) -> None:
         """Record that ``calls`` calls under ``key`` generated ``tokens`` tokens each on average."""
         if calls <= 0:
             return
         stat = self.stats.setdefault(key, _Stat())
         stat.mean += (tokens - stat.mean) * calls / (stat.count + calls)
         stat.count += calls
+
+    def expected_calls(self, key: str, default: float) -> float:
+        """Calls an instance under ``key`` is expected to make: the observed mean, else ``default``."""
+        stat = self.stats.get(key)
+        return default if stat is None or stat.count == 0 else max(0.0, stat.mean)
 
     def expected(self, key: str, max_tokens: int) -> int:
         """Tokens a call under ``key`` is expected to generate: the observed mean, else ``max_tokens``."""

@@ -34,6 +34,7 @@ DEFAULT_LATENCY_S: dict[str, float] = {
     "http": 0.2,  # a round trip to a service on the internet
     "python": 0.001,  # a small pure-Python function
     "rule": 1e-5,  # one regex search or JSON field read
+    "reduce": 0.001,  # a python function over a list
 }
 """Seconds assumed for a call of a kind never observed, when the node gives no expected_latency_s."""
 
@@ -156,6 +157,8 @@ class ToolCostModel:
             return http_signature(str(fields.get("method", spec.method)), str(fields.get("url", spec.url)))
         if kind == "python":
             return f"python {fields.get('function', spec.function)}"
+        if kind == "reduce":
+            return f"python {fields.get('python', spec.python)}"
         return "rule"
 
     def seconds_per_unit(self, db: str | None) -> tuple[float, float] | None:
@@ -234,7 +237,7 @@ def http_signature(method: str, url: str) -> str:
 def _tool_kind(spec: Any) -> str:
     kind = getattr(spec, "kind", None)
     if kind not in DEFAULT_LATENCY_S:
-        raise ValueError(f"ToolCostModel prices tool calls (sql, http, python, rule), not '{kind}' nodes")
+        raise ValueError(f"ToolCostModel prices tool calls (sql, http, python, rule, reduce), not '{kind}' nodes")
     return str(kind)
 
 

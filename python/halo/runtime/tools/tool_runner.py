@@ -33,7 +33,7 @@ from halo.runtime.tools.tool_stats import KindStats, ToolSpan, ToolStats
 from halo.spec.graph import GraphNode
 from halo.spec.workflow import Workflow
 
-TOOL_KINDS = ("sql", "http", "python", "rule")
+TOOL_KINDS = ("sql", "http", "python", "rule", "reduce")
 
 
 class ToolRunner:
@@ -203,6 +203,18 @@ class ToolRunner:
             return self._http.run(node.id, request)
         if node.kind == "python":
             return self._python.run(node.id, request, cpu_bound=bool(getattr(node.spec, "cpu_bound", False)))
+        if node.kind == "reduce":
+            # A reducer is a python call of one argument, the list its input gave.
+            items = request["input"]
+            if not isinstance(items, list | tuple):
+                raise ToolError(node.id, f"a reduce input must give a list, got {type(items).__name__}")
+            call = {
+                "function": request["python"],
+                "args": [list(items)],
+                "kwargs": {},
+                "timeout_s": request["timeout_s"],
+            }
+            return self._python.run(node.id, call, cpu_bound=bool(getattr(node.spec, "cpu_bound", False)))
         return run_rule(request)
 
     def _fan_out(
