@@ -3,6 +3,9 @@
 A guard keeps the `slow` marker honest: a test not marked slow that loads real model weights in this
 process (a GGUF file of real size), or uses a fixture that did (its value is cached, so the load
 shows only once), fails, saying so.
+
+Every test runs with a persistent result cache of its own (`HALO_RESULT_CACHE_DIR`, see
+docs/result_cache.md): results stored by one test never answer another's requests.
 """
 
 from __future__ import annotations

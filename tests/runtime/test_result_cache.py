@@ -9,18 +9,22 @@ has a span for every attempt that ran on a worker or the tool pool, and none for
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import os
 import sqlite3
 import subprocess
 import sys
 import uuid
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
 import halo
 import pytest
+from halo.runtime.cached_values import Uncacheable, decode, encode
 from halo.runtime.result_cache import ResultCache, cache_path, read_stats
 from halo.runtime.results import RunResult
 from halo.spec import Workflow
@@ -330,3 +334,56 @@ def test_the_serial_baseline_and_cache_false_runs_leave_no_entries(model):
     with halo.compile(_chain(model)) as app:
         on = app.run(ROWS, cache=False)
     assert on.outputs == off.outputs == serial.outputs and not cache_path().exists()
+
+
+def test_cached_values_come_back_equal_and_of_the_same_types():
+    value = {
+        "rows": [{"price": Decimal("1.50"), "day": dt.date(2024, 2, 29), "at": dt.datetime(2024, 1, 2, 3, 4, 5, 6)}],
+        "pair": (1, 2.0, True, None),
+        "ints": {1: "one", (2, 3): "pair"},
+        "$": "a key that looks like a tag",
+        "blob": b"\x00\xff",
+        "id": uuid.UUID(int=7),
+        "span": dt.timedelta(days=1, microseconds=3),
+        "zone": dt.datetime(2024, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        "clock": dt.time(12, 30),
+        "text": "caf\u00e9 \ud800",  # a lone surrogate from an input row survives too
+        "inf": -math.inf,
+    }
+    back = decode(encode(value))
+    assert back == value and list(back) == list(value)
+    assert type(back["pair"]) is tuple and type(back["pair"][1]) is float and back["pair"][2] is True
+    assert type(back["rows"][0]["price"]) is Decimal and str(back["rows"][0]["price"]) == "1.50"
+    assert math.isnan(decode(encode(float("nan"))))
+    for refused in (object(), {1.5: [set()]}, dt.datetime(2024, 1, 1, tzinfo=_NamedZone())):
+        with pytest.raises(Uncacheable):
+            encode(refused)
+
+
+class _NamedZone(dt.tzinfo):
+    """A zone with rules of its own: isoformat would keep only today's offset."""
+
+    def utcoffset(self, moment: dt.datetime | None) -> dt.timedelta:
+        return dt.timedelta(hours=1)
+
+
+KILLED_WRITER = """
+import os, sys
+from halo.runtime.result_cache import ResultCache
+from pathlib import Path
+store = ResultCache(Path(sys.argv[1]), flush_entries=100, flush_s=3600)
+for i in range(250):
+    store.put(f"k{i}", "node", {"i": i})
+os._exit(0)  # killed: no flush, no close
+"""
+
+
+def test_a_killed_writer_loses_only_its_unflushed_tail(tmp_path):
+    path = tmp_path / "results.sqlite3"
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert read_stats(path).entries == 200  # two full batches were written; the last 50 were queued
+    with ResultCache(path) as store:
+        assert store.get("k199") == (True, {"i": 199}) and store.get("k200") == (False, None)
