@@ -90,7 +90,7 @@ def run_suite(config: SuiteConfig) -> SuiteResult:
                 raise SystemExit(f"halo bench: system vllm-per-call needs --vllm-python PATH or {_VLLM_ENV}")
             vllm = stack.enter_context(VllmBackend(python, log_dir=out))
         for workload in config.workloads:
-            with halo.compile(staged[workload], dtype=config.dtype) as app:
+            with halo.compile(staged[workload], dtype=config.dtype, cache=False) as app:
                 result.engines[workload] = app.engine().describe()
                 _log(f"{workload}: engine {_engine_line(result.engines[workload])}")
                 # One untimed row first: kernels, database pages and connections are warm for every system.

@@ -3,12 +3,17 @@
 A guard keeps the `slow` marker honest: a test not marked slow that loads real model weights in this
 process (a GGUF file of real size), or uses a fixture that did (its value is cached, so the load
 shows only once), fails, saying so.
+
+Every test runs with a persistent result cache of its own (`HALO_RESULT_CACHE_DIR`, see
+docs/result_cache.md): results stored by one test never answer another's requests.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,6 +45,10 @@ def _share_the_cores() -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     _share_the_cores()
+    # Never the user's persistent result cache, even for what runs outside a test (module fixtures,
+    # the processes they start); each test gets its own (`_own_result_cache`).
+    results = os.environ["HALO_RESULT_CACHE_DIR"] = tempfile.mkdtemp(prefix="halo-results-")
+    config.add_cleanup(lambda: shutil.rmtree(results, ignore_errors=True))
     from halo.engine import gguf_checkpoint
 
     load = gguf_checkpoint.load_gguf_checkpoint
@@ -93,6 +102,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         what = f"loads {loaded[0]}" if loaded else f"uses the real-model fixture {sorted(fixtures)[0]!r}"
         report.outcome = "failed"
         report.longrepr = f"{item.nodeid} {what} but is not marked @pytest.mark.slow"
+
+
+@pytest.fixture(autouse=True)
+def _own_result_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with an empty persistent result cache of its own, so a result stored by one test
+    never answers another's request. Only the result cache moves: HALO_CACHE_DIR keeps the converted
+    models, which every test shares (moving it would reconvert every model in every test)."""
+    monkeypatch.setenv("HALO_RESULT_CACHE_DIR", str(tmp_path_factory.mktemp("result-cache")))
 
 
 @pytest.fixture(scope="session")

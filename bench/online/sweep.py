@@ -77,7 +77,7 @@ def run_online(config: OnlineConfig) -> OnlineResult:
     most = max(1, int(max(config.rates) * config.duration_s * 2) + 8)
     with ReportApi(config.api_latency_s, seed=config.seed) as api:
         for workload in config.workloads:
-            with halo.compile(staged[workload], dtype=config.dtype) as app:
+            with halo.compile(staged[workload], dtype=config.dtype, cache=False) as app:
                 result.environment.setdefault("engines", {})[workload] = app.engine().describe()
                 if config.rows == "distinct":
                     rows = distinct_rows(workload, most, config.seed, api.url)

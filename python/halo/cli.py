@@ -1,4 +1,4 @@
-"""The ``halo`` command line: run, explain, profile, generate, serve, models, export-hf and bench.
+"""The ``halo`` command line: run, explain, profile, generate, serve, models, cache, export-hf and bench.
 
 Each command imports what it needs when it runs (torch, ray, pandas, fastapi, duckdb ...), so
 ``halo --help``, argument errors and ``halo models`` start in a fraction of a second.
@@ -107,6 +107,29 @@ def _serve(args: argparse.Namespace) -> int:
     grace = args.shutdown_grace if args.shutdown_grace is not None else float(os.environ.get("HALO_SERVE_GRACE_S", 60))
     serve(args.workflows, host=args.host, port=args.port, config=config, dtype=args.dtype, weights=args.weights,
           model=args.model, chat=not args.no_chat, shutdown_timeout_s=grace)
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from halo.runtime.result_cache import CacheFileError, cache_path, clear, read_stats
+
+    path = cache_path(args.cache_dir)
+    if args.action == "clear":
+        print(f"removed {path}" if clear(path) else f"no result cache at {path}")
+        return 0
+    try:
+        stats = read_stats(path)
+    except CacheFileError as exc:
+        raise HaloError(str(exc)) from None
+    if args.json:
+        print(json.dumps(stats.as_dict(), indent=2))
+        return 0
+    if not stats.exists:
+        print(f"no result cache at {path}")
+        return 0
+    print(f"result cache {path}: {stats.entries:,} entries, {stats.size_bytes / 2**20:.1f} MiB, {stats.hits:,} hits")
+    for node, count in stats.by_node.items():
+        print(f"  {node}: {count:,} entries")
     return 0
 
 
@@ -299,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--cache-dir", default=None, help="the cache dir to look in (default: env HALO_CACHE_DIR, else "
                    "~/.cache/halo)")
     m.set_defaults(func=_models)
+
+    c = sub.add_parser("cache", help="the persistent result cache: its size and entries per node, or remove it")
+    c.add_argument("action", choices=["stats", "clear"])
+    c.add_argument("--cache-dir", default=None, help="the cache's folder (default: env HALO_RESULT_CACHE_DIR, else "
+                   "<halo cache dir>/results)")
+    c.add_argument("--json", action="store_true", help="stats as JSON")
+    c.set_defaults(func=_cache)
 
     x = sub.add_parser("export-hf", help="write a model as a Hugging Face Llama directory (e.g. for vLLM)")
     x.add_argument("out_dir", nargs="?", default=None, help="target directory (default <cache>/hf-export/<model>)")

@@ -34,7 +34,8 @@ def _compile(tmp_path, tokens: int, **options):
 
     path = tmp_path / f"chain{tokens}.yaml"
     path.write_text(CHAIN_YAML.replace("{tokens}", str(tokens)))
-    return halo.compile(path, dtype="fp32", **options)
+    # No persistent result cache: these runs repeat their batches to watch the session run them.
+    return halo.compile(path, dtype="fp32", cache=False, **options)
 
 
 def _run_together(app, batches, until=lambda progress: progress.llm_in_flight > 0):

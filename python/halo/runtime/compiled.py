@@ -4,7 +4,9 @@
 (`runtime/workers.py`), and binds databases and tools. `run` plans the batch from the workers'
 current state (`runtime/planning.py`: the one planner, or the serial baseline unplanned), emits the
 execution graph and hands it to the Processor; the result (`runtime/run_stats.py`) has one output
-dict per input row in input order, the per-row errors, and the run's counters. An app `attach`ed to
+dict per input row in input order, the per-row errors, and the run's counters. A planned run answers
+pure requests from the persistent result cache (`runtime/result_cache.py`, on unless `cache=False`)
+and stores what it computes there; the serial baseline never uses it. An app `attach`ed to
 an `OnlineSession` runs its batches on the session's loop thread, beside other runs in flight
 (planning stays on the calling thread).
 """
@@ -33,6 +35,8 @@ from halo.runtime.planning import (
     model_dtypes,
 )
 from halo.runtime.processor import Processor, ProcessorOutcome, Progress
+from halo.runtime.result_cache import ResultCache, cache_path
+from halo.runtime.result_keys import ResultKeys, model_identities
 from halo.runtime.results import RowError, RunResult
 from halo.runtime.run_stats import RowCallback, TokenCounts, run_result, run_stats
 from halo.runtime.serial import SerialOutcome, run_serial
@@ -56,13 +60,17 @@ def compile(  # noqa: A001 - the public name the design asks for
     tool_threads: int = DEFAULT_TOOL_THREADS,
     max_inflight: int | None = None,
     ray_address: str | None = None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> CompiledWorkflow:
     """Validate `workflow`, start `workers` LLM workers with their models loaded, bind its tools.
 
     `models` maps a model source named in the workflow to another one to load instead (e.g. a local
     GGUF). `engine_options` go to every `LLMEngine` (kv_memory_gb, max_num_seqs, ...). With more than
     one worker each runs in a Ray actor on its share of the cores (a local Ray is started on demand,
-    or `ray_address` joins a cluster).
+    or `ray_address` joins a cluster). `cache` turns the persistent result cache on for `run` (a run's
+    `cache=` overrides it), kept in `cache_dir` (default: `$HALO_RESULT_CACHE_DIR`, else
+    `<halo cache dir>/results`; docs/result_cache.md).
     """
     if isinstance(workflow, str | os.PathLike):
         workflow = Workflow.from_yaml(workflow)
@@ -73,6 +81,8 @@ def compile(  # noqa: A001 - the public name the design asks for
         raise InvalidRequestError(f"workers must be a positive integer, got {workers!r}")
     if plan == "serial" and workers != 1:
         raise InvalidRequestError("the serial baseline runs on one worker")
+    if not isinstance(cache, bool):
+        raise InvalidRequestError(f"cache must be True or False, got {cache!r}")
     return CompiledWorkflow(
         workflow,
         workers=workers,
@@ -83,6 +93,8 @@ def compile(  # noqa: A001 - the public name the design asks for
         tool_threads=tool_threads,
         max_inflight=max_inflight,
         ray_address=ray_address,
+        cache=cache,
+        cache_dir=cache_dir,
     )
 
 
@@ -101,8 +113,14 @@ class CompiledWorkflow:
         tool_threads: int,
         max_inflight: int | None,
         ray_address: str | None,
+        cache: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.workflow = workflow
+        self.cache = cache  # the persistent result cache, for runs that do not say
+        self._cache_dir = cache_dir
+        self._result_cache: ResultCache | None = None  # opened by the first run that uses it
+        self._model_identities: dict[str, dict[str, Any]] | None = None
         self.graph = workflow.graph
         self.plan_mode = plan
         self.num_workers = workers
@@ -111,7 +129,7 @@ class CompiledWorkflow:
         self.model_sources = sorted({self.graph.model_source(n) or "" for n in self.graph.nodes if n.kind == "llm"})
         self._tool_options = {"max_threads": tool_threads, "allowed_hosts": allowed_hosts}
         self.warnings: list[str] = []
-        recipe = EngineRecipe(engine_options, self.graph.model_settings(), models)
+        recipe = self._recipe = EngineRecipe(engine_options, self.graph.model_settings(), models)
         self.costs = CostModels(
             workflow,
             models=models,
@@ -146,16 +164,20 @@ class CompiledWorkflow:
         on_progress: Callable[[Progress], None] | None = None,
         plan: PlanMode | None = None,
         on_row: RowCallback | None = None,
+        cache: bool | None = None,
     ) -> RunResult:
         """Run the workflow over `batch`; with `journal`, finished work is recorded there as it happens
         and `resume=True` skips what an earlier (interrupted) run with the same journal finished.
-        `plan` overrides the compiled planner for this run (e.g. "serial" for a baseline).
+        `plan` overrides the compiled planner for this run (e.g. "serial" for a baseline), `cache` the
+        compiled persistent-cache setting (None: `compile`'s; the serial baseline never uses it).
         `on_row(index, outputs, error)` is called once per input row as soon as that row is done (its
         values are those of the result; rows rejected before running come first, serial runs report at
         the end); it runs on the thread executing the batch, so it must be quick."""
         clock = time.perf_counter()
         arrived = time.monotonic()  # the run's age on a shared session: older runs are served first
         mode = plan or self.plan_mode
+        if cache is not None and not isinstance(cache, bool):
+            raise InvalidRequestError(f"cache must be True, False or None, got {cache!r}")
         if mode not in ("dp", "greedy", "serial") or (mode == "serial" and self.num_workers != 1):
             raise InvalidRequestError(f"plan {mode!r} is not available here (dp, greedy; serial on one worker)")
         prepared = self._planner.prepare(batch, mode)
@@ -176,7 +198,10 @@ class CompiledWorkflow:
         if prepared.planned is None:
             outcome, tokens = self._run_serial(prepared)
         else:
-            outcome, tokens, tool_stats = self._run_planned(prepared, journal, resume, on_progress, arrived, report_row)
+            use_cache = self.cache if cache is None else cache
+            outcome, tokens, tool_stats = self._run_planned(
+                prepared, journal, resume, on_progress, arrived, report_row, use_cache
+            )
         stats = run_stats(
             self.graph,
             rows=len(prepared.rows),
@@ -223,6 +248,9 @@ class CompiledWorkflow:
         return self._pool.engine(source)
 
     def close(self) -> None:
+        if self._result_cache is not None:
+            self._result_cache.close()
+            self._result_cache = None
         self._pool.close()
 
     def __enter__(self) -> CompiledWorkflow:
@@ -259,6 +287,7 @@ class CompiledWorkflow:
         on_progress: Callable[[Progress], None] | None,
         arrived: float,
         on_row: RowCallback | None,
+        cache: bool = True,
     ) -> tuple[ProcessorOutcome, TokenCounts, ToolStats]:
         planned = prepared.planned
         assert planned is not None
@@ -272,6 +301,7 @@ class CompiledWorkflow:
             writer = journal_io.JournalWriter(path, print_, fresh=not (resume and path.exists()))
         session = self._session
         before = self._pool.stats() if session is None else []
+        result_cache, cache_keys = self._persistent_cache() if cache else (None, None)
         tools = self._new_tools()
         try:
             max_inflight = self._max_inflight or self.costs.adaptive_inflight(
@@ -289,10 +319,14 @@ class CompiledWorkflow:
                 on_progress=on_progress,
                 on_row=on_row,
                 tokenizers=self._pool.tokenizers,  # the engines' (the planner encoded with them): ids travel
+                result_cache=result_cache,
+                cache_keys=cache_keys,
             )
             outcome = session.execute(processor, arrived) if session is not None else processor.run()
         finally:
             tools.close()
+            if result_cache is not None:
+                result_cache.flush()  # what this run computed is there for the next one, even if the app lives on
             if writer is not None:
                 writer.close()
             self.costs.save_tool_costs()
@@ -302,6 +336,21 @@ class CompiledWorkflow:
             tokens = TokenCounts.of_requests(outcome)
         self.costs.learn_output_lengths(outcome.output_tokens, outcome.instance_calls)
         return outcome, tokens, tools.stats
+
+    def _persistent_cache(self) -> tuple[ResultCache | None, ResultKeys | None]:
+        """The result store (opened once per cache file: the location is read now, so a changed
+        `$HALO_RESULT_CACHE_DIR` takes effect) and this run's keys; (None, None) when it is unusable."""
+        path = cache_path(self._cache_dir)
+        if self._result_cache is None or self._result_cache.path != path:
+            if self._result_cache is not None:
+                self._result_cache.close()
+            self._result_cache = ResultCache(path)
+        if not self._result_cache.usable:
+            return None, None
+        if self._model_identities is None:
+            local = self._pool.engine if self.num_workers == 1 else None
+            self._model_identities = model_identities(self.model_sources, self._recipe, local)
+        return self._result_cache, ResultKeys(self.workflow, self._model_identities)
 
     def _run_serial(self, prepared: PreparedBatch) -> tuple[SerialOutcome, TokenCounts]:
         worker = self._pool.workers[0]

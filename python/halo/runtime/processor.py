@@ -21,6 +21,10 @@ result, an error, a render failure, a guard, a cancelled leader); on_error polic
 Every finished physical node and row is journaled as soon as it exists (see `journal.py`).
 A prompt is tokenized once: a rendered request carries the ids consolidation encoded, a deferred one
 is encoded here at dispatch with the tokenizer its model's engines use (see `_prompts`).
+With a persistent result cache (`result_cache.py`, keys from `result_keys.py`), a request is looked
+up right after it is rendered, before it is dispatched or joined (`_from_cache`): a hit settles the
+node with the stored value and never reaches an engine or the tool pool; a miss's result is stored
+when the node completes with a value of its own (never an error's fallback).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -57,6 +61,10 @@ from halo.runtime.results import RowError, Span
 from halo.runtime.run_loop import RunLoop
 from halo.spec.graph import GraphNode
 from halo.spec.nodes import LlmNode
+
+if TYPE_CHECKING:
+    from halo.runtime.result_cache import ResultCache
+    from halo.runtime.result_keys import ResultKeys
 
 
 class LLMWorker(Protocol):
@@ -130,6 +138,12 @@ class ProcessorOutcome:
     output_tokens: dict[str, tuple[int, int]] = field(default_factory=dict)  # llm node -> (tokens, calls)
     # conditional or map node -> (instances reached, calls they made): the planner's calls per instance
     instance_calls: dict[str, tuple[int, int]] = field(default_factory=dict)
+    persistent_hits: dict[str, int] = field(default_factory=dict)  # graph node -> answered by the result cache
+    persistent_stores: dict[str, int] = field(default_factory=dict)  # graph node -> results stored there
+
+    @property
+    def persistent_hits_total(self) -> int:
+        return sum(self.persistent_hits.values())
 
 
 class Processor:
@@ -140,6 +154,7 @@ class Processor:
     `tokenizers` are those the workers' engines encode with, per model source: a rendered request
     whose ids consolidation encoded with that very tokenizer sends them, a deferred one is encoded
     with it at dispatch; a model without one sends chat messages and its engine encodes them.
+    `result_cache` with `cache_keys` answers pure requests from earlier runs (see `_from_cache`).
     """
 
     def __init__(
@@ -157,6 +172,8 @@ class Processor:
         progress_every_s: float = 0.2,
         on_row: Callable[[int, dict[str, Any], RowError | None], None] | None = None,
         tokenizers: Mapping[str, ChatTokenizer] | None = None,
+        result_cache: ResultCache | None = None,
+        cache_keys: ResultKeys | None = None,
     ) -> None:
         self.graph = graph
         self.wf = graph.workflow
@@ -170,6 +187,10 @@ class Processor:
         self.progress_every_s = progress_every_s
         self.on_row = on_row  # (consolidated row, outputs, error) as soon as a row's last node settles
         self.tokenizers = dict(tokenizers or {})
+        self.cache_keys = cache_keys if result_cache is not None else None
+        self.result_cache = result_cache if cache_keys is not None else None
+        self._cache_key: dict[int, str] = {}  # phys -> the key it missed: its result is stored there
+        self._stored: set[str] = set()  # keys this run stored (two equal requests store once)
         # Consolidation's ids are the engine's only if it encoded with the engine's own tokenizer.
         self._planned_ids = {m for m, t in graph.tokenizers.items() if self.tokenizers.get(m) is t}
         self.core = SchedulerCore(
@@ -324,6 +345,7 @@ class Processor:
             self.attempts[phys] += 1
             self._submit_again(phys, node)
         elif node.spec.on_error == "default":
+            self._cache_key.pop(phys, None)  # the fallback stands in for a result: never cached
             self._complete(phys, fallback_result(node))
         else:
             self._fail(phys, outcome.error)
@@ -349,7 +371,10 @@ class Processor:
                 state.finished = True
                 self._fail(call.phys, f"element {call.index + 1} of {len(state.results)}: {outcome.error}")
                 return
+            self._cache_key.pop(job, None)  # a fallback is not the call's result: never stored
             value = fallback_result(node)
+        else:
+            self._store(job, value)
         state.results[call.index] = value
         state.left -= 1
         if state.left == 0:
@@ -391,6 +416,7 @@ class Processor:
     def _complete(self, phys: int, result: Any) -> None:
         self.results[phys] = result
         self.ok[phys] = 1
+        self._store(phys, result)
         if self.journal is not None:
             journaled = {"$skipped": True} if result is SKIPPED else result
             self.journal.node(self.graph.physical.signature(phys), journaled)
@@ -483,6 +509,9 @@ class Processor:
     def _send_tools(self, calls: list[_Work]) -> None:
         for job, node, values in calls:
             request = self.wf.template(node).request(values)
+            key = self.cache_keys.tool(node, request) if self.cache_keys is not None else None
+            if self._from_cache(job, node, key):
+                continue
             future = self.tools.submit(node, request)
             self._tool_futures[future] = job
 
@@ -496,6 +525,10 @@ class Processor:
             request = _Request(
                 phys, self.wf.model_source(node) or "", llm_prompt(node, values), sampling_params(node), samples
             )
+            keys = self.cache_keys
+            cache_key = keys.llm(node, request.messages, request.params, request.n) if keys is not None else None
+            if self._from_cache(phys, node, cache_key):
+                continue
             if node.pure:
                 # n is in the key: a node of n samples never joins an equal request of another n
                 key = (self.pool, request.model, json.dumps(request.messages), request.params, request.n)
@@ -530,6 +563,31 @@ class Processor:
         self.out.calls_by_worker[worker.index] = self.out.calls_by_worker.get(worker.index, 0) + len(requests)
         for done in [*worker.submit(jobs), *failed]:
             self.llm_finished(done)
+
+    def _store(self, job: int, result: Any) -> None:
+        """Keep a completed call's result in the persistent cache if it was looked up there and missed."""
+        key = self._cache_key.pop(job, None)
+        if key is not None and key not in self._stored and self.result_cache is not None and result is not SKIPPED:
+            node = self.wf.node(self.graph.physical.node[self._phys_of(job)])
+            if self.result_cache.put(key, node.name, result):
+                self._stored.add(key)
+                self.out.persistent_stores[node.id] = self.out.persistent_stores.get(node.id, 0) + 1
+
+    def _from_cache(self, phys: int, node: GraphNode, key: str | None) -> bool:
+        """Answer `phys` from the persistent result cache: True if it was settled with the stored value.
+
+        On a miss the key is kept, so the node's own result is stored when it completes (`_complete`).
+        Called right after a request is rendered, before it is dispatched or joined to an equal one."""
+        if key is None or self.result_cache is None:
+            return False
+        found, value = self.result_cache.get(key)
+        if not found:
+            self._cache_key[phys] = key
+            return False
+        self.start_time.pop(phys, None)  # nothing ran: no span on the timeline
+        self.out.persistent_hits[node.id] = self.out.persistent_hits.get(node.id, 0) + 1
+        self.settle(phys, Outcome(value=value))
+        return True
 
     def _prompts(self, requests: Sequence[_Request]) -> list[Prompt | str]:
         """Each request's prompt as its engine takes it, encoded once: the ids consolidation encoded

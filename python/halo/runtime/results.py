@@ -44,6 +44,10 @@ class RunStats:
     tool_calls_executed: int = 0
     tool_calls_coalesced: int = 0
     tool_cache_hits: int = 0
+    # The persistent result cache (across runs): requests it answered (they never ran) and results it stored.
+    persistent_cache_hits: int = 0
+    persistent_cache_stores: int = 0
+    persistent_hits_by_node: dict[str, int] = field(default_factory=dict)  # graph node -> hits
     nodes_skipped: int = 0  # instances that did not run: loop iterations after `until`, a false `when`
     wall_s: float = 0.0
     plan_s: float = 0.0  # consolidation + planning

@@ -2,8 +2,10 @@
 
 Shows a progress bar (rows done, generated tokens/s, tool calls in flight, ETA), journals finished
 work next to the output (`OUT.journal.jsonl`; `--resume` continues an interrupted run from it), writes
-the output atomically in input order, and ends with a summary table. Row errors are reported and
-recorded in the output (`_error`); the exit status is non-zero for them only with `--strict`.
+the output atomically in input order, and ends with a summary table. Pure requests an earlier run
+computed come from the persistent result cache (`--no-cache` turns it off, `--cache-dir` moves it).
+Row errors are reported and recorded in the output (`_error`); the exit status is non-zero for them
+only with `--strict`.
 
 Before any model loads, the output and journal paths are checked (`output_file.check_paths`: a
 regular file or a new name, not the input or the workflow) and, with `--resume`, the journal's
@@ -45,6 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="exit with status 1 if any row failed")
     parser.add_argument("--allow-host", action="append", default=[], help="extra host http nodes may call")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-cache", action="store_true", help="neither answer from nor store into the persistent result cache"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="the persistent result cache's folder (default: env HALO_RESULT_CACHE_DIR, else <halo cache dir>/results)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             engine_options={"weights": args.weights},
             allowed_hosts=args.allow_host,
+            cache=not args.no_cache,
+            cache_dir=args.cache_dir,
         )
     load_s = time.perf_counter() - clock
     for warning in app.warnings:
@@ -161,6 +173,8 @@ def _summary(console: Console, result: RunResult, load_s: float, output: Path, e
     table.add_row("prompt tokens", f"{s.prompt_tokens:,}", f"{s.prefill_tokens:,} computed")
     table.add_row("prefix-cache hits", "", f"{s.cached_tokens:,} tokens")
     table.add_row("decode tokens", "", f"{s.decode_tokens:,}")
+    if s.persistent_cache_hits or s.persistent_cache_stores:
+        table.add_row("result cache", "", f"{s.persistent_cache_hits:,} hits, {s.persistent_cache_stores:,} stored")
     table.add_row("rows failed", "", f"{s.rows_failed:,}")
     if s.rows_resumed:
         table.add_row("rows resumed", "", f"{s.rows_resumed:,}")

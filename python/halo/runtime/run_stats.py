@@ -84,6 +84,9 @@ def run_stats(
     stats.tool_calls_executed = tools.executed
     stats.tool_calls_coalesced = tools.coalesced
     stats.tool_cache_hits = tools.cache_hits
+    stats.persistent_cache_hits = outcome.persistent_hits_total
+    stats.persistent_cache_stores = sum(outcome.persistent_stores.values())
+    stats.persistent_hits_by_node = dict(outcome.persistent_hits)
     stats.rows_resumed = len(outcome.resumed_rows)
     stats.calls_by_worker = dict(outcome.calls_by_worker)
     stats.kv_moves = outcome.kv_moves

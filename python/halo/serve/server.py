@@ -72,7 +72,9 @@ def compile_workflows(
     for name, workflow in workflows.items():
         log.info("compiling workflow %s", name)
         try:
-            apps[name] = compile_workflow(workflow, dtype=dtype, engine_options={"weights": weights})
+            # No persistent result cache online: whether a server's epochs should answer from earlier
+            # runs (stale answers against live sources) is a decision of its own (docs/result_cache.md).
+            apps[name] = compile_workflow(workflow, dtype=dtype, engine_options={"weights": weights}, cache=False)
         except (HaloError, OSError) as exc:
             log.error("skipping workflow %s: %s", name, exc)
             skipped[name] = str(exc)

@@ -103,7 +103,7 @@ class EmbeddedHttp(HttpCall):
     id: NodeId | None = None
 
 
-EXECUTION_FIELDS = frozenset({"on_error", "fallback", "retries", "expected_latency_s", "cpu_bound"})
+EXECUTION_FIELDS = frozenset({"on_error", "fallback", "retries", "expected_latency_s", "cpu_bound", "cache"})
 
 CONTROL_FIELDS = frozenset({"when", "foreach", "as_", "max_items", "truncate"})
 """Fields that say whether and how often a node runs, not what one call requests: left out of requests
@@ -135,6 +135,9 @@ class NodeBase(SpecModel):
     retries: int = Field(default=2, ge=0, le=10)
     # The planner's latency guess for a tool call before any call was observed (seconds).
     expected_latency_s: float | None = Field(default=None, ge=0, le=3600)
+    # false: never answer this node from the persistent result cache, nor store its results (a source
+    # that changes under the same request: a live table, an API). Pure nodes only are cached at all.
+    cache: bool = True
 
 
 class LlmNode(NodeBase):
