@@ -251,3 +251,15 @@ def test_the_builder_takes_the_same_constructs(tmp_path: Path, model: Path):
     mapped = mapped.outputs(ups="up.output")
     with halo.compile(mapped) as app:
         assert app.run([{"xs": ["a", "b"]}, {"xs": []}]).outputs == [{"ups": ["A", "B"]}, {"ups": []}]
+
+
+def test_a_second_run_answers_map_elements_and_reducers_from_the_result_cache(tmp_path: Path, model: Path):
+    rows = [{"question": "why?", "topic": "a"}, {"question": "how?", "topic": "b"}]
+    with halo.compile(_workflow(tmp_path, model, MAP_REDUCE)) as app:
+        first = app.run(rows)
+        second = app.run(rows)
+        fresh = app.run(rows, cache=False)
+    assert first.stats.llm_calls_executed == 4 + 2  # four element calls, one summary per row
+    assert second.stats.llm_calls_executed == 0 and second.stats.tool_calls_executed == 0
+    assert second.outputs == first.outputs == fresh.outputs
+    assert second.stats.persistent_hits_by_node["answer"] == 4

@@ -109,8 +109,8 @@ class ResultKeys:
         return _digest({"kind": "llm", "model": model, "messages": list(messages), "params": _params(params), "n": n})
 
     def tool(self, node: GraphNode, request: Mapping[str, Any]) -> str | None:
-        """The key of a sql, http or python request, or None when it must run."""
-        if not _cacheable(node) or node.kind not in ("sql", "http", "python"):
+        """The key of a sql, http, python or reduce request, or None when it must run."""
+        if not _cacheable(node) or node.kind not in ("sql", "http", "python", "reduce"):
             return None
         target: Any = None
         if node.kind == "sql":
@@ -119,6 +119,8 @@ class ResultKeys:
             target = self._database(request.get("db"))
         elif node.kind == "python":
             target = self._function(str(request.get("function", "")))
+        elif node.kind == "reduce":  # a python call of its input list
+            target = self._function(str(request.get("python", "")))
         if node.kind != "http" and target is None:
             return None
         return _digest({"kind": node.kind, "target": target, "request": dict(request), "code": tool_fingerprint()})
