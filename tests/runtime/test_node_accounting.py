@@ -143,7 +143,7 @@ def test_halo_run_prints_a_per_node_table_of_the_non_zero_columns(tmp_path: Path
     console = Console(file=io.StringIO(), width=250)
     console.print(node_table(stats))
     header = next(line for line in console.file.getvalue().splitlines() if "logical" in line)
-    for column in ("node", "kind", "logical", "executed", "merged", "coalesced", "prompt tok", "decode", "busy s"):
+    for column in ("node", "kind", "logical", "executed", "merged", "coalesced", "prompt", "decode", "busy s"):
         assert column in header
     for absent in ("skipped", "failed", "cancelled", "persistent", "joined"):
         assert absent not in header  # nothing counted there in this run

@@ -68,8 +68,8 @@ class AnalyzedRun:
         numbers = self.numbers()
         nodes = numbers["nodes"]
         names = sorted({n["name"] for n in nodes.values()})
-        palette = plt.get_cmap("tab20")
-        color = {name: palette(i % 20) for i, name in enumerate(names)}
+        palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+        color = {name: palette(i % palette.N) for i, name in enumerate(names)}
         figure, (gantt, per_node, per_epoch) = plt.subplots(
             3, 1, figsize=(11, 4 + 0.45 * len(nodes)), gridspec_kw={"height_ratios": [3, 2, 1]}
         )

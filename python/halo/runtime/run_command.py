@@ -151,6 +151,7 @@ def _engine_lines(app: Any) -> dict[str, str]:
 
 
 def _summary(console: Console, result: RunResult, load_s: float, output: Path, engines: dict[str, str]) -> None:
+    from rich.console import Console
     from rich.table import Table
 
     s = result.stats
@@ -175,8 +176,9 @@ def _summary(console: Console, result: RunResult, load_s: float, output: Path, e
             f"{actual:.2f}s in llm epochs",
         )
     console.print(table)
-    if s.nodes:
-        console.print(node_table(s))
+    if s.nodes:  # a log (not a terminal) gets whole rows, not 80 columns
+        wide = console if console.is_terminal else Console(file=console.file, width=160)
+        wide.print(node_table(s))
     for source, line in engines.items():
         console.print(f"engine {source}: {line}", soft_wrap=True)  # one line a log can grep
     for error in result.errors[:10]:
@@ -186,6 +188,7 @@ def _summary(console: Console, result: RunResult, load_s: float, output: Path, e
 
 
 # (column, value of a node's counters): the per-node table shows the columns where some node is non-zero
+LLM_ONLY = frozenset({"joined", "prompt", "computed", "cached", "decode"})
 NODE_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("logical", lambda n: n.logical),
     ("executed", lambda n: n.executed),
@@ -194,12 +197,12 @@ NODE_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("joined", lambda n: n.joined),
     ("tool cache", lambda n: n.tool_cache_hits),
     ("persistent", lambda n: n.persistent_hits),
-    ("prompt tok", lambda n: n.prompt_tokens),
+    ("prompt", lambda n: n.prompt_tokens),
     ("computed", lambda n: n.computed_tokens),
     ("cached", lambda n: n.cached_tokens),
     ("decode", lambda n: n.decode_tokens),
     ("busy s", lambda n: n.busy_s),
-    ("first..last s", lambda n: n.span_s),
+    ("span s", lambda n: n.span_s),
     ("skipped", lambda n: n.skipped),
     ("failed", lambda n: n.failed),
     ("cancelled", lambda n: n.cancelled),
@@ -207,7 +210,9 @@ NODE_COLUMNS: tuple[tuple[str, Any], ...] = (
 
 
 def node_table(stats: RunStats) -> Table:
-    """Per graph node: calls, hits by reason, tokens, time, skipped and failed instances."""
+    """Per graph node: calls, hits by reason, tokens, time (busy: spans summed; span: first start..last
+    end), skipped, failed and cancelled instances."""
+    from rich import box
     from rich.table import Table
 
     rows: list[tuple[str, str, NodeStats]] = []  # (label, kind, counters)
@@ -218,19 +223,20 @@ def node_table(stats: RunStats) -> Table:
         if len(parts) > 1 or parts[0][0] != name:  # a loop node: its iterations under its total
             rows += [(f"  {node_id}", n.kind, n) for node_id, n in parts]
     shown = [(label, value) for label, value in NODE_COLUMNS if any(value(n) for _, _, n in rows)]
-    table = Table(title="per node", show_header=True)
+    table = Table(title="per node", show_header=True, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("node")
     table.add_column("kind")
     for label, _ in shown:
         table.add_column(label, justify="right")
     for label, kind, n in rows:
-        cells = [_cell(n, label_, value) for label_, value in shown]
-        table.add_row(label, kind, *cells)
+        table.add_row(label, kind, *(_cell(n, column, value) for column, value in shown))
     return table
 
 
-def _cell(n: NodeStats, label: str, value: Any) -> str:
-    if label == "first..last s":
+def _cell(n: NodeStats, column: str, value: Any) -> str:
+    if column in LLM_ONLY and n.kind != "llm":
+        return "-"
+    if column == "span s":
         return "-" if n.start_s is None or n.end_s is None else f"{n.start_s:.2f}..{n.end_s:.2f}"
     v = value(n)
     return f"{v:.2f}" if isinstance(v, float) else f"{v:,}"
