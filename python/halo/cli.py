@@ -45,11 +45,18 @@ def _explain(args: argparse.Namespace) -> int:
     workflow = Workflow.from_yaml(args.workflow)
     rows = read_rows(args.input)
     check_batch(rows, workflow.spec.inputs)  # explain refuses a bad batch where run would skip its bad rows
+    if args.analyze:  # EXPLAIN ANALYZE: compile as `halo run` does, run the batch, print the plan it ran
+        from halo.runtime.analyze_command import analyze
+
+        return analyze(args, rows)
     # the planner `halo run` gets, so this prints the plan that run follows (same curves, history, budget)
     planner = fresh_planner(workflow, workers=args.workers, dtype=args.dtype)
-    if args.format == "text":
+    if args.format in ("text", "json"):
         planned = planner.prepare(rows, args.plan).planned
         assert planned is not None
+        if args.format == "json":
+            print(json.dumps(planned.explain_numbers(), indent=2))
+            return 0
         print(planned.explain())
         if planner.costs.profiles_missing:
             print("\n(latency curves: built-in defaults; run `halo profile` for measured ones)")
@@ -275,8 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explain", help="show the consolidated plan of a workflow over a batch")
     e.add_argument("workflow", help="workflow YAML file")
     e.add_argument("--input", required=True, help="batch rows: .jsonl, .csv or .parquet")
-    e.add_argument("--format", default="text", choices=["text", "dot", "png"])
+    e.add_argument("--format", default="text", choices=["text", "json", "dot", "png"],
+                   help="text, json (the figures), dot or png (Graphviz; with --analyze: a timeline, matplotlib)")
     e.add_argument("-o", "--output", help="PNG path for --format png (default plan.png)")
+    e.add_argument("--analyze", action="store_true",
+                   help="EXPLAIN ANALYZE: run the batch and show predicted and actual figures side by side")
+    e.add_argument("--weights", default="auto", choices=WEIGHT_FORMATS, help="with --analyze: " + WEIGHTS_HELP)
+    e.add_argument("--allow-host", action="append", default=[], help="with --analyze: extra host http nodes may call")
     e.add_argument("--workers", type=int, default=1, help="workers to plan for (default 1)")
     e.add_argument("--plan", default="dp", choices=["dp", "greedy"], help="planner, as for `halo run` (default dp)")
     e.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="latency profile to plan with")

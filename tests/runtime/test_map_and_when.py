@@ -122,6 +122,7 @@ def test_foreach_maps_reduce_combines_and_every_path_agrees(tmp_path: Path, mode
     # Element calls: rows 0-2 make 6, of which 'alpha'/'why?' repeats (row 1): 5 distinct requests run.
     # Row 3 is row 0 (consolidated), row 4 has none. summary: one call per distinct answer list (4).
     assert planned.stats.llm_calls_executed == 5 + 4
+    assert planned.stats.nodes["answer"].executed == 5 and planned.stats.nodes["answer"].coalesced == 1
 
 
 def test_when_skips_instances_and_readers_see_null_or_default(tmp_path: Path, model: Path):
@@ -146,6 +147,10 @@ def test_when_skips_instances_and_readers_see_null_or_default(tmp_path: Path, mo
     # executed: billing once (rows 0 and 2 merge), technical twice, follow_up once; skipped instances
     # never reach the engine: 4 logical billing - 1 run = rows 1 and 3 skipped, etc.
     assert planned.stats.llm_calls_executed == 1 + 2 + 1
+    nodes = planned.stats.nodes
+    assert (nodes["billing"].skipped, nodes["technical"].skipped, nodes["follow_up"].skipped) == (2, 2, 2)
+    assert (nodes["billing"].executed, nodes["technical"].executed, nodes["follow_up"].executed) == (1, 2, 1)
+    assert planned.stats.nodes_skipped == 6
 
 
 def test_map_errors_are_row_errors_naming_the_node(tmp_path: Path, model: Path):

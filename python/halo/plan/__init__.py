@@ -15,6 +15,7 @@ from halo.plan.consolidated_graph import (
     PhysicalNode,
 )
 from halo.plan.explain import explain_dot, explain_text
+from halo.plan.node_figures import NodeActual, NodeEstimate, RunActuals
 from halo.plan.planner import DP_TIME_LIMIT_S, PlanContext, PlannedBatch, PlannerMode, plan
 from halo.plan.prefix_index import PrefixGroup, PrefixIndex
 
@@ -24,13 +25,16 @@ __all__ = [
     "ConsolidatedGraph",
     "Consolidator",
     "ModelPrefixes",
+    "NodeActual",
     "NodeCounters",
+    "NodeEstimate",
     "PhysicalNode",
     "PlanContext",
     "PlannedBatch",
     "PlannerMode",
     "PrefixGroup",
     "PrefixIndex",
+    "RunActuals",
     "WhitespaceTokenizer",
     "consolidate",
     "explain_dot",

@@ -1,16 +1,30 @@
 """EXPLAIN for a consolidated batch: one line per graph node, then totals and prefix sharing.
 
 Reads like a database plan: nodes in execution (topological) order, each with what it waits for,
-how many instances the batch asks for and how many executions remain after merging.
+how many instances the batch asks for and how many executions remain after merging. With the plan's
+estimates (`node_figures.NodeEstimate`) the same lines carry its predicted prompt and generated
+tokens and seconds; with a run's actuals (EXPLAIN ANALYZE) they also carry what the run measured,
+side by side, as PostgreSQL's EXPLAIN ANALYZE puts `(actual ...)` after `(cost ...)`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from halo.plan.consolidated_graph import ConsolidatedGraph, NodeCounters
+from halo.plan.node_figures import NodeActual, NodeEstimate
+
+ESTIMATE_COLUMNS = ("est prompt", "est decode", "est s")
+ACTUAL_COLUMNS = ("ran", "hits", "prompt", "computed", "cached", "decode", "time s", "busy s", "skipped", "failed")
 
 
-def explain_text(graph: ConsolidatedGraph) -> str:
-    """Render `graph` as an EXPLAIN-style table (per node: instances, executions, prompt tokens)."""
+def explain_text(
+    graph: ConsolidatedGraph,
+    estimates: Mapping[str, NodeEstimate] | None = None,
+    actuals: Mapping[str, NodeActual] | None = None,
+) -> str:
+    """Render `graph` as an EXPLAIN-style table (per node: instances, executions, prompt tokens), with
+    the plan's `estimates` and a run's `actuals` as more columns of the same lines when given."""
     wf = graph.workflow
     lines = [
         f"CONSOLIDATED PLAN  {wf.spec.name}  rows={graph.rows}  graph nodes={len(wf.nodes)}"
@@ -27,6 +41,8 @@ def explain_text(graph: ConsolidatedGraph) -> str:
         "prompt tok",
         "unique",
         "shared prefix",
+        *(ESTIMATE_COLUMNS if estimates is not None else ()),
+        *(ACTUAL_COLUMNS if actuals is not None else ()),
         "waits for",
     )
     table = [header]
@@ -44,11 +60,13 @@ def explain_text(graph: ConsolidatedGraph) -> str:
                 str(c.physical),
                 _saved(c.logical, c.physical),
                 *_tokens(c),
+                *(_estimate(estimates[node.id]) if estimates is not None else ()),
+                *(_actual(actuals.get(node.id)) if actuals is not None else ()),
                 waits or "-",
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    numeric = {3, 4, 5, 6, 7, 8}
+    numeric = set(range(3, len(header) - 1))
     for row in table:
         cells = [
             cell.rjust(w) if i in numeric and row is not header else cell.ljust(w)
@@ -86,6 +104,21 @@ def _target(c: NodeCounters, spec: object) -> str:
     if c.model is not None:
         return c.model
     return str(getattr(spec, "db", None) or getattr(spec, "method", None) or "-")
+
+
+def _estimate(e: NodeEstimate) -> tuple[str, ...]:
+    def tokens(n: int | None) -> str:
+        return "-" if n is None else str(n)
+
+    return tokens(e.prompt_tokens), tokens(e.decode_tokens), f"{e.seconds:.3f}"
+
+
+def _actual(a: NodeActual | None) -> tuple[str, ...]:
+    if a is None:
+        return ("-",) * len(ACTUAL_COLUMNS)
+    span = "-" if a.start_s is None or a.end_s is None else f"{a.start_s:.3f}..{a.end_s:.3f}"
+    counts = (a.executed, a.hits, a.prompt_tokens, a.computed_tokens, a.cached_tokens, a.decode_tokens)
+    return (*map(str, counts), span, f"{a.busy_s:.3f}", str(a.skipped), str(a.failed))
 
 
 def _tokens(c: NodeCounters) -> tuple[str, str, str]:

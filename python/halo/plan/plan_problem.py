@@ -134,6 +134,9 @@ def build_plan_problem(
                 kv_parent=parent if saving > 0 else None,
                 kv_saving_s=saving,
                 kv_move_s=move,
+                # as the engines count them: each of n samples is a request of the whole prompt
+                prompt_tokens=(prompt * batch if counters.deferred else counters.physical_prompt_tokens) * samples,
+                output_tokens=0 if options is not None else out * samples * batch,  # scoring generates nothing
             )
         )
     loads |= dict(model_load_s or {})

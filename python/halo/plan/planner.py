@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from halo.plan.consolidated_graph import ConsolidatedGraph
 from halo.plan.cost import LatencyCurves, OutputLengthHistory
 from halo.plan.explain import explain_text
+from halo.plan.node_figures import RunActuals, explain_numbers, node_estimates, totals
 from halo.plan.plan_problem import ToolCost, build_plan_problem
 from halo.plan.search import ExecutionPlan, PlanProblem, plan_dp, plan_greedy
 
@@ -49,9 +50,23 @@ class PlannedBatch:
     plan: ExecutionPlan
     kv_parents: Mapping[str, str] = field(default_factory=dict)  # llm task -> the task whose prefix it shares
 
-    def explain(self) -> str:
-        """The consolidated batch, then the plan, as `halo explain` prints them."""
-        return explain_text(self.graph) + "\n\n" + self.plan.explain()
+    def explain(self, actual: RunActuals | None = None) -> str:
+        """The consolidated batch with the plan's per-node estimates, then the plan's epochs, as `halo
+        explain` prints them; with `actual` (EXPLAIN ANALYZE) what a run of this plan measured sits
+        beside every estimate, on the same lines, and a TOTAL line compares the whole batch."""
+        estimates = node_estimates(self.graph, self.problem, self.plan)
+        text = (
+            explain_text(self.graph, estimates, None if actual is None else actual.nodes)
+            + "\n\n"
+            + self.plan.explain(None if actual is None else actual.epoch_s)
+        )
+        if actual is not None:
+            text += "\n" + totals(self.graph, estimates, self.plan, actual).line()
+        return text
+
+    def explain_numbers(self, actual: RunActuals | None = None) -> dict[str, Any]:
+        """The same figures as plain JSON-ready values (`halo explain --format json`)."""
+        return explain_numbers(self.graph, self.problem, self.plan, actual)
 
 
 def plan(graph: ConsolidatedGraph, context: PlanContext) -> PlannedBatch:

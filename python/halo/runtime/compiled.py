@@ -24,6 +24,7 @@ from halo.errors import InvalidRequestError
 from halo.plan import PlannedBatch
 from halo.plan.emit import emit
 from halo.runtime import journal as journal_io
+from halo.runtime.explain_analyze import AnalyzedRun
 from halo.runtime.llm_worker import EngineRecipe, LocalWorker
 from halo.runtime.online_session import OnlineSession
 from halo.runtime.planning import (
@@ -41,7 +42,7 @@ from halo.runtime.results import RowError, RunResult
 from halo.runtime.run_stats import RowCallback, TokenCounts, run_result, run_stats
 from halo.runtime.serial import SerialOutcome, run_serial
 from halo.runtime.tools.tool_runner import ToolRunner
-from halo.runtime.tools.tool_stats import ToolStats
+from halo.runtime.tools.tool_stats import ToolSpan
 from halo.runtime.workers import WorkerPool
 from halo.spec.workflow import Workflow
 
@@ -194,12 +195,12 @@ class CompiledWorkflow:
                 on_row(original, row_outputs, None if error is None else RowError(original, error.node, error.message))
 
         outcome: ProcessorOutcome | SerialOutcome
-        tool_stats = None
+        tool_spans: list[ToolSpan] = []
         if prepared.planned is None:
             outcome, tokens = self._run_serial(prepared)
         else:
             use_cache = self.cache if cache is None else cache
-            outcome, tokens, tool_stats = self._run_planned(
+            outcome, tokens, tool_spans = self._run_planned(
                 prepared, journal, resume, on_progress, arrived, report_row, use_cache
             )
         stats = run_stats(
@@ -210,11 +211,18 @@ class CompiledWorkflow:
             planner=mode,
             outcome=outcome,
             tokens=tokens,
-            tools=tool_stats,
-            plan=None if prepared.planned is None else prepared.planned.plan,
+            tool_spans=tool_spans,
+            planned=prepared.planned,
         )
         result = run_result(
-            self.graph, stats, outcome, prepared.valid, prepared.input_errors, reported=reported, on_row=on_row
+            self.graph,
+            stats,
+            outcome,
+            prepared.valid,
+            prepared.input_errors,
+            reported=reported,
+            on_row=on_row,
+            planned=prepared.planned,
         )
         stats.wall_s = time.perf_counter() - clock
         return result
@@ -225,9 +233,14 @@ class CompiledWorkflow:
         assert planned is not None
         return planned
 
-    def explain(self, batch: Any) -> str:
-        """The consolidated batch and the plan that `run` would follow, as text."""
-        return self.plan(batch).explain()
+    def explain(self, batch: Any, *, analyze: bool = False) -> str:
+        """The consolidated batch and the plan that `run` would follow, as text; with `analyze=True`
+        (EXPLAIN ANALYZE) the batch runs and the plan it executed is printed beside what it measured."""
+        return self.analyze(batch).text() if analyze else self.plan(batch).explain()
+
+    def analyze(self, batch: Any) -> AnalyzedRun:
+        """Run `batch` and keep the plan the run executed with its result (text, JSON numbers, PNG)."""
+        return AnalyzedRun(self.run(batch))
 
     def attach(self, session: OnlineSession) -> None:
         """Run every later batch on `session`'s loop (with other runs in flight); one worker in-process
@@ -288,7 +301,7 @@ class CompiledWorkflow:
         arrived: float,
         on_row: RowCallback | None,
         cache: bool = True,
-    ) -> tuple[ProcessorOutcome, TokenCounts, ToolStats]:
+    ) -> tuple[ProcessorOutcome, TokenCounts, list[ToolSpan]]:
         planned = prepared.planned
         assert planned is not None
         execution = emit(planned.graph, planned.plan, self.num_workers, dict(planned.kv_parents))
@@ -335,7 +348,7 @@ class CompiledWorkflow:
         else:  # other runs share the engines: count this run's own requests
             tokens = TokenCounts.of_requests(outcome)
         self.costs.learn_output_lengths(outcome.output_tokens, outcome.instance_calls)
-        return outcome, tokens, tools.stats
+        return outcome, tokens, tools.timeline
 
     def _persistent_cache(self) -> tuple[ResultCache | None, ResultKeys | None]:
         """The result store (opened once per cache file: the location is read now, so a changed

@@ -25,6 +25,9 @@ With a persistent result cache (`result_cache.py`, keys from `result_keys.py`), 
 up right after it is rendered, before it is dispatched or joined (`_from_cache`): a hit settles the
 node with the stored value and never reaches an engine or the tool pool; a miss's result is stored
 when the node completes with a value of its own (never an error's fallback).
+What it counts, it counts per graph node (`ProcessorOutcome.nodes`, one `NodeStats` each): llm
+requests executed, coalesced and joined at dispatch, their tokens as each `LLMDone` reports them, and
+skipped, failed and cancelled instances where they settle; the outcome's totals are sums of those.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from halo.runtime.node_io import (
     sampling_params,
 )
 from halo.runtime.request_board import RequestBoard
-from halo.runtime.results import RowError, Span
+from halo.runtime.results import NodeStats, RowError, Span, sum_of
 from halo.runtime.run_loop import RunLoop
 from halo.spec.graph import GraphNode
 from halo.spec.nodes import LlmNode
@@ -120,30 +123,56 @@ class Progress:
 
 @dataclass
 class ProcessorOutcome:
+    """What a run did. The counters are per graph node (`nodes`); the totals below are their sums."""
+
     outputs: dict[int, dict[str, Any]]  # consolidated row -> outputs
     errors: dict[int, RowError]  # consolidated row -> first error
     timeline: list[Span]
-    llm_executed: int = 0
-    llm_coalesced: int = 0  # pure llm requests that joined an equal one of this run in flight
-    llm_reused: int = 0  # pure llm requests answered by an equal one this run finished earlier
-    generated_tokens: int = 0
-    skipped: int = 0  # instances that did not run: a loop guard held or their `when` was false
-    element_calls: int = 0  # calls foreach nodes made, one per element (executed or joined)
+    nodes: dict[str, NodeStats] = field(default_factory=dict)  # graph node id -> its run-time counters
+    persistent_hits: dict[str, int] = field(default_factory=dict)  # graph node id -> persistent-cache hits
     resumed_rows: set[int] = field(default_factory=set)
     calls_by_worker: dict[int, int] = field(default_factory=dict)
-    llm_joined: int = 0  # pure llm requests that joined an equal one of another run in flight
-    prompt_tokens: int = 0  # of the requests this run executed (not joined ones), as the engines counted
-    cached_tokens: int = 0
     kv_moves: int = 0  # prefixes pulled from another worker before a request
-    output_tokens: dict[str, tuple[int, int]] = field(default_factory=dict)  # llm node -> (tokens, calls)
     # conditional or map node -> (instances reached, calls they made): the planner's calls per instance
     instance_calls: dict[str, tuple[int, int]] = field(default_factory=dict)
-    persistent_hits: dict[str, int] = field(default_factory=dict)  # graph node -> answered by the result cache
     persistent_stores: dict[str, int] = field(default_factory=dict)  # graph node -> results stored there
 
     @property
     def persistent_hits_total(self) -> int:
         return sum(self.persistent_hits.values())
+
+    @property
+    def llm_executed(self) -> int:
+        return sum_of(self.nodes.values(), "executed", "llm")
+
+    @property
+    def llm_coalesced(self) -> int:
+        return sum_of(self.nodes.values(), "coalesced", "llm")
+
+    @property
+    def llm_joined(self) -> int:  # pure llm requests that joined an equal one of another run in flight
+        return sum_of(self.nodes.values(), "joined")
+
+    @property
+    def skipped(self) -> int:  # instances
+        return sum_of(self.nodes.values(), "skipped")
+
+    @property
+    def prompt_tokens(self) -> int:  # of the requests this run executed (not joined ones), as the engines counted
+        return sum_of(self.nodes.values(), "prompt_tokens")
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum_of(self.nodes.values(), "cached_tokens")
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum_of(self.nodes.values(), "decode_tokens")
+
+    @property
+    def output_tokens(self) -> dict[str, tuple[int, int]]:
+        """llm node -> (tokens generated, samples returned): what the output-length history learns."""
+        return {node: (s.decode_tokens, s.replies) for node, s in self.nodes.items() if s.replies}
 
 
 class Processor:
@@ -231,7 +260,7 @@ class Processor:
         ):
             worker = execution.worker_of.get(node.id, 0)
             self.planned.setdefault(worker, []).append((node.id, self.wf.model_source(node) or ""))
-        self.out = ProcessorOutcome({}, {}, [])
+        self.out = ProcessorOutcome({}, {}, [], nodes={n.id: NodeStats(n.name, n.kind) for n in self.wf.nodes})
         self._last_progress = 0.0
         if resume is not None:
             self._restore(resume)
@@ -270,14 +299,10 @@ class Processor:
         """A request this Processor submitted finished: settle it and every request that joined it."""
         key = self.llm_key.pop(done.phys, None)
         followers = self.board.finish(key) if key is not None else []
-        self.out.generated_tokens += done.generated_tokens
-        self.out.prompt_tokens += done.prompt_tokens
-        self.out.cached_tokens += done.cached_tokens
-        if done.error is None:
-            node_id = self.graph.physical.node[self._phys_of(done.phys)]
-            tokens, calls = self.out.output_tokens.get(node_id, (0, 0))
-            # per sample: the history prices each of a node's n decodes by the length of one
-            self.out.output_tokens[node_id] = (tokens + done.generated_tokens, calls + len(done.replies))
+        # per sample: the history prices each of a node's n decodes by the length of one
+        self.out.nodes[self.graph.physical.node[self._phys_of(done.phys)]].add_request(
+            done.prompt_tokens, done.cached_tokens, done.generated_tokens, len(done.replies)
+        )
         for position, (processor, phys) in enumerate([(self, done.phys), *followers]):
             outcome = processor._reply(phys, done)
             if position == 0 and key is not None and outcome.error is None:
@@ -417,6 +442,8 @@ class Processor:
         self.results[phys] = result
         self.ok[phys] = 1
         self._store(phys, result)
+        if result is SKIPPED:  # whatever skipped it (a loop guard), every instance it serves counts
+            self._count_instances(phys, "skipped")
         if self.journal is not None:
             journaled = {"$skipped": True} if result is SKIPPED else result
             self.journal.node(self.graph.physical.signature(phys), journaled)
@@ -427,10 +454,18 @@ class Processor:
         node_id = self.graph.physical.node[phys]
         for _, row in self.graph.physical.instances[phys]:
             self.out.errors.setdefault(row, RowError(row, node_id, message))
+        self._count_instances(phys, "failed")
         cancelled = self.core.fail(phys)
         self._count_off(phys)
         for other in cancelled.tolist():
+            self._count_instances(int(other), "cancelled")
             self._count_off(int(other))
+
+    def _count_instances(self, phys: int, counter: str) -> None:
+        """Add the instances physical node `phys` serves to `counter` of their graph nodes."""
+        for node_id, _ in self.graph.physical.instances[phys]:
+            stats = self.out.nodes[node_id]
+            setattr(stats, counter, getattr(stats, counter) + 1)
 
     def _count_off(self, phys: int) -> None:
         """A physical node reached a final state: count its instances off their rows."""
@@ -485,7 +520,8 @@ class Processor:
             instances, made = self.out.instance_calls.get(node.id, (0, 0))
             self.out.instance_calls[node.id] = (instances + 1, made + (0 if work.skip is not None else len(work.calls)))
         if work.skip is not None:
-            self.out.skipped += 1
+            if work.skip is not SKIPPED:  # a false `when` (a loop guard's SKIPPED counts in `_complete`)
+                self._count_instances(phys, "skipped")
             self.settle(phys, Outcome(value=work.skip))
             return []
         if not work.mapped:
@@ -500,7 +536,6 @@ class Processor:
             self._calls.append(_ElementCall(phys, index, values))
             self.start_time[job] = now
             calls.append((job, node, values))
-        self.out.element_calls += len(calls)
         return calls
 
     def _dispatch_tools(self, phys_ids: Any) -> None:
@@ -535,15 +570,15 @@ class Processor:
                 retried = self.attempts[phys] if phys < self._n else self._call_attempts.get(phys, 0)
                 answered = None if retried else self._answers.get(key)  # a retry asks the engine again
                 if answered is not None:  # the same request ran earlier in this run: its reply is this one's
-                    self.out.llm_reused += 1
+                    self.out.nodes[node.id].coalesced += 1  # found at run time, answered once
                     self.settle(phys, self._reply(phys, answered, ran=False))
                     continue
                 leader = self.board.join(key, self, phys)
                 if leader is not None:  # the same request is already running: share its result
                     if leader is self:
-                        self.out.llm_coalesced += 1
+                        self.out.nodes[node.id].coalesced += 1
                     else:
-                        self.out.llm_joined += 1
+                        self.out.nodes[node.id].joined += 1
                     continue
                 self.llm_key[phys] = key
             requests.append(request)
@@ -559,7 +594,8 @@ class Processor:
                 worker.pull_prefix(self.workers[source], request.model, prompt)
                 self.out.kv_moves += 1
             jobs.append(LLMJob(request.phys, request.model, prompt, request.params, self.owner, request.n))
-        self.out.llm_executed += len(requests)
+        for request in requests:
+            self.out.nodes[self.graph.physical.node[self._phys_of(request.phys)]].executed += 1
         self.out.calls_by_worker[worker.index] = self.out.calls_by_worker.get(worker.index, 0) + len(requests)
         for done in [*worker.submit(jobs), *failed]:
             self.llm_finished(done)

@@ -2,10 +2,11 @@
 
 Shows a progress bar (rows done, generated tokens/s, tool calls in flight, ETA), journals finished
 work next to the output (`OUT.journal.jsonl`; `--resume` continues an interrupted run from it), writes
-the output atomically in input order, and ends with a summary table. Pure requests an earlier run
-computed come from the persistent result cache (`--no-cache` turns it off, `--cache-dir` moves it).
-Row errors are reported and recorded in the output (`_error`); the exit status is non-zero for them
-only with `--strict`.
+the output atomically in input order, and ends with a summary table and a per-node table (only the
+columns where some node counted something; a loop node's iterations under its total). Pure requests
+an earlier run computed come from the persistent result cache (`--no-cache` turns it off,
+`--cache-dir` moves it). Row errors are reported and recorded in the output (`_error`); the exit
+status is non-zero for them only with `--strict`.
 
 Before any model loads, the output and journal paths are checked (`output_file.check_paths`: a
 regular file or a new name, not the input or the workflow) and, with `--resume`, the journal's
@@ -22,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 from halo.engine.weight_formats import WEIGHT_FORMATS, WEIGHTS_HELP
 from halo.runtime import journal as journal_io
 from halo.runtime.output_file import OutputPathError, check_paths, write_output
-from halo.runtime.results import RunResult
+from halo.runtime.results import NodeStats, RunResult, RunStats
 
 if TYPE_CHECKING:  # `halo --help` builds this parser: the engine (torch) and rich load only for a run
     from rich.console import Console
+    from rich.table import Table
 
     from halo.runtime.processor import Progress as RunProgress
 
@@ -161,6 +163,7 @@ def _engine_lines(app: Any) -> dict[str, str]:
 
 
 def _summary(console: Console, result: RunResult, load_s: float, output: Path, engines: dict[str, str]) -> None:
+    from rich.console import Console
     from rich.table import Table
 
     s = result.stats
@@ -187,12 +190,70 @@ def _summary(console: Console, result: RunResult, load_s: float, output: Path, e
             f"{actual:.2f}s in llm epochs",
         )
     console.print(table)
+    if s.nodes:  # a log (not a terminal) gets whole rows, not 80 columns
+        wide = console if console.is_terminal else Console(file=console.file, width=160)
+        wide.print(node_table(s))
     for source, line in engines.items():
         console.print(f"engine {source}: {line}", soft_wrap=True)  # one line a log can grep
     for error in result.errors[:10]:
         console.print(f"[red]row {error.row}[/] {error.node}: {error.message}")
     if len(result.errors) > 10:
         console.print(f"... and {len(result.errors) - 10} more failed rows (see `_error` in the output)")
+
+
+# (column, value of a node's counters): the per-node table shows the columns where some node is non-zero
+LLM_ONLY = frozenset({"joined", "prompt", "computed", "cached", "decode"})
+NODE_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("logical", lambda n: n.logical),
+    ("executed", lambda n: n.executed),
+    ("merged", lambda n: n.merged),
+    ("coalesced", lambda n: n.coalesced),
+    ("joined", lambda n: n.joined),
+    ("tool cache", lambda n: n.tool_cache_hits),
+    ("persistent", lambda n: n.persistent_hits),
+    ("prompt", lambda n: n.prompt_tokens),
+    ("computed", lambda n: n.computed_tokens),
+    ("cached", lambda n: n.cached_tokens),
+    ("decode", lambda n: n.decode_tokens),
+    ("busy s", lambda n: n.busy_s),
+    ("span s", lambda n: n.span_s),
+    ("skipped", lambda n: n.skipped),
+    ("failed", lambda n: n.failed),
+    ("cancelled", lambda n: n.cancelled),
+)
+
+
+def node_table(stats: RunStats) -> Table:
+    """Per graph node: calls, hits by reason, tokens, time (busy: spans summed; span: first start..last
+    end), skipped, failed and cancelled instances."""
+    from rich import box
+    from rich.table import Table
+
+    rows: list[tuple[str, str, NodeStats]] = []  # (label, kind, counters)
+    totals = stats.by_name()
+    for name, total in totals.items():
+        parts = [(node_id, n) for node_id, n in stats.nodes.items() if n.name == name]
+        rows.append((name, total.kind, total))
+        if len(parts) > 1 or parts[0][0] != name:  # a loop node: its iterations under its total
+            rows += [(f"  {node_id}", n.kind, n) for node_id, n in parts]
+    shown = [(label, value) for label, value in NODE_COLUMNS if any(value(n) for _, _, n in rows)]
+    table = Table(title="per node", show_header=True, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("node")
+    table.add_column("kind")
+    for label, _ in shown:
+        table.add_column(label, justify="right")
+    for label, kind, n in rows:
+        table.add_row(label, kind, *(_cell(n, column, value) for column, value in shown))
+    return table
+
+
+def _cell(n: NodeStats, column: str, value: Any) -> str:
+    if column in LLM_ONLY and n.kind != "llm":
+        return "-"
+    if column == "span s":
+        return "-" if n.start_s is None or n.end_s is None else f"{n.start_s:.2f}..{n.end_s:.2f}"
+    v = value(n)
+    return f"{v:.2f}" if isinstance(v, float) else f"{v:,}"
 
 
 class _Null:

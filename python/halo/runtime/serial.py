@@ -2,7 +2,8 @@
 
 No consolidation, no prefix cache (it is cleared before every request), no coalescing, no tool cache,
 no overlap. This is what a user's hand-written loop over the batch does; the fidelity tests compare
-the Processor against it and the benchmarks use it as the baseline.
+the Processor against it and the benchmarks use it as the baseline. It counts per graph node in the
+Processor's `NodeStats` (executed calls, tokens, skipped and failed instances); the totals are sums.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from halo.runtime.node_io import (
     request_params,
     row_outputs,
 )
-from halo.runtime.results import RowError, Span
+from halo.runtime.results import NodeStats, RowError, Span, sum_of
 from halo.spec.graph import GraphNode, WorkflowGraph
 
 
@@ -35,10 +36,23 @@ class SerialOutcome:
     outputs: dict[int, dict[str, Any]] = field(default_factory=dict)
     errors: dict[int, RowError] = field(default_factory=dict)
     timeline: list[Span] = field(default_factory=list)
-    llm_executed: int = 0
-    tool_executed: int = 0
-    generated_tokens: int = 0
-    skipped: int = 0
+    nodes: dict[str, NodeStats] = field(default_factory=dict)  # graph node id -> its counters
+
+    @property
+    def llm_executed(self) -> int:
+        return sum_of(self.nodes.values(), "executed", "llm")
+
+    @property
+    def tool_executed(self) -> int:
+        return sum_of(self.nodes.values(), "executed", "tool")
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum_of(self.nodes.values(), "decode_tokens")
+
+    @property
+    def skipped(self) -> int:
+        return sum_of(self.nodes.values(), "skipped")
 
 
 def run_serial(
@@ -48,7 +62,7 @@ def run_serial(
     call_tool: Callable[[GraphNode, dict[str, Any]], dict[str, Any]],
     on_row: Callable[[int], None] | None = None,
 ) -> SerialOutcome:
-    out = SerialOutcome()
+    out = SerialOutcome(nodes={n.id: NodeStats(n.name, n.kind) for n in wf.nodes})
     for r, row in enumerate(rows):
         results: dict[str, Any] = {}
         for node in wf.nodes:
@@ -60,7 +74,7 @@ def run_serial(
                 work = None
                 result, error = (fallback_result(node), None) if node.spec.on_error == "default" else (None, str(exc))
             if work is not None and work.skip is not None:
-                out.skipped += 1
+                out.nodes[node.id].skipped += 1
                 if work.skip is not SKIPPED:
                     results[node.id] = work.skip
                 continue
@@ -71,6 +85,7 @@ def run_serial(
             )
             if error is not None:
                 out.errors[r] = RowError(r, node.id, error)
+                out.nodes[node.id].failed += 1
                 break
             results[node.id] = result
         out.outputs[r] = row_outputs(wf, row, results)
@@ -109,18 +124,24 @@ def _run_node(
 ) -> tuple[Any, str | None]:
     attempts = node.spec.retries + 1 if node.spec.on_error == "retry" else 1
     error = ""
+    stats = out.nodes[node.id]
     for _ in range(attempts):
         try:
             if node.kind == "llm":
                 engine = engine_for(wf.model_source(node) or "")
                 engine.reset_prefix_cache()
-                out.llm_executed += 1
+                stats.executed += 1
                 # one call of n samples (seeds seed + i), added together as the workers add them
                 params = request_params(node)
                 generated = engine.generate([llm_prompt(node, values)] * len(params), params)
-                out.generated_tokens += sum(LlmReply.generated_tokens(g) for g in generated)
+                stats.add_request(
+                    sum(g.prompt_tokens for g in generated),
+                    sum(g.cached_tokens for g in generated),
+                    sum(LlmReply.generated_tokens(g) for g in generated),
+                    len(generated),
+                )
                 return replies_result(node, [LlmReply.of(g) for g in generated]), None
-            out.tool_executed += 1
+            stats.executed += 1
             return call_tool(node, wf.template(node).request(values)), None
         except (HaloError, ValueError) as exc:
             error = str(exc)

@@ -63,8 +63,9 @@ class ExecutionPlan:
     def schedule(self) -> list[list[tuple[str, str]]]:
         return [[(p.task, p.worker) for p in e.placements] for e in self.epochs]
 
-    def explain(self) -> str:
-        """One line per epoch, EXPLAIN-style: workers, loads, tasks with KV handling, predicted time."""
+    def explain(self, actual_s: Sequence[float] | None = None) -> str:
+        """One line per epoch, EXPLAIN-style: workers, loads, tasks with KV handling, predicted time,
+        and with `actual_s` (EXPLAIN ANALYZE: per epoch, what a run of this plan took) the actual one."""
         lines = [
             f"EXECUTION PLAN  planner={self.planner}{self._proof()}"
             f"  epochs={len(self.epochs)}  predicted={self.makespan_s:.3f}s  cost={self.cost:.3f}"
@@ -86,7 +87,8 @@ class ExecutionPlan:
                 parts.append(f"{worker}[{busy:.3f}s]: {load}{tasks}")
             if e.tools:
                 parts.append(f"cpu[{e.tool_s:.3f}s]: {', '.join(e.tools)}")
-            lines.append(f"epoch {i:>2}  time={e.time_s:.3f}s  " + "  | ".join(parts))
+            actual = "" if actual_s is None else f"actual={actual_s[i - 1]:.3f}s  "
+            lines.append(f"epoch {i:>2}  time={e.time_s:.3f}s  {actual}" + "  | ".join(parts))
         return "\n".join(lines)
 
 

@@ -67,6 +67,10 @@ class LLMTask:
     kv_parent: str | None = None
     kv_saving_s: float = 0.0
     kv_move_s: float = 0.0
+    # For reports only (no planner reads them): the tokens the times were priced with, over all of the
+    # task's requests (EXPLAIN prints them beside what a run measured).
+    prompt_tokens: int = 0
+    output_tokens: int = 0  # generated
 
 
 @dataclass(frozen=True)
