@@ -195,14 +195,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     from bench.generators.workloads import WORKLOADS
-    from bench.systems import OPTIONAL_SYSTEMS, SYSTEMS
+    from bench.systems import NAMED_SYSTEMS, OPTIONAL_SYSTEMS, SYSTEMS
 
     workloads = list(WORKLOADS) if args.workloads in (None, "all") else _names(args.workloads, WORKLOADS, "workload")
     vllm_python = getattr(args, "vllm_python", None) or os.environ.get(_VLLM_ENV) or None
     if args.systems == "all":
         systems = list(SYSTEMS) + (list(OPTIONAL_SYSTEMS) if vllm_python else [])
     else:
-        systems = _names(args.systems, SYSTEMS + OPTIONAL_SYSTEMS, "system")
+        systems = _names(args.systems, SYSTEMS + NAMED_SYSTEMS + OPTIONAL_SYSTEMS, "system")
     if "vllm-per-call" in systems and not vllm_python:
         raise SystemExit(
             "halo bench: system vllm-per-call needs vLLM's CPU build in a venv of its own: pass --vllm-python "

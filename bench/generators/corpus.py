@@ -77,6 +77,19 @@ def retrieval_questions(rng: random.Random, n: int) -> list[str]:
     return [f"What do our notes say about {rng.choice(topics)} in {rng.choice(REGIONS[:3]).title()}?" for _ in range(n)]
 
 
+def tickets(rng: random.Random, n: int) -> list[str]:
+    """Support tickets about billing, shipping or a product, each with an order number."""
+    subjects = (
+        "I was charged twice for my order",
+        "my refund has not arrived",
+        "the parcel is stuck in transit",
+        "the courier delivered to the wrong address",
+        "the kettle stopped heating",
+        "the desk lamp flickers",
+    )
+    return [f"Order {rng.randint(1000, 9999)}: {rng.choice(subjects)}." for _ in range(n)]
+
+
 def word_problems(rng: random.Random, n: int) -> list[tuple[str, str]]:
     """(problem, answer) pairs of two-step arithmetic with known answers."""
     names, things = ("Ana", "Ben", "Chen"), ("apples", "books", "coins")

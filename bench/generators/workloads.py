@@ -1,4 +1,4 @@
-"""The six workloads: their YAML staged beside generated data, and their input rows by seed.
+"""The eight workloads: their YAML staged beside generated data, and their input rows by seed.
 
 `stage(folder, ...)` copies each workload's YAML into `folder` with its database paths pointing at
 the generated files (cached under `data_dir`) and, optionally, every llm node's `max_tokens` capped.
@@ -24,6 +24,8 @@ WORKLOADS = (
     "adversarial-reasoning",
     "multi-agent-voting",
     "multi-turn",
+    "per-document-qa",
+    "ticket-routing",
 )
 
 
@@ -55,8 +57,10 @@ def rows(name: str, n: int, seed: int, api: str) -> list[dict[str, Any]]:
     rng = random.Random(f"{name}-{seed}")
     if name in ("tpch-trident", "tpch-fanout"):
         return [{"question": q, "api": api} for q in corpus.analytic_questions(rng, n)]
-    if name == "multi-step-retrieval":
+    if name in ("multi-step-retrieval", "per-document-qa"):
         return [{"question": q} for q in corpus.retrieval_questions(rng, n)]
+    if name == "ticket-routing":
+        return [{"ticket": t} for t in corpus.tickets(rng, n)]
     if name == "adversarial-reasoning":
         return [{"problem": p, "answer": a} for p, a in corpus.word_problems(rng, n)]
     if name == "multi-agent-voting":

@@ -17,4 +17,4 @@ class TestTpchHalf(QuickSuiteChecks):
 def test_the_two_halves_are_the_whole_suite():
     from bench.generators.workloads import WORKLOADS as ALL
 
-    assert sorted(HALVES["tpch"] + HALVES["agents"]) == sorted(ALL)
+    assert sorted(HALVES["tpch"] + HALVES["agents"] + HALVES["language"]) == sorted(ALL)

@@ -350,6 +350,15 @@ class CompiledWorkflow:
         self.costs.learn_output_lengths(outcome.output_tokens, outcome.instance_calls)
         return outcome, tokens, tools.timeline
 
+    @property
+    def cache_dir(self) -> str | os.PathLike[str] | None:
+        """The folder of the persistent result cache later runs use (None: the default location)."""
+        return self._cache_dir
+
+    @cache_dir.setter
+    def cache_dir(self, folder: str | os.PathLike[str] | None) -> None:
+        self._cache_dir = folder
+
     def _persistent_cache(self) -> tuple[ResultCache | None, ResultKeys | None]:
         """The result store (opened once per cache file: the location is read now, so a changed
         `$HALO_RESULT_CACHE_DIR` takes effect) and this run's keys; (None, None) when it is unusable."""
