@@ -23,7 +23,7 @@ ROWS = 2
 HALVES = {
     "tpch": ["tpch-trident", "tpch-fanout"],
     "agents": ["multi-step-retrieval", "adversarial-reasoning", "multi-agent-voting", "multi-turn"],
-    "language": ["per-document-qa", "ticket-routing"],  # foreach/reduce and when (tests/bench/test_suite_quick_language.py)
+    "language": ["per-document-qa", "ticket-routing"],  # foreach/reduce and when: test_suite_quick_language.py
 }
 
 
