@@ -46,7 +46,7 @@ def _explain(args: argparse.Namespace) -> int:
     rows = read_rows(args.input)
     check_batch(rows, workflow.spec.inputs)  # explain refuses a bad batch where run would skip its bad rows
     # the planner `halo run` gets, so this prints the plan that run follows (same curves, history, budget)
-    planner = fresh_planner(workflow, workers=args.workers, dtype=args.dtype)
+    planner = fresh_planner(workflow, workers=args.workers, dtype=args.dtype, weights=args.weights)
     if args.format == "text":
         planned = planner.prepare(rows, args.plan).planned
         assert planned is not None
@@ -83,10 +83,10 @@ def _profile(args: argparse.Namespace) -> int:
     from halo.runtime.engine_profiler import profile_engine
 
     t0 = time.perf_counter()
-    engine = LLMEngine(model=args.model, dtype=args.dtype)
+    engine = LLMEngine(model=args.model, dtype=args.dtype, weights=args.weights)
     load_s = time.perf_counter() - t0  # what a worker pays to switch to this model
-    print(f"profiling {model_key(args.model)} ({engine.dtype_choice.name}, {engine.dtype_choice.reason}) ...",
-          file=sys.stderr)
+    print(f"profiling {model_key(args.model)} ({engine.dtype_choice.name}, {engine.dtype_choice.reason}; "
+          f"weights {engine.weights_choice.name}, {engine.weights_choice.reason}) ...", file=sys.stderr)
     curves = profile_engine(engine, model=model_key(args.model), load_s=load_s)
     path = save_curves(curves)
     print(curves.describe())
@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=1, help="workers to plan for (default 1)")
     e.add_argument("--plan", default="dp", choices=["dp", "greedy"], help="planner, as for `halo run` (default dp)")
     e.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="latency profile to plan with")
+    e.add_argument("--weights", default="auto", choices=WEIGHT_FORMATS, help="weight format to plan with, as for run")
     e.set_defaults(func=_explain)
 
     r = sub.add_parser("run", help="run a workflow over a batch of rows")
@@ -268,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="measure the engine's prefill/decode latency curves for the cost model")
     p.add_argument("--model", default=None, help="registered name, .gguf file or HF directory (default smollm2-135m)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--weights", default="auto", choices=WEIGHT_FORMATS,
+                   help="weight format to profile: int8/int4 curves are kept apart from the dtype's float ones")
     p.set_defaults(func=_profile)
 
     s = sub.add_parser("serve", help="serve workflow runs and OpenAI-compatible chat completions over HTTP")
