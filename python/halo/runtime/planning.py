@@ -182,9 +182,7 @@ def model_profiles(recipe: EngineRecipe, workflow: Workflow) -> dict[str, tuple[
     return out
 
 
-def fresh_planner(
-    workflow: Workflow, *, workers: int = 1, dtype: str = "auto", weights: str = "auto"
-) -> BatchPlanner:
+def fresh_planner(workflow: Workflow, *, workers: int = 1, dtype: str = "auto", weights: str = "auto") -> BatchPlanner:
     """The planner `halo.compile(workflow, workers=workers, dtype=dtype, engine_options={"weights":
     weights})` has right after it starts its workers (their models loaded as `compile` loads them, no
     prefix cached), without starting any."""
