@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit status. As the program (``argv`` None: the ``halo`` script, ``python -m
     halo.cli``) the process ends here, at once (`exit_now`); a caller's ``main([...])`` gets the status."""
     args = build_parser().parse_args(argv)
+    args.as_program = argv is None  # commands may tune the process they own (run_command._start_up)
     try:
         code = args.func(args)
     except HaloError as e:
