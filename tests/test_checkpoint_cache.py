@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from halo.engine import LLMEngine, SamplingParams, checkpoint, checkpoint_cache
+from halo.engine import LLMEngine, SamplingParams, checkpoint_cache, gguf_checkpoint
 from halo.engine.checkpoint import _convert, load_checkpoint, load_tokenizer
 from halo.engine.checkpoint_cache import CacheLoad, cached_tokenizer, entry_for, load_through_cache, read_entry
 from halo.engine.checkpoint_layout import Checkpoint
@@ -187,7 +187,7 @@ def test_load_tokenizer_reads_the_entry_header(gguf_file: Path, cache: Path, mon
     def no_gguf(path: Path) -> None:
         raise AssertionError(f"{path} was parsed although its entry holds the tokenizer")
 
-    monkeypatch.setattr(checkpoint, "load_gguf_tokenizer", no_gguf)
+    monkeypatch.setattr(gguf_checkpoint, "load_gguf_tokenizer", no_gguf)  # where checkpoint.py takes it from
     got = load_tokenizer(gguf_file, cache_dir=cache)
     assert got.encode(PROMPT) == want.encode(PROMPT) and got.stop_ids == want.stop_ids
     with pytest.raises(AssertionError, match="was parsed"):  # no entry in another cache: from the file
@@ -208,6 +208,30 @@ def test_a_changed_source_invalidates_its_entry(gguf_file: Path, cache: Path) ->
     assert changed.outcome == "built"
     assert_same(changed.checkpoint, fresh)
     assert not torch.equal(changed.checkpoint.weights["embed"], touched.checkpoint.weights["embed"])
+
+
+def test_entries_of_the_same_files_at_another_dtype_or_halo_are_kept_while_used(
+    gguf_file: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two dtypes in turn, or two Halo installs sharing the cache dir, used to remove each other's entry
+    # at every write, so each start converted the model again.
+    fp32 = load(gguf_file, cache, torch.float32).entry
+    bf16 = load(gguf_file, cache, torch.bfloat16).entry
+    assert fp32 is not None and bf16 is not None and fp32.path.exists() and bf16.path.exists()
+    checkpoint_cache.code_fingerprint.cache_clear()
+    monkeypatch.setattr(checkpoint_cache, "LIBRARIES", (*checkpoint_cache.LIBRARIES, "another-halo"))
+    other = load(gguf_file, cache, torch.float32)  # another Halo's key for the same files
+    assert other.outcome == "built" and other.entry is not None and other.entry.path != fp32.path
+    assert fp32.path.exists() and bf16.path.exists()
+    assert load(gguf_file, cache, torch.float32).outcome == "hit"
+    # an entry nobody used for the age limit is removed at the next write
+    old = os.stat(bf16.path).st_mtime - checkpoint_cache.UNUSED_ENTRY_S - 60
+    os.utime(bf16.path, (old, old))
+    checkpoint_cache.code_fingerprint.cache_clear()
+    monkeypatch.setattr(checkpoint_cache, "LIBRARIES", (*checkpoint_cache.LIBRARIES, "a-third-halo"))
+    assert load(gguf_file, cache, torch.float32).outcome == "built"
+    assert not bf16.path.exists() and fp32.path.exists()
+    checkpoint_cache.code_fingerprint.cache_clear()
 
 
 def test_an_entry_whose_source_is_gone_is_pruned(tmp_path: Path, cache: Path) -> None:

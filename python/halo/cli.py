@@ -50,7 +50,7 @@ def _explain(args: argparse.Namespace) -> int:
 
         return analyze(args, rows)
     # the planner `halo run` gets, so this prints the plan that run follows (same curves, history, budget)
-    planner = fresh_planner(workflow, workers=args.workers, dtype=args.dtype)
+    planner = fresh_planner(workflow, workers=args.workers, dtype=args.dtype, weights=args.weights)
     if args.format in ("text", "json"):
         planned = planner.prepare(rows, args.plan).planned
         assert planned is not None
@@ -90,10 +90,10 @@ def _profile(args: argparse.Namespace) -> int:
     from halo.runtime.engine_profiler import profile_engine
 
     t0 = time.perf_counter()
-    engine = LLMEngine(model=args.model, dtype=args.dtype)
+    engine = LLMEngine(model=args.model, dtype=args.dtype, weights=args.weights)
     load_s = time.perf_counter() - t0  # what a worker pays to switch to this model
-    print(f"profiling {model_key(args.model)} ({engine.dtype_choice.name}, {engine.dtype_choice.reason}) ...",
-          file=sys.stderr)
+    print(f"profiling {model_key(args.model)} ({engine.dtype_choice.name}, {engine.dtype_choice.reason}; "
+          f"weights {engine.weights_choice.name}, {engine.weights_choice.reason}) ...", file=sys.stderr)
     curves = profile_engine(engine, model=model_key(args.model), load_s=load_s)
     path = save_curves(curves)
     print(curves.describe())
@@ -292,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=1, help="workers to plan for (default 1)")
     e.add_argument("--plan", default="dp", choices=["dp", "greedy"], help="planner, as for `halo run` (default dp)")
     e.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="latency profile to plan with")
+    e.add_argument("--weights", default="auto", choices=WEIGHT_FORMATS, help="weight format to plan with, as for run")
     e.set_defaults(func=_explain)
 
     r = sub.add_parser("run", help="run a workflow over a batch of rows")
@@ -303,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="measure the engine's prefill/decode latency curves for the cost model")
     p.add_argument("--model", default=None, help="registered name, .gguf file or HF directory (default smollm2-135m)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--weights", default="auto", choices=WEIGHT_FORMATS,
+                   help="weight format to profile: int8/int4 curves are kept apart from the dtype's float ones")
     p.set_defaults(func=_profile)
 
     s = sub.add_parser("serve", help="serve workflow runs and OpenAI-compatible chat completions over HTTP")
@@ -357,14 +360,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status. As the program (``argv`` None: the ``halo`` script, ``python -m
+    halo.cli``) the process ends here, at once (`exit_now`); a caller's ``main([...])`` gets the status."""
     args = build_parser().parse_args(argv)
+    args.as_program = argv is None  # commands may tune the process they own (run_command._start_up)
     try:
-        return args.func(args)
+        code = args.func(args)
     except HaloError as e:
         print(f"halo: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    if argv is None:
+        exit_now(code)
+    return code
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` now that the command is done, skipping the interpreter's teardown.
+
+    After a command that loaded torch, Python's own shutdown clears thousands of modules and runs
+    the libraries' C++ destructors: half a second or more (a fifth of `halo run`'s start-up target)
+    that a finished command does not need. What it does need runs first: the atexit handlers (Ray's
+    shutdown, logging, temporary folders, multiprocessing's children) and flushing stdout and stderr.
+    A non-daemon thread still alive would be killed mid-work, so then the ordinary exit waits for it.
+    """
+    import atexit
+    import contextlib
+    import threading
+
+    main_thread = threading.main_thread()
+    if any(t is not main_thread and t.is_alive() and not t.daemon for t in threading.enumerate()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing more can reach it
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

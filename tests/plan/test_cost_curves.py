@@ -10,6 +10,7 @@ from halo.plan.cost import (
     LatencyCurves,
     PrefillSample,
     ProfileMissingWarning,
+    WeightsProfileMissingWarning,
     fit_latency_curves,
     load_curves,
     profile_path,
@@ -91,6 +92,45 @@ def test_saved_profile_loads_without_warning_and_auto_takes_the_faster_dtype(tmp
         warnings.simplefilter("error")
         assert load_curves("smollm2-135m", "fp32", threads=2) == slow_fp32
         assert load_curves("smollm2-135m", "auto", threads=2) == fast_bf16
+
+
+def test_int8_and_int4_profiles_are_keyed_apart_from_their_dtypes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HALO_CACHE_DIR", str(tmp_path))
+    from dataclasses import replace
+
+    bf16 = replace(CURVES, model="smollm2-135m", dtype="bf16")
+    int8 = replace(bf16, weights="int8", decode=(0.01, 1e-4, 1e-7))
+    fp32 = replace(bf16, dtype="fp32", prefill=(0.5, 1e-3, 1e-6))  # slower: auto prefers bf16
+    assert save_curves(bf16).name == "smollm2-135m-bf16-cpu-t2.json"  # float weights: the dtype's file
+    assert save_curves(int8).name == "smollm2-135m-bf16-int8-cpu-t2.json"
+    save_curves(fp32)
+    assert profile_path("m", "fp32", "cpu", 2, weights="fp32").name == "m-fp32-cpu-t2.json"
+    assert profile_path("m", "fp32", "cpu", 2, weights="int4").name == "m-fp32-int4-cpu-t2.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for dtype in ("bf16", "auto"):
+            assert load_curves("smollm2-135m", dtype, threads=2, weights="int8") == int8
+        assert load_curves("smollm2-135m", "auto", threads=2, weights="auto") == bf16  # auto: the float curves
+        assert load_curves("smollm2-135m", "auto", threads=2, weights="fp32") == fp32  # fp32 weights: fp32 compute
+        assert load_curves("smollm2-135m", "fp32", threads=2) == fp32
+    assert LatencyCurves.load(tmp_path / "profiles" / "smollm2-135m-bf16-int8-cpu-t2.json").weights == "int8"
+
+
+def test_a_weight_format_never_profiled_plans_with_its_dtypes_curves_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("HALO_CACHE_DIR", str(tmp_path))
+    from dataclasses import replace
+
+    bf16 = replace(CURVES, model="smollm2-135m", dtype="bf16")
+    save_curves(bf16)
+    with pytest.warns(WeightsProfileMissingWarning, match=r"no int4 latency profile for model smollm2-135m") as got:
+        assert load_curves("smollm2-135m", "bf16", threads=2, weights="int4") == bf16
+    (note,) = [str(w.message) for w in got]
+    assert "planning with its bf16 curves" in note
+    assert "halo profile --model smollm2-135m --dtype bf16 --weights int4" in note
+    with pytest.warns(UserWarning) as got:  # nothing measured at all: both notes, then the built-in curve
+        curves = load_curves("other", "fp32", threads=2, weights="int8")
+    assert [w.category for w in got] == [WeightsProfileMissingWarning, ProfileMissingWarning]
+    assert curves.source == "default" and (curves.model, curves.dtype) == ("other", "fp32")
 
 
 # ---- against the real engine ---------------------------------------------------------------------

@@ -96,3 +96,41 @@ def test_one_source_named_twice_with_different_settings_is_refused():
     with pytest.raises(SpecError) as caught:
         Workflow.from_yaml(text)
     assert "line 4" in str(caught.value) and "same source 'smollm2-135m'" in str(caught.value)
+
+
+def test_the_planner_prices_each_model_with_its_engines_dtype_and_weight_format(
+    workflow_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Profiles saved by hand (no timing): `small` (fp32 compute, int8 weights) has int8 curves of its
+    # own, `other` only float ones. The planner must read each model's, from the same recipe the
+    # engines are built from: in `halo explain`'s fresh planner and in a compiled app alike.
+    from dataclasses import replace
+
+    import torch
+    from halo.plan.cost import DEFAULT_CURVES, save_curves
+    from halo.runtime.llm_worker import EngineRecipe
+    from halo.runtime.planning import fresh_planner, model_profiles
+
+    monkeypatch.setenv("HALO_CACHE_DIR", str(tmp_path / "cache"))
+    wf = Workflow.from_yaml(workflow_file)
+    a, b = (str(tmp_path / "a.gguf"), str(tmp_path / "b.gguf"))
+    recipe = EngineRecipe({"dtype": "bf16", "weights": "auto"}, wf.graph.model_settings())
+    assert model_profiles(recipe, wf) == {a: ("fp32", "int8"), b: ("bf16", "auto")}
+    threads = torch.get_num_threads()
+    base = replace(DEFAULT_CURVES, threads=threads, source="profiled")
+    small_int8 = replace(base, model="a", dtype="fp32", weights="int8", decode=(0.05, 1e-3, 1e-6))
+    small_fp32 = replace(base, model="a", dtype="fp32")
+    other_bf16 = replace(base, model="b", dtype="bf16", decode=(0.01, 1e-4, 1e-7))
+    for curves in (small_int8, small_fp32, other_bf16):
+        save_curves(curves)
+
+    planner = fresh_planner(wf, dtype="bf16")
+    assert planner.costs.curves_for(a) == small_int8 and planner.costs.curves_for(b) == other_bf16
+    assert planner.costs.warnings == [] and not planner.costs.profiles_missing
+    with halo.compile(workflow_file, dtype="bf16") as app:
+        assert app.costs.curves_for(a) == small_int8 and app.costs.curves_for(b) == other_bf16
+
+    planner = fresh_planner(wf, dtype="bf16", weights="int4")  # run-wide int4 reaches `other` only
+    assert planner.costs.curves_for(a) == small_int8 and planner.costs.curves_for(b) == other_bf16
+    (note,) = planner.costs.warnings  # `other` has no int4 profile: its bf16 curves, and a note saying so
+    assert note.startswith("no int4 latency profile for model b (dtype bf16") and not planner.costs.profiles_missing

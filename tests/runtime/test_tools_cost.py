@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-import statistics
-import time
 
 import duckdb
 import pytest
@@ -77,7 +75,10 @@ def test_sql_fit_recovers_overhead_and_seconds_per_unit():
     assert model.estimate_s(lookup, wf.graph.render(lookup, {"v": 400})) == pytest.approx(0.402, rel=0.05)
 
 
-def test_sql_estimates_from_real_duckdb_explain_track_measured_time(tmp_path):
+def test_sql_estimates_from_real_duckdb_explain_price_an_unseen_table_by_its_units(tmp_path):
+    # How close the unseen table's estimate comes to its measured time is a timing: bench/sql_cost.py
+    # (`--check`: within a factor of 3). Here: the model is bound to the real EXPLAIN, learns from what it
+    # observed, and prices the table it never saw on that line from its own EXPLAIN units.
     with duckdb.connect(str(tmp_path / "sizes.duckdb")) as con:
         for rows in (100_000, 1_000_000, 3_000_000):
             con.execute(f"CREATE TABLE t{rows} AS SELECT range AS id, range % 97 AS g FROM range({rows})")
@@ -93,7 +94,7 @@ def test_sql_estimates_from_real_duckdb_explain_track_measured_time(tmp_path):
     with ToolRunner(wf, cost_model=ToolCostModel(), cache=False) as runner:
         assert runner.cost_model is not None and runner.cost_model.explain is not None  # bound to its EXPLAIN
         small, middle, large = (wf.graph.node(f"q{rows}") for rows in (100_000, 1_000_000, 3_000_000))
-        for node in (small, middle, large):  # the first read of a table from disk is not what we model
+        for node in (small, large):  # the first read of a table from disk is not what the fit is of
             runner.submit(node, wf.graph.render(node, {"v": 0})).result(timeout=30)
         model = runner.cost_model = ToolCostModel(runner.explain_cost)
         for round_ in range(6):  # fit on the small and the large table only
@@ -101,14 +102,15 @@ def test_sql_estimates_from_real_duckdb_explain_track_measured_time(tmp_path):
                 runner.submit(node, wf.graph.render(node, {"v": round_})).result(timeout=30)
         estimates = [model.estimate_s(node, wf.graph.render(node, {"v": 1})) for node in (small, middle, large)]
         request = wf.graph.render(middle, {"v": 1})
-        measured = []
-        for _ in range(5):
-            started = time.perf_counter()
-            runner.submit(middle, request).result(timeout=30)
-            measured.append(time.perf_counter() - started)
-    assert estimates[0] < estimates[1] < estimates[2]
-    # Never observed, the middle table is priced by its EXPLAIN units: right within a factor of 3.
-    assert estimates[1] / 3 < statistics.median(measured) < estimates[1] * 3, (estimates, measured)
+        rendered = [wf.graph.render(node, {"v": 1}) for node in (small, middle, large)]
+        units = [runner.explain_cost("d", r["query"], r["params"]) for r in rendered]
+    fit = model.seconds_per_unit("d")
+    assert fit is not None
+    overhead, per_unit = fit
+    assert units[0] < units[1] < units[2]  # the database's own estimate grows with the table
+    assert per_unit > 0 and estimates[0] < estimates[1] < estimates[2]
+    assert estimates[1] == pytest.approx(overhead + per_unit * units[1])  # the fitted line at its units
+    assert model.signature(middle, request) not in model.to_dict()["latency"]  # never observed
 
 
 def test_save_and_load_keep_every_estimate(tmp_path):

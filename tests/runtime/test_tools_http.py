@@ -104,12 +104,20 @@ def test_connection_refused_is_retried_then_reported(call):
 
 
 def test_read_timeout_uses_the_node_timeout(http_server, call):
-    wf = _http_workflow(http_server.url + "/json?delay=1.0", timeout_s=0.2)
-    with ToolRunner(wf) as runner:
-        started = time.perf_counter()
-        with pytest.raises(ToolError, match="timed out after 0.2 s"):
+    key = _key()
+    wf = _http_workflow(f"{http_server.url}/held/{key}", timeout_s=0.2)
+    try:
+        with ToolRunner(wf) as runner, pytest.raises(ToolError, match="timed out after 0.2 s"):
             call(runner, wf, "h", {"v": 1})
-    assert time.perf_counter() - started < 0.9  # not retried, not waited out
+        # not waited out: the call failed while the server still held its answer back; not retried:
+        # one request arrived (its handler may count it a moment after the client gave up)
+        assert http_server.hits[key] == 0
+        deadline = time.monotonic() + 10
+        while not http_server.hits[f"arrived:/held/{key}"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert http_server.hits[f"arrived:/held/{key}"] == 1
+    finally:
+        http_server.release(key)
 
 
 def test_hosts_outside_the_allowed_list_are_refused(http_server, call):
@@ -157,12 +165,14 @@ def test_redirect_within_loopback_is_followed(http_server, call):
 @dataclass
 class _BigServer:
     """GET /stream?n=N: N bytes, no Content-Length (read until close); /declared?n=N: claims N bytes,
-    sends 10; /gzip?n=N: N zero bytes gzip-compressed (a few KB on the wire). `sent` records, per
-    /stream request, the bytes written before the client hung up."""
+    sends 10 and holds the rest back until `hold` is set (30 s at most); /gzip?n=N: N zero bytes
+    gzip-compressed (a few KB on the wire). `sent` records, per /stream request, the bytes written
+    before the client hung up."""
 
     url: str
     sent: list[int] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
+    hold: threading.Event = field(default_factory=threading.Event)  # /declared sends the rest once set
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +194,7 @@ def big_server(loopback) -> Iterator[_BigServer]:
                 self.send_header("Content-Length", str(n))
                 self.end_headers()
                 self.wfile.write(b"x" * 10)
-                time.sleep(5)  # a client that waited for the rest would stall here
+                state.hold.wait(30)  # a client that waited for the rest would stall here
                 return
             if parts.path == "/gzip":
                 body = gzip.compress(b"\0" * n)
@@ -231,11 +241,13 @@ def test_streamed_response_past_the_bound_stops_reading(big_server, call):
 
 def test_declared_content_length_past_the_bound_is_refused_unread(big_server, call):
     wf = _http_workflow(big_server.url + f"/declared?n={10**12}", max_response_bytes=2**20, timeout_s=30)
-    with ToolRunner(wf) as runner:
-        started = time.perf_counter()
-        with pytest.raises(ToolError, match=r"response of 1000000000000 bytes \(Content-Length\) is larger than"):
-            call(runner, wf, "h", {"v": 1})
-        assert time.perf_counter() - started < 3  # did not wait for the body the server never sends
+    big_server.hold.clear()
+    try:
+        # refused while the server holds the body back: a client that waited for it would time out instead
+        with ToolRunner(wf) as runner, pytest.raises(ToolError, match=r"response of 1000000000000 bytes \(Content"):
+            call(runner, wf, "h", {"v": 1}, timeout=20)
+    finally:
+        big_server.hold.set()
 
 
 def test_the_bound_counts_decoded_bytes(big_server, call):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-import time
+import threading
 
 import pytest
 from halo.errors import ToolError
@@ -19,11 +19,6 @@ def square(x: int, *, offset: int = 0) -> int:
 
 def explode(message: str) -> None:
     raise ValueError(f"bad input {message}")
-
-
-def nap(seconds: float) -> str:
-    time.sleep(seconds)
-    return "rested"
 
 
 def test_registered_name_builder_callable_and_import_path(call):
@@ -54,12 +49,22 @@ def test_raising_function_is_a_tool_error_with_its_cause(call):
 
 
 def test_timeout_fails_the_call_without_waiting_for_it(call):
-    wf = Workflow("p").inputs("v").python("slow", function=nap, args=["{{ v }}"], timeout_s=0.2)
+    started, release, returned = threading.Event(), threading.Event(), threading.Event()
+
+    def held(value: int) -> str:
+        started.set()
+        release.wait(30)
+        returned.set()
+        return "rested"
+
+    wf = Workflow("p").inputs("v").python("slow", function=held, args=["{{ v }}"], timeout_s=0.2)
     with ToolRunner(wf) as runner:
-        started = time.perf_counter()
-        with pytest.raises(ToolError, match="did not return within timeout_s=0.2"):
-            call(runner, wf, "slow", {"v": 1.5})
-        assert time.perf_counter() - started < 1.0
+        try:
+            with pytest.raises(ToolError, match="did not return within timeout_s=0.2"):
+                call(runner, wf, "slow", {"v": 1})
+            assert started.wait(10) and not returned.is_set()  # it failed while the function still ran
+        finally:
+            release.set()  # closing the runner waits for the abandoned call
 
 
 def test_unresolvable_functions_say_what_was_tried():

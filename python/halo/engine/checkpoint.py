@@ -15,7 +15,6 @@ import torch
 
 from halo.engine.checkpoint_cache import cached_tokenizer, load_through_cache
 from halo.engine.checkpoint_layout import Checkpoint
-from halo.engine.gguf_checkpoint import load_gguf_checkpoint, load_gguf_tokenizer
 from halo.engine.hf_checkpoint import load_hf_checkpoint
 from halo.engine.model_source import DEFAULT_MODEL, REGISTRY, default_cache_dir, resolve_model_path
 from halo.engine.tokenizer import Tokenizer
@@ -49,7 +48,12 @@ def load_checkpoint(
 
 
 def _convert(path: Path) -> Checkpoint:
-    return load_hf_checkpoint(path) if path.is_dir() else load_gguf_checkpoint(path)
+    if path.is_dir():
+        return load_hf_checkpoint(path)
+    # imported here: the gguf package costs start-up time (~0.1 s) that a cached load never needs
+    from halo.engine.gguf_checkpoint import load_gguf_checkpoint
+
+    return load_gguf_checkpoint(path)
 
 
 def load_tokenizer(
@@ -63,4 +67,8 @@ def load_tokenizer(
     cached = cached_tokenizer(path, Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
     if cached is not None:
         return cached
-    return Tokenizer.from_hf_dir(path) if path.is_dir() else load_gguf_tokenizer(path)
+    if path.is_dir():
+        return Tokenizer.from_hf_dir(path)
+    from halo.engine.gguf_checkpoint import load_gguf_tokenizer  # see _convert
+
+    return load_gguf_tokenizer(path)

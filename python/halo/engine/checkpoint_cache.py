@@ -19,11 +19,19 @@ catches truncation, a foreign or half-written file and damage near tensor bounda
 flipped bit deep inside a tensor. Writers write a temporary file in the same folder, fsync it and
 rename it over the entry, so a reader sees either a whole old entry or a whole new one, and two
 processes converting at once both succeed (the last rename wins; both files are complete).
+
+A write removes the source's entries that can never be read again: those of an earlier identity
+of the source (edited, replaced, touched) and those whose source is gone. Entries of the same
+source at another dtype or written by another Halo (another version or checkout sharing the cache
+dir) stay while they are used: a hit marks its entry used (its mtime), and one unused for
+`UNUSED_ENTRY_S` is removed. Before, any other entry of the source was removed, so two installs or
+two dtypes in turn rebuilt the conversion at every start.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -55,6 +63,7 @@ HEAD_BYTES = 1 << 20  # how much of each source file the identity hashes
 SAMPLE_BYTES = 4096  # per tensor end, what the digest covers
 MAX_DISK_FRACTION = 0.5  # an entry is written only if it takes at most this share of the free disk
 STALE_TEMP_S = 3600.0  # a temporary file older than this is a dead writer's, removed on the next write
+UNUSED_ENTRY_S = 7 * 86400.0  # an entry of the source at another key, unused this long, is removed on a write
 
 # The modules whose code decides what a conversion produces: an edit to any of them is a new key.
 LOADER_MODULES = (
@@ -77,6 +86,7 @@ class CacheEntry:
     path: Path
     key: str
     source: Path
+    identity: str = ""  # a hash of the source's identity alone: entries sharing it are of the same files
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,7 @@ def load_through_cache(
     if entry is not None and entry.path.exists():
         ckpt, reason = read_entry(entry)
         if ckpt is not None:
+            _mark_used(entry.path)
             return CacheLoad(ckpt, "hit", entry)
         print(f"halo: rebuilding the checkpoint cache entry {entry.path}: {reason}", file=sys.stderr)
     ckpt = build(source)
@@ -156,7 +167,8 @@ def entry_for(source: Path, dtype: torch.dtype, cache_dir: Path) -> CacheEntry:
     blob = json.dumps({"source": identity, "dtype": dtype_name, "code": code_fingerprint()}, sort_keys=True)
     key = hashlib.sha256(blob.encode()).hexdigest()
     name = f"{_source_tag(identity['path'])}-{dtype_name}-{key[:16]}.safetensors"
-    return CacheEntry(cache_dir / "checkpoints" / name, key, Path(identity["path"]))
+    same_files = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return CacheEntry(cache_dir / "checkpoints" / name, key, Path(identity["path"]), same_files)
 
 
 def _source_tag(resolved: str) -> str:
@@ -234,6 +246,7 @@ def write_entry(entry: CacheEntry, ckpt: Checkpoint) -> None:
     metadata = {
         "halo.key": entry.key,
         "halo.source": str(entry.source),
+        "halo.identity": entry.identity,
         "halo.digest": tensor_digest(weights),
         "halo.checkpoint": blob,
         "halo.checkpoint_sha256": hashlib.sha256(blob.encode()).hexdigest(),
@@ -249,11 +262,17 @@ def write_entry(entry: CacheEntry, ckpt: Checkpoint) -> None:
     finally:
         Path(tmp).unlink(missing_ok=True)
     sync_directory(folder)
-    prune(folder, keep=entry.path)
+    prune(folder, keep=entry.path, identity=entry.identity)
 
 
-def prune(folder: Path, keep: Path) -> None:
-    """Remove the entries of ``keep``'s source at other keys (stale), entries whose source is gone, dead temporaries."""
+def _mark_used(path: Path) -> None:
+    with contextlib.suppress(OSError):  # a read-only cache dir: the entry just ages
+        os.utime(path)  # the mtime says when an entry was last used (see `prune`)
+
+
+def prune(folder: Path, keep: Path, identity: str = "") -> None:
+    """Remove the entries of ``keep``'s source that are stale (another identity of its files, none
+    recorded, or unused for `UNUSED_ENTRY_S`), entries whose source is gone, and dead temporaries."""
     own_tag = keep.name.rsplit("-", 2)[0]
     now = time.time()
     for path in folder.iterdir():
@@ -264,18 +283,28 @@ def prune(folder: Path, keep: Path) -> None:
                 continue
             if path == keep or not path.name.endswith(".safetensors"):
                 continue
-            if path.name.rsplit("-", 2)[0] == own_tag or not _entry_source_exists(path):
+            if path.name.rsplit("-", 2)[0] == own_tag:
+                meta = _entry_metadata(path)
+                in_use = now - path.stat().st_mtime < UNUSED_ENTRY_S
+                if identity and meta.get("halo.identity") == identity and in_use:
+                    continue  # the same files at another dtype or by another Halo: still someone's
                 path.unlink(missing_ok=True)  # a reader that mapped it keeps its pages until it unmaps
+            elif not _entry_source_exists(path):
+                path.unlink(missing_ok=True)
         except OSError:
             continue  # another process pruned it first
 
 
-def _entry_source_exists(path: Path) -> bool:
+def _entry_metadata(path: Path) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="pt") as f:
-            source = (f.metadata() or {}).get("halo.source")
+            return dict(f.metadata() or {})
     except Exception:  # unreadable: a corrupt entry nobody can use
-        return False
+        return {}
+
+
+def _entry_source_exists(path: Path) -> bool:
+    source = _entry_metadata(path).get("halo.source")
     return source is not None and Path(source).exists()
 
 

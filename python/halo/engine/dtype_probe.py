@@ -2,8 +2,9 @@
 
 The dtype: bf16 only where a matmul probe shows it beats fp32. The weight format (`choose_weights`):
 the float format of the dtype unless the memory budget or a probe of the model's own MLP shape in
-each format says otherwise. The dtype probe's result is remembered per machine (probe_cache.py);
-the weight-format probe runs once per process and shape.
+each format says otherwise. The dtype probe's result is remembered per machine (probe_cache.py: a
+figure taken on a busy machine is measured again at a quieter start, and said to be stale until
+then); the weight-format probe runs once per process and shape.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from halo.engine.linear import packing_available
 from halo.engine.model_config import ModelConfig
-from halo.engine.probe_cache import remembered
+from halo.engine.probe_cache import SpeedFigure, remembered_speed
 from halo.engine.quantized_linear import LinearLayer, WeightFormat, float_format_name, weight_bytes
 from halo.errors import InvalidRequestError
 
@@ -28,6 +29,7 @@ class DtypeChoice:
     dtype: torch.dtype
     reason: str
     gflops: dict[str, float]  # probe GFLOP/s per dtype name ("bf16", "fp32"); empty when not probed
+    probe_stale: str | None = None  # why the probe's figures may read slow (probe_cache.py); None: trusted
 
     @property
     def name(self) -> str:
@@ -63,10 +65,17 @@ def _gflops(dtype: torch.dtype, seconds: float = 0.03) -> float:
 
 
 @cache
-def _probe() -> tuple[float, float]:
+def _probe() -> SpeedFigure:
     # Remembered per CPU, torch build and thread count in the cache dir (probe_cache.py): a fresh process
-    # skips the ~0.25 s probe and every process on the machine picks the same dtype.
-    fp32, bf16 = remembered("matmul", {"threads": torch.get_num_threads()}, _measure_probe)
+    # skips the ~0.25 s probe and every process on the machine picks the same dtype. The fastest
+    # measurement kept is the truest (other work only slows a probe); its sum of both dtypes ranks them.
+    return remembered_speed(
+        "matmul", {"threads": torch.get_num_threads()}, _measure_probe, score=lambda v: float(v[0]) + float(v[1])
+    )
+
+
+def _speeds() -> tuple[float, float]:
+    fp32, bf16 = _probe().value
     return float(fp32), float(bf16)
 
 
@@ -81,8 +90,8 @@ def _measure_probe() -> tuple[float, float]:
 
 
 def matmul_gflops(dtype: torch.dtype) -> float:
-    """Probe GFLOP/s of this CPU for ``dtype`` (measured once per process)."""
-    fp32, bf16 = _probe()
+    """Probe GFLOP/s of this CPU for ``dtype`` (remembered per machine, see `_probe`)."""
+    fp32, bf16 = _speeds()
     return bf16 if dtype == torch.bfloat16 else fp32
 
 
@@ -93,11 +102,13 @@ def choose_dtype(requested: str | torch.dtype | None = "auto") -> DtypeChoice:
             raise InvalidRequestError(f"dtype must be bf16 or fp32, got {requested}")
         return DtypeChoice(requested, "requested", {})
     if requested is None or requested == "auto":
-        fp32, bf16 = _probe()
+        fp32, bf16 = _speeds()
+        stale = _probe().stale
         speeds = {"fp32": round(fp32, 1), "bf16": round(bf16, 1)}
+        note = f" ({stale})" if stale else ""
         if bf16 > fp32 * 1.2:
-            return DtypeChoice(torch.bfloat16, f"auto: bf16 {bf16:.0f} > fp32 {fp32:.0f} GFLOP/s", speeds)
-        return DtypeChoice(torch.float32, f"auto: fp32 {fp32:.0f} >= bf16 {bf16:.0f} GFLOP/s", speeds)
+            return DtypeChoice(torch.bfloat16, f"auto: bf16 {bf16:.0f} > fp32 {fp32:.0f} GFLOP/s{note}", speeds, stale)
+        return DtypeChoice(torch.float32, f"auto: fp32 {fp32:.0f} >= bf16 {bf16:.0f} GFLOP/s{note}", speeds, stale)
     if requested not in _DTYPES:
         raise InvalidRequestError(f"dtype must be 'auto', 'bf16' or 'fp32', got {requested!r}")
     return DtypeChoice(_DTYPES[requested], "requested", {})

@@ -204,6 +204,7 @@ class LLMEngine:
             "dtype": self.dtype_choice.name,
             "dtype_reason": self.dtype_choice.reason,
             "probe_gflops": self.dtype_choice.gflops,
+            "probe_stale": self.dtype_choice.probe_stale,  # why those figures may read slow (None: trusted)
             "cpu": cpu_capability(),
             "threads": torch.get_num_threads(),
             "device": str(self.device),

@@ -33,7 +33,7 @@ from halo.runtime.planning import (
     CostModels,
     PlanMode,
     PreparedBatch,
-    model_dtypes,
+    model_profiles,
 )
 from halo.runtime.processor import Processor, ProcessorOutcome, Progress
 from halo.runtime.result_cache import ResultCache, cache_path
@@ -134,7 +134,7 @@ class CompiledWorkflow:
         self.costs = CostModels(
             workflow,
             models=models,
-            dtypes=model_dtypes(workflow, str(engine_options.get("dtype", "auto"))),
+            profiles=model_profiles(recipe, workflow),  # the latency profiles of the engines the recipe builds
             tool_threads=tool_threads,
             warnings=self.warnings,
         )

@@ -19,6 +19,7 @@ from typing import Any
 
 from halo.engine.sampling_params import SamplingParams
 from halo.plan.cost.latency_curves import DecodeSample, LatencyCurves, PrefillSample, fit_latency_curves
+from halo.plan.cost.profile_cache import quantized
 
 _FIRST_ORDINARY_TOKEN = 17  # SmolLM2's ids 0..16 are control tokens
 
@@ -192,4 +193,9 @@ def profile_engine(
         step_tokens=engine.batch_scheduler.max_batch_tokens,
         facts=facts,
     )
-    return replace(curves, model_load_s=load_s, kv_bytes_per_token=kv_per_token, kv_bytes_per_s=kv_bandwidth)
+    # int8/int4 weights are profiled under a key of their own (plan/cost/profile_cache.py); float
+    # weights are the dtype's, keyed by it alone
+    weights = info.get("weights") if quantized(info.get("weights")) else None
+    return replace(
+        curves, model_load_s=load_s, kv_bytes_per_token=kv_per_token, kv_bytes_per_s=kv_bandwidth, weights=weights
+    )

@@ -27,11 +27,13 @@ from halo.plan.cost import (
     OutputLengthHistory,
     ProfileMissingWarning,
     ToolCostModel,
+    WeightsProfileMissingWarning,
     calls_key,
     load_curves,
     output_key,
 )
 from halo.runtime.batch import split_valid, to_rows
+from halo.runtime.llm_worker import EngineRecipe
 from halo.runtime.results import RowError
 from halo.runtime.workers import models_loaded_at_start
 from halo.spec.graph import GraphNode
@@ -42,8 +44,9 @@ DEFAULT_TOOL_THREADS = 16  # tool calls an app's pool runs at once
 
 
 class CostModels:
-    """The costs an app plans with; `dtypes` (per model source, `auto` where absent) picks each model's
-    latency profile, `tool_threads` the pool width.
+    """The costs an app plans with; `profiles` (per model source, its engine's requested (dtype, weights),
+    `("auto", "auto")` where absent: see `model_profiles`) picks each model's latency profile,
+    `tool_threads` the pool width.
 
     Tool latencies (and the SQL seconds-per-EXPLAIN-unit fit) and output lengths carry over between
     runs in the halo cache dir; what cannot be read or saved is noted in `warnings`.
@@ -54,7 +57,7 @@ class CostModels:
         workflow: Workflow,
         *,
         models: Mapping[str, str],
-        dtypes: Mapping[str, str],
+        profiles: Mapping[str, tuple[str, str]],
         tool_threads: int,
         warnings: list[str],
     ) -> None:
@@ -65,7 +68,7 @@ class CostModels:
         self.tool_costs = _load_tool_costs(self.tool_costs_path)
         self.output_history = _load_output_history()
         self._models = dict(models)
-        self._dtypes = dict(dtypes)
+        self._profiles = dict(profiles)
         self._tool_threads = tool_threads
         self._curves: dict[str, LatencyCurves] = {}
 
@@ -74,9 +77,9 @@ class CostModels:
         if curves is None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ProfileMissingWarning)
-                curves = self._curves[model] = load_curves(
-                    self._models.get(model, model), dtype=self._dtypes.get(model, "auto")
-                )
+                warnings.simplefilter("always", WeightsProfileMissingWarning)
+                dtype, weights = self._profiles.get(model, ("auto", "auto"))
+                curves = self._curves[model] = load_curves(self._models.get(model, model), dtype=dtype, weights=weights)
             self.profiles_missing |= any(issubclass(w.category, ProfileMissingWarning) for w in caught)
             self.warnings.extend(str(w.message) for w in caught)
         return curves
@@ -176,21 +179,31 @@ class BatchPlanner:
         )
 
 
-def model_dtypes(workflow: Workflow, run_dtype: str) -> dict[str, str]:
-    """Per model source of `workflow`, the dtype its engine is asked for: its declaration's, else the run's."""
-    settings = workflow.graph.model_settings()
+def model_profiles(recipe: EngineRecipe, workflow: Workflow) -> dict[str, tuple[str, str]]:
+    """Per model source of `workflow`, the (dtype, weights) its engine is asked for (`recipe`: the
+    declaration's settings over the run's), which name the latency profile it is planned with."""
     sources = {workflow.graph.model_source(n) or "" for n in workflow.graph.nodes if n.kind == "llm"}
-    return {source: settings.get(source, {}).get("dtype", run_dtype) for source in sorted(sources)}
+    out = {}
+    for source in sorted(sources):
+        options = recipe.options_for(source)
+        out[source] = (str(options.get("dtype") or "auto"), str(options.get("weights") or "auto"))
+    return out
 
 
-def fresh_planner(workflow: Workflow, *, workers: int = 1, dtype: str = "auto") -> BatchPlanner:
-    """The planner `halo.compile(workflow, workers=workers, dtype=dtype)` has right after it starts its
-    workers (their models loaded as `compile` loads them, no prefix cached), without starting any."""
+def fresh_planner(workflow: Workflow, *, workers: int = 1, dtype: str = "auto", weights: str = "auto") -> BatchPlanner:
+    """The planner `halo.compile(workflow, workers=workers, dtype=dtype, engine_options={"weights":
+    weights})` has right after it starts its workers (their models loaded as `compile` loads them, no
+    prefix cached), without starting any."""
     if workers < 1:
         raise InvalidRequestError(f"workers must be a positive integer, got {workers!r}")
     sources = sorted({workflow.graph.model_source(n) or "" for n in workflow.graph.nodes if n.kind == "llm"})
+    recipe = EngineRecipe({"dtype": dtype, "weights": weights}, workflow.graph.model_settings())
     costs = CostModels(
-        workflow, models={}, dtypes=model_dtypes(workflow, dtype), tool_threads=DEFAULT_TOOL_THREADS, warnings=[]
+        workflow,
+        models={},
+        profiles=model_profiles(recipe, workflow),
+        tool_threads=DEFAULT_TOOL_THREADS,
+        warnings=[],
     )
     held = tuple(models_loaded_at_start(sources, workers))
     tokenizers = {source: load_tokenizer(source) for source in sources}

@@ -1,6 +1,6 @@
 """The cost model: what each planned step will cost on this machine.
 
-The LLM part: per-(model, dtype, device, threads) prefill and decode latency curves, model load time
+The LLM part: per-(model, dtype, weight format, device, threads) prefill and decode latency curves, model load time
 and KV copy bandwidth, measured by ``halo profile`` (``halo.runtime.engine_profiler.profile_engine``) and cached as JSON
 (``load_curves``); and the observed output lengths per llm node (``OutputLengthHistory``).
 """
@@ -10,6 +10,7 @@ from halo.plan.cost.output_history import FOREACH_GUESS, OutputLengthHistory, ca
 from halo.plan.cost.profile_cache import (
     DEFAULT_CURVES,
     ProfileMissingWarning,
+    WeightsProfileMissingWarning,
     load_curves,
     model_key,
     profile_path,
@@ -26,6 +27,7 @@ __all__ = [
     "PrefillSample",
     "ProfileMissingWarning",
     "ToolCostModel",
+    "WeightsProfileMissingWarning",
     "calls_key",
     "fit_latency_curves",
     "load_curves",

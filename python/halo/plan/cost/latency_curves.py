@@ -47,7 +47,7 @@ class DecodeSample(NamedTuple):
 
 @dataclass(frozen=True)
 class LatencyCurves:
-    """Fitted prefill and decode latency of one (model, dtype, device, threads) on this machine."""
+    """Fitted prefill and decode latency of one (model, dtype, weights, device, threads) on this machine."""
 
     model: str
     dtype: str
@@ -61,6 +61,7 @@ class LatencyCurves:
     model_load_s: float | None = None  # measured engine construction time (None: not measured)
     kv_bytes_per_token: float | None = None  # K and V of one token over all layers
     kv_bytes_per_s: float | None = None  # measured export + import of a cached prefix
+    weights: str | None = None  # the weight format profiled: int8/int4; None for weights in the dtype
     facts: dict[str, Any] = field(default_factory=dict, compare=False)  # cpu, probe GFLOP/s, samples
 
     # ---- the curves --------------------------------------------------------------------------
@@ -147,7 +148,8 @@ class LatencyCurves:
         d, e, f = self.decode
         return "\n".join(
             [
-                f"latency curves: model={self.model} dtype={self.dtype} device={self.device} threads={self.threads} "
+                f"latency curves: model={self.model} dtype={self.dtype} weights={self.weights or self.dtype} "
+                f"device={self.device} threads={self.threads} "
                 f"({self.source}, fit error {self.fit_error:.1%})",
                 f"  prefill_s = {a * 1e3:.3f} ms·steps + {b * 1e6:.2f} µs·tokens "
                 f"+ {c * 1e9:.3f} ns·tokens·(cached + new/2)   [steps of {self.step_tokens} tokens]",

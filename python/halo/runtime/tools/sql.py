@@ -13,20 +13,22 @@ database's `timeout_s` (the tool's `statement_timeout_s` unless declared) or, on
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import psycopg
 
 from halo.errors import ToolError
 from halo.runtime.tools.duckdb_database import DuckDbDatabase, DuckDbLimits, QueryTimeout, RefusedStatement
-from halo.runtime.tools.postgres_database import PostgresDatabase
 from halo.spec.document import DatabaseSpec
 
-Database = DuckDbDatabase | PostgresDatabase
+if TYPE_CHECKING:  # psycopg loads with the first PostgreSQL database: a DuckDB-only run never pays its import
+    from halo.runtime.tools.postgres_database import PostgresDatabase
+
+    Database = DuckDbDatabase | PostgresDatabase
 
 DEFAULT_STATEMENT_TIMEOUT_S = 60.0
 
@@ -64,7 +66,7 @@ class SqlTool:
             columns, tuples = database.query(query, params, max_rows)
         except KeyError as exc:
             raise ToolError(node_id, f"the query uses :{exc.args[0]} but params has no '{exc.args[0]}'") from None
-        except (RefusedStatement, QueryTimeout, duckdb.Error, psycopg.Error) as exc:
+        except (RefusedStatement, QueryTimeout, duckdb.Error, *_postgres_errors("Error")) as exc:
             raise self._sql_error(node_id, db, exc) from exc
         if len(tuples) > max_rows:
             raise ToolError(
@@ -83,9 +85,9 @@ class SqlTool:
             return database.explain_cost(query, dict(params))
         except KeyError as exc:
             raise ToolError("explain", f"the query uses :{exc.args[0]} but params has no '{exc.args[0]}'") from None
-        except (RefusedStatement, QueryTimeout, duckdb.PermissionException, psycopg.errors.QueryCanceled) as exc:
+        except (RefusedStatement, QueryTimeout, duckdb.PermissionException, *_postgres_errors("QueryCanceled")) as exc:
             raise self._sql_error("explain", db, exc) from exc
-        except (duckdb.Error, psycopg.Error) as exc:
+        except (duckdb.Error, *_postgres_errors("Error")) as exc:
             raise ToolError("explain", f"EXPLAIN failed on {_describe(db)}: {_first_line(exc)}") from exc
 
     def database(self, node_id: str, db: str | None) -> Database:
@@ -119,6 +121,8 @@ class SqlTool:
         spec = self._spec(db)
         try:
             if spec.kind == "postgres":
+                from halo.runtime.tools.postgres_database import PostgresDatabase  # see `Database`
+
                 assert spec.dsn is not None  # DatabaseSpec guarantees it
                 return PostgresDatabase(spec.dsn, self._timeout_s(spec))
             limits = DuckDbLimits(
@@ -162,9 +166,18 @@ class SqlTool:
         return ToolError(node_id, f"SQL error on {where}: {_first_line(exc)}")
 
 
+def _postgres_errors(name: str) -> tuple[type[Exception], ...]:
+    """psycopg's ``Error`` or ``errors.QueryCanceled`` once a PostgreSQL database has loaded psycopg;
+    none before (no query can have raised one)."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None:
+        return ()
+    return (psycopg.Error,) if name == "Error" else (psycopg.errors.QueryCanceled,)
+
+
 def _is_statement_timeout(exc: Exception) -> bool:
     # PostgreSQL cancels with 57014 for a user's or an admin's cancel too; only the timeout says so.
-    return isinstance(exc, psycopg.errors.QueryCanceled) and "statement timeout" in str(exc)
+    return isinstance(exc, _postgres_errors("QueryCanceled")) and "statement timeout" in str(exc)
 
 
 def _describe(db: str | None) -> str:

@@ -20,18 +20,20 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from halo.errors import ToolError
 from halo.plan.cost.tool_cost import ToolCostModel
 from halo.plan.signature import freeze
-from halo.runtime.tools.http import HttpTool
 from halo.runtime.tools.python_call import PythonTool
 from halo.runtime.tools.rule import run_rule
 from halo.runtime.tools.sql import DEFAULT_STATEMENT_TIMEOUT_S, SqlTool
 from halo.runtime.tools.tool_stats import KindStats, ToolSpan, ToolStats
 from halo.spec.graph import GraphNode
 from halo.spec.workflow import Workflow
+
+if TYPE_CHECKING:
+    from halo.runtime.tools.http import HttpTool
 
 TOOL_KINDS = ("sql", "http", "python", "rule", "reduce")
 
@@ -57,7 +59,13 @@ class ToolRunner:
         self.cache = cache
         self.cost_model = cost_model
         self._sql = SqlTool(workflow.spec.databases, workflow.base_dir, statement_timeout_s=statement_timeout_s)
-        self._http = HttpTool(allowed_hosts, attempts=http_attempts, backoff_s=http_backoff_s)
+        # made at the first http call: httpx costs start-up time (~0.05 s) a run without http nodes never needs
+        self._http_options = {
+            "allowed_hosts": tuple(allowed_hosts),
+            "attempts": http_attempts,
+            "backoff_s": http_backoff_s,
+        }
+        self._http: HttpTool | None = None
         self._python = PythonTool(workflow.functions, max_threads=max_threads)
         self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="halo-tool")
         self._lock = threading.Lock()
@@ -145,7 +153,8 @@ class ToolRunner:
         if self.cost_model is not None and self.cost_model.explain == self.explain_cost:
             self.cost_model.explain = None  # the model may outlive this run; its databases close now
         self._python.close()
-        self._http.close()
+        if self._http is not None:
+            self._http.close()
         self._sql.close()
 
     def __enter__(self) -> ToolRunner:
@@ -200,7 +209,7 @@ class ToolRunner:
         if node.kind == "sql":
             return self._sql.run(node.id, request)
         if node.kind == "http":
-            return self._http.run(node.id, request)
+            return self._http_tool().run(node.id, request)
         if node.kind == "python":
             return self._python.run(node.id, request, cpu_bound=bool(getattr(node.spec, "cpu_bound", False)))
         if node.kind == "reduce":
@@ -216,6 +225,14 @@ class ToolRunner:
             }
             return self._python.run(node.id, call, cpu_bound=bool(getattr(node.spec, "cpu_bound", False)))
         return run_rule(request)
+
+    def _http_tool(self) -> HttpTool:
+        with self._lock:
+            if self._http is None:
+                from halo.runtime.tools.http import HttpTool  # see __init__
+
+                self._http = HttpTool(**self._http_options)
+            return self._http
 
     def _fan_out(
         self, node: GraphNode, follower: Future[dict[str, Any]], submitted: float
