@@ -291,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=1, help="workers to plan for (default 1)")
     e.add_argument("--plan", default="dp", choices=["dp", "greedy"], help="planner, as for `halo run` (default dp)")
     e.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="latency profile to plan with")
-    e.add_argument("--weights", default="auto", choices=WEIGHT_FORMATS, help="weight format to plan with (and run, with --analyze)")
+    e.add_argument(
+        "--weights", default="auto", choices=WEIGHT_FORMATS, help="weight format to plan with (and run, with --analyze)"
+    )
     e.set_defaults(func=_explain)
 
     r = sub.add_parser("run", help="run a workflow over a batch of rows")
