@@ -27,6 +27,7 @@ def analyze(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
         dtype=args.dtype,
         engine_options={"weights": args.weights},
         allowed_hosts=args.allow_host,
+        cache=False,  # the actual figures are of the work the plan describes, not of earlier runs' results
     ) as app:
         for warning in app.warnings:
             print(warning, file=sys.stderr)
