@@ -254,6 +254,61 @@ def test_formats_are_compiled_once_and_the_cache_is_bounded(tiny: Checkpoint) ->
     assert compiler.compiles == 4 and len(compiler._cache) == 2
 
 
+def _walk(lltok: llguidance.LLTokenizer, grammar: str, choices: list[int]) -> list[tuple[bytes, list[int]]]:
+    """(mask, forced tokens) at each step of a walk taking allowed token ``choices[i] % allowed``."""
+    matcher, out = llguidance.LLMatcher(lltok, grammar, log_level=0), []
+    words = (lltok.vocab_size + 31) // 32
+    executor = llguidance.LLExecutor()
+    for pick in choices:
+        mask = np.zeros((1, words), dtype=np.int32)
+        executor.unsafe_compute_mask_ptr([(matcher, 0)], mask.ctypes.data, words * 4, 1)
+        out.append((mask.tobytes(), matcher.compute_ff_tokens()))
+        allowed = np.flatnonzero(np.unpackbits(mask.view(np.uint8), bitorder="little")[: lltok.vocab_size])
+        if matcher.is_stopped() or not len(allowed):
+            break
+        assert matcher.consume_token(int(allowed[pick % len(allowed)]))
+    return out
+
+
+@pytest.mark.parametrize("model", ["tiny", "default"])
+def test_the_stored_vocabulary_builds_the_same_grammar_tokenizer(tiny: Checkpoint, model: str) -> None:
+    # The conversion cache stores what llguidance reads off a tokenizer (engine/grammar_vocabulary.py)
+    # so later processes skip parsing its JSON again; the result must mask and force exactly alike.
+    from halo.engine.checkpoint import load_tokenizer
+    from halo.engine.grammar_vocabulary import from_json, from_vocabulary, grammar_vocabulary
+
+    tokenizer, n_vocab = (tiny.tokenizer, tiny.config.vocab_size) if model == "tiny" else (load_tokenizer(), 49152)
+    vocabulary = grammar_vocabulary(tokenizer, n_vocab)
+    built, stored = from_json(tokenizer, n_vocab), from_vocabulary(tokenizer, vocabulary)
+    assert (stored.vocab_size, stored.eos_tokens, stored.is_canonical) == (
+        built.vocab_size, built.eos_tokens, built.is_canonical
+    )
+    corpus = ["Hello world", "  two  spaces\t\ttabs\n", "café naïve", "日本語", "emoji 😀", "def f(x):\n    return x"]
+    corpus += ['{"a": 1}', "<|im_start|>user\nhi<|im_end|>", "APPROVE", "REVIEW later"]
+    assert [stored.tokenize_str(t) for t in corpus] == [built.tokenize_str(t) for t in corpus]
+    assert [stored.decode_bytes([i]) for i in range(n_vocab)] == [built.decode_bytes([i]) for i in range(n_vocab)]
+    rng = np.random.default_rng(0)
+    vendor = OutputFormat.of_json({"type": "object", "properties": {"vendor": {"type": "string"}}})
+    for fmt in [*FORMATS.values(), vendor]:
+        for _ in range(4):
+            picks = [int(x) for x in rng.integers(0, 2**31, 24)]
+            assert _walk(stored, grammar_text(fmt), picks) == _walk(built, grammar_text(fmt), picks), fmt.describe()
+
+
+def test_an_engine_from_the_cache_uses_the_stored_vocabulary_and_decodes_alike(tmp_path) -> None:
+    source = write_tiny_gguf(tmp_path / "tiny.gguf")
+    load_checkpoint(source, cache_dir=tmp_path / "cache")  # converts and stores the entry
+    cached = load_checkpoint(source, cache_dir=tmp_path / "cache")
+    assert cached.grammar_vocabulary is not None and cached.grammar_vocabulary.n_vocab == cached.config.vocab_size
+    fresh = load_checkpoint(source, use_cache=False)
+    assert fresh.grammar_vocabulary is None
+    with_vocabulary, without = make_engine(cached), make_engine(fresh)
+    assert with_vocabulary.grammar.vocabulary is not None and without.grammar.vocabulary is None
+    batch = [params(fmt) for fmt in FORMATS.values()]
+    got = [r.token_ids for r in with_vocabulary.generate(PROMPTS, batch)]
+    assert got == [r.token_ids for r in without.generate(PROMPTS, batch)]
+
+
 def test_mask_cost_is_counted(tiny: Checkpoint) -> None:
     eng = make_engine(tiny)
     eng.generate(PROMPTS, [params(FORMATS["json"]), params(None, max_tokens=4)] * 2)

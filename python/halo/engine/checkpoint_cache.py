@@ -56,6 +56,7 @@ from safetensors.torch import save_file
 
 from halo.durable_files import sync_directory
 from halo.engine.checkpoint_layout import Checkpoint
+from halo.engine.grammar_vocabulary import GrammarVocabulary, grammar_vocabulary
 from halo.engine.tokenizer import Tokenizer
 
 CACHE_FORMAT = 2  # bump when the entry layout changes
@@ -71,12 +72,14 @@ LOADER_MODULES = (
     "halo.engine.checkpoint_cache",
     "halo.engine.checkpoint_layout",
     "halo.engine.gguf_checkpoint",
+    "halo.engine.grammar_vocabulary",
     "halo.engine.hf_checkpoint",
     "halo.engine.hf_config",
     "halo.engine.model_config",
     "halo.engine.tokenizer",
 )
-LIBRARIES = ("halo", "torch", "gguf", "tokenizers", "safetensors", "numpy")  # distributions, by their versions
+# distributions, by their versions
+LIBRARIES = ("halo", "torch", "gguf", "tokenizers", "safetensors", "numpy", "llguidance")
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,8 @@ def write_entry(entry: CacheEntry, ckpt: Checkpoint) -> None:
         # an fp32 copy of a multi-billion-parameter model is tens of GB: never fill the disk for a cache
         raise OSError(f"the entry would take {size / 2**30:.1f} GiB of the {free / 2**30:.1f} GiB free")
     weights = {name: _owned(w) for name, w in ckpt.weights.items()}
+    if ckpt.grammar_vocabulary is None:  # once per conversion, so every later load's grammar starts faster
+        ckpt.grammar_vocabulary = _grammar_vocabulary(ckpt)
     state = {f.name: getattr(ckpt, f.name) for f in fields(Checkpoint) if f.name not in ("weights", "tokenizer")}
     state["tokenizer"] = tokenizer_state(ckpt.tokenizer)
     blob = base64.b64encode(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)).decode()
@@ -268,6 +273,13 @@ def write_entry(entry: CacheEntry, ckpt: Checkpoint) -> None:
 def _mark_used(path: Path) -> None:
     with contextlib.suppress(OSError):  # a read-only cache dir: the entry just ages
         os.utime(path)  # the mtime says when an entry was last used (see `prune`)
+
+
+def _grammar_vocabulary(ckpt: Checkpoint) -> GrammarVocabulary | None:
+    try:
+        return grammar_vocabulary(ckpt.tokenizer, ckpt.config.vocab_size)
+    except Exception:  # a tokenizer llguidance cannot read: constrained requests say so when they come
+        return None
 
 
 def prune(folder: Path, keep: Path, identity: str = "") -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from halo.engine.grammar_vocabulary import GrammarVocabulary
 from halo.engine.model_config import ModelConfig
 from halo.engine.tokenizer import Tokenizer
 from halo.errors import ModelLoadError
@@ -34,6 +35,8 @@ class Checkpoint:
     config: ModelConfig
     weights: dict[str, torch.Tensor]
     tokenizer: Tokenizer
+    # the tokenizer as the grammar engine reads it, stored by the conversion cache (grammar_vocabulary.py)
+    grammar_vocabulary: GrammarVocabulary | None = None
 
 
 def layer_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -1,7 +1,8 @@
 """Constrained decoding: an `OutputFormat` compiled with llguidance into per-sequence token masks.
 
-One `GrammarCompiler` per engine (so per tokenizer) owns the `llguidance.LLTokenizer` built from the
-engine tokenizer's `tokenizers` JSON, a bounded LRU of compiled formats and an `LLExecutor` that
+One `GrammarCompiler` per engine (so per tokenizer) owns the `llguidance.LLTokenizer` (built from the
+vocabulary stored with the converted checkpoint when there is one, else from the engine tokenizer's
+`tokenizers` JSON: engine/grammar_vocabulary.py), a bounded LRU of compiled formats and an `LLExecutor` that
 computes the masks of all constrained rows of a step in parallel (it releases the GIL). A format is
 compiled once into a pristine `LLMatcher`; every request with that format gets a `deep_copy` of it,
 which the engine advances over each token it appends (sampled or forced).
@@ -24,6 +25,7 @@ import llguidance
 import numpy as np
 import torch
 
+from halo.engine.grammar_vocabulary import GrammarVocabulary, from_json, from_vocabulary
 from halo.engine.output_format import OutputFormat
 from halo.engine.tokenizer import Tokenizer
 from halo.errors import InvalidRequestError
@@ -58,8 +60,16 @@ class MaskTiming:
 class GrammarCompiler:
     """Compiles formats for one tokenizer, hands out per-sequence matchers and masks logits rows."""
 
-    def __init__(self, tokenizer: Tokenizer, n_vocab: int, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        n_vocab: int,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        vocabulary: GrammarVocabulary | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
+        # the stored vocabulary of this tokenizer at this logits width, if any (else built from the JSON)
+        self.vocabulary = vocabulary if vocabulary is not None and vocabulary.n_vocab == n_vocab else None
         self.n_vocab = n_vocab  # the model's logits width (may exceed the tokenizer's vocab)
         self.cache_size = cache_size
         self.eos_ids = sorted(tokenizer.stop_ids)
@@ -73,8 +83,10 @@ class GrammarCompiler:
     def lltokenizer(self) -> llguidance.LLTokenizer:
         # Built on first use: an engine that never sees a constrained request never pays for it.
         if self._lltokenizer is None:
-            self._lltokenizer = llguidance.LLTokenizer(
-                self.tokenizer.backend.to_str(), n_vocab=self.n_vocab, eos_token=self.eos_ids
+            self._lltokenizer = (
+                from_json(self.tokenizer, self.n_vocab)
+                if self.vocabulary is None
+                else from_vocabulary(self.tokenizer, self.vocabulary)
             )
         return self._lltokenizer
 
