@@ -67,7 +67,7 @@ def instance_work(
             raise TemplateRenderError(node.id, "foreach", detail)
         items = items[:limit]
     element = node.spec.as_
-    calls = tuple(render_values(wf, node, {**row, element: item}, results, element) for item in items)
+    calls = tuple(render_values(wf, node, row, results, {element: item}) for item in items)
     return InstanceWork(calls=calls, mapped=True)
 
 
@@ -78,14 +78,18 @@ def map_result(node: GraphNode, results: Sequence[Mapping[str, Any]]) -> dict[st
 
 
 def render_values(
-    wf: WorkflowGraph, node: GraphNode, row: Mapping[str, Any], results: Mapping[str, Any], element: str | None = None
+    wf: WorkflowGraph,
+    node: GraphNode,
+    row: Mapping[str, Any],
+    results: Mapping[str, Any],
+    element: Mapping[str, Any] | None = None,
 ) -> tuple:
     """The rendered slot values of one instance (raises TemplateRenderError naming this node); `element`
-    names a foreach node's element, read from `row` beside the inputs."""
+    binds a foreach node's element under its `as` name."""
     try:
         context = wf.context(node, row, results)
         if element is not None:
-            context[element] = row[element]
+            context.update(element)
         return wf.template(node).render(context)
     except TemplateRenderError as exc:
         if exc.node != node.id:

@@ -117,16 +117,16 @@ def _check_control(
                     node.id,
                 )
             )
-    if isinstance(spec, ReduceNode) and not is_single_expression(spec.input):
-        out.append(
-            Problem(
-                node.path + ("input",),
-                f'a reduce node\'s input must be one expression giving a list, e.g. "{{{{ answers.output }}}}" '
-                f"(got {spec.input!r})",
-                node.id,
-            )
-        )
     if isinstance(spec, ReduceNode):
+        if not is_single_expression(spec.input):
+            out.append(
+                Problem(
+                    node.path + ("input",),
+                    f'a reduce node\'s input must be one expression giving a list, e.g. "{{{{ answers.output }}}}" '
+                    f"(got {spec.input!r})",
+                    node.id,
+                )
+            )
         read = {ref.name for _, refs in node.slot_references for ref in refs}
         if not read & set(by_id) and not read & inputs:
             out.append(

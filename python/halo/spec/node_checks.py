@@ -60,24 +60,20 @@ def check_node(
             out.append(Problem(node.path + ("url",), f"url '{spec.url}' must start with http:// or https://", node.id))
         if spec.body is not None and spec.method in ("GET", "HEAD"):
             out.append(Problem(node.path + ("json",), f"a {spec.method} request cannot carry a json body", node.id))
-    elif isinstance(spec, PythonNode) and spec.function not in functions and not _FUNCTION.match(spec.function):
-        out.append(
-            Problem(
-                node.path + ("function",),
-                f"python function '{spec.function}' is neither registered "
-                "with the workflow nor of the form 'package.module:function'",
-                node.id,
-            )
+    elif isinstance(spec, PythonNode | ReduceNode):
+        # the function a python node calls, or a reducer calls on its list
+        field, name, what = (
+            ("function", spec.function, "python") if isinstance(spec, PythonNode) else ("python", spec.python, "reduce")
         )
-    elif isinstance(spec, ReduceNode) and spec.python not in functions and not _FUNCTION.match(spec.python):
-        out.append(
-            Problem(
-                node.path + ("python",),
-                f"reduce function '{spec.python}' is neither registered "
-                "with the workflow nor of the form 'package.module:function'",
-                node.id,
+        if name not in functions and not _FUNCTION.match(name):
+            out.append(
+                Problem(
+                    node.path + (field,),
+                    f"{what} function '{name}' is neither registered with the workflow nor of the form "
+                    "'package.module:function'",
+                    node.id,
+                )
             )
-        )
     return out
 
 
