@@ -31,6 +31,7 @@ from halo.plan.consolidated_graph import (
     NodeCounters,
     PhysicalTable,
 )
+from halo.plan.element_counts import element_counts, knows_elements
 from halo.plan.prefix_index import PrefixIndex
 from halo.plan.prompt_tokens import PromptTokens, chat_messages, static_prefix_tokens
 from halo.plan.signature import Frozen, freeze, static_key
@@ -111,7 +112,7 @@ class Consolidator:
             cached,
             prompt_ids,
         )
-        counters = self._counters(assignment, physical, len(rows))
+        counters = self._counters(assignment, physical, rows)
         state.timings["counters"] = time.perf_counter() - clock
         return ConsolidatedGraph(
             workflow=self.graph,
@@ -248,7 +249,7 @@ class Consolidator:
     # -- results ----------------------------------------------------------------------------------
 
     def _counters(
-        self, assignment: Mapping[str, tuple[int, ...]], physical: PhysicalTable, rows: int
+        self, assignment: Mapping[str, tuple[int, ...]], physical: PhysicalTable, rows: Sequence[Mapping[str, Any]]
     ) -> dict[str, NodeCounters]:
         owned: dict[str, list[int]] = {}
         for phys, node_id in enumerate(physical.node):
@@ -263,7 +264,7 @@ class Consolidator:
                 node=node.id,
                 kind=node.kind,
                 model=self.graph.model_source(node),
-                logical=rows,
+                logical=len(rows),
                 physical=len(set(column)),
                 owned=len(mine),
                 deferred=not node.renderable,
@@ -272,6 +273,11 @@ class Consolidator:
                 physical_prompt_tokens=sum(tokens.get(phys, 0) for phys in mine),
                 cached_prompt_tokens=sum(cached.get(phys, 0) for phys in mine),
                 static_prefix_tokens=self.static_prefix_tokens(node) if deferred_llm else None,
+                elements=(
+                    element_counts(self.graph, node, rows, [physical.row[p] for p in mine])
+                    if knows_elements(node)
+                    else None
+                ),
             )
         return counters
 

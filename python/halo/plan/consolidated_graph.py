@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, overload
 
 from halo.plan.chat_tokenizer import ChatTokenizer
+from halo.plan.element_counts import ElementCounts
 from halo.plan.prefix_index import PrefixGroup
 from halo.plan.signature import Frozen, digest
 from halo.spec.graph import GraphNode, WorkflowGraph
@@ -134,6 +135,7 @@ class NodeCounters:
     physical_prompt_tokens: int = 0  # owned executions' tokens, after merging equal requests
     cached_prompt_tokens: int = 0  # of those, shared with an earlier request's prefix
     static_prefix_tokens: int | None = None  # deferred llm: tokens every request starts with
+    elements: ElementCounts | None = None  # foreach over row inputs: its element calls (see element_counts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,7 @@ def explain_text(
         lines.append("  ".join(cells).rstrip())
     if any(not n.pure for n in wf.nodes):
         lines.append("  * impure (sampled llm, non-GET http, python not marked pure): runs once per row")
+    lines.extend(_foreach_lines(graph))
     for model, p in graph.prefixes.items():
         largest = p.groups[0] if p.groups else None
         lines.append(
@@ -94,6 +95,32 @@ def explain_text(
             f" {failed[first]})"
         )
     return "\n".join(lines)
+
+
+def _foreach_lines(graph: ConsolidatedGraph) -> list[str]:
+    """One line per foreach node: its per-element instances, or where its list comes from."""
+    lines = []
+    for node in graph.workflow.nodes:
+        if node.spec.foreach is None:
+            continue
+        e = graph.counters[node.id].elements
+        if e is None:
+            reads = ", ".join(dict.fromkeys(c for b in node.bindings for c in b.candidates)) or "a loop guard"
+            lines.append(
+                f"FOREACH  {node.id}: maps over a list that reads {reads}; its elements are known at run time"
+                " (explain --analyze counts the calls)"
+            )
+            continue
+        extra = "".join(
+            f", {count} instance(s) {what}"
+            for count, what in ((e.skipped, "skipped by when"), (e.failed, "fail"))
+            if count
+        )
+        lines.append(
+            f"FOREACH  {node.id}: {e.instances} instances map {e.elements} elements (at most {e.largest} in one)"
+            f" -> {e.distinct} distinct element calls ({_saved(e.elements, e.distinct)} saved){extra}"
+        )
+    return lines
 
 
 def _saved(logical: int, physical: int) -> str:

@@ -78,10 +78,13 @@ def build_plan_problem(
     for node in wf.nodes:  # topological order
         deps = tuple(node.upstream)
         counters = graph.counters[node.id]
-        fan = calls_per_instance(node, wf.model_source(node), output_history)
+        fan, alone = calls_per_instance(node, wf.model_source(node), output_history), 1.0
+        if counters.elements is not None:  # a map over row inputs: its element calls are counted, not guessed
+            fan = counters.elements.distinct / max(counters.owned, 1)
+            alone = counters.elements.elements / max(counters.elements.distinct, 1)  # per-call runs repeats too
         if node.kind != "llm":
             tools.append(ToolTask(node.id, float(tool_cost(node, math.ceil(max(counters.owned, 0) * fan))), deps))
-            per_call += counters.logical * fan * float(tool_cost(node, 1))
+            per_call += counters.logical * fan * alone * float(tool_cost(node, 1))
             continue
         model = wf.model_source(node) or "default"
         curves = curves_for(model)
@@ -118,7 +121,7 @@ def build_plan_problem(
             decoding = batch * samples  # sequences in each decode step
             decode = steps * curves.decode_step_s(decoding, prompt + (steps + 1) / 2) if batch else 0.0
             one_call = curves.prefill_s(prompt, 0, 1) + steps * curves.decode_step_s(samples, prompt + (steps + 1) / 2)
-        per_call += counters.logical * fan * one_call
+        per_call += counters.logical * fan * alone * one_call
         saving = move = 0.0
         if parent and shared > 0:
             saving = min(prefill, max(0.0, prompt_prefill - curves.prefill_s(prompt - shared, shared, batch)))
