@@ -109,6 +109,7 @@ def run_suite(config: SuiteConfig) -> SuiteResult:
                             f", prefill {c['prefill_tokens']} cached {c['cached_tokens']}, errors {len(run.errors)}"
                         )
                     _backfill_fidelity(result.measurements, workload, n, runs)
+                    _backfill_logical(result.measurements, workload, n, runs)
     result.environment["finished"] = _now()
     result.files = report.write(result, out)
     _log("wrote " + ", ".join(result.files.values()))
@@ -123,6 +124,19 @@ def _backfill_fidelity(measurements: list[Measurement], workload: str, n: int, r
                 m.fidelity_vs_serial = fidelity(run, runs["serial"])
             if "per-call" in runs:
                 m.fidelity_vs_per_call = fidelity(run, runs["per-call"])
+
+
+def _backfill_logical(measurements: list[Measurement], workload: str, n: int, runs: dict[str, Any]) -> None:
+    """Every system's logical calls are the batch's plain calls, counted where a run knows them: halo and
+    serial count each instance's calls (none when `when` skips it, one per element of a foreach); the
+    per-call systems only know rows x nodes, so they take the count of serial (else halo) in this run."""
+    reference = runs.get("serial") or runs.get("halo")
+    if reference is None:
+        return
+    for m in measurements:
+        if m.workload == workload and m.rows == n and m.system not in ("serial", "halo", "halo-rerun"):
+            m.counters["llm_calls_logical"] = reference.llm_calls_logical
+            m.counters["tool_calls_logical"] = reference.tool_calls_logical
 
 
 def fidelity(run: Any, reference: Any) -> float:

@@ -461,11 +461,11 @@ class Processor:
             self._count_instances(int(other), "cancelled")
             self._count_off(int(other))
 
-    def _count_instances(self, phys: int, counter: str) -> None:
-        """Add the instances physical node `phys` serves to `counter` of their graph nodes."""
+    def _count_instances(self, phys: int, counter: str, each: int = 1) -> None:
+        """Add `each` per instance physical node `phys` serves to `counter` of their graph nodes."""
         for node_id, _ in self.graph.physical.instances[phys]:
             stats = self.out.nodes[node_id]
-            setattr(stats, counter, getattr(stats, counter) + 1)
+            setattr(stats, counter, getattr(stats, counter) + each)
 
     def _count_off(self, phys: int) -> None:
         """A physical node reached a final state: count its instances off their rows."""
@@ -507,6 +507,7 @@ class Processor:
         """The calls of a node about to run: one, one per element of a foreach node, or none when it was
         settled instead (skipped by a loop guard or its `when`, or failed to render)."""
         now = time.perf_counter()
+        first = phys not in self.start_time  # a retry prepares the node again: count its calls once
         self.start_time.setdefault(phys, now)
         node, row, results = self._context(phys)
         try:
@@ -516,7 +517,9 @@ class Processor:
         except HaloError as exc:
             self.settle(phys, Outcome(error=str(exc)))  # on_error applies, as in the serial baseline
             return []
-        if node.spec.when is not None or work.mapped:
+        if first and work.skip is None:
+            self._count_instances(phys, "calls", len(work.calls))
+        if first and (node.spec.when is not None or work.mapped):
             instances, made = self.out.instance_calls.get(node.id, (0, 0))
             self.out.instance_calls[node.id] = (instances + 1, made + (0 if work.skip is not None else len(work.calls)))
         if work.skip is not None:

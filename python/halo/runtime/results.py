@@ -45,6 +45,7 @@ class NodeStats:
     name: str
     kind: str
     logical: int = 0  # instances: one per row that ran
+    calls: int = 0  # logical calls: what its instances call run alone (none if skipped, one per foreach element)
     executed: int = 0  # calls sent to an engine or run by the tool pool (retries included)
     merged: int = 0  # instances served by an equal instance's execution (consolidation)
     coalesced: int = 0  # equal requests found at run time and run once (this run's, in flight)

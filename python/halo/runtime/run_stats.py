@@ -79,10 +79,10 @@ def run_stats(
     stats.prompt_tokens, stats.prefill_tokens = tokens.prompt, tokens.prefill
     stats.cached_tokens, stats.decode_tokens = tokens.cached, tokens.decode
     stats.generated_tokens = sum_of(nodes, "decode_tokens")
-    stats.llm_calls_logical = sum_of(nodes, "logical", "llm")
+    stats.llm_calls_logical = sum_of(nodes, "calls", "llm")
     stats.llm_calls_executed = sum_of(nodes, "executed", "llm")
     stats.llm_calls_coalesced = sum_of(nodes, "coalesced", "llm") + sum_of(nodes, "joined", "llm")
-    stats.tool_calls_logical = sum_of(nodes, "logical", "tool")
+    stats.tool_calls_logical = sum_of(nodes, "calls", "tool")
     stats.tool_calls_executed = sum_of(nodes, "executed", "tool")
     stats.tool_calls_coalesced = sum_of(nodes, "coalesced", "tool")
     stats.tool_cache_hits = sum_of(nodes, "tool_cache_hits")

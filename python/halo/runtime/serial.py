@@ -79,6 +79,7 @@ def run_serial(
                     results[node.id] = work.skip
                 continue
             if work is not None:
+                out.nodes[node.id].calls += len(work.calls)
                 result, error = _run_instance(wf, node, work, engine_for, call_tool, out)
             out.timeline.append(
                 Span(-1, node.id, node.kind, 0 if node.kind == "llm" else -1, start, time.perf_counter(), error is None)
