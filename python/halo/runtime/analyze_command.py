@@ -15,20 +15,14 @@ from typing import Any
 
 from halo.errors import HaloError
 from halo.runtime.compiled import compile
+from halo.runtime.run_command import compile_options
 
 
 def analyze(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
     if args.format == "dot":
         raise HaloError("--analyze prints text, json or png (the dot graph has no run figures)")
-    with compile(
-        args.workflow,
-        workers=args.workers,
-        plan=args.plan,
-        dtype=args.dtype,
-        engine_options={"weights": args.weights},
-        allowed_hosts=args.allow_host,
-        cache=False,  # the actual figures are of the work the plan describes, not of earlier runs' results
-    ) as app:
+    # cache off: the actual figures are of the work the plan describes, not of earlier runs' results
+    with compile(args.workflow, **compile_options(args), cache=False) as app:
         for warning in app.warnings:
             print(warning, file=sys.stderr)
         analyzed = app.analyze(rows)

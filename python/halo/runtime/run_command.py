@@ -60,6 +60,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def compile_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What `halo run` and `halo explain --analyze` compile a workflow with, from their shared flags
+    (one place, so the batch explain analyzes runs on what `halo run` would start)."""
+    return {
+        "workers": args.workers,
+        "plan": args.plan,
+        "dtype": args.dtype,
+        "engine_options": {"weights": args.weights},
+        "allowed_hosts": args.allow_host,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     collector_paused = pause_collector(getattr(args, "as_program", False))  # until the models are loaded
     from rich.console import Console
@@ -80,16 +92,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]starting over: {journal} exists (pass --resume to continue that run)[/]")
     clock = time.perf_counter()
     with console.status("loading models and binding tools ...", spinner="dots") if not args.quiet else _Null():
-        app = compile(
-            args.workflow,
-            workers=args.workers,
-            plan=args.plan,
-            dtype=args.dtype,
-            engine_options={"weights": args.weights},
-            allowed_hosts=args.allow_host,
-            cache=not args.no_cache,
-            cache_dir=args.cache_dir,
-        )
+        app = compile(args.workflow, **compile_options(args), cache=not args.no_cache, cache_dir=args.cache_dir)
     load_s = time.perf_counter() - clock
     resume_collector(collector_paused)
     for warning in app.warnings:
