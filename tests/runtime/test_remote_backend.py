@@ -208,7 +208,9 @@ def test_equal_requests_run_once_and_the_result_cache_answers_a_rerun(scripted: 
 def test_api_key_from_the_environment(scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
     wf = halo.Workflow.from_yaml(remote_yaml(scripted.url, ", api_key_env: HALO_TEST_REMOTE_KEY"))
     monkeypatch.delenv("HALO_TEST_REMOTE_KEY", raising=False)
-    with pytest.raises(SpecError, match=r"line 5: model 'big': api_key_env names HALO_TEST_REMOTE_KEY, which is not set"):
+    with pytest.raises(
+        SpecError, match=r"line 5: model 'big': api_key_env names HALO_TEST_REMOTE_KEY, which is not set"
+    ):
         halo.compile(wf)
     monkeypatch.setenv("HALO_TEST_REMOTE_KEY", "sk-test")
     with halo.compile(wf, cache=False) as app:
@@ -302,23 +304,35 @@ QUESTIONS = [{"q": "What is the capital of France?"}, {"q": "Name a colour."}, {
 
 @pytest.fixture(scope="module")
 def halo_server(checkpoint: Any) -> Iterator[str]:
-    import sys
+    """`halo serve`'s app for chat (no workflow) on the default model in fp32, by uvicorn on loopback."""
+    import socket
+    import time
 
+    import uvicorn
     from halo.engine import LLMEngine
     from halo.serve import ServeConfig, create_app
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-    from conftest import start_server  # tests/serve's real uvicorn server on a loopback port
-
     engine = LLMEngine(dtype="fp32")
-    server = start_server(create_app({}, engine, ServeConfig(epoch_ms=20), shutdown_timeout_s=30))
-    yield server.url + "/v1"
-    server.stop()
+    app = create_app({}, engine, ServeConfig(epoch_ms=20), shutdown_timeout_s=30)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:  # uvicorn says when it listens; nothing else to wait on
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    server.should_exit = True
+    thread.join(60)
 
 
 def _remote_of(local: str, url: str) -> str:
     header = f'models:\n  big: {{source: openai, base_url: "{url}", model: smollm2-135m, tokenizer: smollm2-135m}}\n'
-    return local.replace("name: local\n", "name: remote\n" + header).replace("kind: llm\n", "kind: llm\n    model: big\n")
+    return local.replace("name: local\n", "name: remote\n" + header).replace(
+        "kind: llm\n", "kind: llm\n    model: big\n"
+    )
 
 
 @pytest.mark.slow

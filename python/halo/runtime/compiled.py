@@ -194,7 +194,9 @@ class CompiledWorkflow:
         if mode not in ("dp", "greedy", "serial") or (mode == "serial" and self.num_workers != 1):
             raise InvalidRequestError(f"plan {mode!r} is not available here (dp, greedy; serial on one worker)")
         if mode == "serial" and self._remote:
-            raise InvalidRequestError("the serial baseline runs in-process engines only; this workflow has remote models")
+            raise InvalidRequestError(
+                "the serial baseline runs in-process engines only; this workflow has remote models"
+            )
         prepared = self._planner.prepare(batch, mode)
         reported: set[int] = set()
         report_row = None

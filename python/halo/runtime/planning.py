@@ -22,7 +22,6 @@ from halo.errors import InvalidRequestError
 from halo.plan import PlanContext, PlannedBatch, consolidate, plan
 from halo.plan.consolidate import WarmPrefix
 from halo.plan.consolidated_graph import ConsolidatedGraph
-from halo.plan.cost.remote_latency import RemoteLatencyModel
 from halo.plan.cost import (
     LatencyCurves,
     OutputLengthHistory,
@@ -33,6 +32,7 @@ from halo.plan.cost import (
     load_curves,
     output_key,
 )
+from halo.plan.cost.remote_latency import RemoteLatencyModel
 from halo.runtime.batch import split_valid, to_rows
 from halo.runtime.llm_worker import EngineRecipe
 from halo.runtime.remote_models import counting_tokenizers
@@ -207,7 +207,14 @@ def fresh_planner(workflow: Workflow, *, workers: int = 1, dtype: str = "auto", 
     if workers < 1:
         raise InvalidRequestError(f"workers must be a positive integer, got {workers!r}")
     remote = workflow.graph.remote_models()
-    sources = sorted({s for n in workflow.graph.nodes if n.kind == "llm" if (s := workflow.graph.model_source(n) or "") not in remote})
+    sources = sorted(
+        {
+            s
+            for n in workflow.graph.nodes
+            if n.kind == "llm"
+            if (s := workflow.graph.model_source(n) or "") not in remote
+        }
+    )
     recipe = EngineRecipe({"dtype": dtype, "weights": weights}, workflow.graph.model_settings())
     costs = CostModels(
         workflow,

@@ -173,7 +173,9 @@ class RemoteWorker:
                     try:
                         return response.json()
                     except ValueError:
-                        raise RemoteCallError(f"HTTP 200 with a body that is not JSON: {excerpt(response.text)}") from None
+                        raise RemoteCallError(
+                            f"HTTP 200 with a body that is not JSON: {excerpt(response.text)}"
+                        ) from None
                 problem = f"HTTP {response.status_code}: {excerpt(response.text)}"
                 if response.status_code != 429 and response.status_code < 500:
                     raise RemoteCallError(problem)

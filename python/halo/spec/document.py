@@ -73,7 +73,9 @@ class ModelSpec(SpecModel):
             return None
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            raise ValueError(f"{value!r} is not an endpoint URL: give http(s)://host[:port]/path, e.g. http://host:8000/v1")
+            raise ValueError(
+                f"{value!r} is not an endpoint URL: give http(s)://host[:port]/path, e.g. http://host:8000/v1"
+            )
         try:
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError:
@@ -98,7 +100,11 @@ class ModelSpec(SpecModel):
             return self
         # Compared with the defaults, not model_fields_set: a dumped and re-validated spec sets every field.
         fields = type(self).model_fields
-        given = [name for name in (*_REMOTE_ONLY, "max_concurrency", "tokenizer") if getattr(self, name) != fields[name].default]
+        given = [
+            name
+            for name in (*_REMOTE_ONLY, "max_concurrency", "tokenizer")
+            if getattr(self, name) != fields[name].default
+        ]
         if given:
             raise ValueError(f"{', '.join(map(repr, given))} is for source: openai models only")
         return self

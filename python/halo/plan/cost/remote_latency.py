@@ -7,8 +7,9 @@ api + base URL + model name) from observed calls:
 
 a least-squares fit over exponentially decayed sums of observed (prompt tokens, output tokens, seconds),
 so it follows drift (a busier server). The sums start with a few calls of `DEFAULT_CURVE` at typical
-sizes, which fade like any old call: a few calls of one size still give a sane slope. Before any call is observed the estimate is `DEFAULT_CURVE` itself
-(a hosted mid-size model: ~0.3 s to the first token, ~50 generated tokens/s per request). What is
+sizes, which fade like any old call: a few calls of one size still give a sane slope. Before any call
+is observed the estimate is `DEFAULT_CURVE` itself (a hosted mid-size model: ~0.3 s to the first
+token, ~50 generated tokens/s per request). What is
 observed is the latency each call saw at the concurrency it ran at, so contention on the server is in
 the curve. Stored as JSON in the halo cache dir (`remote_latency.json`), like the tool latencies.
 
@@ -91,7 +92,9 @@ class RemoteLatencyModel:
 
     def observe(self, endpoint: str, prompt_tokens: int, output_tokens: int, seconds: float) -> None:
         with self._lock:
-            self.fits.setdefault(endpoint, _Fit.seeded()).observe(_features(prompt_tokens, output_tokens), float(seconds))
+            self.fits.setdefault(endpoint, _Fit.seeded()).observe(
+                _features(prompt_tokens, output_tokens), float(seconds)
+            )
 
     def observed_calls(self, endpoint: str) -> int:
         with self._lock:
@@ -122,7 +125,8 @@ class RemoteLatencyModel:
         target = Path(path) if path is not None else self.path or latency_path()
         with self._lock:
             raw = {
-                k: {"xtx": f.xtx.tolist(), "xty": f.xty.tolist(), "calls": f.calls} for k, f in sorted(self.fits.items())
+                k: {"xtx": f.xtx.tolist(), "xty": f.xty.tolist(), "calls": f.calls}
+                for k, f in sorted(self.fits.items())
             }
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".json.tmp")
