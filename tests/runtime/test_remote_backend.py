@@ -35,6 +35,10 @@ class ScriptedServer:
         self.hanging = threading.Event()  # set when a `hang:` request arrived
         self.release = threading.Event()
         self.lock = threading.Lock()
+        self.pairs = threading.Condition()
+        self.current = 0  # `pair:` requests in the handler now, and the most at once
+        self.most = 0
+        self.arrived = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,6 +58,15 @@ class ScriptedServer:
                 if text.startswith("hang:"):
                     server.hanging.set()
                     server.release.wait(60)
+                if text.startswith("pair:"):  # the k-th is answered once the (k rounded up to even)-th came
+                    with server.pairs:
+                        server.current += 1
+                        server.most = max(server.most, server.current)
+                        server.arrived += 1
+                        partner = server.arrived + server.arrived % 2
+                        server.pairs.notify_all()
+                        server.pairs.wait_for(lambda: server.arrived >= partner, 30)
+                        server.current -= 1
                 if text.startswith("429:") and count == 1:
                     return self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"})
                 if text.startswith("503:") and count == 1:
@@ -216,6 +229,15 @@ def test_api_key_from_the_environment(scripted: ScriptedServer, monkeypatch: pyt
     with halo.compile(wf, cache=False) as app:
         assert app.run([{"q": "k"}]).outputs[0]["answer"] == "echo k"
     assert scripted.headers[0]["Authorization"] == "Bearer sk-test"
+
+
+def test_calls_run_concurrently_up_to_max_concurrency(scripted: ScriptedServer) -> None:
+    wf = halo.Workflow.from_yaml(remote_yaml(scripted.url).replace("max_concurrency: 4", "max_concurrency: 2"))
+    rows = [{"q": f"pair:{i}"} for i in range(6)]
+    with halo.compile(wf, cache=False) as app:
+        result = app.run(rows)
+    assert [o["answer"] for o in result.outputs] == [f"echo pair:{i}" for i in range(6)]
+    assert scripted.most == 2  # two at once, never more
 
 
 def test_cancelling_a_run_with_calls_in_flight(scripted: ScriptedServer) -> None:
