@@ -398,3 +398,20 @@ outputs:
         workers = {span.node: span.worker for span in result.timeline if span.kind == "llm"}
     assert result.errors == [] and result.outputs == expected.outputs
     assert workers == {"draft": 1, "check": 0}  # the remote worker comes after the local one
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    import email.utils
+    import time
+
+    import httpx
+    from halo.runtime.remote_worker import _retry_after
+
+    def answer(value: str | None) -> httpx.Response:
+        return httpx.Response(429, headers={} if value is None else {"Retry-After": value})
+
+    assert _retry_after(answer("7")) == 7.0
+    assert _retry_after(answer(None)) is None
+    assert _retry_after(answer("soon")) is None
+    later = _retry_after(answer(email.utils.formatdate(time.time() + 120, usegmt=True)))
+    assert later is not None and 100 < later <= 120
