@@ -415,3 +415,16 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert _retry_after(answer("soon")) is None
     later = _retry_after(answer(email.utils.formatdate(time.time() + 120, usegmt=True)))
     assert later is not None and 100 < later <= 120
+
+
+def test_halo_explain_plans_a_remote_workflow_without_a_server() -> None:
+    from halo.runtime.planning import fresh_planner
+
+    wf = halo.Workflow.from_yaml(remote_yaml("http://127.0.0.1:1/v1"))  # nothing listens: explain calls nothing
+    planned = fresh_planner(wf).prepare([{"q": "one two three four"}], "dp").planned
+    assert planned is not None
+    [task] = planned.problem.tools
+    assert task.id == "ask" and planned.problem.tasks == ()
+    counters = planned.graph.counters["ask"]
+    assert counters.physical_prompt_tokens > 0  # counted by the 4-bytes-per-token estimate
+    assert "openai:big" in planned.explain()
