@@ -48,13 +48,18 @@ def emit(
     plan: ExecutionPlan | None,
     num_workers: int,
     kv_parents: Mapping[str, str] | None = None,
+    pinned: Mapping[str, int] | None = None,
 ) -> ExecutionGraph:
     """Flatten `graph` under `plan` (None: every llm node on worker 0, all in epoch 0).
 
     `kv_parents` (llm node -> the llm node whose prompt prefix it shares) marks the placements the
     plan prices as a KV move: the child's prefix is pulled from the parent's worker before it runs.
+    `pinned` (llm node -> worker index) places the nodes of remote models on their endpoint's worker
+    (indices past the plan's workers, within `num_workers`); the plan prices them as tools
+    (`plan/remote_task.py`), so their epoch is the one the plan prepares them in.
     """
     wf = graph.workflow
+    pinned = dict(pinned or {})
     worker_index = {f"w{i}": i for i in range(num_workers)}
     epoch_of: dict[str, int] = {}
     worker_of: dict[str, int] = {}
@@ -79,6 +84,10 @@ def emit(
     for node in wf.nodes:
         for up in node.upstream:
             readers.setdefault(up, []).append(node.id)
+    for node_id, worker in pinned.items():
+        worker_of[node_id] = worker
+        if node_id in planned_tools:
+            epoch_of[node_id] = planned_tools[node_id]
     for node in reversed(wf.nodes):
         if node.kind == "llm":
             epoch_of.setdefault(node.id, 0)

@@ -26,6 +26,8 @@ the shared text). The shared tokens per request are P's prompt tokens; `kv_savin
 they would cost N, `kv_move_s` the time to copy their KV for N's batch at the profiled bandwidth
 (unmeasured: as dear as recomputing).
 
+Remote llm nodes (a `source: openai` model): a `ToolTask`, not an `LLMTask` -- see `plan/remote_task.py`.
+
 Tool tasks: ``tool_cost_s(node, physical_calls)`` gives a tool node's seconds on the CPU tool pool
 (the Processor plugs in its measured tool cost model). By default every call takes the node's
 ``expected_latency_s`` (or `DEFAULT_TOOL_CALL_S`) and the calls run `TOOL_POOL_WIDTH` at a time.
@@ -38,6 +40,8 @@ from collections.abc import Callable, Mapping
 
 from halo.plan.consolidated_graph import ConsolidatedGraph
 from halo.plan.cost import FOREACH_GUESS, LatencyCurves, OutputLengthHistory, calls_key, output_key
+from halo.plan.cost.remote_latency import RemoteLatencyModel
+from halo.plan.remote_task import remote_task
 from halo.plan.search import LLMTask, PlanProblem, ToolTask, Worker
 from halo.spec.graph import GraphNode
 
@@ -64,11 +68,14 @@ def build_plan_problem(
     *,
     tool_cost_s: ToolCost | None = None,
     output_history: OutputLengthHistory | None = None,
+    remote_latency: RemoteLatencyModel | None = None,
     makespan_weight: float = 1.0,
     load_weight: float = 0.0,
 ) -> PlanProblem:
     wf = graph.workflow
     tool_cost = tool_cost_s or default_tool_cost_s
+    remote_models = wf.remote_models()
+    remote_latency = remote_latency or RemoteLatencyModel()
     tasks: list[LLMTask] = []
     tools: list[ToolTask] = []
     loads: dict[str, float] = {}
@@ -87,6 +94,14 @@ def build_plan_problem(
             per_call += counters.logical * fan * alone * float(tool_cost(node, 1))
             continue
         model = wf.model_source(node) or "default"
+        remote = remote_models.get(model)
+        if remote is not None:  # runs elsewhere, concurrently: priced like a tool (see remote_task)
+            task, one_call, expected_out[node.id], prompt_of[node.id] = remote_task(
+                graph, node, remote, remote_latency, output_history, fan, expected_out
+            )
+            tools.append(task)
+            per_call += counters.logical * fan * one_call
+            continue
         curves = curves_for(model)
         if model not in loads:
             measured = curves.model_load_s

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from halo.plan.consolidated_graph import ConsolidatedGraph
 from halo.plan.cost import LatencyCurves, OutputLengthHistory
+from halo.plan.cost.remote_latency import RemoteLatencyModel
 from halo.plan.explain import explain_text
 from halo.plan.node_figures import RunActuals, explain_numbers, node_estimates, totals
 from halo.plan.plan_problem import ToolCost, build_plan_problem
@@ -36,6 +37,7 @@ class PlanContext:
     workers: int = 1
     tool_cost_s: ToolCost | None = None  # None: the declared latencies (`plan_problem.default_tool_cost_s`)
     output_history: OutputLengthHistory | None = None  # None: every call decodes its max_tokens
+    remote_latency: RemoteLatencyModel | None = None  # remote models' learned curves; None: the default curve
     resident: Sequence[Sequence[str]] = ()  # per worker, the models it holds, least recently used first
     mode: PlannerMode = "dp"
     time_limit_s: float | None = DP_TIME_LIMIT_S
@@ -77,6 +79,7 @@ def plan(graph: ConsolidatedGraph, context: PlanContext) -> PlannedBatch:
         workers=context.workers,
         tool_cost_s=context.tool_cost_s,
         output_history=context.output_history,
+        remote_latency=context.remote_latency,
     )
     resident = _resident_models(problem, context.resident)
     if resident:  # the plan starts from the models the workers hold now (in flight or idle)

@@ -36,6 +36,7 @@ from halo.runtime.planning import (
     model_profiles,
 )
 from halo.runtime.processor import Processor, ProcessorOutcome, Progress
+from halo.runtime.remote_models import counting_tokenizers, learn_latencies, remote_identities, start_remote_workers
 from halo.runtime.result_cache import ResultCache, cache_path
 from halo.runtime.result_keys import ResultKeys, model_identities
 from halo.runtime.results import RowError, RunResult
@@ -127,7 +128,11 @@ class CompiledWorkflow:
         self.num_workers = workers
         self._engine_options = engine_options
         self._max_inflight = max_inflight
-        self.model_sources = sorted({self.graph.model_source(n) or "" for n in self.graph.nodes if n.kind == "llm"})
+        # the models local engines run; remote (`source: openai`) ones have workers of their own
+        remote = self.graph.remote_models()
+        self.model_sources = sorted(
+            {s for n in self.graph.nodes if n.kind == "llm" if (s := self.graph.model_source(n) or "") not in remote}
+        )
         self._tool_options = {"max_threads": tool_threads, "allowed_hosts": allowed_hosts}
         self.warnings: list[str] = []
         recipe = self._recipe = EngineRecipe(engine_options, self.graph.model_settings(), models)
@@ -144,11 +149,18 @@ class CompiledWorkflow:
         with self._new_tools() as tools:  # bind databases and functions now: a broken one fails compile
             tools.open_databases()
         self._session: OnlineSession | None = None  # where runs execute when attached (else: the caller)
-        self._pool = WorkerPool(workers, self.model_sources, recipe=recipe, ray_address=ray_address)
+        # Remote workers first: an unset API key fails compile before any model loads.
+        self._remote = {w.source: w for w in start_remote_workers(workflow, first_index=workers)}
+        try:
+            self._pool = WorkerPool(workers, self.model_sources, recipe=recipe, ray_address=ray_address)
+        except BaseException:
+            self._close_remote()
+            raise
+        self._pool.workers.extend(self._remote.values())  # indices workers, workers + 1, ...
         self._planner = BatchPlanner(
             workflow,
             self.costs,
-            self._pool.tokenizers,
+            {**self._pool.tokenizers, **counting_tokenizers(workflow)},  # remote models: counted, never encoded
             workers=workers,
             resident=self._pool.resident,
             warm_prefix=self._warm_prefix,
@@ -181,6 +193,10 @@ class CompiledWorkflow:
             raise InvalidRequestError(f"cache must be True, False or None, got {cache!r}")
         if mode not in ("dp", "greedy", "serial") or (mode == "serial" and self.num_workers != 1):
             raise InvalidRequestError(f"plan {mode!r} is not available here (dp, greedy; serial on one worker)")
+        if mode == "serial" and self._remote:
+            raise InvalidRequestError(
+                "the serial baseline runs in-process engines only; this workflow has remote models"
+            )
         prepared = self._planner.prepare(batch, mode)
         reported: set[int] = set()
         report_row = None
@@ -264,7 +280,13 @@ class CompiledWorkflow:
         if self._result_cache is not None:
             self._result_cache.close()
             self._result_cache = None
+        self._close_remote()
         self._pool.close()
+
+    def _close_remote(self) -> None:
+        for worker in self._remote.values():
+            worker.close()
+        self._remote = {}
 
     def __enter__(self) -> CompiledWorkflow:
         return self
@@ -304,7 +326,14 @@ class CompiledWorkflow:
     ) -> tuple[ProcessorOutcome, TokenCounts, list[ToolSpan]]:
         planned = prepared.planned
         assert planned is not None
-        execution = emit(planned.graph, planned.plan, self.num_workers, dict(planned.kv_parents))
+        pinned = {  # a remote model's nodes run on its worker (planned as tools: plan/remote_task.py)
+            node.id: self._remote[source].index
+            for node in self.graph.nodes
+            if node.kind == "llm" and (source := self.graph.model_source(node) or "") in self._remote
+        }
+        execution = emit(
+            planned.graph, planned.plan, self.num_workers + len(self._remote), dict(planned.kv_parents), pinned
+        )
         writer = state = None
         if journal is not None:
             path = Path(journal)
@@ -343,6 +372,9 @@ class CompiledWorkflow:
             if writer is not None:
                 writer.close()
             self.costs.save_tool_costs()
+            if self._remote:
+                learn_latencies(self.costs.remote_latency, self._remote)
+                self.costs.save_remote_latency()
         if session is None:
             tokens = TokenCounts.between(before, self._pool.stats())
         else:  # other runs share the engines: count this run's own requests
@@ -371,7 +403,9 @@ class CompiledWorkflow:
             return None, None
         if self._model_identities is None:
             local = self._pool.engine if self.num_workers == 1 else None
-            self._model_identities = model_identities(self.model_sources, self._recipe, local)
+            self._model_identities = model_identities(self.model_sources, self._recipe, local) | remote_identities(
+                self.workflow
+            )
         return self._result_cache, ResultKeys(self.workflow, self._model_identities)
 
     def _run_serial(self, prepared: PreparedBatch) -> tuple[SerialOutcome, TokenCounts]:

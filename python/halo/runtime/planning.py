@@ -32,8 +32,10 @@ from halo.plan.cost import (
     load_curves,
     output_key,
 )
+from halo.plan.cost.remote_latency import RemoteLatencyModel
 from halo.runtime.batch import split_valid, to_rows
 from halo.runtime.llm_worker import EngineRecipe
+from halo.runtime.remote_models import counting_tokenizers
 from halo.runtime.results import RowError
 from halo.runtime.workers import models_loaded_at_start
 from halo.spec.graph import GraphNode
@@ -67,6 +69,7 @@ class CostModels:
         self.tool_costs_path = default_cache_dir() / "tool_costs.json"
         self.tool_costs = _load_tool_costs(self.tool_costs_path)
         self.output_history = _load_output_history()
+        self.remote_latency = _load_remote_latency()
         self._models = dict(models)
         self._profiles = dict(profiles)
         self._tool_threads = tool_threads
@@ -93,6 +96,12 @@ class CostModels:
             self.tool_costs.save(self.tool_costs_path)
         except OSError as exc:  # a read-only cache only costs the next run its latency history
             self.warnings.append(f"could not save tool latencies to {self.tool_costs_path}: {exc.strerror}")
+
+    def save_remote_latency(self) -> None:
+        try:
+            self.remote_latency.save()
+        except OSError as exc:  # a read-only cache only costs the next run its remote latency history
+            self.warnings.append(f"could not save remote latencies: {exc.strerror}")
 
     def learn_output_lengths(
         self, observed: Mapping[str, tuple[int, int]], instance_calls: Mapping[str, tuple[int, int]] | None = None
@@ -163,6 +172,7 @@ class BatchPlanner:
             workers=self.workers,
             tool_cost_s=self.costs.tool_cost_s,
             output_history=self.costs.output_history,
+            remote_latency=self.costs.remote_latency,
             resident=self.resident(),
             mode=mode,
         )
@@ -196,7 +206,15 @@ def fresh_planner(workflow: Workflow, *, workers: int = 1, dtype: str = "auto", 
     prefix cached), without starting any."""
     if workers < 1:
         raise InvalidRequestError(f"workers must be a positive integer, got {workers!r}")
-    sources = sorted({workflow.graph.model_source(n) or "" for n in workflow.graph.nodes if n.kind == "llm"})
+    remote = workflow.graph.remote_models()
+    sources = sorted(
+        {
+            s
+            for n in workflow.graph.nodes
+            if n.kind == "llm"
+            if (s := workflow.graph.model_source(n) or "") not in remote
+        }
+    )
     recipe = EngineRecipe({"dtype": dtype, "weights": weights}, workflow.graph.model_settings())
     costs = CostModels(
         workflow,
@@ -206,7 +224,7 @@ def fresh_planner(workflow: Workflow, *, workers: int = 1, dtype: str = "auto", 
         warnings=[],
     )
     held = tuple(models_loaded_at_start(sources, workers))
-    tokenizers = {source: load_tokenizer(source) for source in sources}
+    tokenizers = {source: load_tokenizer(source) for source in sources} | counting_tokenizers(workflow)
     return BatchPlanner(workflow, costs, tokenizers, workers=workers, resident=lambda: (held,) * workers)
 
 
@@ -215,6 +233,13 @@ def _load_output_history() -> OutputLengthHistory:
         return OutputLengthHistory.load()
     except (OSError, ValueError, KeyError, TypeError):
         return OutputLengthHistory()  # none yet, or unreadable: plan with max_tokens
+
+
+def _load_remote_latency() -> RemoteLatencyModel:
+    try:
+        return RemoteLatencyModel.load()
+    except (OSError, ValueError, KeyError, TypeError):
+        return RemoteLatencyModel()  # none yet, or unreadable: plan remote calls with the default curve
 
 
 def _load_tool_costs(path: Any) -> ToolCostModel:

@@ -289,7 +289,8 @@ class Processor:
         core = self.core
         self._dispatch_tools(core.pop(self.execution.tool_queue))
         for worker in self.workers:
-            room = self.max_inflight - worker.inflight
+            # a remote model's worker takes every ready node (it bounds its own concurrency)
+            room = getattr(worker, "inflight_limit", self.max_inflight) - worker.inflight
             if room > 0 and core.ready_count(worker.index):
                 self._dispatch_llm(worker, core.pop(worker.index, room))
             if worker.inflight == 0 and not core.ready_count(worker.index):

@@ -82,7 +82,9 @@ class RunLoop(Generic[RunT]):
             self._guarded(processor, processor.dispatch)
         stepped = False
         for worker in self._workers():
-            busy = worker.inflight > 0
+            # A worker whose calls run elsewhere (a remote model's) does no work in `poll`: it is not a
+            # step, and when nothing else moves the loop sleeps on its `waitables` instead of spinning.
+            busy = worker.inflight > 0 and not hasattr(worker, "waitables")
             for done in worker.poll():
                 processor = self._by_owner.get(done.owner)
                 if processor is not None:  # else its run was cancelled meanwhile
@@ -146,6 +148,7 @@ class RunLoop(Generic[RunT]):
         if any(p.has_ready() for p in self.active):
             return
         futures = [f for p in self.active for f in p.tool_calls]
+        futures += [f for w in self._workers() if hasattr(w, "waitables") for f in w.waitables()]
         if futures:
             wait(futures, timeout=0.005, return_when=FIRST_COMPLETED)
             return

@@ -19,6 +19,7 @@ from halo.spec.document import WorkflowHeader
 from halo.spec.node_checks import check_node
 from halo.spec.nodes import ReduceNode, output_fields
 from halo.spec.problem import Problem
+from halo.spec.remote_checks import check_remote_nodes
 from halo.spec.request_template import expression_source
 from halo.spec.source_map import DocPath
 from halo.spec.template import DYNAMIC_FIELD, Reference, expression_references, is_single_expression
@@ -82,6 +83,7 @@ def check_workflow(
                 out.append(Problem(node.path + ("after",), "a node cannot run after itself", node.id))
     _check_model_paths(header, out)
     _check_model_settings(header, out)
+    check_remote_nodes(header, declared, out)
     _check_loops(header, by_id, bodies, env, inputs, broken, out, unchecked)
     _check_outputs(header, by_id, inputs | set(unchecked), out)
     edges = declared_edges(declared, members)

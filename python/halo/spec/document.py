@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -22,8 +23,21 @@ _SIZE = re.compile(r"\s*(\d+(\.\d+)?)\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", re.IG
 _DUCKDB_ONLY = ("memory_limit", "threads", "max_temp_directory_size")
 
 
+REMOTE_SOURCE = "openai"  # `source: openai`: an OpenAI-compatible endpoint serves the model (no local engine)
+DEFAULT_REMOTE_CONCURRENCY = 16  # requests in flight to one endpoint when `max_concurrency` is not given
+DEFAULT_REMOTE_TIMEOUT_S = 120.0
+DEFAULT_REMOTE_ATTEMPTS = 5  # tries per request on connection errors, 429 and 5xx (the first included)
+_REMOTE_ONLY = ("base_url", "model", "api_key_env", "api", "timeout_s", "max_attempts", "retry_backoff_s")
+
+
+def remote_source(name: str) -> str:
+    """The model source llm nodes of the declared remote model `name` run (`WorkflowGraph.model_source`)."""
+    return f"{REMOTE_SOURCE}:{name}"
+
+
 class ModelSpec(SpecModel):
-    """A model the workflow may use: a registered name, a local .gguf file or an HF directory."""
+    """A model the workflow may use: a registered name, a local .gguf file or an HF directory; or, with
+    `source: openai`, a model an OpenAI-compatible server runs (`base_url`, `model`, docs/workflow_language.md)."""
 
     source: str
     # How this model's engine computes and stores its weights; None takes the run's setting (`halo run
@@ -31,6 +45,69 @@ class ModelSpec(SpecModel):
     # are the engine's (halo.engine.weight_formats; a test keeps the two lists equal).
     dtype: Literal["auto", "bf16", "fp32"] | None = None
     weights: Literal["auto", "bf16", "fp32", "int8", "int4"] | None = None
+
+    # source: openai only -- the endpoint (`http(s)://host:port/v1`), the model name it serves, the
+    # environment variable holding the API key (sent as a Bearer token; None: no key), which API (chat
+    # completions, or legacy completions of the rendered prompt text), requests in flight at once, the
+    # seconds one request may take, tries per request and the first retry's backoff (doubling after).
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    api: Literal["chat", "completions"] = "chat"
+    max_concurrency: int = Field(default=DEFAULT_REMOTE_CONCURRENCY, ge=1, le=4096)
+    timeout_s: float = Field(default=DEFAULT_REMOTE_TIMEOUT_S, gt=0)
+    max_attempts: int = Field(default=DEFAULT_REMOTE_ATTEMPTS, ge=1, le=20)
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+    # The tokenizer the planner counts prompt tokens with (a registered name or a path); None: an
+    # estimate of one token per 4 UTF-8 bytes. Remote models only; a local model counts with its own.
+    tokenizer: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.source == REMOTE_SOURCE
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(
+                f"{value!r} is not an endpoint URL: give http(s)://host[:port]/path, e.g. http://host:8000/v1"
+            )
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError(f"{value!r} has an invalid port") from None
+        return value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+    @model_validator(mode="after")
+    def _remote_fields(self) -> ModelSpec:
+        if self.remote:
+            missing = [name for name in ("base_url", "model") if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"a source: openai model needs {' and '.join(map(repr, missing))}")
+            if self.dtype is not None or self.weights is not None:
+                raise ValueError("'dtype' and 'weights' are for local models (the remote server picks its own)")
+            return self
+        # Compared with the defaults, not model_fields_set: a dumped and re-validated spec sets every field.
+        fields = type(self).model_fields
+        given = [
+            name
+            for name in (*_REMOTE_ONLY, "max_concurrency", "tokenizer")
+            if getattr(self, name) != fields[name].default
+        ]
+        if given:
+            raise ValueError(f"{', '.join(map(repr, given))} is for source: openai models only")
+        return self
 
     def engine_settings(self) -> dict[str, str]:
         """The engine options this declaration sets (those it leaves to the run are absent)."""

@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from halo.spec.consistency import ITERATION
-from halo.spec.document import WorkflowSpec
+from halo.spec.document import ModelSpec, WorkflowSpec, remote_source
 from halo.spec.errors import TemplateRenderError
 from halo.spec.limits import DEFAULT_LIMITS, Limits
 from halo.spec.nodes import DEFAULT_MODEL, AnyNode, LlmNode
@@ -134,14 +134,20 @@ class WorkflowGraph:
             return None
         name = node.spec.model or DEFAULT_MODEL
         declared = self.spec.models.get(name)
+        if declared is not None and declared.remote:
+            return remote_source(name)  # each declared endpoint is its own worker
         return declared.source if declared is not None else name
+
+    def remote_models(self) -> dict[str, ModelSpec]:
+        """The declared `source: openai` models by the source their llm nodes run (`remote_source`)."""
+        return {remote_source(name): model for name, model in self.spec.models.items() if model.remote}
 
     def model_settings(self) -> dict[str, dict[str, str]]:
         """Per model source, the engine options its declaration sets (`dtype`, `weights`); a source
         declared twice with different settings is refused by validation (one engine per source)."""
         settings: dict[str, dict[str, str]] = {}
         for model in self.spec.models.values():
-            if model.engine_settings():
+            if model.engine_settings() and not model.remote:
                 settings.setdefault(model.source, {}).update(model.engine_settings())
         return settings
 
