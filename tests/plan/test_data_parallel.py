@@ -218,7 +218,7 @@ def test_split_assignment_rescales_shares_and_prefers_parents() -> None:
 def test_explain_shows_the_split() -> None:
     text = plan_dp(_chain(300, big=True)).explain()
     assert "split classify over 2 workers: w0=150, w1=150 instances" in text
-    assert "reply[share 150/2](kv local)" in text
+    assert "w1[5.100s]: reply[150/300](kv local)" in text
 
 
 def test_one_worker_offers_no_split_and_plans_as_before() -> None:

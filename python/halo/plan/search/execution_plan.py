@@ -91,11 +91,14 @@ class ExecutionPlan:
             )
         for i, e in enumerate(self.epochs, 1):
             loads = dict(e.loads)
+            whole = {p.task: 0 for p in e.placements}
+            for p in e.placements:
+                whole[p.task] += p.share
             parts = []
             for worker, busy in e.busy_s:
                 tasks = ", ".join(
                     p.task
-                    + ("" if p.ways == 1 else f"[share {p.share}/{p.ways}]")
+                    + ("" if p.ways == 1 else f"[{p.share}/{whole[p.task]}]")
                     + ("" if p.kv == "-" else f"(kv {p.kv})")
                     for p in e.placements
                     if p.worker == worker
