@@ -49,8 +49,16 @@ CHAIN = """
 name: chain
 inputs: [text]
 nodes:
-  - {id: classify, kind: llm, prompt: "Classify the sentiment of this message in one word: {{ text }}", max_tokens: 4}
-  - {id: reply, kind: llm, prompt: "Classify the sentiment of this message in one word: {{ text }} Label: {{ classify.output }}. Write a short reply:", max_tokens: 48}
+  - id: classify
+    kind: llm
+    prompt: "Classify the sentiment of this message in one word: {{ text }}"
+    max_tokens: 4
+  - id: reply
+    kind: llm
+    prompt: >-
+      Classify the sentiment of this message in one word: {{ text }}
+      Label: {{ classify.output }}. Write a short reply:
+    max_tokens: 48
 """
 
 
@@ -64,7 +72,9 @@ def split_table(rows: int = 400) -> None:
     from halo.plan.plan_problem import build_plan_problem
     from halo.spec import Workflow
 
-    graph = consolidate(Workflow.from_yaml(CHAIN), [{"text": f"message {i}: the parcel came {i % 7} days late"} for i in range(rows)])
+    graph = consolidate(
+        Workflow.from_yaml(CHAIN), [{"text": f"message {i}: the parcel came {i % 7} days late"} for i in range(rows)]
+    )
     print(f"distinct-rows chain (classify -> reply), {rows} rows: predicted makespan (s) and DP planning time")
     print("workers    whole    split  speedup  plan_s  split nodes")
     for workers in (1, 2, 8, 64):

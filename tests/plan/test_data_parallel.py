@@ -10,7 +10,7 @@ import random
 import warnings
 
 import pytest
-from halo.plan import consolidate
+from halo.plan import WhitespaceTokenizer, consolidate
 from halo.plan.cost import ProfileMissingWarning, load_curves
 from halo.plan.emit import emit, split_assignment
 from halo.plan.plan_problem import build_plan_problem, split_degrees
@@ -40,9 +40,7 @@ def _chain(rows: int, big: bool, workers: int = 2) -> PlanProblem:
         return Split(k, prefill + 0.05, decode, saving, move)
 
     ways = split_degrees(workers, rows)
-    classify = LLMTask(
-        "classify", "m", 2.0, 6.0, instances=rows, splits=tuple(split(k, 2.0, 6.0) for k in ways)
-    )
+    classify = LLMTask("classify", "m", 2.0, 6.0, instances=rows, splits=tuple(split(k, 2.0, 6.0) for k in ways))
     reply = LLMTask(
         "reply",
         "m",
@@ -58,7 +56,12 @@ def _chain(rows: int, big: bool, workers: int = 2) -> PlanProblem:
     if not big:
         classify = dataclasses.replace(classify, prefill_s=0.02, decode_s=0.03, splits=(Split(2, 0.07, 0.03),))
         reply = dataclasses.replace(
-            reply, prefill_s=0.02, decode_s=0.03, kv_saving_s=0.01, kv_move_s=0.01, splits=(Split(2, 0.07, 0.03, 0.01, 0.01),)
+            reply,
+            prefill_s=0.02,
+            decode_s=0.03,
+            kv_saving_s=0.01,
+            kv_move_s=0.01,
+            splits=(Split(2, 0.07, 0.03, 0.01, 0.01),),
         )
     return PlanProblem(
         (classify, reply),
@@ -172,7 +175,7 @@ nodes:
 
 def _chain_graph(rows: int):
     wf = Workflow.from_yaml(CHAIN)
-    return consolidate(wf, [{"text": f"message number {i}"} for i in range(rows)])
+    return consolidate(wf, [{"text": f"message number {i}"} for i in range(rows)], WhitespaceTokenizer())
 
 
 def test_emit_deals_a_split_nodes_instances_by_shares_and_parent_worker() -> None:
@@ -184,6 +187,7 @@ def test_emit_deals_a_split_nodes_instances_by_shares_and_parent_worker() -> Non
         warnings.simplefilter("ignore", ProfileMissingWarning)
         problem = build_plan_problem(graph, load_curves, workers=3)
     assert {t.id: t.instances for t in problem.tasks} == {"classify": 10, "reply": 10}
+    assert problem.task("reply").kv_parent == "classify" and problem.task("reply").splits[0].kv_saving_s > 0
     kv = {"reply": "classify"}
     table = graph.physical
     classify = [p for p in range(len(table)) if table.node[p] == "classify"]
@@ -196,12 +200,18 @@ def test_emit_deals_a_split_nodes_instances_by_shares_and_parent_worker() -> Non
     assert [int(ex.queue[p]) for p in classify].count(0) == 5
     assert all(ex.queue[p] == ex.queue[parent_of[p]] for p in reply)
     assert ex.workers_of == {"classify": (0, 1), "reply": (0, 1)}
+    assert ex.kv_source_of == {}  # every reply runs beside its classify's KV
 
     moved = evaluate(problem, [[("classify", "w0"), ("classify", "w1")], [("reply", "w1"), ("reply", "w2")]], "x")
     ex = emit(graph, moved, 3, kv)
     on = [int(ex.queue[p]) for p in reply]
     assert sorted(on) == [1] * 5 + [2] * 5
     assert all(ex.queue[p] == 1 for p in reply if ex.queue[parent_of[p]] == 1)
+    # the plan moves (unmeasured move = recompute, the tie goes to moving): a reply on w2 pulls its
+    # classify's prefix from the worker that ran it
+    assert {p.kv for e in moved.epochs for p in e.placements if p.task == "reply"} == {"local", "move"}
+    assert ex.kv_source_of == {p: int(ex.queue[parent_of[p]]) for p in reply if ex.queue[p] == 2}
+    assert set(ex.kv_source_of.values()) == {0}
 
     whole = evaluate(problem, [[("classify", "w0")], [("reply", "w2")]], "x")  # unsplit: one worker per node
     ex = emit(graph, whole, 3, kv)
@@ -228,4 +238,3 @@ def test_one_worker_offers_no_split_and_plans_as_before() -> None:
         problem = build_plan_problem(graph, load_curves, workers=1)
     assert all(not t.splits for t in problem.tasks)
     assert plan_dp(problem).shares() == {}
-

@@ -33,7 +33,9 @@ def test_a_split_chain_runs_on_both_workers_and_matches_the_serial_run(ray_clust
         Workflow("split-chain")
         .inputs("text")
         .llm("classify", prompt="Is this message happy or sad? {{ text }}", max_tokens=4)
-        .llm("reply", prompt="Is this message happy or sad? {{ text }} It is {{ classify.output }}. Reply:", max_tokens=6)
+        .llm(
+            "reply", prompt="Is this message happy or sad? {{ text }} It is {{ classify.output }}. Reply:", max_tokens=6
+        )
         .outputs(label="classify.output", reply="reply.output")
     )
     rows = [{"text": t} for t in ("I won!", "I lost my keys.", "Sunny day.", "It rained again.", "I won!")]
@@ -47,9 +49,7 @@ def test_a_split_chain_runs_on_both_workers_and_matches_the_serial_run(ray_clust
         workers=(Worker("w0"), Worker("w1")),
         model_load_s={model: 4.0},
     )
-    plan = evaluate(
-        problem, [[("classify", "w0"), ("classify", "w1")], [("reply", "w0"), ("reply", "w1")]], "forced"
-    )
+    plan = evaluate(problem, [[("classify", "w0"), ("classify", "w1")], [("reply", "w0"), ("reply", "w1")]], "forced")
     assert plan.shares() == {"classify": {"w0": 2, "w1": 2}, "reply": {"w0": 2, "w1": 2}}
     with halo.compile(wf, workers=2, dtype="fp32") as app:
         graph = consolidate(wf, rows, app._tokenizers)

@@ -11,7 +11,9 @@ A node the plan splits data-parallel (rule 3b of halo.plan.search.problem) gets 
 instance: `split_assignment` deals its physical nodes to the share workers in proportion to the
 plan's shares, first each instance whose parent instance (its KV parent's, else its first llm
 upstream's) ran on a share worker to that worker while its share has room (KV locality), then the
-rest in order to the worker with the most room left. Unsplit nodes keep one worker per node.
+rest in order to the worker with the most room left. Unsplit nodes keep one worker per node. An
+instance of a split node (or of a child of one) whose parent instance ran on another worker pulls
+that prefix's KV from there (`kv_source_of`) unless the plan recomputes it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class ExecutionGraph:
     num_workers: int
     kv_source: dict[str, int] = field(default_factory=dict)  # llm node -> worker to pull its prefix KV from
     workers_of: dict[str, tuple[int, ...]] = field(default_factory=dict)  # split llm node -> its share workers
+    # per physical node of a split node (or of a child of one): the worker to pull its parent's prefix
+    # KV from, where that instance's parent ran elsewhere and the plan moves rather than recomputes
+    kv_source_of: dict[int, int] = field(default_factory=dict)
 
     @property
     def tool_queue(self) -> int:
@@ -73,8 +78,8 @@ def emit(
                 worker_of.setdefault(placement.task, worker_index.get(placement.worker, 0))
             for tool in epoch.tools:  # prepared ahead in this epoch on the CPU pool
                 planned_tools.setdefault(tool, e)
-    # split nodes: per worker index, its share of the node's instances (a split moves no KV: a share
-    # whose worker lacks a row's parent prefix recomputes it, as the plan priced it)
+    # split nodes: per worker index, its share of the node's instances (their KV moves are per
+    # instance, `kv_source_of`, not per node)
     shares = {
         task: {worker_index.get(w, 0): n for w, n in by_worker.items()}
         for task, by_worker in (plan.shares() if plan is not None else {}).items()
@@ -127,6 +132,20 @@ def emit(
         parent_worker = [None if up is None else int(queue[up]) for up in parent_of]
         for phys, worker in zip(mine, split_assignment(parent_worker, by_worker), strict=True):
             queue[phys] = worker
+    kv_source_of: dict[int, int] = {}
+    if plan is not None:
+        handling: dict[str, set[str]] = {}
+        for epoch in plan.epochs:
+            for placement in epoch.placements:
+                handling.setdefault(placement.task, set()).add(placement.kv)
+        for node_id, parent in (kv_parents or {}).items():
+            kv = handling.get(node_id, set())
+            if not (node_id in shares or parent in shares) or "recompute" in kv or not kv & {"local", "move"}:
+                continue
+            mine = [phys for phys in range(n) if table.node[phys] == node_id]
+            for phys, up in zip(mine, _parent_instances(graph, node_id, mine, parent), strict=True):
+                if up is not None and table.node[up] == parent and queue[up] != queue[phys]:
+                    kv_source_of[phys] = int(queue[up])
     return ExecutionGraph(
         upstream_offsets=np.cumsum(counts),
         upstream_indices=np.asarray(indices, dtype=np.int32),
@@ -137,6 +156,7 @@ def emit(
         num_workers=num_workers,
         kv_source=kv_source,
         workers_of={task: tuple(by_worker) for task, by_worker in shares.items()},
+        kv_source_of=kv_source_of,
     )
 
 
@@ -172,7 +192,9 @@ def split_assignment(parent_worker: list[int | None], shares: Mapping[int, int])
     return [int(w) for w in out if w is not None]
 
 
-def _parent_instances(graph: ConsolidatedGraph, node_id: str, mine: list[int], kv_parent: str | None) -> list[int | None]:
+def _parent_instances(
+    graph: ConsolidatedGraph, node_id: str, mine: list[int], kv_parent: str | None
+) -> list[int | None]:
     """Per physical node of `node_id`, its parent instance: the upstream one of its KV parent, else
     of its first llm upstream node (None: it reads no llm node)."""
     table = graph.physical

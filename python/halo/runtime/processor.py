@@ -597,7 +597,9 @@ class Processor:
                 now = time.perf_counter()
                 failed.append(LLMDone(request.phys, worker.index, error=prompt, start=now, end=now, owner=self.owner))
                 continue
-            source = self.execution.kv_source.get(self.graph.physical.node[self._phys_of(request.phys)])
+            instance = self._phys_of(request.phys)  # a split node's instances pull their prefix one by one
+            node_id = self.graph.physical.node[instance]
+            source = self.execution.kv_source_of.get(instance, self.execution.kv_source.get(node_id))
             if source is not None and source != worker.index:
                 worker.pull_prefix(self.workers[source], request.model, prompt)
                 self.out.kv_moves += 1

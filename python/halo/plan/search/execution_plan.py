@@ -163,7 +163,7 @@ def evaluate(
         loads: list[tuple[str, str]] = []
         placements: list[Placement] = []
         ways: dict[str, int] = {}
-        for tid, wid in raw:
+        for tid, _ in raw:
             ways[tid] = ways.get(tid, 0) + 1
         if len(set(raw)) != len(raw):
             raise ValueError("a task is placed twice on one worker in one epoch")

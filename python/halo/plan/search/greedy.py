@@ -7,7 +7,8 @@ and KV locality. Two variants are built and the cheaper kept: `fill` places ever
 (the first task always goes). When every pending LLM task waits for a tool, the epoch is tool-only.
 Each variant is built once whole-task only and once with data-parallel splits (rule 3b): a task
 that offers splits is split k ways over the k compatible workers where its share finishes first,
-when that finishes before its best single worker does. The cheapest of the four is kept, so splits
+when that finishes before its best single worker does, k at most its fair part of the workers still
+free (free workers over the ready tasks not yet placed). The cheapest of the four is kept, so splits
 never make the greedy plan worse.
 """
 
@@ -44,7 +45,7 @@ def _schedule(tb: CostTable, pack: bool, split: bool = False) -> list[list[tuple
         epoch_model: dict[int, int] = {}
         busy = [0.0] * tb.W
         placed: list[tuple[int, int]] = []
-        for t in ready:
+        for idx, t in enumerate(ready):
             m = tb.model_of[t]
             best_w, best_finish = -1, float("inf")
             for w in range(tb.W):
@@ -59,10 +60,12 @@ def _schedule(tb: CostTable, pack: bool, split: bool = False) -> list[list[tuple
                 continue
             group, group_finish = [(best_w, best_finish)], best_finish
             if split:
+                # at most a fair part of the workers still free: the ready tasks after it need some too
+                fair = max(1, (tb.W - len(epoch_model)) // (len(ready) - idx))
                 for s in range(len(tb.split_ways[t])):
                     shares = _share_finishes(tb, t, s, busy, epoch_model, model, ran_on)
                     k = tb.split_ways[t][s]
-                    if len(shares) >= k and shares[k - 1][0] < group_finish - 1e-12:
+                    if k <= fair and len(shares) >= k and shares[k - 1][0] < group_finish - 1e-12:
                         group_finish = shares[k - 1][0]
                         group = [(w, f) for f, w in shares[:k]]
             if pack and placed and group_finish > max(max(busy), wave_s) + 1e-12:

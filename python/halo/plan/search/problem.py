@@ -22,7 +22,10 @@ these; `CostTable` holds the numbers and `evaluate` is the one reference impleme
    is the `Split`'s (priced at the share's batch size, a shared prompt prefix prefilled or moved once
    per share), divided by its worker's speed; its KV saving applies on a worker that ran (a share
    of) the parent, else it pays the move-or-recompute penalty as in rule 3. Every worker that runs a
-   share counts as having run the task (it holds that share's KV).
+   share counts as having run the task (it holds that share's KV). This is exact when the parent ran
+   whole or both are split over the same workers (the runtime sends each row to its parent's
+   worker); when the parent's shares ran on workers the child does not use, the rows of those
+   shares are still priced as local: an approximation of a state with one KV bit per worker and task.
 4. A worker's busy time in an epoch is its load time plus the sum of its tasks' times (tasks of one
    model on one worker run back to back in one engine; batching inside a task is already priced in
    its times).
