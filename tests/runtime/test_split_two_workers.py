@@ -1,5 +1,6 @@
 """A node split data-parallel over two workers (Ray actors): each instance runs on its share's
-worker, a reply on the worker its classify ran on, and the outputs equal the serial run's (fp32 greedy)."""
+worker, a reply on the worker its classify ran on (or, where its classify ran on the other worker,
+with that prefix's KV pulled over), and the outputs equal the serial run's (fp32 greedy)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,16 @@ def test_a_split_chain_runs_on_both_workers_and_matches_the_serial_run(ray_clust
         execution = emit(graph, plan, 2, {"reply": "classify"})
         with ToolRunner(wf) as tools:
             outcome = Processor(graph, rows, execution, app._workers, tools).run()
-    assert not outcome.errors
+        # classify whole on w0, reply split: the share on w1 pulls each row's prefix from w0 (the plan moves)
+        pulled = evaluate(problem, [[("classify", "w0")], [("reply", "w0"), ("reply", "w1")]], "forced")
+        assert [p.kv for p in pulled.epochs[1].placements] == ["local", "move"]
+        moving = emit(graph, pulled, 2, {"reply": "classify"})
+        with ToolRunner(wf) as tools:
+            moved = Processor(graph, rows, moving, app._workers, tools).run()
+    assert not outcome.errors and not moved.errors
+    assert outcome.kv_moves == 0
+    assert moved.kv_moves == 2 == len(moving.kv_source_of)  # the two replies on w1
+    assert {span.worker for span in moved.timeline if span.node == "reply"} == {0, 1}
     ran = {span.phys: span.worker for span in outcome.timeline if span.kind == "llm"}
     table = graph.physical
     classify = [p for p in range(len(table)) if table.node[p] == "classify"]
@@ -70,3 +80,4 @@ def test_a_split_chain_runs_on_both_workers_and_matches_the_serial_run(ray_clust
         serial = one.run(rows)
     assert serial.errors == []
     assert [outcome.outputs[r] for r in range(len(rows))] == serial.outputs
+    assert [moved.outputs[r] for r in range(len(rows))] == serial.outputs
