@@ -5,7 +5,11 @@ masks, where the KV mask keeps only tasks that are still some pending task's kv 
 one kind in the same state are interchangeable, so a state is canonicalised by sorting the
 per-worker tuples; actions name canonical slots and are mapped back to real workers on replay.
 An action is one epoch: a set of ready LLM tasks on slots, or no LLM task at all (a tool-only
-epoch) when the state's tool wave is not empty; the wave itself is never chosen (rule 5).
+epoch) when the state's tool wave is not empty; the wave itself is never chosen (rule 5). A task
+runs whole on one slot or, if it offers splits (rule 3b), k ways over the k preferred fresh slots
+(holding its KV parent, then its model, then the rest): a proof is over these actions (the MILP
+oracle knows no splits). The bound reads each task's least span and least total work over its
+whole and split placements, so it stays admissible.
 
 Invariant of `Search::solve(state, limit)`: it returns the exact least cost-to-go of `state` if that
 is below `limit`, else some lower bound >= `limit`. Exact values and lower bounds are memoised, so a
