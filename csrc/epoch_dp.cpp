@@ -312,6 +312,38 @@ class Search {
       b.busy[j] = old_busy;
       b.epoch_model[j] = old_model;
     }
+    // data-parallel splits: even shares over the k preferred fresh slots (holding the parent's KV,
+    // then holding the model, then the rest; slot order within each)
+    const std::vector<int>& ways = a_.split_ways[t];
+    if (!ways.empty()) {
+      std::vector<int> fresh;
+      for (int rank = 0; rank < 3; ++rank) {
+        for (size_t j = 0; j < W; ++j) {
+          if (b.epoch_model[j] != -2) continue;
+          const int r = p >= 0 && slots[j].kv.test(p) ? 0 : slots[j].model == m ? 1 : 2;
+          if (r == rank) fresh.push_back(static_cast<int>(j));
+        }
+      }
+      for (size_t s = 0; s < ways.size(); ++s) {
+        const size_t k = static_cast<size_t>(ways[s]);
+        if (k > fresh.size()) continue;
+        for (size_t x = 0; x < k; ++x) {
+          const int j = fresh[x];
+          const bool holds_parent = p >= 0 && slots[j].kv.test(p);
+          b.busy[j] = (slots[j].model != m ? a_.load_s[m] : 0.0) + pc_.share_time(t, static_cast<int>(s), b.speeds[j], holds_parent);
+          b.epoch_model[j] = m;
+          b.chosen.emplace_back(t, j);
+        }
+        M with_t = assigned;
+        with_t.set(t);
+        rec(b, i + 1, with_t);
+        for (size_t x = 0; x < k; ++x) {
+          b.chosen.pop_back();
+          b.busy[fresh[x]] = 0.0;
+          b.epoch_model[fresh[x]] = -2;
+        }
+      }
+    }
     rec(b, i + 1, assigned);
   }
 
@@ -347,7 +379,7 @@ class Search {
     if (auto it = bound_memo_.find(key); it != bound_memo_.end()) return it->second;
     double work = 0.0;
     for (int t = 0; t < pc_.n(); ++t) {
-      if (llm.test(t)) work += a_.base_s[t];
+      if (llm.test(t)) work += a_.work_lb_s[t];
     }
     work /= pc_.max_speed();
     const double cpu = pm_.wave_s(tools);
@@ -359,7 +391,7 @@ class Search {
       if (llm.test(t)) {
         const int m = a_.model_of[t];
         through[m] = std::min(through[m], head_[t] + down_[t]);
-        shortest[m] = std::min(shortest[m], a_.base_s[t] / pc_.max_speed());
+        shortest[m] = std::min(shortest[m], a_.span_lb_s[t] / pc_.max_speed());
       }
     }
     // per model, were it resident nowhere: its first epoch loads it; a task of it either runs there

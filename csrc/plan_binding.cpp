@@ -22,19 +22,28 @@ void bind_plan(py::module_& m) {
                        std::vector<std::vector<int>> tool_llm_deps, std::vector<std::vector<int>> tool_tool_deps,
                        std::vector<std::pair<bool, int>> node_order, std::vector<double> load_s,
                        std::vector<int> kind_of, std::vector<double> kind_speed, std::vector<int> initial_model,
-                       double overhead_s, double w_makespan, double w_load) {
+                       double overhead_s, double w_makespan, double w_load,
+                       std::vector<std::vector<int>> split_ways, std::vector<std::vector<double>> split_base_s,
+                       std::vector<std::vector<double>> split_penalty_s, std::vector<double> span_lb_s,
+                       std::vector<double> work_lb_s) {
              PlanCostArrays a{std::move(model_of),      std::move(parent),        std::move(base_s),
                               std::move(penalty_s),     std::move(deps),          std::move(tool_deps),
                               std::move(tool_s),        std::move(tool_llm_deps), std::move(tool_tool_deps),
                               std::move(node_order),    std::move(load_s),        std::move(kind_of),
                               std::move(kind_speed),    std::move(initial_model), overhead_s,
-                              w_makespan,               w_load};
+                              w_makespan,               w_load,
+                              std::move(split_ways),    std::move(split_base_s),  std::move(split_penalty_s),
+                              std::move(span_lb_s),     std::move(work_lb_s)};
              return PlanCost(std::move(a));
            }),
            py::arg("model_of"), py::arg("parent"), py::arg("base_s"), py::arg("penalty_s"), py::arg("deps"),
            py::arg("tool_deps"), py::arg("tool_s"), py::arg("tool_llm_deps"), py::arg("tool_tool_deps"),
            py::arg("node_order"), py::arg("load_s"), py::arg("kind_of"), py::arg("kind_speed"),
-           py::arg("initial_model"), py::arg("overhead_s"), py::arg("w_makespan"), py::arg("w_load"))
+           py::arg("initial_model"), py::arg("overhead_s"), py::arg("w_makespan"), py::arg("w_load"),
+           py::arg("split_ways") = std::vector<std::vector<int>>{},
+           py::arg("split_base_s") = std::vector<std::vector<double>>{},
+           py::arg("split_penalty_s") = std::vector<std::vector<double>>{},
+           py::arg("span_lb_s") = std::vector<double>{}, py::arg("work_lb_s") = std::vector<double>{})
       .def_property_readonly("n", &PlanCost::n)
       .def_property_readonly("n_tools", &PlanCost::n_tools);
 

@@ -26,6 +26,26 @@ PlanCost::PlanCost(PlanCostArrays arrays) : a_(std::move(arrays)) {
       a_.node_order.size() != a_.model_of.size() + a_.tool_s.size()) {
     throw std::invalid_argument("PlanCost: array lengths disagree");
   }
+  if (a_.split_ways.empty()) {  // no splits: every task runs whole
+    a_.split_ways.assign(n, {});
+    a_.split_base_s.assign(n, {});
+    a_.split_penalty_s.assign(n, {});
+  }
+  if (a_.span_lb_s.empty()) a_.span_lb_s = a_.base_s;
+  if (a_.work_lb_s.empty()) a_.work_lb_s = a_.base_s;
+  if (a_.split_ways.size() != n || a_.split_base_s.size() != n || a_.split_penalty_s.size() != n ||
+      a_.span_lb_s.size() != n || a_.work_lb_s.size() != n) {
+    throw std::invalid_argument("PlanCost: split array lengths disagree");
+  }
+  for (size_t t = 0; t < n; ++t) {
+    if (a_.split_base_s[t].size() != a_.split_ways[t].size() ||
+        a_.split_penalty_s[t].size() != a_.split_ways[t].size()) {
+      throw std::invalid_argument("PlanCost: split array lengths disagree");
+    }
+    for (int k : a_.split_ways[t]) {
+      if (k < 2) throw std::invalid_argument("PlanCost: a split has at least 2 ways");
+    }
+  }
   const int models = static_cast<int>(a_.load_s.size());
   const int kinds = static_cast<int>(a_.kind_speed.size());
   children_.assign(n, {});
@@ -156,7 +176,7 @@ void PlanMasks<M>::paths(const M& llm, const M& tools, std::vector<double>& down
       for (int b : pc_.llm_tool_children()[i]) {
         if (tools.test(b)) best = std::max(best, tdown[b]), levels = std::max(levels, tdepth[b]);
       }
-      down[i] = a.base_s[i] / pc_.max_speed() + best;
+      down[i] = a.span_lb_s[i] / pc_.max_speed() + best;
       depth[i] = 1 + levels;
     }
   }
@@ -187,7 +207,7 @@ void PlanMasks<M>::heads(const M& llm, const M& tools, std::vector<double>& head
         if (tools.test(d)) best = std::max(best, tupto[d]);
       }
       head[i] = best;
-      upto[i] = a.base_s[i] / pc_.max_speed() + best;
+      upto[i] = a.span_lb_s[i] / pc_.max_speed() + best;
     }
   }
 }

@@ -34,6 +34,14 @@ struct PlanCostArrays {
   double overhead_s = 0.0;
   double w_makespan = 1.0;
   double w_load = 0.0;
+  // Data-parallel splits (problem.py, rule 3b): per task, the degrees k >= 2 it may be split into and,
+  // per degree, one share's base and penalty times at speed 1; and per task the least span and total
+  // work over all its placements (whole or split), which the bounds read. Empty: no splits.
+  std::vector<std::vector<int>> split_ways;
+  std::vector<std::vector<double>> split_base_s;
+  std::vector<std::vector<double>> split_penalty_s;
+  std::vector<double> span_lb_s;
+  std::vector<double> work_lb_s;
 };
 
 class PlanCost {
@@ -55,6 +63,11 @@ class PlanCost {
   double task_time(int t, double speed, bool parent_local) const {
     const double s = a_.parent[t] < 0 || parent_local ? a_.base_s[t] : a_.base_s[t] + a_.penalty_s[t];
     return s / speed;
+  }
+  // Seconds one share of task t's split number s takes on a worker of `speed` (rule 3b).
+  double share_time(int t, int s, double speed, bool parent_local) const {
+    const double base = a_.split_base_s[t][s];
+    return (a_.parent[t] < 0 || parent_local ? base : base + a_.split_penalty_s[t][s]) / speed;
   }
   // Weighted cost of one epoch from the busy times of its used workers and its tool wave (rule 6).
   double epoch_cost(const double* busy, int count, double tool_s) const;

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
-from halo.plan.search import LLMTask, PlanProblem, ToolTask, Worker
+from halo.plan.search import LLMTask, PlanProblem, Split, ToolTask, Worker
 
 
 def random_problem(seed: int, max_tasks: int = 6, max_workers: int = 4, tools: bool = True) -> PlanProblem:
@@ -43,8 +44,11 @@ def random_problem(seed: int, max_tasks: int = 6, max_workers: int = 4, tools: b
     )
 
 
-def workflow_problem(nodes: int, workers: int, rows: int, seed: int = 0) -> PlanProblem:
-    """A layered workflow whose nodes each batch all `rows` (times scale with rows, node count does not)."""
+def workflow_problem(nodes: int, workers: int, rows: int, seed: int = 0, splits: bool = False) -> PlanProblem:
+    """A layered workflow whose nodes each batch all `rows` (times scale with rows, node count does not).
+
+    With `splits`, every node offers data-parallel splits over 2, 4, ... and all workers: a share's
+    prefill scales with its rows plus a fixed prefix, its decode only partly (batched decode steps)."""
     rng = random.Random(seed)
     tasks: list[LLMTask] = []
     for i in range(nodes):
@@ -62,7 +66,22 @@ def workflow_problem(nodes: int, workers: int, rows: int, seed: int = 0) -> Plan
                 same[0] if same else None,
                 prefill / 2 if same else 0.0,
                 0.1 if same else 0.0,
+                instances=rows,
             )
         )
+        if splits:
+            t = tasks[-1]
+            tasks[-1] = dataclasses.replace(t, splits=tuple(_split_of(t, k) for k in _degrees(workers, rows)))
     pool = tuple(Worker(f"w{i}") for i in range(workers))
     return PlanProblem(tuple(tasks), pool, {"m0": 2.0, "m1": 3.0, "m2": 1.5}, epoch_overhead_s=0.01)
+
+
+def _degrees(workers: int, rows: int) -> list[int]:
+    top = min(workers, rows)
+    ways = [1 << e for e in range(1, top.bit_length()) if 1 << e <= top]
+    return ways + ([top] if top >= 2 and top not in ways else [])
+
+
+def _split_of(t: LLMTask, k: int) -> Split:
+    """One share of a k-way split: prefill by rows plus a prefix once per share, decode partly batched."""
+    return Split(k, t.prefill_s / k + 0.01, t.decode_s * (0.3 + 0.7 / k), t.kv_saving_s / k, t.kv_move_s / k)

@@ -218,6 +218,25 @@ class _Search:
                 rec(i + 1, assigned | 1 << t)
                 chosen.pop()
                 busy[j], epoch_model[j] = old
+            # data-parallel splits: even shares over the k preferred fresh slots (holding the parent's
+            # KV, then holding the model, then the rest; slot order within each)
+            if tb.split_ways[t]:
+                ranked = sorted(
+                    (j for j in range(W) if epoch_model[j] == -2),
+                    key=lambda j: 0 if p >= 0 and slots[j][2] >> p & 1 else 1 if slots[j][1] == m else 2,
+                )
+                for s, k in enumerate(tb.split_ways[t]):
+                    if k > len(ranked):
+                        continue
+                    for j in ranked[:k]:
+                        local = p >= 0 and bool(slots[j][2] >> p & 1)
+                        busy[j] = (tb.load_s[m] if slots[j][1] != m else 0.0) + tb.share_time(t, s, speeds[j], local)
+                        epoch_model[j] = m
+                        chosen.append((t, j))
+                    rec(i + 1, assigned | 1 << t)
+                    for j in ranked[:k]:
+                        chosen.pop()
+                        busy[j], epoch_model[j] = 0.0, -2
             rec(i + 1, assigned)
 
         rec(0, 0)
@@ -249,7 +268,7 @@ class _Search:
         cached = self.bound_memo.get(key)
         if cached is None:
             tb = self.tb
-            work = sum(tb.base_s[t] for t in range(tb.n) if llm >> t & 1) / tb.max_speed
+            work = sum(tb.work_lb_s[t] for t in range(tb.n) if llm >> t & 1) / tb.max_speed
             cpu = tb.wave_s(tools)
             down, depth, tdown, tdepth = tb.paths(llm, tools)
             head = heads(tb, llm, tools)
@@ -259,7 +278,7 @@ class _Search:
                 if llm >> t & 1:
                     m = tb.model_of[t]
                     through[m] = min(through[m], head[t] + down[t])
-                    shortest[m] = min(shortest[m], tb.base_s[t] / tb.max_speed)
+                    shortest[m] = min(shortest[m], tb.span_lb_s[t] / tb.max_speed)
             # per model, were it resident nowhere: its first epoch loads it; a task of it either runs
             # there (its chain plus the load) or later (after that epoch's load and shortest task)
             loaded = [0.0] * len(tb.models)
@@ -359,5 +378,5 @@ def heads(tb: CostTable, llm: int, tools: int) -> list[float]:
                 if tb.tool_dep_mask[i] >> a & 1 and tools >> a & 1:
                     best = max(best, tupto[a])
             head[i] = best
-            upto[i] = tb.base_s[i] / tb.max_speed + best
+            upto[i] = tb.span_lb_s[i] / tb.max_speed + best
     return head

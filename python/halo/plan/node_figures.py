@@ -80,8 +80,11 @@ def node_estimates(graph: ConsolidatedGraph, problem: PlanProblem, plan: Executi
     """Per graph node, the plan's figures (a node the problem has no task for is estimated at 0 s)."""
     seconds: dict[str, float] = {tool.id: tool.cpu_s for tool in problem.tools}
     for epoch in plan.epochs:
+        span: dict[str, float] = {}  # a split node's time in its epoch is its longest share's
         for placement in epoch.placements:
-            seconds[placement.task] = seconds.get(placement.task, 0.0) + placement.time_s
+            span[placement.task] = max(span.get(placement.task, 0.0), placement.time_s)
+        for task, time_s in span.items():
+            seconds[task] = seconds.get(task, 0.0) + time_s
     tasks = {task.id: task for task in problem.tasks}
     out: dict[str, NodeEstimate] = {}
     for node in graph.workflow.nodes:
@@ -162,7 +165,12 @@ def explain_numbers(
     epochs = [
         {
             "epoch": index,
-            "tasks": [p.task for p in epoch.placements],
+            "tasks": list(dict.fromkeys(p.task for p in epoch.placements)),
+            "splits": {
+                task: by_worker
+                for task, by_worker in plan.shares().items()
+                if any(p.task == task for p in epoch.placements)
+            },
             "tools": list(epoch.tools),
             "predicted_s": epoch.time_s,
             "actual_s": None if actual is None else actual.epoch_s[index - 1],

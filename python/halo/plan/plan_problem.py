@@ -28,6 +28,12 @@ they would cost N, `kv_move_s` the time to copy their KV for N's batch at the pr
 
 Remote llm nodes (a `source: openai` model): a `ToolTask`, not an `LLMTask` -- see `plan/remote_task.py`.
 
+Data-parallel splits: with several workers, an llm task offers splits of its instances over 2, 4,
+8, ... and all workers (at most one instance per share): a share is priced like the whole node at the
+share's batch size (ceil of the calls over the ways), and each share pays the node's shared prompt
+prefix (the tokens the prefix cache covers) once more, prefilled or moved, whichever the curves say
+is cheaper, since each worker that runs a share needs it (`split_degrees`, `_split`).
+
 Tool tasks: ``tool_cost_s(node, physical_calls)`` gives a tool node's seconds on the CPU tool pool
 (the Processor plugs in its measured tool cost model). By default every call takes the node's
 ``expected_latency_s`` (or `DEFAULT_TOOL_CALL_S`) and the calls run `TOOL_POOL_WIDTH` at a time.
@@ -42,7 +48,7 @@ from halo.plan.consolidated_graph import ConsolidatedGraph
 from halo.plan.cost import FOREACH_GUESS, LatencyCurves, OutputLengthHistory, calls_key, output_key
 from halo.plan.cost.remote_latency import RemoteLatencyModel
 from halo.plan.remote_task import remote_task
-from halo.plan.search import LLMTask, PlanProblem, ToolTask, Worker
+from halo.plan.search import LLMTask, PlanProblem, Split, ToolTask, Worker
 from halo.spec.graph import GraphNode
 
 DEFAULT_MODEL_LOAD_S = 4.0  # reading and converting the default GGUF on 2 cores (measured ~3.5-4.7 s)
@@ -100,7 +106,7 @@ def build_plan_problem(
                 graph, node, remote, remote_latency, output_history, fan, expected_out
             )
             tools.append(task)
-            per_call += counters.logical * fan * one_call
+            per_call += counters.logical * fan * alone * one_call
             continue
         curves = curves_for(model)
         if model not in loads:
@@ -142,6 +148,10 @@ def build_plan_problem(
             saving = min(prefill, max(0.0, prompt_prefill - curves.prefill_s(prompt - shared, shared, batch)))
             measured_move = curves.kv_move_s(shared, batch)
             move = saving if measured_move is None else measured_move
+        splits = tuple(
+            _split(curves, k, batch, prompt, cached, shared if parent and saving > 0 else 0, samples, out, options)
+            for k in split_degrees(workers, counters.owned)
+        )
         tasks.append(
             LLMTask(
                 node.id,
@@ -155,6 +165,8 @@ def build_plan_problem(
                 # as the engines count them: each of n samples is a request of the whole prompt
                 prompt_tokens=(prompt * batch if counters.deferred else counters.physical_prompt_tokens) * samples,
                 output_tokens=0 if options is not None else out * samples * batch,  # scoring generates nothing
+                instances=counters.owned,
+                splits=splits,
             )
         )
     loads |= dict(model_load_s or {})
@@ -169,6 +181,50 @@ def build_plan_problem(
         tools=tuple(tools),
         per_call_s=per_call,
     )
+
+
+def split_degrees(workers: int, instances: int) -> list[int]:
+    """The split degrees a node of `instances` executions offers on `workers`: 2, 4, 8, ... and the
+    largest, never more ways than instances (identical workers make other degrees rarely worth the
+    search's branches)."""
+    top = min(workers, instances)
+    ways = [1 << e for e in range(1, top.bit_length()) if 1 << e <= top]
+    if top >= 2 and top not in ways:
+        ways.append(top)
+    return ways
+
+
+def _split(
+    curves: LatencyCurves,
+    ways: int,
+    batch: int,
+    prompt: int,
+    cached: int,
+    shared: int,
+    samples: int,
+    out: int,
+    options: list[int] | None,
+) -> Split:
+    """One share of a `ways`-way split, priced as the module docstring says."""
+    share = math.ceil(batch / ways)
+    prefix = 0.0
+    if cached > 0:  # each share's worker computes (or receives) the shared prefix once more
+        recompute = curves.prefill_s(cached, 0, 1)
+        moved = curves.kv_move_s(cached, 1)
+        prefix = recompute if moved is None else min(recompute, moved)
+    prompt_prefill = curves.prefill_s(prompt - cached, cached, share)
+    if options is not None:
+        prefill, decode = curves.score_s(prompt, cached, options, share), 0.0
+    else:
+        steps = max(0, out - 1)
+        prefill = prompt_prefill
+        decode = steps * curves.decode_step_s(share * samples, prompt + (steps + 1) / 2) if share else 0.0
+    saving = move = 0.0
+    if shared > 0:
+        saving = min(prefill, max(0.0, prompt_prefill - curves.prefill_s(prompt - shared, shared, share)))
+        measured_move = curves.kv_move_s(shared, share)
+        move = saving if measured_move is None else measured_move
+    return Split(ways, prefill + prefix, decode, min(saving, prefill + prefix), move)
 
 
 def calls_per_instance(node: GraphNode, model: str | None, history: OutputLengthHistory | None) -> float:

@@ -258,8 +258,9 @@ class Processor:
         for node in sorted(
             (n for n in self.wf.nodes if n.kind == "llm"), key=lambda n: execution.epoch_of.get(n.id, 0)
         ):
-            worker = execution.worker_of.get(node.id, 0)
-            self.planned.setdefault(worker, []).append((node.id, self.wf.model_source(node) or ""))
+            # a node the plan splits data-parallel is planned on each of its share workers
+            for worker in execution.workers_of.get(node.id, (execution.worker_of.get(node.id, 0),)):
+                self.planned.setdefault(worker, []).append((node.id, self.wf.model_source(node) or ""))
         self.out = ProcessorOutcome({}, {}, [], nodes={n.id: NodeStats(n.name, n.kind) for n in self.wf.nodes})
         self._last_progress = 0.0
         if resume is not None:
@@ -425,17 +426,24 @@ class Processor:
 
     def _submit_again(self, phys: int, node: GraphNode) -> None:
         if node.kind == "llm":
-            self._dispatch_llm(self._worker_for(node), np.asarray([phys]))
+            self._dispatch_llm(self._worker_for(node, phys), np.asarray([phys]))
         else:
             self._dispatch_tools(np.asarray([phys]))
 
-    def _worker_for(self, node: GraphNode) -> LLMWorker:
-        return self.workers[int(self.execution.worker_of.get(node.id, 0)) % len(self.workers)]
+    def _worker_for(self, node: GraphNode, job: int) -> LLMWorker:
+        """The worker of llm job `job`: its node's planned worker, or for a node split data-parallel
+        its instance's share worker (`emit.split_assignment`, which prefers the parent's worker)."""
+        if node.id in self.execution.workers_of:
+            index = int(self.execution.queue[self._phys_of(job)])
+        else:
+            index = int(self.execution.worker_of.get(node.id, 0))
+        return self.workers[index % len(self.workers)]
 
     def _send(self, node: GraphNode, calls: list[_Work]) -> None:
         """Send calls that are rendered already (a retried element) to the node's worker or the pool."""
         if node.kind == "llm":
-            self._send_llm(self._worker_for(node), calls)
+            for call in calls:  # each to its own instance's worker (they differ on a split node)
+                self._send_llm(self._worker_for(node, call[0]), [call])
         else:
             self._send_tools(calls)
 
@@ -593,7 +601,9 @@ class Processor:
                 now = time.perf_counter()
                 failed.append(LLMDone(request.phys, worker.index, error=prompt, start=now, end=now, owner=self.owner))
                 continue
-            source = self.execution.kv_source.get(self.graph.physical.node[self._phys_of(request.phys)])
+            instance = self._phys_of(request.phys)  # a split node's instances pull their prefix one by one
+            node_id = self.graph.physical.node[instance]
+            source = self.execution.kv_source_of.get(instance, self.execution.kv_source.get(node_id))
             if source is not None and source != worker.index:
                 worker.pull_prefix(self.workers[source], request.model, prompt)
                 self.out.kv_moves += 1

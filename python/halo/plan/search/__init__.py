@@ -15,7 +15,7 @@ from halo.plan.search.dp import plan_dp
 from halo.plan.search.execution_plan import Epoch, ExecutionPlan, Placement, evaluate
 from halo.plan.search.greedy import plan_greedy
 from halo.plan.search.milp import MilpResult, solve_milp
-from halo.plan.search.problem import CostCurves, LLMTask, PlanProblem, ToolTask, Worker
+from halo.plan.search.problem import CostCurves, LLMTask, PlanProblem, Split, ToolTask, Worker
 
 __all__ = [
     "CostCurves",
@@ -27,6 +27,7 @@ __all__ = [
     "PlanProblem",
     "Placement",
     "ToolTask",
+    "Split",
     "Worker",
     "evaluate",
     "operator_at_a_time",

@@ -46,6 +46,28 @@ class CostTable:
                 self.parent.append(self.task_index[t.kv_parent])
                 self.base_s.append(t.prefill_s - t.kv_saving_s + t.decode_s)
                 self.penalty_s.append(min(t.kv_move_s, t.kv_saving_s))
+        # data-parallel splits (rule 3b): per task its degrees and one share's times, as above; the
+        # bounds read the least span and the least total work over whole and split placements
+        self.split_ways: list[list[int]] = []
+        self.split_base_s: list[list[float]] = []
+        self.split_penalty_s: list[list[float]] = []
+        self.span_lb_s: list[float] = []
+        self.work_lb_s: list[float] = []
+        self.instances: list[int] = []
+        for i, tid in enumerate(order):
+            t = by_id[tid]
+            splits = sorted(t.splits, key=lambda sp: sp.ways)
+            has_parent = self.parent[i] >= 0
+            self.split_ways.append([sp.ways for sp in splits])
+            self.split_base_s.append(
+                [sp.prefill_s - (sp.kv_saving_s if has_parent else 0.0) + sp.decode_s for sp in splits]
+            )
+            self.split_penalty_s.append([min(sp.kv_move_s, sp.kv_saving_s) if has_parent else 0.0 for sp in splits])
+            self.span_lb_s.append(min([self.base_s[i], *self.split_base_s[i]]))
+            self.work_lb_s.append(
+                min([self.base_s[i], *(k * b for k, b in zip(self.split_ways[i], self.split_base_s[i], strict=True))])
+            )
+            self.instances.append(t.instances)
         # tools: index space of their own; an LLM task reads tools through `tool_dep_mask`
         self.tool_ids: list[str] = problem.tool_order()
         self.tool_index = {tid: i for i, tid in enumerate(self.tool_ids)}
@@ -112,6 +134,17 @@ class CostTable:
             return self.base_s[t] / speed
         return (self.base_s[t] + self.penalty_s[t]) / speed
 
+    def split_index(self, t: int, ways: int) -> int:
+        """Position of task `t`'s `ways`-way split in its split arrays, or -1 if it offers none."""
+        return self.split_ways[t].index(ways) if ways in self.split_ways[t] else -1
+
+    def share_time(self, t: int, s: int, speed: float, parent_local: bool) -> float:
+        """Seconds one share of task `t`'s split number `s` takes on a worker of `speed` (rule 3b)."""
+        base = self.split_base_s[t][s]
+        if self.parent[t] < 0 or parent_local:
+            return base / speed
+        return (base + self.split_penalty_s[t][s]) / speed
+
     def epoch_cost(self, busy: list[float], tool_s: float = 0.0) -> float:
         """Weighted cost of one epoch from its workers' busy times and its tool wave's CPU time (rule 6)."""
         return self.w_makespan * (max(max(busy, default=0.0), tool_s) + self.overhead_s) + self.w_load * sum(busy)
@@ -173,5 +206,5 @@ class CostTable:
                 for b in self.llm_tool_children[i]:
                     if tools >> b & 1:
                         best, levels = max(best, tdown[b]), max(levels, tdepth[b])
-                down[i], depth[i] = self.base_s[i] / self.max_speed + best, 1 + levels
+                down[i], depth[i] = self.span_lb_s[i] / self.max_speed + best, 1 + levels
         return down, depth, tdown, tdepth

@@ -5,7 +5,11 @@ masks, where the KV mask keeps only tasks that are still some pending task's kv 
 one kind in the same state are interchangeable, so a state is canonicalised by sorting the
 per-worker tuples; actions name canonical slots and are mapped back to real workers on replay.
 An action is one epoch: a set of ready LLM tasks on slots, or no LLM task at all (a tool-only
-epoch) when the state's tool wave is not empty; the wave itself is never chosen (rule 5).
+epoch) when the state's tool wave is not empty; the wave itself is never chosen (rule 5). A task
+runs whole on one slot or, if it offers splits (rule 3b), k ways over the k preferred fresh slots
+(holding its KV parent, then its model, then the rest): a proof is over these actions (the MILP
+oracle knows no splits). The bound reads each task's least span and least total work over its
+whole and split placements, so it stays admissible.
 
 Invariant of `Search::solve(state, limit)`: it returns the exact least cost-to-go of `state` if that
 is below `limit`, else some lower bound >= `limit`. Exact values and lower bounds are memoised, so a
@@ -34,12 +38,16 @@ the tests hold the native one to (same plans, same proofs, same state counts).
 
 from __future__ import annotations
 
+import time
+
 from halo.plan.search.cost_table import CostTable
 from halo.plan.search.execution_plan import ExecutionPlan, evaluate
 from halo.plan.search.greedy import plan_greedy
 from halo.plan.search.native import search_native
 from halo.plan.search.problem import PlanProblem
 from halo.plan.search.search_backend import SearchBackend, SearchOptions
+
+_PRICING_SHARE = 0.05  # of a time limit, kept for pricing the found plan after the search
 
 
 def plan_dp(
@@ -55,9 +63,13 @@ def plan_dp(
     """Least-cost plan by epoch DP (proven optimal unless a budget or cap cut the exact phase short).
 
     `search` runs the two phases; production always uses the native one, tests pass the reference.
+    `time_limit_s` bounds the whole call (greedy, search and pricing), not only the search.
     """
+    start = time.perf_counter()
     tb = CostTable(problem)
     greedy = plan_greedy(problem, tb)
+    if time_limit_s is not None:  # the limit covers the whole call: the search gets what greedy left
+        time_limit_s = max(0.0, time_limit_s * (1 - _PRICING_SHARE) - (time.perf_counter() - start))
     options = SearchOptions(state_budget, time_limit_s, max_actions, heuristic_width, heuristic_actions)
     result = search(tb, greedy.cost, options)
     if result.schedule is None:

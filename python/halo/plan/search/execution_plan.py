@@ -1,7 +1,9 @@
 """`ExecutionPlan` and `evaluate`, the reference pricing of a schedule under `problem.py`'s semantics.
 
 Every planner produces plain epochs of (LLM task id, worker id) pairs and calls `evaluate`, so a
-plan's reported cost always comes from this one function. Tools are never in a schedule: `evaluate`
+plan's reported cost always comes from this one function. A task named on k workers of one epoch is
+split data-parallel k ways (rule 3b): each of its placements carries its share of the task's
+instances (`Placement.share`, the first `instances % k` shares one larger). Tools are never in a schedule: `evaluate`
 places each in its epoch (rule 5), adding a tool-only epoch where an LLM task would otherwise read a
 tool that has not run, and one at the end for tools after the last LLM task. An empty epoch in a
 schedule is a tool-only epoch if tools are pending, else it is skipped. (The native search prices
@@ -25,6 +27,8 @@ class Placement:
     worker: str
     time_s: float
     kv: str  # "-" (no parent), "local", "move" or "recompute"
+    ways: int = 1  # workers the task is split over in its epoch (1: it runs whole here)
+    share: int = 0  # instances of the task this placement runs (0: not known to the plan)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,15 @@ class ExecutionPlan:
     def schedule(self) -> list[list[tuple[str, str]]]:
         return [[(p.task, p.worker) for p in e.placements] for e in self.epochs]
 
+    def shares(self) -> dict[str, dict[str, int]]:
+        """The split tasks: task -> {worker: instances of its share}, in placement order."""
+        out: dict[str, dict[str, int]] = {}
+        for e in self.epochs:
+            for p in e.placements:
+                if p.ways > 1:
+                    out.setdefault(p.task, {})[p.worker] = p.share
+        return out
+
     def explain(self, actual_s: Sequence[float] | None = None) -> str:
         """One line per epoch, EXPLAIN-style: workers, loads, tasks with KV handling, predicted time,
         and with `actual_s` (EXPLAIN ANALYZE: per epoch, what a run of this plan took) the actual one."""
@@ -78,10 +91,17 @@ class ExecutionPlan:
             )
         for i, e in enumerate(self.epochs, 1):
             loads = dict(e.loads)
+            whole = {p.task: 0 for p in e.placements}
+            for p in e.placements:
+                whole[p.task] += p.share
             parts = []
             for worker, busy in e.busy_s:
                 tasks = ", ".join(
-                    p.task + ("" if p.kv == "-" else f"(kv {p.kv})") for p in e.placements if p.worker == worker
+                    p.task
+                    + ("" if p.ways == 1 else f"[{p.share}/{whole[p.task]}]")
+                    + ("" if p.kv == "-" else f"(kv {p.kv})")
+                    for p in e.placements
+                    if p.worker == worker
                 )
                 load = f"load {loads[worker]}; " if worker in loads else ""
                 parts.append(f"{worker}[{busy:.3f}s]: {load}{tasks}")
@@ -89,6 +109,12 @@ class ExecutionPlan:
                 parts.append(f"cpu[{e.tool_s:.3f}s]: {', '.join(e.tools)}")
             actual = "" if actual_s is None else f"actual={actual_s[i - 1]:.3f}s  "
             lines.append(f"epoch {i:>2}  time={e.time_s:.3f}s  {actual}" + "  | ".join(parts))
+            split: dict[str, list[str]] = {}
+            for p in e.placements:
+                if p.ways > 1:
+                    split.setdefault(p.task, []).append(f"{p.worker}={p.share}")
+            for task, where in split.items():
+                lines.append(f"          split {task} over {len(where)} workers: {', '.join(where)} instances")
         return "\n".join(lines)
 
 
@@ -107,7 +133,7 @@ def evaluate(
     tb = table or CostTable(problem)
     windex = {w: i for i, w in enumerate(tb.worker_ids)}
     model = list(tb.initial_model)
-    ran_on: dict[int, int] = {}
+    ran_on: dict[int, set[int]] = {}  # task -> workers that ran it (or a share of it)
     done = tools_done = 0
     epochs: list[Epoch] = []
     totals = [0.0, 0.0, 0.0]  # makespan, summed load, cost
@@ -136,10 +162,20 @@ def evaluate(
         busy: dict[int, float] = {}
         loads: list[tuple[str, str]] = []
         placements: list[Placement] = []
+        ways: dict[str, int] = {}
+        for tid, _ in raw:
+            ways[tid] = ways.get(tid, 0) + 1
+        if len(set(raw)) != len(raw):
+            raise ValueError("a task is placed twice on one worker in one epoch")
+        position: dict[str, int] = {}
         for tid, wid in raw:
             t, w = tb.task_index[tid], windex[wid]
             if t in ran_on:
                 raise ValueError(f"task {tid} scheduled twice")
+            k = ways[tid]
+            s = tb.split_index(t, k) if k > 1 else -1
+            if k > 1 and s < 0:
+                raise ValueError(f"task {tid} is split {k} ways, which it does not offer")
             if any(d not in ran_on for d in tb.deps[t]):
                 raise ValueError(f"task {tid} runs before its dependencies")
             m = tb.model_of[t]
@@ -151,13 +187,16 @@ def evaluate(
                     busy[w] += tb.load_s[m]
                     loads.append((wid, tb.models[m]))
             p = tb.parent[t]
-            local = p >= 0 and ran_on[p] == w
-            time_s = tb.task_time(t, tb.speed[w], local)
+            local = p >= 0 and w in ran_on[p]
+            time_s = tb.task_time(t, tb.speed[w], local) if s < 0 else tb.share_time(t, s, tb.speed[w], local)
             busy[w] += time_s
             kv = "-" if p < 0 else "local" if local else _kv_transfer(problem, tid)
-            placements.append(Placement(tid, wid, time_s, kv))
+            x = position[tid] = position.get(tid, -1) + 1
+            n_inst = tb.instances[t]
+            share = n_inst // k + (1 if x < n_inst % k else 0)
+            placements.append(Placement(tid, wid, time_s, kv, k, share))
         for tid, wid in raw:
-            ran_on[tb.task_index[tid]] = windex[wid]
+            ran_on.setdefault(tb.task_index[tid], set()).add(windex[wid])
             done |= 1 << tb.task_index[tid]
         for w, m in epoch_model.items():
             model[w] = m

@@ -37,6 +37,11 @@ def native_cost(tb: CostTable) -> PlanCost:
         overhead_s=tb.overhead_s,
         w_makespan=tb.w_makespan,
         w_load=tb.w_load,
+        split_ways=tb.split_ways,
+        split_base_s=tb.split_base_s,
+        split_penalty_s=tb.split_penalty_s,
+        span_lb_s=tb.span_lb_s,
+        work_lb_s=tb.work_lb_s,
     )
 
 

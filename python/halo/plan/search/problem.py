@@ -17,6 +17,15 @@ these; `CostTable` holds the numbers and `evaluate` is the one reference impleme
    the KV of every task it ran, so on the parent's worker the task saves `kv_saving_s` of prefill;
    on any other worker it pays `min(kv_move_s, kv_saving_s)` on top of the saved time (move the
    KV or recompute the prefix, whichever is cheaper).
+3b. Data-parallel splits: a task with `splits` may instead run as `ways` even shares of its instances
+   on `ways` distinct workers of one epoch (each worker then runs the task's model). A share's time
+   is the `Split`'s (priced at the share's batch size, a shared prompt prefix prefilled or moved once
+   per share), divided by its worker's speed; its KV saving applies on a worker that ran (a share
+   of) the parent, else it pays the move-or-recompute penalty as in rule 3. Every worker that runs a
+   share counts as having run the task (it holds that share's KV). This is exact when the parent ran
+   whole or both are split over the same workers (the runtime sends each row to its parent's
+   worker); when the parent's shares ran on workers the child does not use, the rows of those
+   shares are still priced as local: an approximation of a state with one KV bit per worker and task.
 4. A worker's busy time in an epoch is its load time plus the sum of its tasks' times (tasks of one
    model on one worker run back to back in one engine; batching inside a task is already priced in
    its times).
@@ -56,6 +65,18 @@ class CostCurves(Protocol):
 
 
 @dataclass(frozen=True)
+class Split:
+    """One share of a `ways`-way split of an LLM task: its times when the task's instances are divided
+    evenly over `ways` workers (rule 3b)."""
+
+    ways: int
+    prefill_s: float
+    decode_s: float
+    kv_saving_s: float = 0.0
+    kv_move_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class LLMTask:
     """One LLM node of the consolidated graph, with its predicted times (all rows batched)."""
 
@@ -71,6 +92,8 @@ class LLMTask:
     # task's requests (EXPLAIN prints them beside what a run measured).
     prompt_tokens: int = 0
     output_tokens: int = 0  # generated
+    instances: int = 0  # physical nodes (executions) of the node: what a split divides
+    splits: tuple[Split, ...] = ()  # the split degrees it may take (rule 3b); empty: it runs whole
 
 
 @dataclass(frozen=True)
@@ -137,6 +160,14 @@ class PlanProblem:
                     raise ValueError(f"task {t.id}: kv_parent must be a dependency of the same model")
                 if t.kv_saving_s > t.prefill_s:
                     raise ValueError(f"task {t.id}: kv_saving_s exceeds prefill_s")
+            ways = [s.ways for s in t.splits]
+            if len(set(ways)) != len(ways) or any(k < 2 for k in ways):
+                raise ValueError(f"task {t.id}: split ways must be distinct and at least 2")
+            for sp in t.splits:
+                if min(sp.prefill_s, sp.decode_s, sp.kv_saving_s, sp.kv_move_s) < 0:
+                    raise ValueError(f"task {t.id}: split {sp.ways}: times must be non-negative")
+                if sp.kv_saving_s > sp.prefill_s:
+                    raise ValueError(f"task {t.id}: split {sp.ways}: kv_saving_s exceeds prefill_s")
         for w, m in self.resident.items():
             if m is not None and m not in self.model_load_s:
                 raise ValueError(f"worker {w}: unknown resident model {m!r}")
