@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 
 class LLMWorker(Protocol):
     index: int
+    alive: bool  # False once a remote worker is gone: its work goes to a live one (`_live`)
 
     @property
     def inflight(self) -> int: ...
@@ -289,10 +290,11 @@ class Processor:
         core = self.core
         self._dispatch_tools(core.pop(self.execution.tool_queue))
         for worker in self.workers:
-            room = self.max_inflight - worker.inflight
+            target = self._live(worker)  # a dead worker's queue drains to a live one
+            room = self.max_inflight - target.inflight
             if room > 0 and core.ready_count(worker.index):
-                self._dispatch_llm(worker, core.pop(worker.index, room))
-            if worker.inflight == 0 and not core.ready_count(worker.index):
+                self._dispatch_llm(target, core.pop(worker.index, room))
+            if worker.alive and worker.inflight == 0 and not core.ready_count(worker.index):
                 self._preload_next(worker)
 
     def llm_finished(self, done: LLMDone) -> None:
@@ -429,7 +431,15 @@ class Processor:
             self._dispatch_tools(np.asarray([phys]))
 
     def _worker_for(self, node: GraphNode) -> LLMWorker:
-        return self.workers[int(self.execution.worker_of.get(node.id, 0)) % len(self.workers)]
+        return self._live(self.workers[int(self.execution.worker_of.get(node.id, 0)) % len(self.workers)])
+
+    def _live(self, worker: LLMWorker) -> LLMWorker:
+        """`worker`, or while it is dead the live worker with the least in flight (lowest index on a tie);
+        with none alive, `worker` itself (it fails what it is sent, naming itself)."""
+        if worker.alive:
+            return worker
+        live = [w for w in self.workers if w.alive]
+        return min(live, key=lambda w: (w.inflight, w.index)) if live else worker
 
     def _send(self, node: GraphNode, calls: list[_Work]) -> None:
         """Send calls that are rendered already (a retried element) to the node's worker or the pool."""
@@ -590,7 +600,7 @@ class Processor:
                 failed.append(LLMDone(request.phys, worker.index, error=prompt, start=now, end=now, owner=self.owner))
                 continue
             source = self.execution.kv_source.get(self.graph.physical.node[self._phys_of(request.phys)])
-            if source is not None and source != worker.index:
+            if source is not None and source != worker.index and self.workers[source].alive:
                 worker.pull_prefix(self.workers[source], request.model, prompt)
                 self.out.kv_moves += 1
             jobs.append(LLMJob(request.phys, request.model, prompt, request.params, self.owner, request.n))
