@@ -62,6 +62,7 @@ class EngineActor:
         # A source maps to the model loaded instead, as in-process (the driver's tokenizer is that model's).
         self.worker = LocalWorker(index, EngineSet(recipe.with_options(num_threads=threads).build, capacity))
         self.imported = 0  # tokens of the prefixes imported from other actors
+        self.iterations = 0  # of the loop thread (it sleeps while idle: a test reads this)
         self._cond = threading.Condition()
         self._inbox: list[Callable[[], None]] = []  # commands for the loop thread, in arrival order
         self._outbox: list[LLMDone] = []  # completions the driver has not drained yet
@@ -113,6 +114,10 @@ class EngineActor:
     def stats(self) -> EngineStats:
         return self._call(self.worker.stats)
 
+    def inflight(self) -> int:
+        """Jobs here not finished: running, waiting for room, or waiting for their imports."""
+        return self._call(lambda: self.worker.inflight + sum(len(s.jobs) for s in self._staged))
+
     def node_id(self) -> str:
         """The Ray node this actor runs on."""
         import ray
@@ -138,11 +143,13 @@ class EngineActor:
                 if self._closed:
                     return
                 commands, self._inbox, self._woken = self._inbox, [], False
+            self.iterations += 1
             finished: list[LLMDone] = []
             try:
-                for command in commands:
+                for command in commands:  # a submit's jobs start before the next command (a cancel) runs
                     command()
-                finished.extend(self._start_ready())
+                    finished.extend(self._start_ready())
+                finished.extend(self._start_ready())  # imports that arrived
                 if self.worker.inflight:
                     finished.extend(self.worker.poll())
             except Exception as exc:  # a broken step must not leave jobs hanging: fail them, keep serving
@@ -205,7 +212,9 @@ class EngineActor:
         return future.result()
 
     @staticmethod
-    def _future_of(ref: Any) -> Future:  # noqa: ANN401 - a Ray ObjectRef, or the prefix itself in-process
+    def _future_of(ref: Any) -> Future:  # noqa: ANN401 - a Ray ObjectRef; in-process a Future or the prefix
+        if isinstance(ref, Future):
+            return ref
         if isinstance(ref, KVPrefix) or ref is None:
             future: Future = Future()
             future.set_result(ref)
