@@ -77,11 +77,14 @@ def test_cancel_aborts_a_runs_requests_in_the_actor_and_drops_its_later_jobs(act
     ids = _ids(actor, "Tell a story.")
     actor.submit([LLMJob(1, SOURCE, ids, LONG, owner=5), LLMJob(2, SOURCE, _ids(actor, "Hi."), SHORT, owner=6)])
     assert [d.owner for d in _until(actor, 2)] == [6]
-    actor.cancel(5)
+    actor.cancel(5, seq=2)
     assert actor.inflight() == 0  # run 5's decoding request is gone
-    actor.submit([LLMJob(3, SOURCE, ids, SHORT, owner=5), LLMJob(4, SOURCE, ids, SHORT, owner=7)])
-    assert [(d.phys, d.owner) for d in _until(actor, 4)] == [(4, 7)]  # run 5's late job never ran
+    # A submit the driver numbered before the cancel, arriving after it: run 5's job never runs.
+    actor.submit([LLMJob(3, SOURCE, ids, SHORT, owner=5), LLMJob(4, SOURCE, ids, SHORT, owner=7)], seq=1)
+    assert [(d.phys, d.owner) for d in _until(actor, 4)] == [(4, 7)]
     assert actor.inflight() == 0
+    actor.submit([LLMJob(5, SOURCE, ids, SHORT, owner=5)], seq=3)  # numbered after it (an owner id reused)
+    assert [(d.phys, d.owner, d.error) for d in _until(actor, 5)] == [(5, 5, None)]
 
 
 def test_an_idle_loop_thread_sleeps(actor: EngineActor):

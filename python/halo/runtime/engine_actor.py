@@ -16,7 +16,9 @@ timeout passes) hands the outbox to the driver, so completions stream back while
 new jobs join it between steps. A job may come with KV prefixes exported by another actor (their
 ObjectRefs, resolved through Ray's object store); the jobs wait in `_staged` until those arrive, and
 no thread of this actor ever blocks on another actor (two actors importing from each other at once
-cannot deadlock). A run's `cancel` aborts its requests here and drops its jobs that arrive later.
+cannot deadlock). A run's `cancel` aborts its requests here. Ray may run a threaded actor's calls out
+of order, so the driver numbers its calls (`seq`): a submit numbered before a cancel of its run is
+dropped even if it arrives after it, one numbered after it (a later run reusing the owner id) runs.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class _Staged:
 
     jobs: list[LLMJob]
     imports: list[tuple[str, Future]]
+    seq: int  # the driver's number of the submit
 
     @property
     def ready(self) -> bool:
@@ -69,19 +72,19 @@ class EngineActor:
         self._woken = False  # an import arrived
         self._closed = False
         self._staged: list[_Staged] = []  # loop thread only
-        self._cancelled: set[int] = set()  # loop thread only
+        self._cancelled: dict[int, int] = {}  # owner -> seq of its latest cancel (loop thread only)
         self._thread = threading.Thread(target=self._loop, name=f"halo-engine-actor-{index}", daemon=True)
         self._thread.start()
 
     # -- Ray calls (any thread) ---------------------------------------------------------------------
 
-    def submit(self, jobs: list[LLMJob], imports: list[tuple[str, Any]] | None = None) -> None:
+    def submit(self, jobs: list[LLMJob], imports: list[tuple[str, Any]] | None = None, seq: int = 0) -> None:
         """Queue `jobs` for the running batch; `imports` are (model, ObjectRef of an exported prefix)
         pairs the jobs' prompts start with, adopted before the jobs start. Returns at once."""
         futures = [(model, self._future_of(ref)) for model, ref in imports or ()]
         for _, future in futures:
             future.add_done_callback(lambda _: self._wake())
-        self._post(lambda: self._staged.append(_Staged(list(jobs), futures)))
+        self._post(lambda: self._staged.append(_Staged(list(jobs), futures, seq)))
 
     def drain(self, timeout_s: float) -> list[tuple[LLMDone, float]]:
         """The completions finished since the last drain, each with its age (seconds since it finished,
@@ -92,9 +95,9 @@ class EngineActor:
         now = time.perf_counter()
         return [(d, now - d.end) for d in done]
 
-    def cancel(self, owner: int) -> None:
-        """Abort run `owner`'s requests here; its jobs that arrive later are dropped."""
-        self._post(lambda: self._cancel(owner))
+    def cancel(self, owner: int, seq: int = 0) -> None:
+        """Abort run `owner`'s requests here; its jobs of submits numbered before `seq` are dropped."""
+        self._post(lambda: self._cancel(owner, seq))
 
     def preload(self, model: str) -> float:
         """Load `model` (on the loop thread, between steps); the seconds it took."""
@@ -157,7 +160,7 @@ class EngineActor:
                 finished.extend(self.worker.fail_all(f"worker {self.worker.index}: {type(exc).__name__}: {exc}"))
             if finished:
                 with self._cond:
-                    self._outbox.extend(d for d in finished if d.owner not in self._cancelled)
+                    self._outbox.extend(finished)  # the driver drops what a cancelled run left
                     self._cond.notify_all()
 
     def _start_ready(self) -> list[LLMDone]:
@@ -173,12 +176,13 @@ class EngineActor:
                     self._import(model, future.result())
                 else:
                     log.warning("engine actor %d: a prefix export failed: %s", self.worker.index, future.exception())
-            failed.extend(self.worker.submit([j for j in staged.jobs if j.owner not in self._cancelled]))
+            live = [j for j in staged.jobs if staged.seq > self._cancelled.get(j.owner, -1)]
+            failed.extend(self.worker.submit(live))
         self._staged = waiting
         return failed
 
-    def _cancel(self, owner: int) -> None:
-        self._cancelled.add(owner)
+    def _cancel(self, owner: int, seq: int) -> None:
+        self._cancelled[owner] = max(seq, self._cancelled.get(owner, -1))
         self.worker.cancel(owner)
 
     def _import(self, model: str, prefix: KVPrefix | None) -> int:

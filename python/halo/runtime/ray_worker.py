@@ -18,6 +18,7 @@ so the Processor and the run loop drive both alike, but nothing here waits on th
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -71,6 +72,7 @@ class RayWorker:
         self._drain: Future | None = None  # the outstanding drain call
         self._calls: list[Future] = []  # submits and cancels not yet acknowledged (their errors count)
         self._imports: list[tuple[str, Any]] = []  # (model, ObjectRef of an export) for the next submit
+        self._seq = itertools.count()  # numbers submits and cancels (the actor may run them out of order)
         self._requested: dict[str, None] = {}  # models asked to load here, in order (resident unless evicted)
         self._stats = EngineStats()  # the last stats read (what a dead worker reports)
         self._moved = 0
@@ -96,7 +98,7 @@ class RayWorker:
             self._sent[(job.owner, job.phys)] = _Sent(job, now)
         # The imports travel nested in a list: Ray passes them as references, which the actor resolves
         # without blocking (a top-level ref would make the call wait, and fail with a dead source).
-        self._calls.append(self._actor.submit.remote(list(jobs), self._imports).future())
+        self._calls.append(self._actor.submit.remote(list(jobs), self._imports, next(self._seq)).future())
         self._imports = []
         self._ensure_drain()
         return []
@@ -107,7 +109,7 @@ class RayWorker:
         for key in keys:
             del self._sent[key]
         if self.alive:
-            self._calls.append(self._actor.cancel.remote(owner).future())
+            self._calls.append(self._actor.cancel.remote(owner, next(self._seq)).future())
         return len(keys)
 
     def poll(self) -> list[LLMDone]:
@@ -157,13 +159,15 @@ class RayWorker:
         return self._actor.preload.remote(model)
 
     def stats(self) -> EngineStats:
+        """The actor's engine counters; the last ones read once it is unreachable (a poll, not this,
+        reports its death: only a poll can hand back the jobs it held)."""
         import ray
 
         if self.alive:
             try:
                 self._stats = ray.get(self._actor.stats.remote())
-            except ray.exceptions.RayError as exc:
-                self._died(exc)
+            except ray.exceptions.RayError:
+                pass
         return self._stats
 
     def node_id(self) -> str:
@@ -188,8 +192,8 @@ class RayWorker:
         if self.alive:
             try:
                 self._moved = ray.get(self._actor.imported_tokens.remote())
-            except ray.exceptions.RayError as exc:
-                self._died(exc)
+            except ray.exceptions.RayError:
+                pass
         return self._moved
 
     def shutdown(self) -> None:
