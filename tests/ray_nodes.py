@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,10 +105,8 @@ class RayNodes:
             _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for process in reversed(self.processes):
-            try:
+            with suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             _signal_group(process, signal.SIGKILL)  # whatever of the group outlived its `ray start`
             process.wait()
         self.processes = []
@@ -147,7 +145,5 @@ def _read_lines(process: subprocess.Popen, lines: queue.Queue[str | None]) -> No
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass

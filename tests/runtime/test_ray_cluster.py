@@ -87,11 +87,9 @@ def test_workers_on_two_nodes_move_a_prefix_and_match_one_worker(cluster: RayNod
     rows = [{"city": c} for c in ("Oslo", "Lima", "Oslo")]
     options = {"models": {SOURCE: str(tiny_model)}, "dtype": "fp32", "engine_options": ENGINE, "cache": False}
     # The plan under test: the parent on w0, the child on w1 with its shared prefix moved over.
+    moved = {"kv_parent": "intro", "kv_saving_s": 0.5, "kv_move_s": 0.01}
     problem = PlanProblem(
-        tasks=(
-            LLMTask("intro", SOURCE, 1.0, 1.0),
-            LLMTask("more", SOURCE, 1.0, 1.0, depends_on=("intro",), kv_parent="intro", kv_saving_s=0.5, kv_move_s=0.01),
-        ),
+        tasks=(LLMTask("intro", SOURCE, 1.0, 1.0), LLMTask("more", SOURCE, 1.0, 1.0, depends_on=("intro",), **moved)),
         workers=(Worker("w0"), Worker("w1")),
         model_load_s={SOURCE: 1.0},
     )

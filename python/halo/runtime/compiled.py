@@ -90,7 +90,7 @@ def compile(  # noqa: A001 - the public name the design asks for
     if not isinstance(cache, bool):
         raise InvalidRequestError(f"cache must be True or False, got {cache!r}")
     if isinstance(worker_resources, str):
-        raise InvalidRequestError(f"worker_resources must be a list of names (one per worker), got {worker_resources!r}")
+        raise InvalidRequestError(f"worker_resources must be a list of names, one per worker: got {worker_resources!r}")
     ray = RayOptions(ray_address, worker_cpus, tuple(worker_resources or ()))
     ray.check(workers)
     return CompiledWorkflow(

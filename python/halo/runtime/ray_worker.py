@@ -17,6 +17,7 @@ so the Processor and the run loop drive both alike, but nothing here waits on th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -164,10 +165,8 @@ class RayWorker:
         import ray
 
         if self.alive:
-            try:
+            with contextlib.suppress(ray.exceptions.RayError):
                 self._stats = ray.get(self._actor.stats.remote())
-            except ray.exceptions.RayError:
-                pass
         return self._stats
 
     def node_id(self) -> str:
@@ -190,10 +189,8 @@ class RayWorker:
         import ray
 
         if self.alive:
-            try:
+            with contextlib.suppress(ray.exceptions.RayError):
                 self._moved = ray.get(self._actor.imported_tokens.remote())
-            except ray.exceptions.RayError:
-                pass
         return self._moved
 
     def shutdown(self) -> None:

@@ -8,7 +8,8 @@ the next one, so a new run's first nodes join the engine batch while older runs 
 each completion goes back to the run whose `owner` id it carries; guest requests (chat) ride the same
 steps. A remote worker (`remote = True`: a Ray actor steps its own engine) is only collected from,
 never waited on; when nothing moved in a step the loop sleeps until a tool call or a remote worker's
-wakeup finishes (`_idle_wait`), so the driver neither blocks on one worker nor spins. `CompiledWorkflow.run` is a loop with one run; the online session keeps one loop for all.
+wakeup finishes (`_idle_wait`), so the driver neither blocks on one worker nor spins.
+`CompiledWorkflow.run` is a loop with one run; the online session keeps one loop for all.
 Only the thread calling `step` touches the workers. The loop knows a run only by the `LoopRun` protocol
 (`Processor` implements it, and its `run()` is a loop of its own), so it sits below the Processor.
 """
