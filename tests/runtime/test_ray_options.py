@@ -68,9 +68,8 @@ def test_compile_checks_the_options_before_starting_anything():
 
 def test_halo_run_takes_the_ray_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     workflow = tmp_path / "w.yaml"
-    workflow.write_text(
-        "name: w\ninputs: [q]\nnodes:\n  - {id: a, kind: llm, prompt: '{{ q }}', max_tokens: 2}\noutputs: {a: a.output}\n"
-    )
+    node = "{id: a, kind: llm, prompt: '{{ q }}', max_tokens: 2}"
+    workflow.write_text(f"name: w\ninputs: [q]\nnodes:\n  - {node}\noutputs: {{a: a.output}}\n")
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"q": "hi"}\n')
     command = ["run", str(workflow), "--input", str(rows), "--output", str(tmp_path / "out.jsonl"), "--quiet"]
