@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 class LLMWorker(Protocol):
     index: int
     alive: bool  # False once a remote worker is gone: its work goes to a live one (`_live`)
+    remote: bool  # its engines step elsewhere (a Ray actor): the run loop waits on its `wakeups()`
 
     @property
     def inflight(self) -> int: ...
@@ -86,6 +87,8 @@ class LLMWorker(Protocol):
     def cancel(self, owner: int) -> int: ...
 
     def preload_async(self, model: str) -> Any: ...  # noqa: ANN401 - a Ray ObjectRef or None
+
+    def wakeups(self) -> list[Future]: ...  # futures that finish when a poll would find something
 
 
 class Tools(Protocol):

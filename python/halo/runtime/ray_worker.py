@@ -211,6 +211,10 @@ class RayWorker:
         self.death = f"Ray worker {self.index} failed ({type(error).__name__}: {summary})"
         log.warning("%s; %d jobs in flight there are reported failed", self.death, len(self._sent))
         self.alive = False
+        import ray
+
+        with contextlib.suppress(Exception):  # an actor that failed a call without dying holds its CPUs
+            ray.kill(self._actor)
         sent, self._sent = list(self._sent.values()), {}
         self._drain, self._calls, self._imports = None, [], []
         return [self._failed(s) for s in sent]
