@@ -25,7 +25,8 @@ from halo.engine.model_config import ModelConfig
 from halo.plan import WhitespaceTokenizer, consolidate
 from halo.plan.emit import emit
 from halo.plan.prompt_tokens import _SENTINEL, chat_messages
-from halo.runtime.llm_worker import EngineActor, EngineRecipe, LLMJob
+from halo.runtime.engine_actor import EngineActor
+from halo.runtime.llm_worker import EngineRecipe, LLMJob
 from halo.runtime.processor import Processor
 from halo.runtime.tools import ToolRunner
 from halo.spec import Workflow
@@ -221,13 +222,17 @@ def test_a_prompt_over_the_context_window_is_its_rows_located_error(app):
 def test_an_engine_actor_runs_jobs_and_moves_prefixes_by_token_ids(tiny_model):
     """The body of a Ray worker, in this process: jobs and prefix exports carry ids, as Ray pickles them."""
     actor = EngineActor(0, EngineRecipe({"dtype": "fp32", **ENGINE}, models={SOURCE: str(tiny_model)}), 1, 2)
-    engine = actor.worker.engines.get(SOURCE)
-    assert engine is not None
-    messages = [{"role": "system", "content": "Rules. " * 40}, {"role": "user", "content": "Go."}]
-    ids = engine.encode_prompt(messages)
-    params = SamplingParams(max_tokens=3)
-    [(done, _)] = actor.run([LLMJob(7, SOURCE, ids, params, owner=2)])
-    assert (done.phys, done.owner, done.error, done.prompt_tokens) == (7, 2, None, len(ids))
-    assert done.text == engine.generate([messages], params)[0].text
-    prefix = actor.export_prefix(SOURCE, ids)
-    assert prefix is not None and list(prefix.token_ids) == ids[: prefix.num_tokens] and prefix.num_tokens >= 16
+    try:
+        actor.preload(SOURCE)
+        engine = actor.worker.engines.engines[SOURCE]
+        messages = [{"role": "system", "content": "Rules. " * 40}, {"role": "user", "content": "Go."}]
+        ids = engine.encode_prompt(messages)
+        params = SamplingParams(max_tokens=3)
+        actor.submit([LLMJob(7, SOURCE, ids, params, owner=2)])
+        [(done, _)] = actor.drain(timeout_s=60.0)
+        assert (done.phys, done.owner, done.error, done.prompt_tokens) == (7, 2, None, len(ids))
+        assert done.text == engine.generate([messages], params)[0].text  # the actor's loop is idle now
+        prefix = actor.export_prefix(SOURCE, ids)
+        assert prefix is not None and list(prefix.token_ids) == ids[: prefix.num_tokens] and prefix.num_tokens >= 16
+    finally:
+        actor.close()

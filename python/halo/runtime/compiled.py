@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from halo.runtime.run_stats import RowCallback, TokenCounts, run_result, run_sta
 from halo.runtime.serial import SerialOutcome, run_serial
 from halo.runtime.tools.tool_runner import ToolRunner
 from halo.runtime.tools.tool_stats import ToolSpan
-from halo.runtime.workers import WorkerPool
+from halo.runtime.workers import RayOptions, WorkerPool
 from halo.spec.workflow import Workflow
 
 __all__ = ["CompiledWorkflow", "PlanMode", "compile"]
@@ -62,6 +62,8 @@ def compile(  # noqa: A001 - the public name the design asks for
     tool_threads: int = DEFAULT_TOOL_THREADS,
     max_inflight: int | None = None,
     ray_address: str | None = None,
+    worker_cpus: float | None = None,
+    worker_resources: Sequence[str] | None = None,
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> CompiledWorkflow:
@@ -69,8 +71,11 @@ def compile(  # noqa: A001 - the public name the design asks for
 
     `models` maps a model source named in the workflow to another one to load instead (e.g. a local
     GGUF). `engine_options` go to every `LLMEngine` (kv_memory_gb, max_num_seqs, ...). With more than
-    one worker each runs in a Ray actor on its share of the cores (a local Ray is started on demand,
-    or `ray_address` joins a cluster). `cache` turns the persistent result cache on for `run` (a run's
+    one worker each runs in a Ray actor (a local Ray is started on demand, or `ray_address`, e.g.
+    "10.0.0.1:6379", joins an existing cluster) reserving `worker_cpus` CPUs (default: this machine's
+    cores ÷ workers); `worker_resources` names one custom Ray resource per worker, a node label that
+    puts worker i on a node started with it (`ray start --resources '{"LABEL": 1}'`; README "Running
+    on a Ray cluster"). `cache` turns the persistent result cache on for `run` (a run's
     `cache=` overrides it), kept in `cache_dir` (default: `$HALO_RESULT_CACHE_DIR`, else
     `<halo cache dir>/results`; docs/result_cache.md).
     """
@@ -85,6 +90,10 @@ def compile(  # noqa: A001 - the public name the design asks for
         raise InvalidRequestError("the serial baseline runs on one worker")
     if not isinstance(cache, bool):
         raise InvalidRequestError(f"cache must be True or False, got {cache!r}")
+    if isinstance(worker_resources, str):
+        raise InvalidRequestError(f"worker_resources must be a list of names, one per worker: got {worker_resources!r}")
+    ray = RayOptions(ray_address, worker_cpus, tuple(worker_resources or ()))
+    ray.check(workers)
     return CompiledWorkflow(
         workflow,
         workers=workers,
@@ -94,7 +103,7 @@ def compile(  # noqa: A001 - the public name the design asks for
         allowed_hosts=tuple(allowed_hosts),
         tool_threads=tool_threads,
         max_inflight=max_inflight,
-        ray_address=ray_address,
+        ray=ray,
         cache=cache,
         cache_dir=cache_dir,
     )
@@ -114,7 +123,7 @@ class CompiledWorkflow:
         allowed_hosts: tuple[str, ...],
         tool_threads: int,
         max_inflight: int | None,
-        ray_address: str | None,
+        ray: RayOptions | None = None,
         cache: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -152,7 +161,7 @@ class CompiledWorkflow:
         # Remote workers first: an unset API key fails compile before any model loads.
         self._remote = {w.source: w for w in start_remote_workers(workflow, first_index=workers)}
         try:
-            self._pool = WorkerPool(workers, self.model_sources, recipe=recipe, ray_address=ray_address)
+            self._pool = WorkerPool(workers, self.model_sources, recipe=recipe, ray=ray)
         except BaseException:
             self._close_remote()
             raise

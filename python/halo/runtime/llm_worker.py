@@ -1,15 +1,18 @@
-"""LLM workers: one engine per resident model, in this process (one worker) or as Ray actors (several).
+"""LLM workers: one engine per resident model, in this process (`LocalWorker`) or in a Ray actor.
 
-Both kinds take `LLMJob`s and hand back `LLMDone`s through the same three calls, so the Processor
-drives them alike: `submit(jobs)` (returns jobs that failed validation at once, e.g. a prompt over
-the context window), `poll()` (advances the work a little and returns what finished) and
-`inflight`. A local worker advances by one engine step per poll, so new requests join the running
-batch between steps (continuous batching across nodes, and across runs: a job's `owner` says which
-run it belongs to, so several runs share one worker and each gets its own completions back). A
+Every kind takes `LLMJob`s and hands back `LLMDone`s through the same calls, so the Processor drives
+them alike: `submit(jobs)` (returns jobs that failed validation at once, e.g. a prompt over the
+context window), `poll()` (advances the work a little and returns what finished), `cancel(owner)`
+and `inflight`. A local worker advances by one engine step per poll, so new requests join the
+running batch between steps (continuous batching across nodes, and across runs: a job's `owner` says
+which run it belongs to, so several runs share one worker and each gets its own completions back). A
 local worker also takes *guest* requests (`add_guest`): engine requests added by whoever owns the
 worker's thread (the server's chat completions), stepped in the same batches, finished through a
-callback. A Ray worker runs whole batches in its actor; the next batch starts as soon as the
-previous one returns.
+callback. A Ray worker (`ray_worker.RayWorker`) runs this same `LocalWorker` inside its actor
+(`engine_actor.EngineActor`), on a loop thread of its own: jobs stream in and completions stream out.
+Two attributes tell the run loop how to wait: `remote` (its engine steps elsewhere, so a `poll` only
+collects) with `wakeups()` (futures that finish when there is something to collect), and `alive`
+(False once a remote worker's process is gone: the Processor sends its work to a live worker).
 
 A job's prompt is token ids (the Processor encoded them once, with the tokenizer of the job's
 model: see `Processor._prompts`), so an engine here, or in a Ray actor, does not encode it again;
@@ -24,10 +27,10 @@ sample order when the last one finishes.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,6 +147,9 @@ class LocalWorker:
     Only one thread may call into a worker (and so step its engines): the one running its runs.
     """
 
+    remote = False  # its engines step in `poll`, on the caller's thread
+    alive = True
+
     def __init__(self, index: int, engines: EngineSet) -> None:
         self.index = index
         self.engines = engines
@@ -182,6 +188,19 @@ class LocalWorker:
             for request_id in call.pending():
                 self._drop(request_id, call.job.model)
         return len(calls)
+
+    def wakeups(self) -> list[Future]:
+        """Nothing to wait for: this worker advances when polled."""
+        return []
+
+    def fail_all(self, message: str) -> list[LLMDone]:
+        """Abort every job here, waiting or running, and report each as failed with `message`."""
+        now = time.perf_counter()
+        failed = [LLMDone(j.phys, self.index, error=message, start=now, end=now, owner=j.owner) for j in self._waiting]
+        self._waiting = []
+        for model, engine in self.engines.engines.items():
+            failed.extend(self._fail_model(model, engine, message))
+        return failed
 
     def add_guest(
         self, model: str, prompt: list[int], params: SamplingParams, request_id: str, on_done: GuestDone
@@ -356,151 +375,3 @@ class EngineRecipe:
 
     def with_options(self, **options: Any) -> EngineRecipe:
         return EngineRecipe({**self.options, **options}, self.per_source, self.models)
-
-
-class EngineActor:
-    """The body of a Ray worker: its engines, driven a batch at a time (`run` returns when all finish)."""
-
-    def __init__(self, index: int, recipe: EngineRecipe, threads: int, capacity: int) -> None:
-        import torch
-
-        # Each actor owns its share of the cores: more threads than cores makes every op 10-50x slower.
-        torch.set_num_threads(threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        # A source maps to the model loaded instead, as in-process (the driver's tokenizer is that model's).
-        self.worker = LocalWorker(index, EngineSet(recipe.with_options(num_threads=threads).build, capacity))
-
-    def preload(self, model: str) -> float:
-        clock = time.perf_counter()
-        self.worker.preload(model)
-        return time.perf_counter() - clock
-
-    def run(self, jobs: list[LLMJob]) -> list[tuple[LLMDone, float]]:
-        """Run `jobs` to completion; each result comes with its (start, end) as offsets from the call.
-
-        The remote half of a `RayWorker`: the run loop polls the RayWorker, this polls the actor's own
-        `LocalWorker` (the same stepping code) until the batch it was sent is done."""
-        base = time.perf_counter()
-        out = self.worker.submit(jobs)
-        while self.worker.inflight:
-            out.extend(self.worker.poll())
-        return [(d, d.start - base) for d in out]
-
-    def stats(self) -> EngineStats:
-        return self.worker.stats()
-
-    def export_prefix(self, model: str, prompt: Prompt) -> KVPrefix | None:
-        return self.worker.export_prefix(model, prompt)
-
-    def import_prefix(self, model: str, prefix: KVPrefix | None) -> int:
-        return self.worker.import_prefix(model, prefix)
-
-
-class RayWorker:
-    """A worker in a Ray actor (one engine process per worker), fed one batch at a time."""
-
-    def __init__(self, index: int, recipe: EngineRecipe, threads: int, capacity: int = 2) -> None:
-        import ray
-
-        self.index = index
-        actor_class = ray.remote(num_cpus=threads)(EngineActor)
-        self._actor = actor_class.remote(index, recipe, threads, capacity)
-        self._pending: list[LLMJob] = []
-        self._call: Any = None  # the ObjectRef of the batch running now
-        self._call_jobs = 0
-        self._call_start = 0.0
-        self._imports: list[Any] = []  # ObjectRefs of KV imports in flight
-        self._requested: dict[str, None] = {}  # models asked to load here, in order (resident unless evicted)
-        self.preloads = 0
-        self._moved = 0
-        self._cancelled: set[int] = set()  # runs whose completions are dropped (see `cancel`)
-
-    @property
-    def inflight(self) -> int:
-        return len(self._pending) + self._call_jobs
-
-    def resident_models(self) -> list[str]:
-        """The models asked to load in the actor, in the order asked (the actor may have evicted some)."""
-        return list(self._requested)
-
-    def cancel(self, owner: int) -> int:
-        """Drop run `owner`'s jobs not sent yet; those inside the running batch finish and are discarded."""
-        before = len(self._pending)
-        self._pending = [j for j in self._pending if j.owner != owner]
-        self._cancelled.add(owner)
-        return before - len(self._pending)
-
-    def preload(self, model: str) -> None:
-        import ray
-
-        ref = self.preload_async(model)
-        if ref is not None:
-            ray.get(ref)
-
-    def preload_async(self, model: str) -> Any:
-        """Start loading `model` in the actor (it runs before this worker's next batch); no wait here.
-        Returns the load's ObjectRef, or None when it was asked for already."""
-        if model in self._requested:
-            return None
-        self._requested[model] = None
-        self.preloads += 1
-        return self._actor.preload.remote(model)
-
-    def submit(self, jobs: Sequence[LLMJob]) -> list[LLMDone]:
-        self._pending.extend(jobs)
-        self._launch()
-        return []
-
-    def poll(self) -> list[LLMDone]:
-        import ray
-
-        if self._call is None:
-            self._launch()
-            return []
-        ready, _ = ray.wait([self._call], timeout=0)
-        if not ready:
-            return []
-        base, end = self._call_start, time.perf_counter()
-        results = ray.get(self._call)
-        self._call, self._call_jobs = None, 0
-        self._launch()
-        # The actor's clock is not ours: place each request by its offset inside the call.
-        return [
-            dataclasses.replace(d, worker=self.index, start=base + offset, end=end)
-            for d, offset in results
-            if d.owner not in self._cancelled
-        ]
-
-    def stats(self) -> EngineStats:
-        import ray
-
-        return ray.get(self._actor.stats.remote())
-
-    def pull_prefix(self, source: RayWorker, model: str, prompt: Prompt) -> None:
-        """Move the KV `source` holds for `prompt`'s prefix into this worker, without waiting here.
-
-        The exported prefix travels through Ray's object store straight from one actor to the other;
-        an actor runs its calls in order, so the import lands before the next batch this worker runs.
-        """
-        exported = source._actor.export_prefix.remote(model, prompt)
-        self._imports.append(self._actor.import_prefix.remote(model, exported))
-
-    def imported_tokens(self) -> int:
-        """Tokens imported so far by `pull_prefix` (waits for the moves still in flight)."""
-        import ray
-
-        self._moved += sum(ray.get(self._imports))
-        self._imports = []
-        return self._moved
-
-    def shutdown(self) -> None:
-        import ray
-
-        ray.kill(self._actor)
-
-    def _launch(self) -> None:
-        if self._call is None and self._pending:
-            jobs, self._pending = self._pending, []
-            self._call_start = time.perf_counter()
-            self._call_jobs = len(jobs)
-            self._call = self._actor.run.remote(jobs)

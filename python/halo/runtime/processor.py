@@ -72,6 +72,8 @@ if TYPE_CHECKING:
 
 class LLMWorker(Protocol):
     index: int
+    alive: bool  # False once a remote worker is gone: its work goes to a live one (`_live`)
+    remote: bool  # its engines step elsewhere (a Ray actor): the run loop waits on its `wakeups()`
 
     @property
     def inflight(self) -> int: ...
@@ -85,6 +87,8 @@ class LLMWorker(Protocol):
     def cancel(self, owner: int) -> int: ...
 
     def preload_async(self, model: str) -> Any: ...  # noqa: ANN401 - a Ray ObjectRef or None
+
+    def wakeups(self) -> list[Future]: ...  # futures that finish when a poll would find something
 
 
 class Tools(Protocol):
@@ -290,11 +294,12 @@ class Processor:
         core = self.core
         self._dispatch_tools(core.pop(self.execution.tool_queue))
         for worker in self.workers:
+            target = self._live(worker)  # a dead worker's queue drains to a live one
             # a remote model's worker takes every ready node (it bounds its own concurrency)
-            room = getattr(worker, "inflight_limit", self.max_inflight) - worker.inflight
+            room = getattr(target, "inflight_limit", self.max_inflight) - target.inflight
             if room > 0 and core.ready_count(worker.index):
-                self._dispatch_llm(worker, core.pop(worker.index, room))
-            if worker.inflight == 0 and not core.ready_count(worker.index):
+                self._dispatch_llm(target, core.pop(worker.index, room))
+            if worker.alive and worker.inflight == 0 and not core.ready_count(worker.index):
                 self._preload_next(worker)
 
     def llm_finished(self, done: LLMDone) -> None:
@@ -432,12 +437,21 @@ class Processor:
 
     def _worker_for(self, node: GraphNode, job: int) -> LLMWorker:
         """The worker of llm job `job`: its node's planned worker, or for a node split data-parallel
-        its instance's share worker (`emit.split_assignment`, which prefers the parent's worker)."""
+        its instance's share worker (`emit.split_assignment`, which prefers the parent's worker); while
+        that worker is dead, a live one (`_live`)."""
         if node.id in self.execution.workers_of:
             index = int(self.execution.queue[self._phys_of(job)])
         else:
             index = int(self.execution.worker_of.get(node.id, 0))
-        return self.workers[index % len(self.workers)]
+        return self._live(self.workers[index % len(self.workers)])
+
+    def _live(self, worker: LLMWorker) -> LLMWorker:
+        """`worker`, or while it is dead the live worker with the least in flight (lowest index on a tie);
+        with none alive, `worker` itself (it fails what it is sent, naming itself)."""
+        if worker.alive:
+            return worker
+        live = [w for w in self.workers if w.alive]
+        return min(live, key=lambda w: (w.inflight, w.index)) if live else worker
 
     def _send(self, node: GraphNode, calls: list[_Work]) -> None:
         """Send calls that are rendered already (a retried element) to the node's worker or the pool."""
@@ -604,7 +618,7 @@ class Processor:
             instance = self._phys_of(request.phys)  # a split node's instances pull their prefix one by one
             node_id = self.graph.physical.node[instance]
             source = self.execution.kv_source_of.get(instance, self.execution.kv_source.get(node_id))
-            if source is not None and source != worker.index:
+            if source is not None and source != worker.index and self.workers[source].alive:
                 worker.pull_prefix(self.workers[source], request.model, prompt)
                 self.out.kv_moves += 1
             jobs.append(LLMJob(request.phys, request.model, prompt, request.params, self.owner, request.n))

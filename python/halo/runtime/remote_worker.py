@@ -6,7 +6,8 @@ so a remote model's llm nodes go through the same dispatch, deduplication, resul
 `settle` as a local engine's. Its calls run on an asyncio loop in a background thread, over one
 `httpx.AsyncClient`, at most `max_concurrency` at once (a semaphore); `submit` hands a call to that
 loop and keeps its `concurrent.futures.Future`, `poll` returns the calls whose futures are done (no
-wait), and `waitables` gives the loop those futures to sleep on when nothing else moves (no spinning).
+wait), and `wakeups` gives the loop those futures to sleep on when nothing else moves (no spinning);
+it is `remote` (a poll only collects) and always `alive` (a failing server fails calls, not the worker).
 `inflight_limit` tells the Processor to hand over every ready node at once: the worker queues what
 exceeds `max_concurrency` itself.
 
@@ -47,6 +48,8 @@ class RemoteWorker:
     """The worker of remote model `name` (declared `spec`), worker `index` of its app."""
 
     inflight_limit = INFLIGHT_LIMIT
+    remote = True  # its calls run on the server: a poll only collects
+    alive = True  # an unreachable server fails each call (retried, then the row's error), never the worker
 
     def __init__(
         self, index: int, source: str, name: str, spec: ModelSpec, api_key: str | None, template: ChatTokenizer | None
@@ -110,7 +113,7 @@ class RemoteWorker:
         self.retries = self._retried
         return out
 
-    def waitables(self) -> list[Future[LLMDone]]:
+    def wakeups(self) -> list[Future[LLMDone]]:
         """The calls in flight, for the run loop to sleep on when nothing else can move."""
         return list(self._calls.values())
 

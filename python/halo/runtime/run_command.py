@@ -39,6 +39,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="where the outputs go: .jsonl, .csv or .parquet")
     parser.add_argument("--workers", type=int, default=1, help="LLM workers (more than one run as Ray actors)")
     parser.add_argument(
+        "--ray-address", default=None, metavar="HOST:PORT", help="join this Ray cluster (default: start a local Ray)"
+    )
+    parser.add_argument(
+        "--worker-cpus", type=float, default=None, help="CPUs each Ray worker reserves (default: cores / workers)"
+    )
+    parser.add_argument(
+        "--worker-resources",
+        default=None,
+        metavar="LABEL,LABEL,...",
+        help="one custom Ray resource per worker, placing worker i on a node started with it",
+    )
+    parser.add_argument(
         "--plan",
         default="dp",
         choices=["dp", "greedy", "serial"],
@@ -65,6 +77,10 @@ def compile_options(args: argparse.Namespace) -> dict[str, Any]:
     (one place, so the batch explain analyzes runs on what `halo run` would start)."""
     return {
         "workers": args.workers,
+        # `halo explain --analyze` has no cluster flags: it runs on workers this machine starts
+        "ray_address": getattr(args, "ray_address", None),
+        "worker_cpus": getattr(args, "worker_cpus", None),
+        "worker_resources": _names(getattr(args, "worker_resources", None)),
         "plan": args.plan,
         "dtype": args.dtype,
         "engine_options": {"weights": args.weights},
@@ -112,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
         journal.unlink(missing_ok=True)  # nothing left to resume
     _summary(console, result, load_s, output, engines)
     return 1 if args.strict and result.errors else 0
+
+
+def _names(listed: str | None) -> list[str] | None:
+    """`a,b` -> ["a", "b"] (None when the option was not given)."""
+    return None if listed is None else [name.strip() for name in listed.split(",")]
 
 
 def pause_collector(as_program: bool) -> bool:

@@ -6,7 +6,10 @@ newer run's do, and no run starves however many arrive after it; the room a run 
 the next one, so a new run's first nodes join the engine batch while older runs still decode
 (continuous batching across runs). Then every worker advances once (one engine step in-process) and
 each completion goes back to the run whose `owner` id it carries; guest requests (chat) ride the same
-steps. `CompiledWorkflow.run` is a loop with one run; the online session keeps one loop for all.
+steps. A remote worker (`remote = True`: a Ray actor steps its own engine) is only collected from,
+never waited on; when nothing moved in a step the loop sleeps until a tool call or a remote worker's
+wakeup finishes (`_idle_wait`), so the driver neither blocks on one worker nor spins.
+`CompiledWorkflow.run` is a loop with one run; the online session keeps one loop for all.
 Only the thread calling `step` touches the workers. The loop knows a run only by the `LoopRun` protocol
 (`Processor` implements it, and its `run()` is a loop of its own), so it sits below the Processor.
 """
@@ -23,6 +26,8 @@ from halo.runtime.llm_worker import LLMDone
 from halo.runtime.request_board import RequestBoard
 
 log = logging.getLogger("halo.runtime")
+
+IDLE_WAIT_S = 0.005  # the longest an idle step sleeps: commands of an online session wait no longer
 
 
 class LoopRun(Protocol):
@@ -82,14 +87,13 @@ class RunLoop(Generic[RunT]):
             self._guarded(processor, processor.dispatch)
         stepped = False
         for worker in self._workers():
-            # A worker whose calls run elsewhere (a remote model's) does no work in `poll`: it is not a
-            # step, and when nothing else moves the loop sleeps on its `waitables` instead of spinning.
-            busy = worker.inflight > 0 and not hasattr(worker, "waitables")
-            for done in worker.poll():
+            busy = worker.inflight > 0 and not worker.remote  # a remote worker's poll steps nothing here
+            finished = worker.poll()
+            for done in finished:
                 processor = self._by_owner.get(done.owner)
                 if processor is not None:  # else its run was cancelled meanwhile
                     self._guarded(processor, lambda p=processor, d=done: p.llm_finished(d))
-            stepped |= busy
+            stepped |= busy or bool(finished)
         tools_done = False
         for processor in list(self.active):
             tools_done |= bool(self._guarded(processor, processor.collect_tools))
@@ -144,14 +148,16 @@ class RunLoop(Generic[RunT]):
         self._by_owner.pop(processor.owner, None)
 
     def _idle_wait(self) -> None:
-        """Nothing advanced: wait a little for a tool call (or a remote worker), or report a stall."""
-        if any(p.has_ready() for p in self.active):
-            return
+        """Nothing advanced: wait a little for a tool call or a remote worker, or report a stall.
+
+        A node still ready after dispatch is one whose worker has no room; it waits like the rest."""
         futures = [f for p in self.active for f in p.tool_calls]
-        futures += [f for w in self._workers() if hasattr(w, "waitables") for f in w.waitables()]
+        futures += [f for w in self._workers() if w.remote for f in w.wakeups()]
         if futures:
-            wait(futures, timeout=0.005, return_when=FIRST_COMPLETED)
+            wait(futures, timeout=IDLE_WAIT_S, return_when=FIRST_COMPLETED)
+            return
+        if any(p.has_ready() for p in self.active):
             return
         for processor in list(self.active):
             self._guarded(processor, processor.check_stalled)
-        time.sleep(0.001)  # remote workers are computing
+        time.sleep(0.001)
