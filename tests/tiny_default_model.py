@@ -18,7 +18,7 @@ from halo.engine.model_config import ModelConfig
 SOURCE = "smollm2-135m"  # the default model source the tiny model stands in for
 
 
-def build_tiny_default(directory: Path, seed: int = 0) -> Path:
+def build_tiny_default(directory: Path, seed: int = 0, context_length: int = 512) -> Path:
     """Write the tiny model into `directory` (created) and return it."""
     tokenizer = load_tokenizer()  # the default model's tokenizer only: no weights are read
     config = ModelConfig(
@@ -32,7 +32,7 @@ def build_tiny_default(directory: Path, seed: int = 0) -> Path:
         vocab_size=tokenizer.vocab_size,
         rope_theta=10000.0,
         rms_eps=1e-5,
-        context_length=512,
+        context_length=context_length,
         tie_embeddings=True,
     )
     generator = torch.Generator().manual_seed(seed)

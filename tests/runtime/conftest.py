@@ -8,6 +8,7 @@ PostgreSQL tests fail, not skip: CI must prove the server path works.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -213,3 +214,14 @@ def call_node(runner: Any, workflow: Any, node_id: str, row: dict[str, Any] | No
 @pytest.fixture
 def call() -> Any:
     return call_node
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A local Ray of two CPUs for one test module (its temp dir under the test's), shut down after it."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    tmp = tmp_path_factory.mktemp("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp))
+    yield ray
+    ray.shutdown()

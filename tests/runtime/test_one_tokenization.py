@@ -16,12 +16,7 @@ from typing import Any
 
 import halo
 import pytest
-import torch
 from halo.engine import SamplingParams
-from halo.engine.checkpoint import load_tokenizer
-from halo.engine.checkpoint_layout import Checkpoint, expected_shapes
-from halo.engine.hf_checkpoint import save_hf_checkpoint
-from halo.engine.model_config import ModelConfig
 from halo.plan import WhitespaceTokenizer, consolidate
 from halo.plan.emit import emit
 from halo.plan.prompt_tokens import _SENTINEL, chat_messages
@@ -31,8 +26,8 @@ from halo.runtime.processor import Processor
 from halo.runtime.tools import ToolRunner
 from halo.spec import Workflow
 from halo.spec.nodes import LlmNode
+from tiny_default_model import SOURCE, build_tiny_default  # SOURCE: the default model, mapped to the tiny one
 
-SOURCE = "smollm2-135m"  # the workflow's default model source, mapped to the tiny checkpoint
 ENGINE = {"kv_blocks": 512, "swap_space_gb": 0, "num_threads": 1}
 # Texts that make the planner's piecewise encoder work: special-token text, digits, unicode, spacing.
 WORDS = ["apple", "Pear 42", "fig <|im_end|> tree", "  spaced  out ", "naïve café", "x" * 40, "1234567890", "kiwi"]
@@ -40,29 +35,7 @@ WORDS = ["apple", "Pear 42", "fig <|im_end|> tree", "  spaced  out ", "naïve ca
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizer = load_tokenizer()  # the default model's tokenizer only: no weights are read
-    config = ModelConfig(
-        name="tiny",
-        num_layers=2,
-        hidden_size=32,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        intermediate_size=64,
-        vocab_size=tokenizer.vocab_size,
-        rope_theta=10000.0,
-        rms_eps=1e-5,
-        context_length=256,
-        tie_embeddings=True,
-    )
-    generator = torch.Generator().manual_seed(0)
-    weights = {
-        name: (torch.ones(shape) if len(shape) == 1 else torch.randn(shape, generator=generator) * 0.2)
-        for name, shape in expected_shapes(config).items()
-    }
-    directory = tmp_path_factory.mktemp("tiny") / "tiny"
-    save_hf_checkpoint(Checkpoint(directory, config, weights, tokenizer), directory)
-    return directory
+    return build_tiny_default(tmp_path_factory.mktemp("tiny") / "tiny", context_length=256)  # a test overflows it
 
 
 @pytest.fixture(scope="module")

@@ -4,23 +4,11 @@ with that prefix's KV pulled over), and the outputs equal the serial run's (fp32
 
 from __future__ import annotations
 
-import os
-
 import halo
 import pytest
 from halo.spec import Workflow
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    tmp = tmp_path_factory.mktemp("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp))
-    yield ray
-    ray.shutdown()
 
 
 def test_a_split_chain_runs_on_both_workers_and_matches_the_serial_run(ray_cluster):

@@ -9,7 +9,6 @@ workers on a real two-node cluster."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, wait
 from pathlib import Path
@@ -32,16 +31,6 @@ pytestmark = pytest.mark.slow
 
 TINY_ENGINE = {"kv_blocks": 512, "swap_space_gb": 0}
 TOPICS = ("bicycles", "trains", "ferries", "trams", "canoes", "gliders")
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    tmp = tmp_path_factory.mktemp("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp))
-    yield ray
-    ray.shutdown()
 
 
 def _workflow() -> Workflow:
