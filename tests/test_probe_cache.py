@@ -52,11 +52,14 @@ def test_the_packing_verdict_is_remembered_per_shape(cache_dir: Path, monkeypatc
 
     monkeypatch.setattr(linear, "_check_packing", counted)
     linear.packing_exact.cache_clear()
-    for _ in range(3):  # three layers of one shape: one check
-        assert linear.Linear(torch.randn(96, 64).bfloat16(), pack=True).packed
+    # the verdict is this CPU's (an AVX2-only one packs inexactly, so it does not pack): whatever it is,
+    # it is measured once per shape and then remembered
+    verdict = linear.Linear(torch.randn(96, 64).bfloat16(), pack=True).packed
+    for _ in range(2):  # more layers of one shape: no new check
+        assert linear.Linear(torch.randn(96, 64).bfloat16(), pack=True).packed == verdict
     assert checks == [(96, 64)]
     linear.packing_exact.cache_clear()  # a new process: the verdict comes from the cache dir
-    assert linear.Linear(torch.randn(96, 64).bfloat16(), pack=True).packed
+    assert linear.Linear(torch.randn(96, 64).bfloat16(), pack=True).packed == verdict
     assert checks == [(96, 64)]
     linear.packing_exact.cache_clear()
 
