@@ -46,8 +46,8 @@ def test_ngram_index_proposes_what_followed_the_latest_longest_match() -> None:
     assert index.propose(seq, 3) == [8, 9, 1]
     # without a 3-gram match the 2-gram decides: its latest earlier occurrence ended at 11, before 4, 6
     assert index.propose([*seq, 4, 6, 7], 2) == [4, 6]
-    assert index.propose([1, 2, 3], 4) == []  # no suffix n-gram occurred before
-    assert index.propose([3, 3], 4) == [3]  # the 1-gram (3) ended at 0; one token followed it
+    assert NgramIndex(1, 3).propose([1, 2, 3], 4) == []  # no suffix n-gram occurred before
+    assert NgramIndex(1, 3).propose([3, 3], 4) == [3]  # the 1-gram (3) ended at 0; one token followed it
     with pytest.raises(ValueError, match="min_n <= max_n"):
         NgramIndex(3, 1)
 
