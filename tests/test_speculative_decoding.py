@@ -6,7 +6,6 @@ inside an accepted run end where plain decoding ends, and ``auto`` stops draftin
 from __future__ import annotations
 
 import pytest
-
 from halo.engine import LLMEngine, SamplingParams
 from halo.engine.prompt_lookup import NgramIndex
 from halo.engine.sequence import Sequence, SequenceStatus
@@ -118,8 +117,10 @@ def test_prefix_sharing_and_cache_stay_consistent_after_rejected_drafts(engines)
     again = spec.generate(shared, params)
     assert tokens(again) == reference
     assert all(r.cached_tokens > 0 for r in again)
-    continued = [p + [{"role": "assistant", "content": r.text}, {"role": "user", "content": "Again."}]
-                 for p, r in zip(shared, first, strict=True)]
+    continued = [
+        p + [{"role": "assistant", "content": r.text}, {"role": "user", "content": "Again."}]
+        for p, r in zip(shared, first, strict=True)
+    ]
     plain.reset_prefix_cache()
     assert tokens(spec.generate(continued, params)) == [plain.generate([p], params)[0].token_ids for p in continued]
 
@@ -208,3 +209,32 @@ def test_auto_keeps_drafting_where_it_pays(checkpoint) -> None:
     prompts = [chat(p) for p in COPYING]
     assert tokens(auto.generate(prompts, params)) == tokens(plain.generate(prompts, params))
     assert auto.stats().speculative_accepted > 0
+
+
+@pytest.mark.slow
+def test_every_bench_workload_runs_identically_with_speculation_on_and_off(tmp_path) -> None:
+    """The bench workloads' llm nodes through `halo.compile(...).run` (fp32, two rows, answers capped at
+    24 tokens): with speculation forced on, every row's outputs equal those with it off."""
+    import sys
+    from pathlib import Path
+
+    import halo
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ lives outside the package
+    from bench.generators.report_api import ReportApi
+    from bench.generators.workloads import WORKLOADS, rows, stage
+
+    staged = stage(tmp_path / "wl", list(WORKLOADS), tmp_path / "data", scale_factor=0.01, seed=0, max_tokens=24)
+    drafted = 0
+    with ReportApi(0.0, seed=0) as api:
+        for name in WORKLOADS:
+            batch = rows(name, 2, 0, api.url)
+            outputs = {}
+            for mode in ("off", "on"):
+                with halo.compile(staged[name], dtype="fp32", cache=False, engine_options={"speculative": mode}) as app:
+                    result = app.run(batch)
+                    assert result.errors == [], (name, mode, result.errors)
+                    outputs[mode] = result.outputs
+                    drafted += app.engine().stats().speculative_proposed if mode == "on" else 0
+            assert outputs["on"] == outputs["off"], name
+    assert drafted > 0

@@ -29,9 +29,10 @@ class BatchScheduler:
     """FCFS admission, chunked prefill under a per-step token budget, preemption by recompute.
 
     Invariant: a running sequence owns blocks for exactly its computed tokens (plus the tokens being
-    computed in the current step, speculative drafts included). When blocks run out, cold prefix-cache blocks are evicted first;
-    then the most recently admitted running sequence is preempted (its blocks freed, its tokens
-    recomputed later, its prefix probably still in the cache), so the oldest requests always progress.
+    computed in the current step, speculative drafts included). When blocks run out, cold prefix-cache
+    blocks are evicted first; then the most recently admitted running sequence is preempted (its blocks
+    freed, its tokens recomputed later, its prefix probably still in the cache), so the oldest requests
+    always progress.
     """
 
     def __init__(self, block_manager: BlockManager, max_batch_tokens: int, max_num_seqs: int,

@@ -125,9 +125,9 @@ class Speculator:
         if seq.draft is None:
             st = DraftState(NgramIndex(self.min_ngram, self.max_ngram), seq.group, backoff=self.FIRST_BACKOFF)
             g = self.groups.get(seq.group) if seq.group is not None else None
-            if self.mode == "auto" and g is not None and g.proposed >= self.GROUP_WARMUP:
-                if g.rate * self.MARGIN < self.cost.break_even(seq.num_tokens):
-                    st.resume_at = len(seq.output_ids) + st.backoff  # the group's measured figure: start off
+            judged = self.mode == "auto" and g is not None and g.proposed >= self.GROUP_WARMUP
+            if judged and g.rate * self.MARGIN < self.cost.break_even(seq.num_tokens):
+                st.resume_at = len(seq.output_ids) + st.backoff  # the group's measured figure: start off
             seq.draft = st
         return seq.draft
 
@@ -147,7 +147,9 @@ class Speculator:
             if len(seq.output_ids) < st.resume_at:
                 continue
             # a run appends at most (drafts + 1) tokens: never draft past max_tokens or the context window
-            room = min(self.num_draft, seq.params.max_tokens - len(seq.output_ids) - 1, seq.max_len - seq.num_tokens - 1)
+            room = min(
+                self.num_draft, seq.params.max_tokens - len(seq.output_ids) - 1, seq.max_len - seq.num_tokens - 1
+            )
             if room < 1:
                 continue
             seq.draft_ids = st.index.propose(seq.tokens, room)
