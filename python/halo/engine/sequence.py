@@ -13,7 +13,7 @@ from halo.engine.sampling_params import SamplingParams
 if TYPE_CHECKING:
     import llguidance
 
-    from halo.engine.speculation import DraftState
+    from halo.engine.draft_state import DraftState
 
 
 class SequenceStatus(enum.Enum):

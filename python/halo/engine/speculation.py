@@ -29,39 +29,16 @@ sequence (and a request group, e.g. one workflow node) whose measured acceptance
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
+from halo.engine.draft_state import Acceptance, DraftState
 from halo.engine.prompt_lookup import NgramIndex
 from halo.engine.sequence import Sequence, SequenceStatus
 from halo.errors import InvalidRequestError
 
 SpeculativeMode = Literal["auto", "on", "off"]
 SPECULATIVE_MODES: tuple[str, ...] = ("auto", "on", "off")
-
-
-@dataclass
-class Acceptance:
-    """Drafted and accepted token counts, of one sequence or one request group."""
-
-    proposed: int = 0
-    accepted: int = 0
-    verifies: int = 0  # sequence-steps that verified a draft
-
-    @property
-    def rate(self) -> float:
-        return self.accepted / self.proposed if self.proposed else 0.0
-
-
-@dataclass
-class DraftState:
-    """A sequence's speculation state: its n-gram index, its acceptance, and when it may draft again."""
-
-    index: NgramIndex
-    group: str | None = None
-    window: Acceptance = field(default_factory=Acceptance)  # since drafting (re)started
-    resume_at: int = 0  # output length from which it may draft (auto back-off)
-    backoff: int = 0  # tokens the next back-off lasts
 
 
 @dataclass
