@@ -83,6 +83,12 @@ class EngineStats:
         """Accepted over proposed draft tokens (0.0 before any draft)."""
         return self.speculative_accepted / self.speculative_proposed if self.speculative_proposed else 0.0
 
+    @property
+    def tokens_per_verify(self) -> float:
+        """Tokens a drafting sequence gained per verify step (1 + accepted per verify; 1.0 without drafts):
+        what a decode cost per token could divide a drafting sequence's steps by."""
+        return 1.0 + self.speculative_accepted / self.speculative_verifies if self.speculative_verifies else 1.0
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
