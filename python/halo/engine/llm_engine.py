@@ -459,8 +459,11 @@ class LLMEngine:
             rest = token_logprobs(draft_logits[:accepted], [seq] * accepted, run[1:])
         done = False
         appended = 0
+        observe = self.runner.on_logits
         for i, token in enumerate(run):
             lp = first_lp if i == 0 else (rest[i - 1] if want_lp else None)
+            if i and observe is not None:  # the test hook sees each chosen token's row, as in plain decoding
+                observe([seq], draft_logits[i - 1 : i])
             self._stats.generated_tokens += 1
             appended += 1
             if self._append_token(seq, token, lp):

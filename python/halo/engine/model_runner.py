@@ -32,8 +32,9 @@ class ModelRunner:
         self.model = model
         self.kv = kv
         # Test hook: called after each forward with the sampling sequences (tokens not yet appended)
-        # and their fp32 logits [S, V], row i for sequence i. The fidelity tests compare these with
-        # transformers; nothing in the engine sets it.
+        # and their fp32 logits [S, V], row i for sequence i; a drafting sequence's accepted draft rows
+        # follow, one call each, just before the token each chose is appended (LLMEngine._accept_run).
+        # The fidelity tests compare these with transformers; nothing in the engine sets it.
         self.on_logits: LogitsObserver | None = None
 
     def prepare(self, batch: ScheduledBatch) -> tuple[StepContext, list[Sequence], list[ScoredRows]]:
