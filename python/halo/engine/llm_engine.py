@@ -414,14 +414,12 @@ class LLMEngine:
             done = self._observe_scored(rows, logits)
             if done is not None:
                 finished.append(done)
-        draft_seconds = 0.0
         if samplers:
             tokens, chosen_logprobs = self._select(logits[: len(samplers)], samplers)
             row = len(samplers)  # the drafting samplers' rows follow the samplers' own
             for seq, token, lp in zip(samplers, tokens, chosen_logprobs, strict=True):
                 d = len(seq.draft_ids)
                 if d:
-                    draft_seconds += d * self.speculator.cost.row_seconds(seq.num_tokens)
                     done = self._accept_run(seq, token, lp, logits[row : row + d])
                     row += d
                 else:
@@ -436,7 +434,7 @@ class LLMEngine:
         self._stats.step_seconds += seconds
         if batch.num_tokens == len(samplers) + drafted:
             # a step of decodes only (no prefill chunk): what auto mode prices drafts against
-            self.speculator.cost.observe(seconds, len(samplers), draft_seconds)
+            self.speculator.cost.observe(seconds, len(samplers), drafted)
         return finished
 
     def _accept_run(self, seq: Sequence, first: int, first_lp, draft_logits: torch.Tensor) -> bool:

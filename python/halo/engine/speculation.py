@@ -21,15 +21,15 @@ verify row would need the mask of the matcher state after the drafts before it (
 advanced, then rolled back), and jump-forward already appends the tokens a grammar forces without
 decode steps. Choice scoring never samples, so never drafts.
 
-``auto`` (the default) drafts while it pays: a draft token costs the step ``cost_per_row`` more
-seconds; an accepted one saves the sequence a step's share of time, ``seconds_per_token``. A
-sequence (and a request group, e.g. one workflow node) whose measured acceptance stays below
-``cost_per_row / seconds_per_token`` stops drafting, and tries again after a back-off.
+``auto`` (the default) drafts while it pays: a draft row costs the step ``c`` more seconds; an
+accepted draft saves the sequence a sampled token's share of a step, ``a`` (both fitted to the timed
+decode steps, `StepCost`). A sequence (and a request group, e.g. one workflow node) whose measured
+acceptance stays below ``c / a`` stops drafting, and tries again after a back-off.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from halo.engine.draft_state import Acceptance, DraftState
@@ -43,31 +43,54 @@ SPECULATIVE_MODES: tuple[str, ...] = ("auto", "on", "off")
 
 @dataclass
 class StepCost:
-    """The cost model auto mode decides with: seconds a draft row adds to a step, and the seconds one
-    sampled token costs without drafts (a step's time over the sequences it samples), both estimated
-    from the dtype probe and refined by the steps the engine times."""
+    """The cost model auto mode decides with, fitted to the decode steps the engine times.
+
+    A decode step's seconds ~ ``a * sampled + c * drafts``: ``a`` is what a sampled token costs, ``c``
+    what a draft row adds (least squares over exponentially decayed sums of the timed steps). A draft
+    row's FLOPs at the dtype probe's rate is ``c``'s prior, so with few drafted steps timed the probe
+    decides; measured steps take over (on a CPU a few extra rows can cost far more than their FLOPs:
+    a 1-row product runs a matrix-vector kernel, a 5-row one a matrix-matrix kernel)."""
 
     flops_per_token: float
     attention_flops_per_position: float  # per query row and context position
     flops_per_second: float
-    seconds_per_token: float | None = None  # exponential moving average over timed steps
+    DECAY = 0.97  # per timed step: the fit follows the batch as it changes
+    PRIOR_WEIGHT = 1.0  # the prior on c counts as one step that drafted one row
+    _sums: list[float] = field(default_factory=lambda: [0.0] * 5)  # S_BB, S_BD, S_DD, S_Bt, S_Dt
 
     def row_seconds(self, context: int) -> float:
+        """A draft row's FLOPs (matmuls, attention over ``context`` positions) at the probe's rate."""
         return (self.flops_per_token + self.attention_flops_per_position * context) / self.flops_per_second
 
-    def observe(self, seconds: float, sampled: int, draft_seconds: float) -> None:
-        """A timed step that sampled ``sampled`` sequences and computed drafts estimated at ``draft_seconds``."""
+    def observe(self, seconds: float, sampled: int, drafts: int) -> None:
+        """A timed decode step that sampled ``sampled`` sequences and computed ``drafts`` draft rows."""
         if sampled < 1:
             return
-        per = max(seconds - draft_seconds, 0.0) / sampled
-        prev = self.seconds_per_token
-        self.seconds_per_token = per if prev is None else 0.8 * prev + 0.2 * per
+        b, d, t = float(sampled), float(drafts), seconds
+        self._sums = [x * self.DECAY for x in self._sums]
+        for i, v in enumerate((b * b, b * d, d * d, b * t, d * t)):
+            self._sums[i] += v
+
+    def fit(self, context: int) -> tuple[float, float] | None:
+        """(a, c) in seconds, None before any step was timed."""
+        bb, bd, dd, bt, dt = self._sums
+        if bb <= 0:
+            return None
+        lam, c0 = self.PRIOR_WEIGHT, self.row_seconds(context)
+        det = bb * (dd + lam) - bd * bd
+        a = (bt * (dd + lam) - bd * (dt + lam * c0)) / det
+        c = (bb * (dt + lam * c0) - bd * bt) / det
+        if a <= 0:
+            a = bt / bb  # degenerate fit: fall back to seconds per sampled token
+        return a, max(c, 0.0)
 
     def break_even(self, context: int) -> float:
         """The acceptance rate (accepted / drafted) above which drafting makes decoding faster."""
-        if self.seconds_per_token is None or self.seconds_per_token <= 0:
+        fitted = self.fit(context)
+        if fitted is None:
             return 0.0  # no step timed yet: let the first drafts measure
-        return self.row_seconds(context) / self.seconds_per_token
+        a, c = fitted
+        return c / a
 
 
 class Speculator:
