@@ -29,9 +29,10 @@ class BatchScheduler:
     """FCFS admission, chunked prefill under a per-step token budget, preemption by recompute.
 
     Invariant: a running sequence owns blocks for exactly its computed tokens (plus the tokens being
-    computed in the current step). When blocks run out, cold prefix-cache blocks are evicted first;
-    then the most recently admitted running sequence is preempted (its blocks freed, its tokens
-    recomputed later, its prefix probably still in the cache), so the oldest requests always progress.
+    computed in the current step, speculative drafts included). When blocks run out, cold prefix-cache
+    blocks are evicted first; then the most recently admitted running sequence is preempted (its blocks
+    freed, its tokens recomputed later, its prefix probably still in the cache), so the oldest requests
+    always progress.
     """
 
     def __init__(self, block_manager: BlockManager, max_batch_tokens: int, max_num_seqs: int,
@@ -67,7 +68,7 @@ class BatchScheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this loop
                 continue
-            n = min(seq.num_uncomputed, budget)
+            n = self._fit_drafts(seq, budget)
             while not self.bm.can_append(seq, n):
                 victim = self._newest_running(newer_than=seq)
                 self._preempt(victim or seq)
@@ -109,8 +110,24 @@ class BatchScheduler:
             self.running.append(seq)
             chosen.append((seq, n))
             budget -= n
-        chosen.sort(key=lambda sn: sn[1] != 1)  # decodes first, stable otherwise
+        # decodes (one token, or one token and its drafts) first, stable otherwise
+        chosen.sort(key=lambda sn: not (sn[1] == 1 or sn[0].draft_ids))
         return ScheduledBatch([s for s, _ in chosen], [n for _, n in chosen])
+
+    def _fit_drafts(self, seq: Sequence, budget: int) -> int:
+        """This step's tokens for a running sequence: its uncomputed ones, plus its drafts
+        (engine/speculation.py) trimmed to the budget and to the blocks free now. Drafts are a guess:
+        they never evict cached blocks or preempt a sequence, so without room they are dropped."""
+        n = min(seq.num_uncomputed, budget)
+        if seq.draft_ids:
+            fit = min(len(seq.draft_ids), budget - n)
+            # keep a free block per running sequence for its own next token, so drafts take no block
+            # that would make a plain decode preempt
+            spare = max(0, self.bm.num_free - len(self.running))
+            free_slots = (len(seq.block_table) + spare) * self.bm.block_size - seq.num_computed - n
+            fit = max(0, min(fit, free_slots))
+            del seq.draft_ids[fit:]
+        return n + len(seq.draft_ids)
 
     def _admit_swapped(self, seq: Sequence, index: int, budget: int, chosen: list[tuple[Sequence, int]]) -> bool:
         """Bring a swapped-out sequence back: blocks for its saved tokens plus this step's new ones."""
@@ -149,6 +166,7 @@ class BatchScheduler:
         return newest if newest is not None and newest.arrival > newer_than.arrival else None
 
     def _preempt(self, seq: Sequence) -> None:
+        seq.draft_ids = []
         if self.swapper is not None and self.swapper.should_swap(seq):
             self.swapper.swap_out(seq)
         self.bm.release(seq)
@@ -167,6 +185,7 @@ class BatchScheduler:
         self.running.remove(seq)
 
     def abort(self, seq: Sequence) -> None:
+        seq.draft_ids = []
         if self.swapper is not None:
             self.swapper.drop(seq)
         if seq in self.waiting:

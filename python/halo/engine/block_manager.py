@@ -74,6 +74,15 @@ class BlockManager:
         if need > 0:
             seq.block_table.extend(self.allocator.allocate(need))
 
+    def trim(self, seq: Sequence) -> None:
+        """Free the blocks past the sequence's computed tokens (rejected drafts' slots). They were never
+        published: only blocks full of computed tokens are, so the prefix cache holds no guess."""
+        keep = self.blocks_for(seq.num_computed)
+        if len(seq.block_table) > keep:
+            assert keep >= seq.num_published_blocks
+            self.allocator.free(seq.block_table[keep:])
+            del seq.block_table[keep:]
+
     def publish(self, seq: Sequence) -> None:
         """Offer the sequence's newly completed full blocks to the prefix cache."""
         if not self.enable_prefix_cache:

@@ -36,6 +36,7 @@ from halo.engine.sampler import logprobs as token_logprobs
 from halo.engine.sampler import sample
 from halo.engine.sampling_params import GenerationResult, SamplingParams
 from halo.engine.sequence import Sequence, SequenceStatus
+from halo.engine.speculation import Speculator, StepCost
 from halo.errors import ContextLengthError, InvalidRequestError, KVCacheFullError
 
 Prompt = str | list[dict[str, str]] | list[int]
@@ -49,7 +50,7 @@ class EngineStats:
     prompt_tokens: int = 0  # prompt tokens of finished requests
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
     prefill_tokens: int = 0  # prompt-position tokens actually computed (recompute after preemption included)
-    decode_tokens: int = 0  # generated-position tokens computed
+    decode_tokens: int = 0  # generated-position tokens computed (speculative drafts included)
     generated_tokens: int = 0  # tokens sampled
     jump_forward_tokens: int = 0  # tokens a grammar forced, appended without sampling (docs/structured_outputs.md)
     # decode steps sequences did not run thanks to jump-forward: one per forced token, less the steps
@@ -68,7 +69,25 @@ class EngineStats:
     preemptions: int = 0
     swapped_out: int = 0  # preemptions whose KV went to host memory instead of being recomputed
     swapped_in: int = 0
+    # speculative decoding (engine/speculation.py): draft tokens verified, how many the model agreed
+    # with, and the decode steps sequences did not run thanks to them (accepted tokens a sequence kept:
+    # a stop inside an accepted run drops the rest)
+    speculative_proposed: int = 0
+    speculative_accepted: int = 0
+    speculative_steps_saved: int = 0
+    speculative_verifies: int = 0  # sequence-steps that verified drafts
     step_seconds: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted over proposed draft tokens (0.0 before any draft)."""
+        return self.speculative_accepted / self.speculative_proposed if self.speculative_proposed else 0.0
+
+    @property
+    def tokens_per_verify(self) -> float:
+        """Tokens a drafting sequence gained per verify step (1 + accepted per verify; 1.0 without drafts):
+        what a decode cost per token could divide a drafting sequence's steps by."""
+        return 1.0 + self.speculative_accepted / self.speculative_verifies if self.speculative_verifies else 1.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +106,10 @@ class LLMEngine:
     ``pack_weights`` pre-packs bf16 CPU weights once for oneDNN (bit-identical, faster small batches).
     ``jump_forward`` appends the tokens an output format forces without decode steps (off: each is
     sampled under its mask, for benchmarks that measure what jump-forward saves).
+    ``speculative`` drafts up to ``num_speculative_tokens`` tokens per greedy free-text sequence by
+    prompt lookup and verifies them in the same forward (engine/speculation.py): ``auto`` (default)
+    only while a sequence's measured acceptance makes it faster, ``on`` always, ``off`` never. Greedy
+    outputs equal plain decoding's.
 
     ``weights`` is how the weight matrices are stored: ``bf16``/``fp32`` keep them in the compute
     dtype (so either one alone also sets ``dtype``, and a different explicit ``dtype`` is an error);
@@ -117,6 +140,8 @@ class LLMEngine:
         pack_weights: bool = True,
         weights: str = "auto",
         jump_forward: bool = True,
+        speculative: str = "auto",
+        num_speculative_tokens: int = 4,
     ) -> None:
         for name, value in (
             ("block_size", block_size),
@@ -187,6 +212,13 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.kv)
         self.grammar = GrammarCompiler(self.tokenizer, self.config.vocab_size, vocabulary=vocabulary)
         self.jump_forward = jump_forward
+        c = self.config
+        cost = StepCost(
+            self.model.flops_per_token,
+            4.0 * c.num_layers * c.num_heads * c.head_dim,
+            matmul_gflops(self.dtype_choice.dtype) * 1e9,
+        )
+        self.speculator = Speculator(speculative, num_speculative_tokens, cost)
         self._compiles_base = 0
         self._stats = EngineStats()
         self._swap_base = (0, 0)
@@ -254,8 +286,17 @@ class LLMEngine:
                 f"KV blocks but the pool has only {self.block_manager.num_blocks}; raise kv_blocks or lower max_tokens"
             )
 
-    def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
-        """Validate and queue one request; returns its id. Nothing is queued if validation fails."""
+    def add_request(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        group: str | None = None,
+    ) -> str:
+        """Validate and queue one request; returns its id. Nothing is queued if validation fails.
+
+        ``group`` names requests alike (e.g. one workflow node's): speculation's acceptance measured
+        on earlier members decides whether a new one starts drafting (engine/speculation.py)."""
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError(f"params must be SamplingParams, got {type(params).__name__}")
@@ -271,7 +312,7 @@ class LLMEngine:
             return request_id
         self._check_fits(ids, params, f"request {request_id}")
         matcher = self._matcher(params, f"request {request_id}")
-        self._enqueue(request_id, ids, params, matcher)
+        self._enqueue(request_id, ids, params, matcher, group)
         return request_id
 
     def _option_ids(self, prompt_ids: list[int], params: SamplingParams, where: str) -> list[list[int]]:
@@ -326,8 +367,12 @@ class LLMEngine:
         except InvalidRequestError as e:
             raise InvalidRequestError(f"{where}: {e}") from None
 
-    def _enqueue(self, request_id: str, ids: list[int], params: SamplingParams, matcher=None) -> None:
-        seq = Sequence(request_id, ids, params, next(self._arrivals), self.config.context_length, matcher=matcher)
+    def _enqueue(
+        self, request_id: str, ids: list[int], params: SamplingParams, matcher=None, group: str | None = None
+    ) -> None:
+        seq = Sequence(
+            request_id, ids, params, next(self._arrivals), self.config.context_length, matcher=matcher, group=group
+        )
         self._requests[request_id] = seq
         self.batch_scheduler.add(seq)
 
@@ -347,6 +392,7 @@ class LLMEngine:
     def step(self) -> list[GenerationResult]:
         """Schedule, run one forward pass, sample, and return the requests that finished in it."""
         t0 = time.perf_counter()
+        self.speculator.propose(self.batch_scheduler.running)
         batch = self.batch_scheduler.schedule()
         if not batch.seqs:
             if self.batch_scheduler.has_unfinished():
@@ -358,9 +404,10 @@ class LLMEngine:
             self._stats.decode_tokens += n - prompt_part
             if seq.num_computed + n < min(seq.forced_end, seq.num_tokens) and seq.num_computed >= len(seq.prompt_ids):
                 self._stats.decode_steps_saved -= 1  # a forced tail too long for this step's budget
+        drafted = sum(len(s.draft_ids) for s in batch.seqs)
         samplers, logits, scored = self.runner.run(batch)
         for seq, n in zip(batch.seqs, batch.num_new, strict=True):
-            seq.num_computed += n
+            seq.num_computed += n - len(seq.draft_ids)  # drafts count once verified (_accept_run)
             self.block_manager.publish(seq)
         finished: list[GenerationResult] = []
         for rows in scored:
@@ -369,15 +416,67 @@ class LLMEngine:
                 finished.append(done)
         if samplers:
             tokens, chosen_logprobs = self._select(logits[: len(samplers)], samplers)
+            row = len(samplers)  # the drafting samplers' rows follow the samplers' own
             for seq, token, lp in zip(samplers, tokens, chosen_logprobs, strict=True):
-                self._stats.generated_tokens += 1
-                if self._accept(seq, token, lp):
+                d = len(seq.draft_ids)
+                if d:
+                    done = self._accept_run(seq, token, lp, logits[row : row + d])
+                    row += d
+                else:
+                    self._stats.generated_tokens += 1
+                    done = self._accept(seq, token, lp)
+                if done:
                     self.batch_scheduler.finish(seq)
                     finished.append(self._result(seq))
         self._stats.steps += 1
         self._stats.preemptions = self.batch_scheduler.num_preemptions
-        self._stats.step_seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self._stats.step_seconds += seconds
+        if batch.num_tokens == len(samplers) + drafted:
+            # a step of decodes only (no prefill chunk): what auto mode prices drafts against
+            self.speculator.cost.observe(seconds, len(samplers), drafted)
         return finished
+
+    def _accept_run(self, seq: Sequence, first: int, first_lp, draft_logits: torch.Tensor) -> bool:
+        """Verify a drafting sequence's drafts (engine/speculation.py): the model's greedy choices walk
+        the drafts while they agree, giving ``first``, then one token per agreeing draft. Each is appended
+        through `_append_token`, so a stop, EOS or length limit inside the run ends the sequence exactly
+        where plain decoding would. Returns True when finished.
+
+        Invariant after: ``num_computed`` counts the accepted drafts (their K/V were computed from the
+        very tokens plain decoding would have had there) and no more; the block table is cut back to
+        it, and only then are full blocks offered to the prefix cache."""
+        drafts, seq.draft_ids = seq.draft_ids, []
+        choices = draft_logits.argmax(dim=-1).tolist()
+        run = [first]
+        while len(run) <= len(drafts) and run[-1] == drafts[len(run) - 1]:
+            run.append(choices[len(run) - 1])
+        accepted = len(run) - 1
+        want_lp = seq.params.logprobs is not None
+        if want_lp and accepted:
+            rest = token_logprobs(draft_logits[:accepted], [seq] * accepted, run[1:])
+        done = False
+        appended = 0
+        observe = self.runner.on_logits
+        for i, token in enumerate(run):
+            lp = first_lp if i == 0 else (rest[i - 1] if want_lp else None)
+            if i and observe is not None:  # the test hook sees each chosen token's row, as in plain decoding
+                observe([seq], draft_logits[i - 1 : i])
+            self._stats.generated_tokens += 1
+            appended += 1
+            if self._append_token(seq, token, lp):
+                done = True
+                break
+        before = seq.num_computed
+        seq.num_computed = min(before + accepted, seq.num_tokens)
+        self.block_manager.trim(seq)
+        self.block_manager.publish(seq)
+        self.speculator.record(seq, len(drafts), accepted)
+        self._stats.speculative_proposed += len(drafts)
+        self._stats.speculative_accepted += accepted
+        self._stats.speculative_steps_saved += appended - 1
+        self._stats.speculative_verifies += 1
+        return done
 
     def _observe_scored(self, rows: ScoredRows, logits: torch.Tensor) -> GenerationResult | None:
         """Record a scoring part's logprobs; a part whose tokens are all computed finishes (the prompt

@@ -32,16 +32,22 @@ class ModelRunner:
         self.model = model
         self.kv = kv
         # Test hook: called after each forward with the sampling sequences (tokens not yet appended)
-        # and their fp32 logits [S, V], row i for sequence i. The fidelity tests compare these with
-        # transformers; nothing in the engine sets it.
+        # and their fp32 logits [S, V], row i for sequence i; a drafting sequence's accepted draft rows
+        # follow, one call each, just before the token each chose is appended (LLMEngine._accept_run).
+        # The fidelity tests compare these with transformers; nothing in the engine sets it.
         self.on_logits: LogitsObserver | None = None
 
     def prepare(self, batch: ScheduledBatch) -> tuple[StepContext, list[Sequence], list[ScoredRows]]:
         """Build the step context; also return the sequences that sample a token this step, and the
-        scoring sequences' rows. Logits rows: one per sampler first (in order), then the scored rows.
+        scoring sequences' rows. Logits rows: one per sampler first (in order), then each drafting
+        sampler's ``len(seq.draft_ids)`` draft rows (in sampler order; row j: the model's choice after
+        draft j), then the scored rows.
 
-        Only a scoring sequence (``score_from`` set) asks for more than its last row, so generation
-        steps compute the head over exactly one row per sampler, as before."""
+        A drafting sequence (engine/speculation.py) computes its uncomputed token and its drafts as
+        decode rows, row j attending to the context up to its own position: the step's K/V are stored
+        before attention, so each row sees the drafts before it, and the paged decode kernel serves
+        them batched with the other decodes. Only drafting and scoring sequences ask for more than
+        their last row."""
         bs = self.kv.block_size
         ids: list[int] = []
         positions: list[int] = []
@@ -53,17 +59,27 @@ class ModelRunner:
         prefills: list[PrefillSpan] = []
         scored_rows: list[int] = []
         scored: list[ScoredRows] = []
+        draft_rows: list[int] = []
         for seq, n in zip(batch.seqs, batch.num_new, strict=True):
             start = seq.num_computed
             end = start + n
             q_start = len(ids)
-            ids.extend(seq.tokens[start:end])
+            drafting = bool(seq.draft_ids)
+            ids.extend(seq.step_tokens(start, end) if drafting else seq.tokens[start:end])
             positions.extend(range(start, end))
             table = seq.block_table
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            if n == 1:
-                decode_tables.append(table[: -(-end // bs)])
-                decode_lens.append(end)
+            if n == 1 or drafting:
+                assert len(decode_tables) == q_start, "decode rows must come first in the batch"
+                assert not drafting or n == 1 + len(seq.draft_ids) == seq.num_uncomputed + len(seq.draft_ids)
+                for row_end in range(start + 1, end + 1):
+                    decode_tables.append(table[: -(-row_end // bs)])
+                    decode_lens.append(row_end)
+                if drafting:
+                    logits_rows.append(q_start)
+                    samplers.append(seq)
+                    draft_rows.extend(range(q_start + 1, end - start + q_start))
+                    continue
             else:
                 blocks = torch.tensor(table[: -(-end // bs)], dtype=torch.int64)
                 prefills.append(PrefillSpan(q_start, n, end, blocks))
@@ -97,9 +113,10 @@ class ModelRunner:
             decode_lens=lens,
             decode_mask=mask,
             prefills=tuple(prefills),
-            logits_rows=torch.tensor(logits_rows + scored_rows, dtype=torch.int64),
+            logits_rows=torch.tensor(logits_rows + draft_rows + scored_rows, dtype=torch.int64),
         )
-        scored = [ScoredRows(r.seq, r.first_position, len(samplers) + r.row, r.count) for r in scored]
+        first_scored = len(samplers) + len(draft_rows)
+        scored = [ScoredRows(r.seq, r.first_position, first_scored + r.row, r.count) for r in scored]
         return ctx, samplers, scored
 
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor, list[ScoredRows]]:

@@ -13,6 +13,8 @@ from halo.engine.sampling_params import SamplingParams
 if TYPE_CHECKING:
     import llguidance
 
+    from halo.engine.draft_state import DraftState
+
 
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"  # not admitted, or preempted and waiting to be recomputed
@@ -55,6 +57,11 @@ class Sequence:
     # the logits of every computed position >= score_from, and the sequence finishes once all its tokens
     # are computed, without sampling. None for generation.
     score_from: int | None = None
+    # Speculative decoding (engine/speculation.py): tokens guessed to follow ``tokens``, computed with the
+    # uncomputed token in this step and verified after it; never part of ``tokens`` until accepted.
+    draft_ids: list[int] = field(default_factory=list)
+    draft: DraftState | None = None  # the n-gram index and acceptance figures (None until first drafted)
+    group: str | None = None  # request group (e.g. a workflow node) whose acceptance informs new members
 
     def __post_init__(self) -> None:
         if not self.params.greedy:
@@ -69,6 +76,10 @@ class Sequence:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
+
+    def step_tokens(self, start: int, end: int) -> list[int]:
+        """Tokens ``[start, end)`` of ``tokens`` followed by the drafts: what a step computes."""
+        return (self.tokens + self.draft_ids)[start:end]
 
     @property
     def num_uncomputed(self) -> int:

@@ -20,7 +20,8 @@ class PrefillSpan:
 
 @dataclass(frozen=True)
 class StepContext:
-    """Invariant: rows ``[0, num_decode)`` are one token per sequence; prefill spans follow in order."""
+    """Invariant: rows ``[0, num_decode)`` are one token each, attending to its own context (one per
+    sequence, or one per token of a sequence verifying drafts); prefill spans follow in order."""
 
     input_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64
