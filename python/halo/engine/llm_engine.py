@@ -107,9 +107,10 @@ class LLMEngine:
     ``jump_forward`` appends the tokens an output format forces without decode steps (off: each is
     sampled under its mask, for benchmarks that measure what jump-forward saves).
     ``speculative`` drafts up to ``num_speculative_tokens`` tokens per greedy free-text sequence by
-    prompt lookup and verifies them in the same forward (engine/speculation.py): ``auto`` (default)
-    only while a sequence's measured acceptance makes it faster, ``on`` always, ``off`` never. Greedy
-    outputs equal plain decoding's.
+    prompt lookup and verifies them in the same forward (engine/speculation.py): ``auto`` only while a
+    sequence's measured acceptance makes it faster, ``on`` always, ``off`` (default, until ``auto``'s
+    cost is measured on a quiet machine and over the workloads: issue 21) never. Greedy outputs equal
+    plain decoding's.
 
     ``weights`` is how the weight matrices are stored: ``bf16``/``fp32`` keep them in the compute
     dtype (so either one alone also sets ``dtype``, and a different explicit ``dtype`` is an error);
@@ -140,7 +141,7 @@ class LLMEngine:
         pack_weights: bool = True,
         weights: str = "auto",
         jump_forward: bool = True,
-        speculative: str = "auto",
+        speculative: str = "off",
         num_speculative_tokens: int = 4,
     ) -> None:
         for name, value in (
