@@ -205,7 +205,7 @@ def test_auto_stops_a_sequence_and_its_group_where_acceptance_does_not_pay() -> 
 
 @pytest.mark.slow
 def test_auto_keeps_drafting_where_it_pays(checkpoint) -> None:
-    auto = LLMEngine(checkpoint, dtype="fp32")  # speculative="auto" is the default
+    auto = LLMEngine(checkpoint, dtype="fp32", speculative="auto")
     params = SamplingParams(max_tokens=32)
     plain = LLMEngine(checkpoint, dtype="fp32", speculative="off")
     prompts = [chat(p) for p in COPYING[:2]]
