@@ -149,6 +149,7 @@ class LocalWorker:
 
     remote = False  # its engines step in `poll`, on the caller's thread
     alive = True
+    inflight_limit: int | None = None  # None: the Processor's max_inflight bounds what it is handed
 
     def __init__(self, index: int, engines: EngineSet) -> None:
         self.index = index

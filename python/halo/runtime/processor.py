@@ -74,6 +74,7 @@ class LLMWorker(Protocol):
     index: int
     alive: bool  # False once a remote worker is gone: its work goes to a live one (`_live`)
     remote: bool  # its engines step elsewhere (a Ray actor): the run loop waits on its `wakeups()`
+    inflight_limit: int | None  # what it may hold at once (None: the Processor's max_inflight)
 
     @property
     def inflight(self) -> int: ...
@@ -295,8 +296,8 @@ class Processor:
         self._dispatch_tools(core.pop(self.execution.tool_queue))
         for worker in self.workers:
             target = self._live(worker)  # a dead worker's queue drains to a live one
-            # a remote model's worker takes every ready node (it bounds its own concurrency)
-            room = getattr(target, "inflight_limit", self.max_inflight) - target.inflight
+            # a worker with its own limit (a remote model's, which bounds its concurrency itself) takes up to it
+            room = (target.inflight_limit or self.max_inflight) - target.inflight
             if room > 0 and core.ready_count(worker.index):
                 self._dispatch_llm(target, core.pop(worker.index, room))
             if worker.alive and worker.inflight == 0 and not core.ready_count(worker.index):

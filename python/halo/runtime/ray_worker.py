@@ -59,6 +59,7 @@ class RayWorker:
     """A worker in a Ray actor (one engine process per worker), streaming jobs in and completions out."""
 
     remote = True  # its engines step in the actor: a poll only collects
+    inflight_limit: int | None = None  # the Processor's max_inflight, as for a local worker
 
     def __init__(self, index: int, recipe: EngineRecipe, placement: Placement, capacity: int = 2) -> None:
         import ray
