@@ -18,6 +18,13 @@ A job's prompt is token ids (the Processor encoded them once, with the tokenizer
 model: see `Processor._prompts`), so an engine here, or in a Ray actor, does not encode it again;
 only a run that knows no tokenizer for a model sends chat messages, which the engine then encodes.
 
+A job's `group` names its node (the Processor passes the node's output-length history key), so an
+engine that drafts speculatively keeps acceptance per node and stops drafting where it does not pay
+(engine/speculation.py). A finished job carries its node's draft figures on this engine since the
+last job of that node finished here (`SpeculationFigures`): the engine keeps them per group, not per
+request, so a node's jobs together carry exactly what its group drafted, verified and accepted, which
+the planner turns into the node's tokens per decode step (plan/cost/output_history.py).
+
 A job of `n` samples (an llm node's `n: k`) is one logical call: the worker adds `n` engine requests of
 the same prompt at once, sample `i` seeded `seed + i` (`sample_params`), so the prefix cache computes the
 prompt's full blocks once for all of them, and answers with one `LLMDone` holding the `n` replies in
@@ -74,6 +81,29 @@ class LlmReply:
 
 
 @dataclass(frozen=True)
+class SpeculationFigures:
+    """Draft tokens verified, how many the model accepted, and the verify steps (sequence-steps) of one
+    request group: what engine/draft_state.Acceptance counts, as plain numbers that cross Ray."""
+
+    proposed: int = 0
+    accepted: int = 0
+    verifies: int = 0
+
+    def __add__(self, other: SpeculationFigures) -> SpeculationFigures:
+        return SpeculationFigures(
+            self.proposed + other.proposed, self.accepted + other.accepted, self.verifies + other.verifies
+        )
+
+    def __sub__(self, other: SpeculationFigures) -> SpeculationFigures:
+        return SpeculationFigures(
+            self.proposed - other.proposed, self.accepted - other.accepted, self.verifies - other.verifies
+        )
+
+
+NO_DRAFTS = SpeculationFigures()
+
+
+@dataclass(frozen=True)
 class LLMJob:
     phys: int  # the job: a physical node, or one element call of a foreach node (the Processor's ids)
     model: str  # model source
@@ -81,6 +111,7 @@ class LLMJob:
     params: SamplingParams  # sample 0's; sample i's are sample_params(params, i)
     owner: int = 0  # the run this job belongs to (request ids and completions are namespaced by it)
     n: int = 1  # samples: engine requests of this prompt, answered together
+    group: str | None = None  # the engine's request group: its node (speculation's acceptance per node)
 
 
 @dataclass(frozen=True)
@@ -95,6 +126,7 @@ class LLMDone:
     start: float = 0.0  # perf_counter of submission and of completion (this process's clock)
     end: float = 0.0
     owner: int = 0
+    speculation: SpeculationFigures = NO_DRAFTS  # its group's drafts since the group's last finished job
 
     @property
     def text(self) -> str | None:
@@ -158,6 +190,8 @@ class LocalWorker:
         self._running: dict[str, _Call] = {}  # engine request id -> the call it is a sample of
         self._guests: dict[str, tuple[str, GuestDone]] = {}  # request id -> model, completion callback
         self._by_model: dict[str, int] = {}
+        # (model, group) -> the group's draft figures on that engine when its last job finished here
+        self._drafts_seen: dict[tuple[str, str], SpeculationFigures] = {}
 
     @property
     def inflight(self) -> int:
@@ -245,6 +279,8 @@ class LocalWorker:
                     guest[1](result, None)
                     continue
                 call = self._running.pop(result.request_id)
+                if call.job.group is not None:
+                    call.speculation += self._drafts_since(model, engine, call.job.group)
                 if call.record(result):
                     finished.append(call.done(self.index))
         return finished
@@ -294,6 +330,18 @@ class LocalWorker:
         """Copy the KV `source` holds for `prompt`'s prefix here, before the request that needs it runs."""
         self.import_prefix(model, source.export_prefix(model, prompt))
 
+    def _drafts_since(self, model: str, engine: LLMEngine, group: str) -> SpeculationFigures:
+        """What `group` drafted on `engine` since its last job finished here (see the module docstring)."""
+        figures = engine.speculator.groups.get(group)
+        if figures is None:
+            return NO_DRAFTS
+        now = SpeculationFigures(figures.proposed, figures.accepted, figures.verifies)
+        seen = self._drafts_seen.get((model, group), NO_DRAFTS)
+        if now.proposed < seen.proposed:  # the engine was rebuilt (evicted, loaded again): it counts afresh
+            seen = NO_DRAFTS
+        self._drafts_seen[(model, group)] = now
+        return now - seen
+
     def _busy(self, model: str) -> bool:
         return self._by_model.get(model, 0) > 0
 
@@ -310,7 +358,7 @@ class LocalWorker:
         added: list[str] = []
         try:
             for index, request_id in enumerate(call.request_ids):  # together, so the samples share the prefill
-                engine.add_request(job.prompt, sample_params(job.params, index), request_id=request_id)
+                engine.add_request(job.prompt, sample_params(job.params, index), request_id=request_id, group=job.group)
                 added.append(request_id)
         except HaloError as exc:
             for request_id in added:  # all samples or none
@@ -332,6 +380,7 @@ class _Call:
         base = f"p{job.owner}-{job.phys}"
         self.request_ids = tuple(base if i == 0 else f"{base}.{i}" for i in range(job.n))
         self.results: dict[str, GenerationResult] = {}
+        self.speculation = NO_DRAFTS
 
     def pending(self) -> list[str]:
         return [r for r in self.request_ids if r not in self.results]
@@ -354,6 +403,7 @@ class _Call:
             self.start,
             time.perf_counter(),
             self.job.owner,
+            self.speculation,
         )
 
 

@@ -46,6 +46,7 @@ from halo.engine import SamplingParams
 from halo.errors import HaloError
 from halo.plan.chat_tokenizer import ChatTokenizer
 from halo.plan.consolidated_graph import ConsolidatedGraph
+from halo.plan.cost import output_key
 from halo.plan.emit import ExecutionGraph
 from halo.runtime.journal import JournalState, JournalWriter
 from halo.runtime.llm_worker import LLMDone, LLMJob, Prompt
@@ -267,6 +268,9 @@ class Processor:
             for worker in execution.workers_of.get(node.id, (execution.worker_of.get(node.id, 0),)):
                 self.planned.setdefault(worker, []).append((node.id, self.wf.model_source(node) or ""))
         self.out = ProcessorOutcome({}, {}, [], nodes={n.id: NodeStats(n.name, n.kind) for n in self.wf.nodes})
+        # Each llm node's engine request group (speculation's acceptance per node): its output-length
+        # history key, under which the planner also remembers the node's tokens per decode step.
+        self._groups = {n.id: output_key(n, self.wf.model_source(n)) for n in self.wf.nodes if n.kind == "llm"}
         self._last_progress = 0.0
         if resume is not None:
             self._restore(resume)
@@ -308,9 +312,9 @@ class Processor:
         key = self.llm_key.pop(done.phys, None)
         followers = self.board.finish(key) if key is not None else []
         # per sample: the history prices each of a node's n decodes by the length of one
-        self.out.nodes[self.graph.physical.node[self._phys_of(done.phys)]].add_request(
-            done.prompt_tokens, done.cached_tokens, done.generated_tokens, len(done.replies)
-        )
+        stats = self.out.nodes[self.graph.physical.node[self._phys_of(done.phys)]]
+        stats.add_request(done.prompt_tokens, done.cached_tokens, done.generated_tokens, len(done.replies))
+        stats.add_drafts(done.speculation.proposed, done.speculation.accepted, done.speculation.verifies)
         for position, (processor, phys) in enumerate([(self, done.phys), *followers]):
             outcome = processor._reply(phys, done)
             if position == 0 and key is not None and outcome.error is None:
@@ -622,7 +626,8 @@ class Processor:
             if source is not None and source != worker.index and self.workers[source].alive:
                 worker.pull_prefix(self.workers[source], request.model, prompt)
                 self.out.kv_moves += 1
-            jobs.append(LLMJob(request.phys, request.model, prompt, request.params, self.owner, request.n))
+            group = self._groups[node_id]
+            jobs.append(LLMJob(request.phys, request.model, prompt, request.params, self.owner, request.n, group))
         for request in requests:
             self.out.nodes[self.graph.physical.node[self._phys_of(request.phys)]].executed += 1
         self.out.calls_by_worker[worker.index] = self.out.calls_by_worker.get(worker.index, 0) + len(requests)

@@ -57,6 +57,10 @@ class NodeStats:
     cached_tokens: int = 0  # of those, read from the prefix cache
     decode_tokens: int = 0  # generated (the plan's output length; jump-forward tokens included)
     replies: int = 0  # samples returned by successful llm requests (the output-length history's calls)
+    # speculative decoding (engine/speculation.py): draft tokens verified, accepted, and verify steps
+    drafted: int = 0
+    accepted_drafts: int = 0
+    verifies: int = 0
     busy_s: float = 0.0  # summed duration of its spans (overlapping spans add up)
     start_s: float | None = None  # its first span's start, seconds after the run's first span
     end_s: float | None = None  # its last span's end, on the same clock
@@ -81,6 +85,11 @@ class NodeStats:
         self.computed_tokens += prompt - cached
         self.decode_tokens += generated
         self.replies += replies
+
+    def add_drafts(self, proposed: int, accepted: int, verifies: int) -> None:
+        self.drafted += proposed
+        self.accepted_drafts += accepted
+        self.verifies += verifies
 
     def add_span(self, start: float, end: float) -> None:
         self.busy_s += end - start
