@@ -1,14 +1,8 @@
-"""A dependent chain runs without a gap, and each llm node is its engine's request group.
-
-Dependent chains (issue 21): a child node's request joins the engine in the step right after the
-one its parent finished in, with no step or poll between them. The real engine runs (a tiny random
-model with the default model's tokenizer, tests/tiny_default_model.py); its `step` is wrapped to
-record, per step, which requests computed tokens and which finished (the step log), and the run's
+"""A dependent chain runs without a gap (issue 21): a child node's request joins the engine in the
+step right after the one its parent finished in, with no step or poll between them. The real engine
+runs (a tiny random model with the default model's tokenizer, tests/tiny_default_model.py); its
+`step` is wrapped to record, per step, which requests computed tokens and which finished (the step log), and the run's
 timeline must agree: each child was prepared after its parent's reply and before the next step began.
-
-Request groups: the Processor names each llm node's requests with the node's output-length history
-key (`output_key`), so the engine's speculation keeps acceptance per node, and the draft figures a
-run's nodes report add up to what the engine counted per group.
 """
 
 from __future__ import annotations
@@ -19,7 +13,6 @@ from pathlib import Path
 
 import halo
 import pytest
-from halo.plan.cost import output_key
 from halo.spec import Workflow
 from tiny_default_model import SOURCE, build_tiny_default
 
@@ -100,33 +93,3 @@ def test_a_child_request_joins_the_step_after_its_parent_finished(tiny_model: Pa
         assert spans[("draft", parent)].end <= spans[("title", child)].start < log.began[k + 1]
     # the parents did not all finish in one step: the children followed each one separately
     assert len({log.finished_in(f"p0-{graph.assignment['draft'][r]}") for r in range(len(rows))}) > 1
-
-
-def test_each_llm_node_is_its_engines_request_group(tiny_model: Path) -> None:
-    options = {**ENGINE, "speculative": "on"}
-    wf = _chain()
-    rows = [{"i": i, "topic": f"the the the topic {i} topic {i}"} for i in range(3)]
-    with halo.compile(wf, models={SOURCE: str(tiny_model)}, dtype="fp32", engine_options=options) as app:
-        engine = app._pool.engine(SOURCE)
-        result = app.run(rows)
-        groups = dict(engine.speculator.groups)
-        total = engine.stats()
-    assert result.errors == []
-    keys = {node: output_key(wf.graph.node(node), SOURCE) for node in ("draft", "title")}
-    # every group the engine measured is one of the run's nodes
-    assert set(groups) <= set(keys.values())
-    assert total.speculative_verifies > 0, "the tiny model's repetitive outputs draft"
-    for node, key in keys.items():
-        stats = result.stats.nodes[node]
-        measured = groups.get(key)
-        proposed, accepted, verifies = (
-            (0, 0, 0)
-            if measured is None
-            else (
-                measured.proposed,
-                measured.accepted,
-                measured.verifies,
-            )
-        )
-        assert (stats.drafted, stats.accepted_drafts, stats.verifies) == (proposed, accepted, verifies), node
-    assert sum(result.stats.nodes[n].drafted for n in keys) == total.speculative_proposed

@@ -7,7 +7,12 @@ waits for (llm tasks and tool tasks alike).
 LLM tasks: times come from the model's latency curves: prefill of the node's owned executions
 (prompt tokens after merging equal requests, minus those a shared prefix already covers) and decode
 steps at that batch size. Decode runs for the expected output length: the observed mean in an
-`OutputLengthHistory` when one is given and has seen the node, else ``max_tokens``. Requests
+`OutputLengthHistory` when one is given and has seen the node, else ``max_tokens``. Where the node's
+model drafts speculatively (``speculative``: model source -> the engine's mode, absent or ``off``: no
+drafting), a decode step appends more than one token and computes more than one row per sequence: the
+node's decode steps are its output tokens over its observed tokens per step, each step priced at its
+batch times the observed rows per step (`OutputLengthHistory.decode_rate`, measured per node and mode
+by earlier runs; 1 and 1 until then). Requests
 rendered only at run time (deferred) are estimated from their static prefix plus the expected output
 of the llm results they read. A scored choice node (``choices`` with ``choice_mode: score``) decodes
 nothing: it is priced as the prefill of its prompt plus one batched prefill of its options after the
@@ -45,7 +50,16 @@ import math
 from collections.abc import Callable, Mapping
 
 from halo.plan.consolidated_graph import ConsolidatedGraph
-from halo.plan.cost import FOREACH_GUESS, LatencyCurves, OutputLengthHistory, calls_key, output_key
+from halo.plan.cost import (
+    FOREACH_GUESS,
+    PLAIN_DECODE,
+    DecodeRate,
+    LatencyCurves,
+    OutputLengthHistory,
+    calls_key,
+    decode_key,
+    output_key,
+)
 from halo.plan.cost.remote_latency import RemoteLatencyModel
 from halo.plan.remote_task import remote_task
 from halo.plan.search import LLMTask, PlanProblem, Split, ToolTask, Worker
@@ -77,8 +91,10 @@ def build_plan_problem(
     remote_latency: RemoteLatencyModel | None = None,
     makespan_weight: float = 1.0,
     load_weight: float = 0.0,
+    speculative: Mapping[str, str] | None = None,
 ) -> PlanProblem:
     wf = graph.workflow
+    speculative = speculative or {}
     tool_cost = tool_cost_s or default_tool_cost_s
     remote_models = wf.remote_models()
     remote_latency = remote_latency or RemoteLatencyModel()
@@ -133,23 +149,23 @@ def build_plan_problem(
             cached = counters.cached_prompt_tokens // max(counters.owned, 1)
         prompt_of[node.id] = prompt
         prompt_prefill = curves.prefill_s(prompt - cached, cached, batch)
+        rate = decode_rate(node, model, speculative, output_history) if options is None else PLAIN_DECODE
         if options is not None:
             prefill, decode = curves.score_s(prompt, cached, options, batch), 0.0
             one_call = curves.score_s(prompt, 0, options, 1)
         else:
             prefill = prompt_prefill
-            steps = max(0, out - 1)
-            decoding = batch * samples  # sequences in each decode step
-            decode = steps * curves.decode_step_s(decoding, prompt + (steps + 1) / 2) if batch else 0.0
-            one_call = curves.prefill_s(prompt, 0, 1) + steps * curves.decode_step_s(samples, prompt + (steps + 1) / 2)
+            decode = decode_s(curves, rate, batch * samples, prompt, out)  # n samples: n sequences per step
+            one_call = curves.prefill_s(prompt, 0, 1) + decode_s(curves, rate, samples, prompt, out)
         per_call += counters.logical * fan * alone * one_call
         saving = move = 0.0
         if parent and shared > 0:
             saving = min(prefill, max(0.0, prompt_prefill - curves.prefill_s(prompt - shared, shared, batch)))
             measured_move = curves.kv_move_s(shared, batch)
             move = saving if measured_move is None else measured_move
+        kv_shared = shared if parent and saving > 0 else 0
         splits = tuple(
-            _split(curves, k, batch, prompt, cached, shared if parent and saving > 0 else 0, samples, out, options)
+            _split(curves, k, batch, prompt, cached, kv_shared, samples, out, options, rate)
             for k in split_degrees(workers, counters.owned)
         )
         tasks.append(
@@ -183,6 +199,28 @@ def build_plan_problem(
     )
 
 
+def decode_rate(
+    node: GraphNode, model: str, speculative: Mapping[str, str], history: OutputLengthHistory | None
+) -> DecodeRate:
+    """What a decode step of `node`'s sequences does: `PLAIN_DECODE` unless its model drafts and an
+    earlier run measured the node under that mode."""
+    mode = speculative.get(model, "off")
+    if mode == "off" or history is None:
+        return PLAIN_DECODE
+    return history.decode_rate(decode_key(node, model, mode))
+
+
+def decode_s(curves: LatencyCurves, rate: DecodeRate, sequences: int, prompt: int, out: int) -> float:
+    """Seconds `sequences` sequences take to decode `out` tokens each after a `prompt`-token prompt (the
+    first token comes from the prefill): out - 1 tokens over `rate`'s tokens per step, each step
+    computing `rate`'s rows per sequence, attending on average over the prompt and half the output."""
+    tokens = max(0, out - 1)
+    if not sequences or not tokens:
+        return 0.0
+    steps = tokens / rate.tokens_per_step
+    return steps * curves.decode_step_s(sequences * rate.rows_per_step, prompt + (tokens + 1) / 2)
+
+
 def split_degrees(workers: int, instances: int) -> list[int]:
     """The split degrees a node of `instances` executions offers on `workers`: 2, 4, 8, ... and the
     largest, never more ways than instances (identical workers make other degrees rarely worth the
@@ -204,6 +242,7 @@ def _split(
     samples: int,
     out: int,
     options: list[int] | None,
+    rate: DecodeRate = PLAIN_DECODE,
 ) -> Split:
     """One share of a `ways`-way split, priced as the module docstring says."""
     share = math.ceil(batch / ways)
@@ -216,9 +255,8 @@ def _split(
     if options is not None:
         prefill, decode = curves.score_s(prompt, cached, options, share), 0.0
     else:
-        steps = max(0, out - 1)
         prefill = prompt_prefill
-        decode = steps * curves.decode_step_s(share * samples, prompt + (steps + 1) / 2) if share else 0.0
+        decode = decode_s(curves, rate, share * samples, prompt, out)
     saving = move = 0.0
     if shared > 0:
         saving = min(prefill, max(0.0, prompt_prefill - curves.prefill_s(prompt - shared, shared, share)))

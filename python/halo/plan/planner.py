@@ -6,7 +6,8 @@ through `plan`, so what explain prints is the plan a run follows.
     print(planned.explain())
 
 `PlanContext` carries everything a plan depends on besides the batch: the latency curves, the tool
-and output-length estimates, the workers and the models they hold now, the planner and its budget.
+and output-length estimates (with decode rates where a model drafts speculatively), the workers and
+the models they hold now, the planner and its budget.
 Equal graphs under equal contexts give equal plans whenever the DP finishes its exact phase (it
 does within `DP_TIME_LIMIT_S` for the graphs of the examples); a time-limited heuristic phase may not.
 """
@@ -39,6 +40,8 @@ class PlanContext:
     output_history: OutputLengthHistory | None = None  # None: every call decodes its max_tokens
     remote_latency: RemoteLatencyModel | None = None  # remote models' learned curves; None: the default curve
     resident: Sequence[Sequence[str]] = ()  # per worker, the models it holds, least recently used first
+    # model source -> its engines' speculative mode (absent or "off": decode steps append one token each)
+    speculative: Mapping[str, str] = field(default_factory=dict)
     mode: PlannerMode = "dp"
     time_limit_s: float | None = DP_TIME_LIMIT_S
 
@@ -80,6 +83,7 @@ def plan(graph: ConsolidatedGraph, context: PlanContext) -> PlannedBatch:
         tool_cost_s=context.tool_cost_s,
         output_history=context.output_history,
         remote_latency=context.remote_latency,
+        speculative=context.speculative,
     )
     resident = _resident_models(problem, context.resident)
     if resident:  # the plan starts from the models the workers hold now (in flight or idle)

@@ -34,6 +34,7 @@ from halo.runtime.planning import (
     PlanMode,
     PreparedBatch,
     model_profiles,
+    speculative_modes,
 )
 from halo.runtime.processor import Processor, ProcessorOutcome, Progress
 from halo.runtime.remote_models import counting_tokenizers, learn_latencies, remote_identities, start_remote_workers
@@ -151,6 +152,7 @@ class CompiledWorkflow:
             profiles=model_profiles(recipe, workflow),  # the latency profiles of the engines the recipe builds
             tool_threads=tool_threads,
             warnings=self.warnings,
+            speculative=speculative_modes(recipe, workflow),
         )
         self.tool_costs_path = self.costs.tool_costs_path
         self.tool_costs = self.costs.tool_costs
@@ -388,7 +390,7 @@ class CompiledWorkflow:
             tokens = TokenCounts.between(before, self._pool.stats())
         else:  # other runs share the engines: count this run's own requests
             tokens = TokenCounts.of_requests(outcome)
-        self.costs.learn_output_lengths(outcome.output_tokens, outcome.instance_calls)
+        self.costs.learn_output_lengths(outcome.output_tokens, outcome.instance_calls, outcome.decode_steps)
         return outcome, tokens, tools.timeline
 
     @property

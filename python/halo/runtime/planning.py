@@ -29,6 +29,7 @@ from halo.plan.cost import (
     ToolCostModel,
     WeightsProfileMissingWarning,
     calls_key,
+    decode_key,
     load_curves,
     output_key,
 )
@@ -48,7 +49,8 @@ DEFAULT_TOOL_THREADS = 16  # tool calls an app's pool runs at once
 class CostModels:
     """The costs an app plans with; `profiles` (per model source, its engine's requested (dtype, weights),
     `("auto", "auto")` where absent: see `model_profiles`) picks each model's latency profile,
-    `tool_threads` the pool width.
+    `tool_threads` the pool width, `speculative` (per model source, its engines' speculative mode; absent:
+    "off") whether a node's decode rate is measured and planned with.
 
     Tool latencies (and the SQL seconds-per-EXPLAIN-unit fit) and output lengths carry over between
     runs in the halo cache dir; what cannot be read or saved is noted in `warnings`.
@@ -62,8 +64,10 @@ class CostModels:
         profiles: Mapping[str, tuple[str, str]],
         tool_threads: int,
         warnings: list[str],
+        speculative: Mapping[str, str] | None = None,
     ) -> None:
         self.graph = workflow.graph
+        self.speculative = {m: mode for m, mode in (speculative or {}).items() if mode != "off"}
         self.warnings = warnings
         self.profiles_missing = False  # some model plans with built-in default curves
         self.tool_costs_path = default_cache_dir() / "tool_costs.json"
@@ -104,13 +108,23 @@ class CostModels:
             self.warnings.append(f"could not save remote latencies: {exc.strerror}")
 
     def learn_output_lengths(
-        self, observed: Mapping[str, tuple[int, int]], instance_calls: Mapping[str, tuple[int, int]] | None = None
+        self,
+        observed: Mapping[str, tuple[int, int]],
+        instance_calls: Mapping[str, tuple[int, int]] | None = None,
+        decode: Mapping[str, tuple[int, int, int]] | None = None,
     ) -> None:
-        """Record a run's output lengths (llm node -> (tokens, calls)) and the calls per instance of its
-        conditional and map nodes (node -> (instances, calls)) in the history, and save it."""
+        """Record a run's output lengths (llm node -> (tokens, calls)), the calls per instance of its
+        conditional and map nodes (node -> (instances, calls)) and, for the nodes of models that draft
+        speculatively, their decode rates (node -> (decode tokens, steps, rows)) in the history, and save it."""
         for node_id, (tokens, calls) in observed.items():
             node = self.graph.node(node_id)
             self.output_history.observe(output_key(node, self.graph.model_source(node)), round(tokens / calls), calls)
+        for node_id, (tokens, steps, rows) in (decode or {}).items():
+            node = self.graph.node(node_id)
+            model = self.graph.model_source(node) or ""
+            mode = self.speculative.get(model)
+            if mode is not None:
+                self.output_history.observe_decode(decode_key(node, model, mode), tokens, steps, rows)
         for node_id, (instances, calls) in (instance_calls or {}).items():
             node = self.graph.node(node_id)
             self.output_history.observe(calls_key(node, self.graph.model_source(node)), calls / instances, instances)
@@ -174,6 +188,7 @@ class BatchPlanner:
             output_history=self.costs.output_history,
             remote_latency=self.costs.remote_latency,
             resident=self.resident(),
+            speculative=self.costs.speculative,
             mode=mode,
         )
 
@@ -198,6 +213,12 @@ def model_profiles(recipe: EngineRecipe, workflow: Workflow) -> dict[str, tuple[
         options = recipe.options_for(source)
         out[source] = (str(options.get("dtype") or "auto"), str(options.get("weights") or "auto"))
     return out
+
+
+def speculative_modes(recipe: EngineRecipe, workflow: Workflow) -> dict[str, str]:
+    """Per model source of `workflow`, the speculative mode its engine is built with ("off" by default)."""
+    sources = {workflow.graph.model_source(n) or "" for n in workflow.graph.nodes if n.kind == "llm"}
+    return {source: str(recipe.options_for(source).get("speculative") or "off") for source in sorted(sources)}
 
 
 def fresh_planner(workflow: Workflow, *, workers: int = 1, dtype: str = "auto", weights: str = "auto") -> BatchPlanner:

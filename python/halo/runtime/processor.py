@@ -180,6 +180,21 @@ class ProcessorOutcome:
         """llm node -> (tokens generated, samples returned): what the output-length history learns."""
         return {node: (s.decode_tokens, s.replies) for node, s in self.nodes.items() if s.replies}
 
+    @property
+    def decode_steps(self) -> dict[str, tuple[int, int, int]]:
+        """llm node -> (tokens its decode steps appended, those steps, the rows they computed): what the
+        history learns a node's decode rate from where its engine drafts (plan/cost/output_history.py).
+        Each sample's first token comes from its prefill; every accepted draft saved its sequence a step
+        (a stop inside an accepted run drops the rest, so this can undercount steps by a few), and
+        every draft verified was a row of its step."""
+        out: dict[str, tuple[int, int, int]] = {}
+        for node, s in self.nodes.items():
+            tokens = s.decode_tokens - s.replies
+            if s.replies and tokens > 0:
+                steps = max(tokens - s.accepted_drafts, s.verifies, 1)
+                out[node] = (tokens, steps, steps + s.drafted)
+        return out
+
 
 class Processor:
     """Runs one consolidated batch; `run()` returns outputs, errors and the timeline.

@@ -2,11 +2,20 @@
 
 The LLM part: per-(model, dtype, weight format, device, threads) prefill and decode latency curves, model load time
 and KV copy bandwidth, measured by ``halo profile`` (``halo.runtime.engine_profiler.profile_engine``) and cached as JSON
-(``load_curves``); and the observed output lengths per llm node (``OutputLengthHistory``).
+(``load_curves``); and the observed output lengths per llm node (``OutputLengthHistory``), with their decode rates
+under speculative decoding (``DecodeRate``).
 """
 
 from halo.plan.cost.latency_curves import DecodeSample, LatencyCurves, PrefillSample, fit_latency_curves
-from halo.plan.cost.output_history import FOREACH_GUESS, OutputLengthHistory, calls_key, output_key
+from halo.plan.cost.output_history import (
+    FOREACH_GUESS,
+    PLAIN_DECODE,
+    DecodeRate,
+    OutputLengthHistory,
+    calls_key,
+    decode_key,
+    output_key,
+)
 from halo.plan.cost.profile_cache import (
     DEFAULT_CURVES,
     ProfileMissingWarning,
@@ -21,6 +30,8 @@ from halo.plan.cost.tool_cost import ToolCostModel
 __all__ = [
     "DEFAULT_CURVES",
     "FOREACH_GUESS",
+    "PLAIN_DECODE",
+    "DecodeRate",
     "DecodeSample",
     "LatencyCurves",
     "OutputLengthHistory",
@@ -29,6 +40,7 @@ __all__ = [
     "ToolCostModel",
     "WeightsProfileMissingWarning",
     "calls_key",
+    "decode_key",
     "fit_latency_curves",
     "load_curves",
     "model_key",

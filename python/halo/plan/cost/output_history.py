@@ -11,6 +11,12 @@ feeds ``observe``; ``build_plan_problem`` reads ``expected``. The same history k
 `calls_key`, how many calls an instance of a conditional (`when`) or map (`foreach`) node made on
 average (0 when skipped, one per element of a map): `expected_calls`, the planner's multiplier of that
 node's work (1.0 for a conditional and `FOREACH_GUESS` elements for a map until observed).
+Under `decode_key` it keeps, per node and speculative mode, what a decode step of the node's sequences
+did when its engine drafted (engine/speculation.py): tokens it appended (1 + the drafts accepted on a
+verify step, 1 on a plain one) and rows it computed (1 + the drafts verified), each a mean over decode
+steps (`observe_decode`). `decode_rate` is what the planner divides a node's decode steps by and
+multiplies its decode batch by (`PLAIN_DECODE`, 1 and 1, until observed; with speculation off the
+planner never asks). Only runs whose engine drafted feed it, so the plain figures never mix in.
 Persisted as one small JSON file (``$HALO_CACHE_DIR/output_lengths.json``), written atomically.
 """
 
@@ -60,6 +66,22 @@ def calls_key(node: GraphNode, model: str | None) -> str:
     return f"{output_key(node, model)}#calls:{hashlib.sha1(control.encode()).hexdigest()[:8]}"
 
 
+def decode_key(node: GraphNode, model: str | None, speculative: str) -> str:
+    """The history key of a node's decode rate when its engine runs speculative mode `speculative`."""
+    return f"{output_key(node, model)}#decode:{speculative}"
+
+
+@dataclass(frozen=True)
+class DecodeRate:
+    """Per decode step of a node's sequences: tokens appended and rows computed (verified drafts included)."""
+
+    tokens_per_step: float = 1.0
+    rows_per_step: float = 1.0
+
+
+PLAIN_DECODE = DecodeRate()
+
+
 @dataclass
 class _Stat:
     count: int = 0
@@ -92,6 +114,21 @@ class OutputLengthHistory:
         if stat is None or stat.count == 0:
             return max_tokens
         return max(1, min(max_tokens, round(stat.mean)))
+
+    def observe_decode(self, key: str, tokens: int, steps: int, rows: int) -> None:
+        """Record a run's decode of a node: ``tokens`` appended by decode steps (the first token of each
+        call comes from its prefill), in ``steps`` steps that computed ``rows`` rows (each weighs a step)."""
+        if steps <= 0 or tokens <= 0:
+            return
+        self.observe(f"{key}:tokens", tokens / steps, steps)
+        self.observe(f"{key}:rows", rows / steps, steps)
+
+    def decode_rate(self, key: str) -> DecodeRate:
+        """The observed decode rate under ``key`` (`decode_key`), else `PLAIN_DECODE`."""
+        tokens, rows = self.stats.get(f"{key}:tokens"), self.stats.get(f"{key}:rows")
+        if tokens is None or rows is None or tokens.count == 0:
+            return PLAIN_DECODE
+        return DecodeRate(max(1.0, tokens.mean), max(1.0, rows.mean))
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> OutputLengthHistory:
