@@ -1,7 +1,8 @@
-"""The eight workloads: their YAML staged beside generated data, and their input rows by seed.
+"""The nine workloads: their YAML staged beside generated data, and their input rows by seed.
 
 `stage(folder, ...)` copies each workload's YAML into `folder` with its database paths pointing at
-the generated files (cached under `data_dir`) and, optionally, every llm node's `max_tokens` capped.
+the generated files (cached under `data_dir`) and, optionally, every llm node's `max_tokens` capped
+(a `json_schema` node keeps its own: a JSON value cut short fails its node).
 `rows(name, n, seed, api)` makes the batch of one workload.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from bench.generators import corpus
+from bench.generators import corpus, passages
 from bench.generators.tpch import tpch_database
 
 WORKLOADS_DIR = Path(__file__).resolve().parents[1] / "workloads"
@@ -26,6 +27,7 @@ WORKLOADS = (
     "multi-turn",
     "per-document-qa",
     "ticket-routing",
+    "doc-passages",
 )
 
 
@@ -44,7 +46,7 @@ def stage(
                 database["path"] = str(corpus.documents_database(data_dir, seed))
         if max_tokens is not None:
             for node in doc["nodes"]:
-                if node.get("kind") == "llm":
+                if node.get("kind") == "llm" and "json_schema" not in node:
                     node["max_tokens"] = min(int(node.get("max_tokens", max_tokens)), max_tokens)
         path = folder / f"{name}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000))
@@ -67,4 +69,6 @@ def rows(name: str, n: int, seed: int, api: str) -> list[dict[str, Any]]:
         return [{"item": item} for item in corpus.review_items(rng, n)]
     if name == "multi-turn":
         return [{"turn1": a, "turn2": b, "turn3": c} for a, b, c in corpus.conversations(rng, n)]
+    if name == "doc-passages":
+        return [{"topic": t, "passage": p, "question": q} for t, p, q in passages.passages(rng, n)]
     raise ValueError(f"unknown workload {name!r} (known: {', '.join(WORKLOADS)})")

@@ -23,7 +23,8 @@ ROWS = 2
 HALVES = {
     "tpch": ["tpch-trident", "tpch-fanout"],
     "agents": ["multi-step-retrieval", "adversarial-reasoning", "multi-agent-voting", "multi-turn"],
-    "language": ["per-document-qa", "ticket-routing"],  # foreach/reduce and when: test_suite_quick_language.py
+    # foreach/reduce, when, and distinct real-text rows (json_schema + a python tool): test_suite_quick_language.py
+    "language": ["per-document-qa", "ticket-routing", "doc-passages"],
 }
 
 

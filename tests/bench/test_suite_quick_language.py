@@ -1,6 +1,7 @@
 """The benchmark suite end to end in `--quick` size over the workloads that use the workflow
 language's map, reduce and conditional nodes (per-document-qa: foreach + reduce; ticket-routing: when
-and a list output): every system on the real model (fp32, greedy), outputs identical to the serial
+and a list output) and over doc-passages (distinct real-text rows: nothing to share; a json_schema node
+and a python tool in an llm chain): every system on the real model (fp32, greedy), outputs identical to the serial
 baseline, report files written. Their calls per row are not one per node: the baselines agree with
 each other on what ran, and halo runs no more than they do."""
 
@@ -28,6 +29,9 @@ class TestLanguageHalf(QuickSuiteChecks):
             for c in (serial, per_call, opwise, halo):
                 assert c["llm_calls_logical"] == serial["llm_calls_executed"]
                 assert c["tool_calls_logical"] == serial["tool_calls_executed"]
+        passages = by[("doc-passages", "halo")]
+        # every row distinct: halo runs each of the three llm calls of each row, as the baselines do
+        assert passages["llm_calls_executed"] == passages["llm_calls_logical"] == 2 * 3
         routing = by[("ticket-routing", "serial")]
         # two rows: one category call each and exactly one of the three replies (the others skipped)
         assert routing["llm_calls_executed"] == routing["llm_calls_logical"] == 2 * 2
