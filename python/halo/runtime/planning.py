@@ -216,8 +216,10 @@ def model_profiles(recipe: EngineRecipe, workflow: Workflow) -> dict[str, tuple[
 
 
 def speculative_modes(recipe: EngineRecipe, workflow: Workflow) -> dict[str, str]:
-    """Per model source of `workflow`, the speculative mode its engine is built with ("off" by default)."""
-    sources = {workflow.graph.model_source(n) or "" for n in workflow.graph.nodes if n.kind == "llm"}
+    """Per local model source of `workflow`, the speculative mode its engine is built with ("off" by
+    default; a remote model's server decodes as it does)."""
+    remote = workflow.graph.remote_models()
+    sources = {workflow.graph.model_source(n) or "" for n in workflow.graph.nodes if n.kind == "llm"} - set(remote)
     return {source: str(recipe.options_for(source).get("speculative") or "off") for source in sorted(sources)}
 
 

@@ -16,7 +16,8 @@ did when its engine drafted (engine/speculation.py): tokens it appended (1 + the
 verify step, 1 on a plain one) and rows it computed (1 + the drafts verified), each a mean over decode
 steps (`observe_decode`). `decode_rate` is what the planner divides a node's decode steps by and
 multiplies its decode batch by (`PLAIN_DECODE`, 1 and 1, until observed; with speculation off the
-planner never asks). Only runs whose engine drafted feed it, so the plain figures never mix in.
+planner never asks). Only runs whose engines had speculation on feed it (a node auto stopped drafting
+for teaches 1 and 1), so plain decoding's figures never mix in.
 Persisted as one small JSON file (``$HALO_CACHE_DIR/output_lengths.json``), written atomically.
 """
 
