@@ -65,7 +65,7 @@ class ModelRunner:
             end = start + n
             q_start = len(ids)
             drafting = bool(seq.draft_ids)
-            ids.extend(seq.step_tokens(start, end) if drafting else seq.tokens[start:end])
+            ids.extend(seq.step_tokens(start, end))
             positions.extend(range(start, end))
             table = seq.block_table
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
