@@ -4,6 +4,16 @@ Run: ``.venv/bin/python bench/engine_throughput.py [--dtype auto|bf16|fp32] [--j
 Every figure is printed with the CPU capability, the dtype and the dtype probe's GFLOP/s.
 ``--compare-unpacked`` also measures prefill and decode on an engine built with ``pack_weights=False``
 (plain ``F.linear``) in the same run and prints the ratios (bf16 only: fp32 is never packed).
+
+``--profile`` prints instead where a step's wall time goes, for decode at each ``--batches`` size and
+for a 512-token prefill: the weight products, the head, attention, the KV store, norms, the
+activation, the rest of the forward (embedding, RoPE, residuals), the step context, the scheduler,
+sampling and the engine's own bookkeeping (timers around the engine's seams, bench/step_profile.py
+says how and why not torch.profiler), the torch calls per step and what their dispatch alone costs,
+and the bounds: batch 1 against memory bandwidth (``DecoderModel.weight_bytes()`` per token over a
+large tensor copy's measured bandwidth) and the largest batch and prefill against the compute bound
+of the dtype probe (engine/dtype_probe.py). Decode contexts are seeded, not prefilled, so a profile
+of batch 64 takes seconds (`seed_decoding`): the KV values do not change what a step costs.
 """
 
 from __future__ import annotations
@@ -15,8 +25,12 @@ import sys
 import time
 from dataclasses import dataclass
 
+import torch
 from halo.engine import LLMEngine, SamplingParams
-from halo.engine.sequence import Sequence
+from halo.engine.dtype_probe import matmul_gflops
+from halo.engine.sequence import Sequence, SequenceStatus
+
+from bench import step_profile
 
 COMPUTE_GFLOP_PER_TOKEN = 0.27  # SmolLM2-135M forward, from DESIGN.md
 
@@ -124,15 +138,188 @@ def report(engine: LLMEngine, f: Figures) -> str:
     return "\n".join(lines)
 
 
+def seed_decoding(engine: LLMEngine, batch: int, context: int, max_tokens: int) -> None:
+    """Put ``batch`` requests of ``context`` random prompt tokens into the running set with all but their
+    last prompt token already computed, their KV blocks filled with zeros instead of a prefill: the next
+    step is a decode step of ``batch`` rows at that context. A profile's shortcut (a step costs the same
+    whatever the KV values); the prefix cache is reset after, so no seeded block is ever reused."""
+    engine.reset_prefix_cache()
+    sched, bm, kv = engine.batch_scheduler, engine.block_manager, engine.kv
+    for prompt in _random_prompts(batch, context, engine.config.vocab_size, seed=batch):
+        engine.add_request(prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+    while sched.waiting:
+        seq = sched.waiting.popleft()
+        assert bm.can_append(seq, context - 1), "KV pool too small for the profile"
+        bm.append(seq, context - 1)
+        seq.num_computed = context - 1
+        seq.status = SequenceStatus.RUNNING
+        sched.running.append(seq)
+        blocks = torch.tensor(seq.block_table, dtype=torch.int64)
+        kv.k[:, :, blocks] = 0
+        kv.v[:, :, blocks] = 0
+
+
+def _abort_all(engine: LLMEngine) -> None:
+    for seq in list(engine.batch_scheduler.running) + list(engine.batch_scheduler.waiting):
+        engine.abort(seq.request_id)
+    engine.reset_prefix_cache()
+
+
+@dataclass
+class StepProfile:
+    name: str
+    tokens_per_step: int
+    plain_step_s: float  # best-of-rounds mean step, no timers installed
+    timed_step_s: float  # the same with timers installed
+    seconds: dict[str, float]  # per category, per step
+    torch_calls: dict[str, int]  # per step, by calling function
+
+
+def profile_decode(engine: LLMEngine, batch: int, context: int = 240, steps: int | None = None,
+                   rounds: int = 3) -> StepProfile:
+    """Decode steps of ``batch`` rows: rounds of ``steps`` plain steps then ``steps`` timed ones, alternating
+    so load changes hit both alike; the best round of each is kept. ``steps`` defaults to 8 up to batch 8, 4 above."""
+    steps = steps or (8 if batch <= 8 else 4)
+    seed_decoding(engine, batch, context, max_tokens=2 * rounds * steps + 8)
+    engine.step()  # the last prompt token of every sequence
+    engine.step()  # warm-up
+    timers = step_profile.StepTimers()
+    best_plain = best_timed = float("inf")
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        best_plain = min(best_plain, (time.perf_counter() - t0) / steps)
+        timers.reset()
+        timers.install(engine)
+        try:
+            for _ in range(steps):
+                engine.step()
+        finally:
+            timers.uninstall()
+        if timers.step_seconds / steps < best_timed:
+            best_timed = timers.step_seconds / steps
+            best = {k: v / steps for k, v in timers.seconds.items()}
+    calls = step_profile.torch_calls_per_step(engine)
+    _abort_all(engine)
+    return StepProfile(f"decode b={batch}", batch, best_plain, best_timed, best, calls)
+
+
+def profile_prefill(engine: LLMEngine, length: int = 512, rounds: int = 3) -> StepProfile:
+    """One step prefilling a ``length``-token prompt (nothing cached), best of ``rounds`` timed steps."""
+    vocab = engine.config.vocab_size
+    best_plain = best_timed = float("inf")
+    best: dict[str, float] = {}
+    timers = step_profile.StepTimers()
+    for r in range(rounds + 1):
+        for timed in (False, True):
+            engine.reset_prefix_cache()
+            (prompt,) = _random_prompts(1, length, vocab, seed=200 + 2 * r + timed)
+            engine.add_request(prompt, SamplingParams(max_tokens=1, ignore_eos=True))
+            timers.reset()
+            if timed:
+                timers.install(engine)
+            t0 = time.perf_counter()
+            try:
+                engine.step()
+            finally:
+                spent = time.perf_counter() - t0
+                timers.uninstall()
+            _drain(engine)
+            if r == 0:
+                continue  # warm-up round
+            if not timed:
+                best_plain = min(best_plain, spent)
+            elif timers.step_seconds < best_timed:
+                best_timed = timers.step_seconds
+                best = dict(timers.seconds)
+    engine.reset_prefix_cache()
+    (prompt,) = _random_prompts(1, length, vocab, seed=999)
+    engine.add_request(prompt, SamplingParams(max_tokens=1, ignore_eos=True))
+    calls = step_profile.torch_calls_per_step(engine)
+    _drain(engine)
+    engine.reset_prefix_cache()
+    return StepProfile(f"prefill {length}", length, best_plain, best_timed, best, calls)
+
+
+def profile_report(engine: LLMEngine, profiles: list[StepProfile]) -> str:
+    d = engine.describe()
+    call_s = step_profile.trivial_call_seconds()
+    copy_bw = step_profile.copy_bandwidth()
+    read_bw = step_profile.read_bandwidth()
+    weight_bytes = engine.model.weight_bytes()
+    gflops = matmul_gflops(engine.model.dtype)
+    flops = engine.model.flops_per_token
+    mem_bound = copy_bw / weight_bytes  # tok/s at batch 1 if each token streams every weight once
+    compute_bound = gflops * 1e9 / flops
+    lines = [
+        f"machine: cpu={d['cpu']} threads={d['threads']} dtype={d['dtype']} weights={d['weights']} "
+        f"attention={d['attention']}",
+        f"weight bytes per token (DecoderModel.weight_bytes): {weight_bytes / 1e6:.1f} MB; "
+        f"copy bandwidth (512 MiB copy_, read+write): {copy_bw / 1e9:.1f} GB/s; read bandwidth (sum): "
+        f"{read_bw / 1e9:.1f} GB/s",
+        f"memory-bandwidth bound at batch 1: {mem_bound:.1f} tok/s (copy bw / weight bytes); "
+        f"compute bound: {compute_bound:.0f} tok/s ({gflops:.1f} GFLOP/s probe / {flops / 1e9:.3f} GFLOP per token)",
+        f"one trivial torch call: {call_s * 1e6:.2f} us",
+        "",
+    ]
+    header = f"{'ms per step':<16}" + "".join(f"{p.name:>16}" for p in profiles)
+    lines.append(header)
+    for cat in step_profile.CATEGORIES:
+        row = f"{cat:<16}"
+        for p in profiles:
+            v = p.seconds.get(cat, 0.0)
+            row += f"{v * 1e3:9.2f} {100 * v / p.timed_step_s:4.0f}% "
+        lines.append(row)
+    lines.append(f"{'timed step':<16}" + "".join(f"{p.timed_step_s * 1e3:9.2f}       " for p in profiles))
+    lines.append(f"{'plain step':<16}" + "".join(f"{p.plain_step_s * 1e3:9.2f}       " for p in profiles))
+    calls = [sum(p.torch_calls.values()) for p in profiles]
+    lines.append(f"{'torch calls':<16}" + "".join(f"{n:9d}       " for n in calls))
+    lines.append(
+        f"{'dispatch est.':<16}"
+        + "".join(
+            f"{n * call_s * 1e3:9.2f} {100 * n * call_s / p.plain_step_s:4.0f}% "
+            for n, p in zip(calls, profiles, strict=True)
+        )
+    )
+    lines.append(f"{'tok/s (plain)':<16}" + "".join(f"{p.tokens_per_step / p.plain_step_s:9.1f}       "
+                                                     for p in profiles))
+    lines.append("")
+    for p in profiles:
+        tok_s = p.tokens_per_step / p.plain_step_s
+        lines.append(
+            f"{p.name}: {tok_s:.1f} tok/s = {100 * tok_s / mem_bound:.0f}% of the memory-bandwidth bound, "
+            f"{100 * tok_s / compute_bound:.0f}% of the compute bound"
+            + (" (batch 1: the memory bound is the one that applies)" if p.tokens_per_step == 1 else "")
+        )
+    first = profiles[0]
+    lines.append(f"torch calls per step of {first.name}, by caller:")
+    lines.extend(f"  {n:6d}  {where}" for where, n in first.torch_calls.items())
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--batches", default="1,8,32,64")
     ap.add_argument("--json", help="also write the figures and machine facts here")
     ap.add_argument("--compare-unpacked", action="store_true", help="also measure with pack_weights=False")
+    ap.add_argument("--profile", action="store_true", help="print where a step's time goes (see the docstring)")
+    ap.add_argument("--weights", default="auto", choices=["auto", "fp32", "bf16", "int8", "int4"])
+    ap.add_argument("--context", type=int, default=240, help="decode context of --profile")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
     batches = tuple(int(b) for b in args.batches.split(","))
-    engine = LLMEngine(dtype=args.dtype)
+    engine = LLMEngine(dtype=args.dtype, weights=args.weights, num_threads=args.threads)
+    if args.profile:
+        profiles = [profile_decode(engine, b, args.context) for b in batches] + [profile_prefill(engine)]
+        print(profile_report(engine, profiles))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"machine": engine.describe(), "profiles": [p.__dict__ for p in profiles]}, fh,
+                          indent=2, default=str)
+        return 0
     figures = measure(engine, batches)
     print(report(engine, figures))
     out: dict = {"machine": engine.describe(), "figures": figures.__dict__}

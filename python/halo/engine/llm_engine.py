@@ -32,8 +32,8 @@ from halo.engine.model import DecoderModel
 from halo.engine.model_runner import ModelRunner, ScoredRows
 from halo.engine.output_format import OutputFormat
 from halo.engine.quantized_linear import QUANTIZED_FORMATS, check_weight_format
+from halo.engine.sampler import greedy_tokens, sample
 from halo.engine.sampler import logprobs as token_logprobs
-from halo.engine.sampler import sample
 from halo.engine.sampling_params import GenerationResult, SamplingParams
 from halo.engine.sequence import Sequence, SequenceStatus
 from halo.engine.speculation import Speculator, StepCost
@@ -448,7 +448,7 @@ class LLMEngine:
         very tokens plain decoding would have had there) and no more; the block table is cut back to
         it, and only then are full blocks offered to the prefix cache."""
         drafts, seq.draft_ids = seq.draft_ids, []
-        choices = draft_logits.argmax(dim=-1).tolist()
+        choices = greedy_tokens(draft_logits)
         run = [first]
         while len(run) <= len(drafts) and run[-1] == drafts[len(run) - 1]:
             run.append(choices[len(run) - 1])

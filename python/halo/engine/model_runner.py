@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 
@@ -25,6 +27,12 @@ class ScoredRows:
     first_position: int
     row: int
     count: int
+
+
+@cache
+def _zeros(n: int) -> array:
+    """``n`` zero block ids (padding of a decode row's table); immutable by use, shared across steps."""
+    return array("q", bytes(8 * n))
 
 
 class ModelRunner:
@@ -54,7 +62,8 @@ class ModelRunner:
         slots: list[int] = []
         logits_rows: list[int] = []
         samplers: list[Sequence] = []
-        decode_tables: list[list[int]] = []
+        decode_tables: list[list[int]] = []  # each decode row's whole block table ...
+        decode_blocks_of: list[int] = []  # ... of which it reads this many blocks
         decode_lens: list[int] = []
         prefills: list[PrefillSpan] = []
         scored_rows: list[int] = []
@@ -65,7 +74,7 @@ class ModelRunner:
             end = start + n
             q_start = len(ids)
             drafting = bool(seq.draft_ids)
-            ids.extend(seq.step_tokens(start, end) if drafting else seq.tokens[start:end])
+            ids.extend(seq.step_tokens(start, end))
             positions.extend(range(start, end))
             table = seq.block_table
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
@@ -73,7 +82,8 @@ class ModelRunner:
                 assert len(decode_tables) == q_start, "decode rows must come first in the batch"
                 assert not drafting or n == 1 + len(seq.draft_ids) == seq.num_uncomputed + len(seq.draft_ids)
                 for row_end in range(start + 1, end + 1):
-                    decode_tables.append(table[: -(-row_end // bs)])
+                    decode_tables.append(table)
+                    decode_blocks_of.append(-(-row_end // bs))
                     decode_lens.append(row_end)
                 if drafting:
                     logits_rows.append(q_start)
@@ -92,28 +102,39 @@ class ModelRunner:
                 logits_rows.append(len(ids) - 1)
                 samplers.append(seq)
         nd = len(decode_tables)
-        max_blocks = max((len(t) for t in decode_tables), default=0)
+        max_blocks = max(decode_blocks_of, default=0)
+        # Every int64 field in one host buffer and one tensor, the fields views of it: torch.tensor of a
+        # list costs ~5 us a call and ~70 ns an element, an array ~20 ns (64 decode rows at a 2k context
+        # pad 8k block ids: 4x faster preparation than a tensor per field from nested lists).
+        data = array("q", ids)
+        data.extend(positions)
+        data.extend(slots)
+        data.extend(logits_rows)
+        data.extend(draft_rows)
+        data.extend(scored_rows)
+        data.extend(decode_lens)
+        for table, k in zip(decode_tables, decode_blocks_of, strict=True):
+            data.extend(table[:k])
+            if k < max_blocks:
+                data.extend(_zeros(max_blocks - k))
+        flat = torch.frombuffer(data, dtype=torch.int64) if data else torch.empty(0, dtype=torch.int64)
+        t = len(ids)
+        o = 3 * t + len(logits_rows) + len(draft_rows) + len(scored_rows)  # where decode_lens start
+        lens = flat[o : o + nd]
         mask = None
-        if nd:
-            padded = [t + [0] * (max_blocks - len(t)) for t in decode_tables]
-            decode_blocks = torch.tensor(padded, dtype=torch.int64).view(-1)
-            lens = torch.tensor(decode_lens, dtype=torch.int64)
-            if min(decode_lens) < max_blocks * bs:
-                mask = (torch.arange(max_blocks * bs).unsqueeze(0) >= lens.unsqueeze(1)).view(nd, 1, 1, -1)
-        else:
-            decode_blocks = torch.empty(0, dtype=torch.int64)
-            lens = torch.empty(0, dtype=torch.int64)
+        if nd and min(decode_lens) < max_blocks * bs:
+            mask = (torch.arange(max_blocks * bs).unsqueeze(0) >= lens.unsqueeze(1)).view(nd, 1, 1, -1)
         ctx = StepContext(
-            input_ids=torch.tensor(ids, dtype=torch.int64),
-            positions=torch.tensor(positions, dtype=torch.int64),
-            slots=torch.tensor(slots, dtype=torch.int64),
+            input_ids=flat[:t],
+            positions=flat[t : 2 * t],
+            slots=flat[2 * t : 3 * t],
             num_decode=nd,
-            decode_blocks=decode_blocks,
+            decode_blocks=flat[o + nd :],
             decode_max_blocks=max_blocks,
             decode_lens=lens,
             decode_mask=mask,
             prefills=tuple(prefills),
-            logits_rows=torch.tensor(logits_rows + draft_rows + scored_rows, dtype=torch.int64),
+            logits_rows=flat[3 * t : o],
         )
         first_scored = len(samplers) + len(draft_rows)
         scored = [ScoredRows(r.seq, r.first_position, first_scored + r.row, r.count) for r in scored]

@@ -78,8 +78,18 @@ class Sequence:
         return len(self.prompt_ids) + len(self.output_ids)
 
     def step_tokens(self, start: int, end: int) -> list[int]:
-        """Tokens ``[start, end)`` of ``tokens`` followed by the drafts: what a step computes."""
-        return (self.tokens + self.draft_ids)[start:end]
+        """Tokens ``[start, end)`` of ``tokens`` followed by the drafts: what a step computes. Sliced from
+        the parts, so a decode step copies its one token, not the whole context."""
+        prompt, output = self.prompt_ids, self.output_ids
+        n = len(prompt)
+        if end <= n:
+            return prompt[start:end]
+        m = n + len(output)
+        head = prompt[start:] if start < n else []
+        head += output[max(start - n, 0) : end - n]
+        if end > m:
+            head += self.draft_ids[max(start - m, 0) : end - m]
+        return head
 
     @property
     def num_uncomputed(self) -> int:
