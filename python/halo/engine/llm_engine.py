@@ -112,6 +112,10 @@ class LLMEngine:
     cost is measured on a quiet machine and over the workloads: issue 21) never. Greedy outputs equal
     plain decoding's.
 
+    ``deterministic`` makes the forward batch-invariant (engine/batch_invariant.py): a row's tokens
+    are the same bits whether it runs alone or beside any other rows, with or without prefix-cache
+    hits, in any prefill chunking, in every dtype and weight format.
+
     ``weights`` is how the weight matrices are stored: ``bf16``/``fp32`` keep them in the compute
     dtype (so either one alone also sets ``dtype``, and a different explicit ``dtype`` is an error);
     ``int8`` (a scale per output row) and ``int4`` (a scale and zero per 32 inputs) are weight-only
@@ -143,6 +147,7 @@ class LLMEngine:
         jump_forward: bool = True,
         speculative: str = "off",
         num_speculative_tokens: int = 4,
+        deterministic: bool = False,
     ) -> None:
         for name, value in (
             ("block_size", block_size),
@@ -201,6 +206,7 @@ class LLMEngine:
             attention,
             pack_weights,
             weight_format=self.weights_choice.name,
+            deterministic=deterministic,
         )
         del ckpt
         self.block_manager = BlockManager(kv_blocks, block_size, enable_prefix_cache)
@@ -244,6 +250,7 @@ class LLMEngine:
             "device": str(self.device),
             "attention": self.model.attention.__name__.rsplit(".", 1)[-1],
             "packed_weights": self.model.packed_weights,
+            "deterministic": self.model.deterministic,
             "weights": self.model.weight_format,
             "weights_reason": self.weights_choice.reason,
             "weights_probe_us": self.weights_choice.probe_us,
