@@ -1,7 +1,10 @@
 """Which operations make a row's result depend on the other rows of its step, per op, on this machine.
 
 Run: ``.venv/bin/python bench/batch_invariance.py [--threads 2] [--formats fp32,bf16,int8,int4]
-[--sizes 2,3,4,8,16,33,64,128] [--json out.json]``.
+[--sizes 2,3,4,8,16,33,64,128] [--json out.json]``; with ``--cost [--cost-dtypes bf16,fp32]
+[--batches 1,8,64] [--prefill-tokens 512] [--context 240]`` it then measures what the mode costs: prefill
+and decode tok/s of the default model with ``deterministic`` off and on, each figure taken off then
+on in the same run (bench/engine_throughput.py's measurements), and their ratios.
 
 For every op of the default model's forward (SmolLM2-135M shapes: each projection and the head in each
 weight format, RMSNorm, the MLP activation, decode attention, prefill attention, greedy sampling) it
@@ -19,12 +22,12 @@ the thread count: the kernels, hence the plain figures, differ from machine to m
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Callable
 
 import torch
-
 from halo.engine import cpu_attention
 from halo.engine.batch_invariant import RowTiledLinear
 from halo.engine.dtype_probe import cpu_capability
@@ -88,20 +91,24 @@ def pointwise_ops(sizes: list[int], generator: torch.Generator) -> list[dict]:
         dtype = DTYPES[fmt_name]
         weight = (1 + 0.1 * torch.randn(c.hidden_size, generator=generator)).to(dtype)
         x = torch.randn(max(sizes), c.hidden_size, generator=generator).to(dtype)
-        results.append({"op": "rms_norm", "format": fmt_name, "mode": "plain",
-                        "diff": row_spread(lambda t: rms_norm(t, weight, c.rms_eps), x, sizes)})
+        norm = functools.partial(_norm, weight=weight, eps=c.rms_eps)
+        results.append({"op": "rms_norm", "format": fmt_name, "mode": "plain", "diff": row_spread(norm, x, sizes)})
         gate_up = torch.randn(max(sizes), 2 * c.intermediate_size, generator=generator).to(dtype)
-
-        def act(t: torch.Tensor) -> torch.Tensor:
-            gate, up = t.chunk(2, dim=-1)
-            return torch.nn.functional.silu(gate) * up
-
         results.append({"op": "silu(gate)*up", "format": fmt_name, "mode": "plain",
-                        "diff": row_spread(act, gate_up, sizes)})
+                        "diff": row_spread(_act, gate_up, sizes)})
         logits = torch.randn(max(sizes), c.vocab_size, generator=generator)
         results.append({"op": "greedy sampling", "format": fmt_name, "mode": "plain",
                         "diff": row_spread(lambda t: t.argmax(-1, keepdim=True), logits, sizes)})
     return results
+
+
+def _norm(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return rms_norm(t, weight, eps)
+
+
+def _act(t: torch.Tensor) -> torch.Tensor:
+    gate, up = t.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
 
 
 def _pool(dtype: torch.dtype, blocks: int, generator: torch.Generator) -> KVCache:
@@ -137,15 +144,7 @@ def decode_attention_ops(sizes: list[int], generator: torch.Generator) -> list[d
         tables = [list(range(s * per_seq, s * per_seq + -(-n // BLOCK))) for s, n in enumerate(lens)]
         scale = c.head_dim**-0.5
         for mode in ("plain (native kernel)", "plain (torch path)", "invariant"):
-            def run(idx: list[int], mode: str = mode) -> torch.Tensor:
-                ctx = _decode_ctx([lens[i] for i in idx], [tables[i] for i in idx])
-                if mode == "invariant":
-                    tables_t, lens_t = cpu_attention.row_tables(ctx)
-                    return cpu_attention.attention_rows(q[idx], kv, 0, tables_t, lens_t, scale)
-                if mode == "plain (torch path)":
-                    return cpu_attention.decode_attention_torch(q[idx], kv, 0, ctx, scale)
-                return cpu_attention.decode_attention(q[idx], kv, 0, ctx, scale)
-
+            run = functools.partial(_decode_rows, mode, q, kv, lens, tables, scale)
             alone = run([0]).float()
             diffs = []
             for m in sizes:
@@ -154,6 +153,17 @@ def decode_attention_ops(sizes: list[int], generator: torch.Generator) -> list[d
                 diffs.append(float((run(idx)[m // 2].float() - alone[0]).abs().max()))
             results.append({"op": "decode attention", "format": fmt_name, "mode": mode, "diff": diffs})
     return results
+
+
+def _decode_rows(mode: str, q: torch.Tensor, kv: KVCache, lens: list[int], tables: list[list[int]], scale: float,
+                 idx: list[int]) -> torch.Tensor:
+    """Decode attention of sequences ``idx`` in one step, as ``mode`` computes it."""
+    ctx = _decode_ctx([lens[i] for i in idx], [tables[i] for i in idx])
+    if mode == "invariant":
+        return cpu_attention.attention_rows(q[idx], kv, 0, *cpu_attention.row_tables(ctx), scale)
+    if mode == "plain (torch path)":
+        return cpu_attention.decode_attention_torch(q[idx], kv, 0, ctx, scale)
+    return cpu_attention.decode_attention(q[idx], kv, 0, ctx, scale)
 
 
 def prefill_attention_ops(sizes: list[int], generator: torch.Generator, length: int = 160) -> list[dict]:
@@ -168,34 +178,63 @@ def prefill_attention_ops(sizes: list[int], generator: torch.Generator, length: 
         q = torch.randn(length, c.num_heads, c.head_dim, generator=generator).to(dtype)
         k_all, v_all = (t[:, :length].transpose(0, 1) for t in kv.gather(0, blocks))  # [L, KV, D]
 
-        def chunk_ctx(n: int) -> StepContext:
-            first = length - n
-            if n == 1:  # the runner makes a one-token step a decode row
-                return _decode_ctx([length], [blocks.tolist()])
-            return StepContext(
-                input_ids=torch.zeros(n, dtype=torch.int64), positions=torch.arange(first, length),
-                slots=torch.arange(first, length), num_decode=0, decode_blocks=torch.empty(0, dtype=torch.int64),
-                decode_max_blocks=0, decode_lens=torch.empty(0, dtype=torch.int64), decode_mask=None,
-                prefills=(PrefillSpan(0, n, length, blocks),), logits_rows=torch.tensor([n - 1]),
-            )
-
         for mode in ("plain", "invariant"):
-            def last_row(n: int, mode: str = mode) -> torch.Tensor:
-                ctx = chunk_ctx(n)
-                qs = q[length - n :]
-                if mode == "invariant":
-                    tables_t, lens_t = cpu_attention.row_tables(ctx)
-                    return cpu_attention.attention_rows(qs, kv, 0, tables_t, lens_t, scale)[-1]
-                if n == 1:
-                    return cpu_attention.decode_attention(qs, kv, 0, ctx, scale)[-1]
-                return cpu_attention.prefill_attention(qs, k_all[length - n :], v_all[length - n :], kv, 0, ctx,
-                                                       scale)[-1]
-
+            last_row = functools.partial(_last_row, mode, q, kv, k_all, v_all, blocks, length, scale)
             full = last_row(length).float()
             diffs = [float((last_row(min(m, length)).float() - full).abs().max()) for m in [1, *sizes]]
             results.append({"op": f"prefill attention (last of {length})", "format": fmt_name, "mode": mode,
                             "diff": diffs})
     return results
+
+
+def cost(dtypes: list[str], batches: list[int], prefill_tokens: int, context: int, steps: int) -> list[dict]:
+    """Prefill and decode tok/s with the mode off and on, side by side, for each dtype."""
+    from halo.engine import LLMEngine
+    from halo.engine.checkpoint import load_checkpoint
+
+    from bench.engine_throughput import decode_throughput, prefill_throughput
+
+    rows = []
+    for dtype in dtypes:
+        ckpt = load_checkpoint(None, None, DTYPES[dtype])
+        engines = {det: LLMEngine(model=ckpt, dtype=dtype, deterministic=det, swap_space_gb=0) for det in (False, True)}
+        figures: dict[bool, dict[str, float]] = {False: {}, True: {}}
+        for engine in engines.values():  # warm: the first steps page the weights in
+            prefill_throughput(engine, 32, repeats=1)
+        for det, engine in engines.items():
+            figures[det][f"prefill {prefill_tokens}"] = prefill_throughput(engine, prefill_tokens, repeats=2)
+        for b in batches:
+            for det, engine in engines.items():
+                figures[det][f"decode batch {b}"] = decode_throughput(engine, b, context=context, steps=steps)
+        for name in figures[False]:
+            off, on = figures[False][name], figures[True][name]
+            rows.append({"dtype": dtype, "figure": name, "off_tok_s": off, "on_tok_s": on, "on_over_off": on / off})
+    return rows
+
+
+def _chunk_ctx(length: int, n: int, blocks: torch.Tensor) -> StepContext:
+    """The step computing the last ``n`` tokens of a ``length``-token prompt after a cached prefix."""
+    first = length - n
+    if n == 1:  # the runner makes a one-token step a decode row
+        return _decode_ctx([length], [blocks.tolist()])
+    return StepContext(
+        input_ids=torch.zeros(n, dtype=torch.int64), positions=torch.arange(first, length),
+        slots=torch.arange(first, length), num_decode=0, decode_blocks=torch.empty(0, dtype=torch.int64),
+        decode_max_blocks=0, decode_lens=torch.empty(0, dtype=torch.int64), decode_mask=None,
+        prefills=(PrefillSpan(0, n, length, blocks),), logits_rows=torch.tensor([n - 1]),
+    )
+
+
+def _last_row(mode: str, q: torch.Tensor, kv: KVCache, k_all: torch.Tensor, v_all: torch.Tensor, blocks: torch.Tensor,
+              length: int, scale: float, n: int) -> torch.Tensor:
+    """The prompt's last token's attention output when its last chunk is ``n`` tokens, as ``mode`` computes it."""
+    ctx = _chunk_ctx(length, n, blocks)
+    qs = q[length - n :]
+    if mode == "invariant":
+        return cpu_attention.attention_rows(qs, kv, 0, *cpu_attention.row_tables(ctx), scale)[-1]
+    if n == 1:
+        return cpu_attention.decode_attention(qs, kv, 0, ctx, scale)[-1]
+    return cpu_attention.prefill_attention(qs, k_all[length - n :], v_all[length - n :], kv, 0, ctx, scale)[-1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,13 +243,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", default="fp32,bf16,int8,int4")
     parser.add_argument("--sizes", default="2,3,4,8,16,33,64,128")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--cost", action="store_true", help="also measure tok/s with the mode off and on")
+    parser.add_argument("--ops", default="on", choices=["on", "off"], help="the per-op table (off: --cost only)")
+    parser.add_argument("--cost-dtypes", default="bf16,fp32")
+    parser.add_argument("--batches", default="1,8,64")
+    parser.add_argument("--prefill-tokens", type=int, default=512)
+    parser.add_argument("--context", type=int, default=240, help="tokens of context of each decoding sequence")
+    parser.add_argument("--steps", type=int, default=16, help="decode steps timed per batch size")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     generator = torch.Generator().manual_seed(0)
     print(f"CPU {cpu_capability()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    out: dict = {"cpu": cpu_capability(), "threads": args.threads, "sizes": sizes}
+    if args.ops == "on":
+        out["results"] = _ops_table(args.formats.split(","), sizes, generator)
+    if args.cost:
+        rows = cost(args.cost_dtypes.split(","), [int(b) for b in args.batches.split(",")], args.prefill_tokens,
+                    args.context, args.steps)
+        print(f"cost of deterministic=True (decode at {args.context} tokens of context, {args.steps} steps):")
+        print("| dtype | figure | off tok/s | on tok/s | on / off |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            off, on = r["off_tok_s"], r["on_tok_s"]
+            print(f"| {r['dtype']} | {r['figure']} | {off:.1f} | {on:.1f} | {r['on_over_off']:.2f}x |")
+        out["cost"] = rows
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+def _ops_table(formats: list[str], sizes: list[int], generator: torch.Generator) -> list[dict]:
     with torch.inference_mode():
-        results = linear_ops(args.formats.split(","), sizes, generator)
+        results = linear_ops(formats, sizes, generator)
         results += pointwise_ops(sizes, generator)
         results += decode_attention_ops(sizes, generator)
         results += prefill_attention_ops(sizes, generator)
@@ -223,11 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = f" (M=1: {r['diff'][0]:.2g})" if len(r["diff"]) > len(sizes) else ""
         cells = ["0" if d == 0 else f"{d:.2g}" for d in diffs]
         print(f"| {r['op']}{extra} | {r['format']} | {r['mode']} | " + " | ".join(cells) + " |")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"cpu": cpu_capability(), "threads": args.threads, "sizes": sizes, "results": results}, f,
-                      indent=1)
-    return 0
+    return results
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def layer_key(layer: _Layer) -> dict[str, object]:
         "format": layer.format,
         "shape": [layer.out_features, layer.in_features],
         "bias": getattr(layer, "bias", None) is not None,
-        "packed": bool(getattr(layer, "packed", False)),
+        "packed": getattr(layer, "packed", False) is True,  # (an int4 layer's packed is its nibbles)
         "group": getattr(layer, "group", None),
         "kind": type(layer).__name__,
     }
