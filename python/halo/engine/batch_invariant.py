@@ -37,6 +37,8 @@ import torch
 from halo.engine.probe_cache import remembered
 
 TILE_ROWS = 16  # rows per kernel call in batch-invariant mode (the cost trade-off: docs/architecture.md)
+# LLMEngine(deterministic=...)'s default, chosen from bench/batch_invariance.py --cost (see docs/architecture.md)
+DETERMINISTIC_DEFAULT = False
 TileMode = Literal["free", "padded", "rows"]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from halo.engine.batch_invariant import DETERMINISTIC_DEFAULT
 from halo.engine.batch_scheduler import BatchScheduler, ScheduledBatch
 from halo.engine.block_manager import BlockManager
 from halo.engine.checkpoint import Checkpoint, load_checkpoint
@@ -147,7 +148,7 @@ class LLMEngine:
         jump_forward: bool = True,
         speculative: str = "off",
         num_speculative_tokens: int = 4,
-        deterministic: bool = False,
+        deterministic: bool = DETERMINISTIC_DEFAULT,
     ) -> None:
         for name, value in (
             ("block_size", block_size),
