@@ -206,3 +206,13 @@ def test_serial_and_optimized_plans_agree_in_bf16(tiny_model):
     assert serial.errors == [] and optimized.errors == []
     assert optimized.outputs == serial.outputs
     assert optimized.stats.llm_calls_executed < serial.stats.llm_calls_executed  # it did batch and share
+
+
+@pytest.mark.parametrize("flag,options", [([], {}), (["--deterministic"], {"deterministic": True}),
+                                          (["--no-deterministic"], {"deterministic": False})])
+def test_halo_run_passes_the_switch_to_the_engines(flag, options):
+    from halo.cli import build_parser
+    from halo.runtime.run_command import compile_options
+
+    args = build_parser().parse_args(["run", "wf.yaml", "--input", "in.jsonl", "--output", "out.jsonl", *flag])
+    assert compile_options(args)["engine_options"] == {"weights": "auto", **options}
