@@ -96,17 +96,19 @@ def test_the_engine_says_it_is_deterministic(tiny_model):
 
 
 class _ShapeDependent:
-    """A product whose rounding follows the row count (as MKL's sgemm at M = 1 / 2-3 / 4+)."""
+    """A product whose rounding follows the row count below ``from_rows`` (as MKL's sgemm at M < 4 here),
+    and, with ``position``, each row's index in the call."""
 
     out_features, in_features, format = 8, 4, "fp32"
 
-    def __init__(self, position: bool = False) -> None:
+    def __init__(self, from_rows: int = TILE_ROWS, position: bool = False) -> None:
         self.weight = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
-        self.position = position
+        self.from_rows, self.position = from_rows, position
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = x @ self.weight.T + 1e-3 * x.shape[0]
-        if self.position:  # a row's result also follows its index in the call
+        # an elementwise product and a last-dim sum: each row by itself (a matmul would round by M too)
+        y = (x.unsqueeze(1) * self.weight).sum(-1) + 1e-3 * min(x.shape[0], self.from_rows)
+        if self.position:
             y = y + 1e-3 * torch.arange(x.shape[0]).unsqueeze(1)
         return y
 
@@ -117,30 +119,20 @@ class _ShapeDependent:
         return 128
 
 
-@pytest.mark.parametrize("position,mode", [(False, "padded"), (True, "rows")])
-def test_the_tile_check_finds_what_a_kernel_depends_on(position, mode):
-    layer = _ShapeDependent(position)
-    assert check_tile_mode(layer, torch.float32) == mode
-    tiled = RowTiledLinear.__new__(RowTiledLinear)  # the mode the check found, without the probe cache
-    tiled.inner, tiled.rows, tiled.mode = layer, TILE_ROWS, mode
+@pytest.mark.parametrize("from_rows,position,pad_to", [(TILE_ROWS, False, TILE_ROWS), (4, False, 4), (1, False, 1),
+                                                       (1, True, 0)])
+def test_the_tile_check_finds_what_a_kernel_depends_on(from_rows, position, pad_to):
+    layer = _ShapeDependent(from_rows, position)
+    assert check_tile_mode(layer, torch.float32) == pad_to
+    tiled = RowTiledLinear.__new__(RowTiledLinear)  # the verdict the check gave, without the probe cache
+    tiled.inner, tiled.rows, tiled.pad_to = layer, TILE_ROWS, pad_to
     tiled.out_features, tiled.in_features, tiled.format = 8, 4, "fp32"
     x = torch.randn(3 * TILE_ROWS + 5, 4, generator=torch.Generator().manual_seed(2))
     alone = torch.cat([tiled(x[i : i + 1]) for i in range(x.shape[0])])
-    for m in (2, TILE_ROWS, TILE_ROWS + 1, x.shape[0]):
+    for m in (2, 3, 5, TILE_ROWS, TILE_ROWS + 1, TILE_ROWS + 3, x.shape[0]):
         assert torch.equal(tiled(x[:m]), alone[:m])
-    assert not torch.equal(layer(x), torch.cat([layer(x[i : i + 1]) for i in range(x.shape[0])]))
-
-
-def test_a_row_independent_kernel_runs_partial_tiles_unpadded():
-    weight = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
-
-    class RowByRow:
-        out_features, in_features, format = 8, 4, "fp32"
-
-        def __call__(self, x: torch.Tensor) -> torch.Tensor:  # one row at a time: nothing depends on M
-            return torch.cat([x[i : i + 1] @ weight.T for i in range(x.shape[0])])
-
-    assert check_tile_mode(RowByRow(), torch.float32) == "free"
+    if (from_rows, position) != (1, False):  # the plain layer does depend on the batch
+        assert not torch.equal(layer(x), torch.cat([layer(x[i : i + 1]) for i in range(x.shape[0])]))
 
 
 def _pool(blocks: int, dtype: torch.dtype) -> KVCache:

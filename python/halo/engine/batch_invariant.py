@@ -9,19 +9,20 @@ and every later token of that answer follows the flip: a batch's answers changed
 added.
 
 `RowTiledLinear` makes the shape a row sees a constant: the step's rows go through the kernel in tiles
-of exactly ``TILE_ROWS`` rows, whatever the step holds. What is left to the kernel is that a row's
-sums may not depend on its position in a tile nor on the other rows' values, and that is not assumed
-either: `tile_mode` checks, once per layer shape on this machine (CPU, torch build, thread count;
-remembered in the probe cache), by running the layer on random rows, which of three ways is exact:
+of ``TILE_ROWS`` rows, whatever the step holds. What is left to the kernel is that a row's sums may not
+depend on its position in a tile nor on the other rows' values, and that is not assumed either:
+`tile_mode` checks, once per layer shape on this machine (CPU, torch build, thread count; remembered
+in the probe cache), by running the layer on random rows, what is exact, as the least tile height
+``pad_to`` from which every height up to ``TILE_ROWS`` gives each row the bits of a full tile:
 
-- ``free``: every height 1..TILE_ROWS gives each row the same bits as a full tile, at any position
-  and beside any rows. A partial tile (the last one of a step, or a decode step of a few rows) then
-  runs at its own height and costs nothing extra. This holds on machines whose kernel reduces each
-  row in one fixed order (this AVX2 machine's bf16, int8 and int4 kernels).
-- ``padded``: only full tiles are exact (the fp32 sgemm here): a partial tile is padded with zero rows
-  to ``TILE_ROWS``, so every call has one shape; a batch-1 decode step computes ``TILE_ROWS`` rows.
-- ``rows``: not even a full tile's rows are independent of their position: every row runs alone
-  (``M = 1``, one shape, one position). Exact, and slow beyond small batches; never seen so far.
+- ``pad_to = 1`` (``free``): every height 1..TILE_ROWS agrees, at any position and beside any rows. A
+  partial tile (the last one of a step, or a decode step of a few rows) runs at its own height and
+  costs nothing extra: this machine's bf16, int8 and int4 kernels, which reduce each row in one order.
+- ``1 < pad_to <= TILE_ROWS`` (``padded``): heights below ``pad_to`` round otherwise, so a partial tile
+  shorter than that is padded with zero rows to ``pad_to`` (MKL's fp32 sgemm here agrees from 4 rows:
+  a batch-1 decode computes 4 rows). ``pad_to = TILE_ROWS`` is one kernel shape for every call.
+- ``pad_to = 0`` (``rows``): not even a full tile's rows are independent of their position: every row
+  runs alone (``M = 1``, one shape, one position). Exact, and slow beyond small batches; never seen.
 
 The check runs the real layer (its weights, its format: fp32, bf16 packed or not, int8, int4), so it
 proves the property for the kernel that will run, not for a stand-in. A reduction order does not
@@ -30,7 +31,7 @@ depend on the values summed, so random rows stand for every input.
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 
@@ -39,7 +40,6 @@ from halo.engine.probe_cache import remembered
 TILE_ROWS = 16  # rows per kernel call in batch-invariant mode (the cost trade-off: docs/architecture.md)
 # LLMEngine(deterministic=...)'s default, chosen from bench/batch_invariance.py --cost (see docs/architecture.md)
 DETERMINISTIC_DEFAULT = False
-TileMode = Literal["free", "padded", "rows"]
 
 
 class _Layer(Protocol):
@@ -55,32 +55,37 @@ class _Layer(Protocol):
 
 
 class RowTiledLinear:
-    """A linear layer whose kernel always sees the same row count (see the module docstring)."""
+    """A linear layer whose kernel only ever sees row counts that give a row the same bits (module docstring)."""
 
-    __slots__ = ("inner", "mode", "rows", "out_features", "in_features", "format")
+    __slots__ = ("inner", "pad_to", "rows", "out_features", "in_features", "format")
 
     def __init__(self, inner: _Layer, dtype: torch.dtype, rows: int = TILE_ROWS) -> None:
         """``dtype``: the activations' dtype (the model's compute dtype), what the check feeds the layer."""
         self.inner, self.rows = inner, rows
         self.out_features, self.in_features, self.format = inner.out_features, inner.in_features, inner.format
-        self.mode: TileMode = tile_mode(inner, dtype, rows)
+        self.pad_to: int = tile_mode(inner, dtype, rows)
+
+    @property
+    def mode(self) -> str:
+        """``free``, ``padded to N`` or ``rows`` (module docstring), as the benchmark prints it."""
+        return {0: "rows", 1: "free"}.get(self.pad_to, f"padded to {self.pad_to}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        t, r = x.shape[0], self.rows
-        if self.mode == "rows":
+        t, r, pad_to = x.shape[0], self.rows, self.pad_to
+        if pad_to == 0:
             return torch.cat([self.inner(x[i : i + 1]) for i in range(t)])
-        if t == r or (t < r and self.mode == "free"):
+        if pad_to <= t <= r:
             return self.inner(x.contiguous())
         parts = []
         for start in range(0, t, r):
             tile = x[start : start + r].contiguous()
             m = tile.shape[0]
-            if m < r and self.mode == "padded":
-                tile = torch.cat([tile, tile.new_zeros(r - m, tile.shape[1])])
+            if m < pad_to:
+                tile = torch.cat([tile, tile.new_zeros(pad_to - m, tile.shape[1])])
                 parts.append(self.inner(tile)[:m])
             else:
                 parts.append(self.inner(tile))
-        return torch.cat(parts)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def numel(self) -> int:
         return self.inner.numel()
@@ -101,14 +106,14 @@ def layer_key(layer: _Layer) -> dict[str, object]:
     }
 
 
-def tile_mode(layer: _Layer, dtype: torch.dtype, rows: int = TILE_ROWS) -> TileMode:
-    """Which tiling makes ``layer``'s rows exact on this machine (module docstring), remembered per machine."""
+def tile_mode(layer: _Layer, dtype: torch.dtype, rows: int = TILE_ROWS) -> int:
+    """The least exact tile height ``pad_to`` of ``layer`` on this machine (module docstring), remembered."""
     key = {**layer_key(layer), "dtype": str(dtype), "rows": rows, "threads": torch.get_num_threads()}
-    return remembered("batch_invariance", key, lambda: check_tile_mode(layer, dtype, rows))
+    return int(remembered("batch_invariance_pad_to", key, lambda: check_tile_mode(layer, dtype, rows)))
 
 
 @torch.inference_mode()
-def check_tile_mode(layer: _Layer, dtype: torch.dtype, rows: int = TILE_ROWS) -> TileMode:
+def check_tile_mode(layer: _Layer, dtype: torch.dtype, rows: int = TILE_ROWS) -> int:
     """Measure `tile_mode`: products of random rows at every height up to ``rows``, in other positions
     and beside other rows, compared bit for bit with a full tile's."""
     generator = torch.Generator().manual_seed(0)
@@ -118,8 +123,9 @@ def check_tile_mode(layer: _Layer, dtype: torch.dtype, rows: int = TILE_ROWS) ->
     moved = torch.roll(x, 1, dims=0)
     others = torch.cat([x[:1], torch.randn(rows - 1, layer.in_features, generator=generator).to(dtype)])
     if not (torch.equal(layer(moved), torch.roll(full, 1, dims=0)) and torch.equal(layer(others)[0], full[0])):
-        return "rows"
-    for m in range(1, rows):
+        return 0
+    # a height m call computes rows at positions 0..m-1: they must be the full tile's first m rows
+    for m in range(rows - 1, 0, -1):
         if not torch.equal(layer(x[:m].contiguous()), full[:m]):
-            return "padded"
-    return "free"
+            return m + 1
+    return 1
