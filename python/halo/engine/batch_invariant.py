@@ -19,8 +19,8 @@ in the probe cache), by running the layer on random rows, what is exact, as the 
   partial tile (the last one of a step, or a decode step of a few rows) runs at its own height and
   costs nothing extra: this machine's bf16, int8 and int4 kernels, which reduce each row in one order.
 - ``1 < pad_to <= TILE_ROWS`` (``padded``): heights below ``pad_to`` round otherwise, so a partial tile
-  shorter than that is padded with zero rows to ``pad_to`` (MKL's fp32 sgemm here agrees from 4 rows:
-  a batch-1 decode computes 4 rows). ``pad_to = TILE_ROWS`` is one kernel shape for every call.
+  shorter than that is padded with zero rows to ``pad_to`` (MKL's fp32 sgemm here agrees from 12 rows:
+  a batch-1 decode computes 12 rows). ``pad_to = TILE_ROWS`` is one kernel shape for every call.
 - ``pad_to = 0`` (``rows``): not even a full tile's rows are independent of their position: every row
   runs alone (``M = 1``, one shape, one position). Exact, and slow beyond small batches; never seen.
 
