@@ -72,6 +72,8 @@ class RowTiledLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         t, r, pad_to = x.shape[0], self.rows, self.pad_to
+        if t == 0:  # a step whose rows all continue a prefill samples nothing: no head rows
+            return x.new_empty(0, self.out_features)
         if pad_to == 0:
             return torch.cat([self.inner(x[i : i + 1]) for i in range(t)])
         if pad_to <= t <= r:
