@@ -37,6 +37,7 @@ class SuiteConfig:
     rows: list[int]
     systems: list[str]
     dtype: str = "auto"
+    deterministic: bool | None = None  # the engine's batch-invariant mode (None: the engine's default)
     out: Path | None = None
     seed: int = 0
     scale_factor: float = 0.1
@@ -90,7 +91,8 @@ def run_suite(config: SuiteConfig) -> SuiteResult:
                 raise SystemExit(f"halo bench: system vllm-per-call needs --vllm-python PATH or {_VLLM_ENV}")
             vllm = stack.enter_context(VllmBackend(python, log_dir=out))
         for workload in config.workloads:
-            with halo.compile(staged[workload], dtype=config.dtype, cache=False) as app:
+            options = {} if config.deterministic is None else {"deterministic": config.deterministic}
+            with halo.compile(staged[workload], dtype=config.dtype, cache=False, engine_options=options) as app:
                 result.engines[workload] = app.engine().describe()
                 _log(f"{workload}: engine {_engine_line(result.engines[workload])}")
                 # One untimed row first: kernels, database pages and connections are warm for every system.
@@ -182,6 +184,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="few rows, tiny data, tiny max_tokens (a smoke run)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run every system on a batch-invariant engine, or (--no-deterministic) not (default: the engine's)",
+    )
     parser.add_argument("--out", default=None, help="results folder (default bench/results/<date>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale-factor", type=float, default=None, help="TPC-H scale factor (default 0.1)")
@@ -231,6 +239,7 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         rows=rows,
         systems=systems,
         dtype=args.dtype,
+        deterministic=getattr(args, "deterministic", None),
         out=Path(args.out) if args.out else None,
         seed=args.seed,
         scale_factor=args.scale_factor if args.scale_factor is not None else quick.get("scale_factor", 0.1),

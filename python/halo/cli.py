@@ -294,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--weights", default="auto", choices=WEIGHT_FORMATS, help="weight format to plan with (and run, with --analyze)"
     )
+    e.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --analyze: run on a batch-invariant engine (as `halo run --deterministic`)")
     e.set_defaults(func=_explain)
 
     r = sub.add_parser("run", help="run a workflow over a batch of rows")

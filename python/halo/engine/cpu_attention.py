@@ -187,3 +187,75 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Te
     scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
+
+
+# ---- batch-invariant attention (LLMEngine(deterministic=True)) ---------------------------------------
+# Every row of the step, decode or prefill, attends as a decode row: one query over its own context
+# [0, position], read from the pool after the step's K/V are stored. The native kernel's result for a
+# row depends on that row's context alone (its chunking is fixed by the length, each (row, KV head)
+# runs on one thread in a fixed order; cpu_attention.h), so a token's attention output, and with it
+# its K/V in later layers, is the same bits whether it was computed alone, in a batch of 64, in a long
+# prefill, in a short chunk after a prefix hit, or as a decode step. SDPA's is not: its blocking
+# follows the span's length and its masked and causal paths round differently.
+
+
+def row_tables(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row's block table ``[T, max_blocks]`` and context length ``[T]`` (its own token included),
+    decode rows first as in ``ctx``: what `attention_rows` reads, built once per step."""
+    t = int(ctx.input_ids.shape[0])
+    width = max([ctx.decode_max_blocks] + [int(s.blocks.numel()) for s in ctx.prefills])
+    tables = torch.zeros(t, width, dtype=torch.int64)
+    lens = torch.empty(t, dtype=torch.int64)
+    nd = ctx.num_decode
+    if nd:
+        tables[:nd, : ctx.decode_max_blocks] = ctx.decode_blocks.view(nd, ctx.decode_max_blocks)
+        lens[:nd] = ctx.decode_lens
+    for span in ctx.prefills:
+        rows = slice(span.q_start, span.q_start + span.q_len)
+        tables[rows, : span.blocks.numel()] = span.blocks
+        first = span.context_len - span.q_len
+        lens[rows] = torch.arange(first + 1, span.context_len + 1)
+    return tables, lens
+
+
+def attention_rows(
+    q: torch.Tensor, kv: KVCache, layer: int, tables: torch.Tensor, lens: torch.Tensor, scale: float,
+    window: int | None = None, softcap: float | None = None,
+) -> torch.Tensor:
+    """q ``[T, H, D]`` of every row of the step -> ``[T, H * D]``, each row by itself (see above).
+
+    The native kernel where it applies, else `attend_row_torch` per row: exact in the same sense (each
+    row's shapes are its own length's), and slower. Which of the two serves a row depends on that row
+    alone (its length against the layer's window), never on the step's other rows."""
+    kernel = native_kernel(torch.get_num_threads())
+    if kernel is None or q.dtype not in _NATIVE_DTYPES or q.device.type != "cpu" or softcap is not None:
+        native = torch.zeros(q.shape[0], dtype=torch.bool)
+    else:  # the kernel knows no window: rows whose context is longer than it take the torch path
+        native = torch.ones(q.shape[0], dtype=torch.bool) if window is None else lens <= window
+    if bool(native.all()):
+        return paged_decode(kernel, q, kv.k[layer], kv.v[layer], tables, lens, scale)
+    out = torch.empty(q.shape[0], q.shape[1] * q.shape[2], dtype=q.dtype, device=q.device)
+    if bool(native.any()):
+        out[native] = paged_decode(kernel, q[native], kv.k[layer], kv.v[layer], tables[native], lens[native], scale)
+    for r in torch.nonzero(~native).flatten().tolist():
+        out[r] = attend_row_torch(q[r], kv, layer, tables[r], int(lens[r]), scale, window, softcap)[0]
+    return out
+
+
+def attend_row_torch(
+    q: torch.Tensor, kv: KVCache, layer: int, table: torch.Tensor, length: int, scale: float,
+    window: int | None, softcap: float | None,
+) -> torch.Tensor:
+    """One query ``[H, D]`` over its own context of ``length`` tokens -> ``[1, H * D]``; its window's
+    positions only, so every shape here is the row's own (nothing padded to another row's length)."""
+    h, d = q.shape
+    groups = h // kv.num_kv_heads
+    k, v = kv.gather(layer, table[: -(-length // kv.block_size)])
+    start = 0 if window is None else max(0, length - window)
+    k, v = k[:, start:length], v[:, start:length]  # [KV, L, D]
+    qg = (q * scale).view(kv.num_kv_heads, groups, d)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float()  # [KV, G, L]
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
+    return torch.matmul(probs, v).reshape(1, h * d)

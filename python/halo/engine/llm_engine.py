@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from halo.engine.batch_invariant import DETERMINISTIC_DEFAULT
 from halo.engine.batch_scheduler import BatchScheduler, ScheduledBatch
 from halo.engine.block_manager import BlockManager
 from halo.engine.checkpoint import Checkpoint, load_checkpoint
@@ -112,6 +113,10 @@ class LLMEngine:
     cost is measured on a quiet machine and over the workloads: issue 21) never. Greedy outputs equal
     plain decoding's.
 
+    ``deterministic`` makes the forward batch-invariant (engine/batch_invariant.py): a row's tokens
+    are the same bits whether it runs alone or beside any other rows, with or without prefix-cache
+    hits, in any prefill chunking, in every dtype and weight format.
+
     ``weights`` is how the weight matrices are stored: ``bf16``/``fp32`` keep them in the compute
     dtype (so either one alone also sets ``dtype``, and a different explicit ``dtype`` is an error);
     ``int8`` (a scale per output row) and ``int4`` (a scale and zero per 32 inputs) are weight-only
@@ -143,6 +148,7 @@ class LLMEngine:
         jump_forward: bool = True,
         speculative: str = "off",
         num_speculative_tokens: int = 4,
+        deterministic: bool = DETERMINISTIC_DEFAULT,
     ) -> None:
         for name, value in (
             ("block_size", block_size),
@@ -201,6 +207,7 @@ class LLMEngine:
             attention,
             pack_weights,
             weight_format=self.weights_choice.name,
+            deterministic=deterministic,
         )
         del ckpt
         self.block_manager = BlockManager(kv_blocks, block_size, enable_prefix_cache)
@@ -244,6 +251,7 @@ class LLMEngine:
             "device": str(self.device),
             "attention": self.model.attention.__name__.rsplit(".", 1)[-1],
             "packed_weights": self.model.packed_weights,
+            "deterministic": self.model.deterministic,
             "weights": self.model.weight_format,
             "weights_reason": self.weights_choice.reason,
             "weights_probe_us": self.weights_choice.probe_us,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from halo.engine import cpu_attention
+from halo.engine.batch_invariant import RowTiledLinear
 from halo.engine.kv_cache import KVCache
 from halo.engine.linear import packing_available
 from halo.engine.model_config import ModelConfig
@@ -58,19 +59,26 @@ class DecoderModel:
 
     def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype,
                  device: torch.device | str = "cpu", attention: ModuleType = cpu_attention,
-                 pack_weights: bool = True, weight_format: WeightFormatName | None = None) -> None:
+                 pack_weights: bool = True, weight_format: WeightFormatName | None = None,
+                 deterministic: bool = False) -> None:
         """``attention`` is the backend module (``cpu_attention`` or ``triton_attention``);
         ``pack_weights`` pre-packs bf16 CPU weights for oneDNN where that is bit-identical (see linear.py);
         ``weight_format`` (fp32/bf16/int8/int4, None = the float format of ``dtype``) is how every weight
-        matrix is stored: one factory builds them all (quantized_linear.py)."""
+        matrix is stored: one factory builds them all (quantized_linear.py). ``deterministic`` makes
+        the forward batch-invariant: every weight product runs in fixed-height row tiles
+        (batch_invariant.py) and every row attends by itself (``attention.attention_rows``), so a
+        row's logits and its K/V are the same bits whatever else its step computes."""
         self.config = config
         self.dtype = dtype
         self.device = torch.device(device)
         self.attention = attention
+        self.deterministic = deterministic
         c = config
+        backend = attention.__name__.rsplit(".", 1)[-1]
         if c.attn_softcap is not None and not getattr(attention, "SUPPORTS_ATTENTION_SOFTCAP", False):
-            backend = attention.__name__.rsplit(".", 1)[-1]
             raise ModelLoadError(f"{c.name}: attention soft-capping is not supported by the {backend} backend")
+        if deterministic and not hasattr(attention, "attention_rows"):
+            raise ModelLoadError(f"deterministic (batch-invariant) mode is not available with the {backend} backend")
 
         def convert(w: torch.Tensor) -> torch.Tensor:
             return w.to(device=self.device, dtype=dtype).contiguous()
@@ -117,6 +125,9 @@ class DecoderModel:
                     "w_down": linear(take_all(p + "w_down"), take_all(p + "b_down") if c.mlp_bias else None),
                 }
             )
+        if deterministic:
+            self.lm_head = RowTiledLinear(self.lm_head, dtype)
+            self.linears = [{name: RowTiledLinear(lin, dtype) for name, lin in layer.items()} for layer in self.linears]
         # One cos/sin table per distinct RoPE among the layers (gemma3: local and global bases).
         self.rope: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.rope_of_layer: list[int] = []
@@ -150,9 +161,10 @@ class DecoderModel:
         """Resident bytes of every weight: matrices (a packed tied head's own copy included), embedding, norms."""
         total = sum(lin.nbytes() for layers in self.linears for lin in layers.values()) + self.lm_head.nbytes()
         embed = self.embed
+        head = getattr(self.lm_head, "inner", self.lm_head)  # a batch-invariant head wraps the layer
         # a tied head may be the embedding's own table (fp32, or unpacked bf16, or the shared int8 rows)
-        shared = getattr(self.lm_head, "weight", None) is embed or (
-            isinstance(embed, Int8Embedding) and getattr(self.lm_head, "qweight", None) is embed.qweight
+        shared = getattr(head, "weight", None) is embed or (
+            isinstance(embed, Int8Embedding) and getattr(head, "qweight", None) is embed.qweight
         )
         if not shared:
             total += embed.nbytes() if isinstance(embed, Int8Embedding) else embed.numel() * embed.element_size()
@@ -170,6 +182,8 @@ class DecoderModel:
         t = x.shape[0]
         rope = [(cos[ctx.positions].unsqueeze(1), sin[ctx.positions].unsqueeze(1)) for cos, sin in self.rope]
         nd = ctx.num_decode
+        if self.deterministic:
+            row_tables, row_lens = self.attention.row_tables(ctx)  # once per step, read by every layer
         for i, (w, lin) in enumerate(zip(self.layers, self.linears, strict=True)):
             h = norm(x, w["attn_norm"], eps)
             qkv = lin["wqkv"](h)
@@ -183,14 +197,18 @@ class DecoderModel:
             v = qkv[:, self.q_size + self.kv_size :].view(t, c.num_kv_heads, c.head_dim)
             kv.store(i, k, v, ctx.slots)
             window, softcap = self.window_of_layer[i], c.attn_softcap
-            parts = []
-            if nd:
-                parts.append(self.attention.decode_attention(q[:nd], kv, i, ctx, self.scale,
-                                                             window=window, softcap=softcap))
-            if ctx.prefills:
-                parts.append(self.attention.prefill_attention(q, k, v, kv, i, ctx, self.scale,
-                                                              window=window, softcap=softcap))
-            attn = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            if self.deterministic:
+                attn = self.attention.attention_rows(q, kv, i, row_tables, row_lens, self.scale,
+                                                     window=window, softcap=softcap)
+            else:
+                parts = []
+                if nd:
+                    parts.append(self.attention.decode_attention(q[:nd], kv, i, ctx, self.scale,
+                                                                 window=window, softcap=softcap))
+                if ctx.prefills:
+                    parts.append(self.attention.prefill_attention(q, k, v, kv, i, ctx, self.scale,
+                                                                  window=window, softcap=softcap))
+                attn = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
             h = lin["wo"](attn)
             if c.sandwich_norms:
                 h = norm(h, w["attn_post_norm"], eps)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from halo.engine import LLMEngine, SamplingParams
+from halo.engine.batch_invariant import DETERMINISTIC_DEFAULT
 from halo.engine.checkpoint_cache import code_fingerprint, source_identity
 from halo.engine.dtype_probe import choose_dtype
 from halo.engine.model_source import resolve_model_path
@@ -70,10 +71,12 @@ _ENGINE_CODE = ("halo.engine", "halo.output_grammar", "halo.plan.prompt_tokens",
 _TOOL_CODE = ("halo.runtime.tools",)
 
 
-def model_identity(path: str | os.PathLike[str], dtype: str, weights: str) -> dict[str, Any]:
+def model_identity(path: str | os.PathLike[str], dtype: str, weights: str, deterministic: bool) -> dict[str, Any]:
     """What an llm node's answers depend on besides its request: the model files, as loaded (dtype and
-    weight format), and the engine's code."""
-    return {"source": source_identity(Path(path)), "dtype": dtype, "weights": weights, "code": engine_fingerprint()}
+    weight format), whether the engine is batch-invariant (its bf16 answers round otherwise), and the
+    engine's code."""
+    return {"source": source_identity(Path(path)), "dtype": dtype, "weights": weights,
+            "deterministic": deterministic, "code": engine_fingerprint()}
 
 
 @cache
@@ -321,10 +324,13 @@ def model_identities(
     for source in sources:
         if local_engine is not None:
             engine = local_engine(source)
-            identities[source] = model_identity(engine.model_path, engine.dtype_choice.name, engine.model.weight_format)
+            identities[source] = model_identity(
+                engine.model_path, engine.dtype_choice.name, engine.model.weight_format, engine.model.deterministic
+            )
             continue
         options = recipe.options_for(source)
         path = resolve_model_path(recipe.models.get(source, source))
         dtype = choose_dtype(options.get("dtype", "auto")).name
-        identities[source] = model_identity(path, dtype, str(options.get("weights", "auto")))
+        deterministic = bool(options.get("deterministic", DETERMINISTIC_DEFAULT))
+        identities[source] = model_identity(path, dtype, str(options.get("weights", "auto")), deterministic)
     return identities

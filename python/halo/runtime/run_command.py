@@ -33,6 +33,12 @@ if TYPE_CHECKING:  # `halo --help` builds this parser: the engine (torch) and ri
     from halo.runtime.processor import Progress as RunProgress
 
 
+DETERMINISTIC_HELP = (
+    "batch-invariant engine: each row's output is the same whatever else its step computes (alone, in any "
+    "batch, with or without prefix-cache hits); default: the engine's (docs/architecture.md)"
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workflow", help="workflow YAML file")
     parser.add_argument("--input", required=True, help="batch rows: .jsonl, .csv or .parquet")
@@ -58,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--weights", default="auto", choices=WEIGHT_FORMATS, help=WEIGHTS_HELP)
+    parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None, help=DETERMINISTIC_HELP)
     parser.add_argument("--resume", action="store_true", help="skip the work a previous run journaled")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 if any row failed")
     parser.add_argument("--allow-host", action="append", default=[], help="extra host http nodes may call")
@@ -83,9 +90,15 @@ def compile_options(args: argparse.Namespace) -> dict[str, Any]:
         "worker_resources": _names(getattr(args, "worker_resources", None)),
         "plan": args.plan,
         "dtype": args.dtype,
-        "engine_options": {"weights": args.weights},
+        "engine_options": {"weights": args.weights} | _deterministic(args),
         "allowed_hosts": args.allow_host,
     }
+
+
+def _deterministic(args: argparse.Namespace) -> dict[str, bool]:
+    """``--deterministic`` / ``--no-deterministic`` as an engine option; absent: the engine's default."""
+    value = getattr(args, "deterministic", None)
+    return {} if value is None else {"deterministic": value}
 
 
 def run(args: argparse.Namespace) -> int:
