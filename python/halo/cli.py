@@ -50,7 +50,9 @@ def _explain(args: argparse.Namespace) -> int:
 
         return analyze(args, rows)
     # the planner `halo run` gets, so this prints the plan that run follows (same curves, history, budget)
-    planner = fresh_planner(workflow, workers=args.workers, dtype=args.dtype, weights=args.weights)
+    planner = fresh_planner(
+        workflow, workers=args.workers, dtype=args.dtype, weights=args.weights, speculative=args.speculative
+    )
     if args.format in ("text", "json"):
         planned = planner.prepare(rows, args.plan).planned
         assert planned is not None
@@ -260,6 +262,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from halo.engine.speculative_modes import SPECULATIVE_MODES
     from halo.engine.weight_formats import WEIGHT_FORMATS, WEIGHTS_HELP
 
     parser = argparse.ArgumentParser(prog="halo", description="Batch query processing for agentic LLM workflows")
@@ -296,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="with --analyze: run on a batch-invariant engine (as `halo run --deterministic`)")
+    e.add_argument("--speculative", default=None, choices=SPECULATIVE_MODES,
+                   help="the speculative mode to plan with (and run, with --analyze), as `halo run --speculative`")
     e.set_defaults(func=_explain)
 
     r = sub.add_parser("run", help="run a workflow over a batch of rows")

@@ -95,3 +95,35 @@ def test_a_run_that_does_not_draft_records_no_decode_rate(tiny_model: Path, tmp_
         result = app.run(_rows(2))
     assert result.errors == [] and result.stats.nodes["draft"].drafted == 0
     assert not [k for k in history.stats if "#decode:" in k]
+
+
+@pytest.mark.parametrize("flag,options", [([], {}), (["--speculative", "auto"], {"speculative": "auto"})])
+def test_halo_run_passes_the_speculative_mode_to_the_engines(flag: list[str], options: dict) -> None:
+    from halo.cli import build_parser
+    from halo.runtime.run_command import compile_options
+
+    args = build_parser().parse_args(["run", "wf.yaml", "--input", "in.jsonl", "--output", "out.jsonl", *flag])
+    assert compile_options(args)["engine_options"] == {"weights": "auto", **options}
+    with pytest.raises(SystemExit) as refused:  # argparse names the choices
+        build_parser().parse_args(["run", "wf.yaml", "--input", "i", "--output", "o", "--speculative", "always"])
+    assert refused.value.code == 2
+
+
+def test_explain_prices_decodes_with_the_speculative_mode_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`halo explain --speculative on` plans as a compiled app with that mode: the measured decode
+    rate of the mode prices the node's decode (without the flag, the engine's default, off: plain)."""
+    from halo.runtime.planning import fresh_planner
+
+    monkeypatch.setenv("HALO_CACHE_DIR", str(tmp_path / "cache"))
+    wf = _chain()
+    history = OutputLengthHistory.load()
+    history.observe_decode(decode_key(wf.graph.node("draft"), SOURCE, "on"), tokens=300, steps=100, rows=180)
+    history.save()
+    rows = _rows(3)
+    default = fresh_planner(wf).prepare(rows, "dp").planned
+    drafting = fresh_planner(wf, speculative="on").prepare(rows, "dp").planned
+    assert default is not None and drafting is not None
+    assert drafting.problem.task("draft").decode_s < default.problem.task("draft").decode_s
+    assert drafting.problem.task("title").decode_s == default.problem.task("title").decode_s  # no rate for it

@@ -38,6 +38,7 @@ from halo.engine.sampler import logprobs as token_logprobs
 from halo.engine.sampling_params import GenerationResult, SamplingParams
 from halo.engine.sequence import Sequence, SequenceStatus
 from halo.engine.speculation import Speculator, StepCost
+from halo.engine.speculative_modes import SPECULATIVE_DEFAULT
 from halo.errors import ContextLengthError, InvalidRequestError, KVCacheFullError
 
 Prompt = str | list[dict[str, str]] | list[int]
@@ -146,7 +147,7 @@ class LLMEngine:
         pack_weights: bool = True,
         weights: str = "auto",
         jump_forward: bool = True,
-        speculative: str = "off",
+        speculative: str = SPECULATIVE_DEFAULT,
         num_speculative_tokens: int = 4,
         deterministic: bool = DETERMINISTIC_DEFAULT,
     ) -> None:

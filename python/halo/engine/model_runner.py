@@ -5,7 +5,6 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 
@@ -27,12 +26,6 @@ class ScoredRows:
     first_position: int
     row: int
     count: int
-
-
-@cache
-def _zeros(n: int) -> array:
-    """``n`` zero block ids (padding of a decode row's table); immutable by use, shared across steps."""
-    return array("q", bytes(8 * n))
 
 
 class ModelRunner:
@@ -116,7 +109,7 @@ class ModelRunner:
         for table, k in zip(decode_tables, decode_blocks_of, strict=True):
             data.extend(table[:k])
             if k < max_blocks:
-                data.extend(_zeros(max_blocks - k))
+                data.frombytes(bytes(8 * (max_blocks - k)))  # zero block ids pad the table
         flat = torch.frombuffer(data, dtype=torch.int64) if data else torch.empty(0, dtype=torch.int64)
         t = len(ids)
         o = 3 * t + len(logits_rows) + len(draft_rows) + len(scored_rows)  # where decode_lens start

@@ -30,15 +30,12 @@ acceptance stays below ``c / a`` stops drafting, and tries again after a back-of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from halo.engine.draft_state import Acceptance, DraftState
 from halo.engine.prompt_lookup import NgramIndex
 from halo.engine.sequence import Sequence, SequenceStatus
+from halo.engine.speculative_modes import SPECULATIVE_MODES
 from halo.errors import InvalidRequestError
-
-SpeculativeMode = Literal["auto", "on", "off"]
-SPECULATIVE_MODES: tuple[str, ...] = ("auto", "on", "off")
 
 
 @dataclass

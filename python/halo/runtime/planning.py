@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from halo.engine.checkpoint import load_tokenizer
 from halo.engine.model_source import default_cache_dir
+from halo.engine.speculative_modes import SPECULATIVE_DEFAULT
 from halo.errors import InvalidRequestError
 from halo.plan import PlanContext, PlannedBatch, consolidate, plan
 from halo.plan.consolidate import WarmPrefix
@@ -220,13 +221,21 @@ def speculative_modes(recipe: EngineRecipe, workflow: Workflow) -> dict[str, str
     default; a remote model's server decodes as it does)."""
     remote = workflow.graph.remote_models()
     sources = {workflow.graph.model_source(n) or "" for n in workflow.graph.nodes if n.kind == "llm"} - set(remote)
-    return {source: str(recipe.options_for(source).get("speculative") or "off") for source in sorted(sources)}
+    return {s: str(recipe.options_for(s).get("speculative") or SPECULATIVE_DEFAULT) for s in sorted(sources)}
 
 
-def fresh_planner(workflow: Workflow, *, workers: int = 1, dtype: str = "auto", weights: str = "auto") -> BatchPlanner:
+def fresh_planner(
+    workflow: Workflow,
+    *,
+    workers: int = 1,
+    dtype: str = "auto",
+    weights: str = "auto",
+    speculative: str | None = None,
+) -> BatchPlanner:
     """The planner `halo.compile(workflow, workers=workers, dtype=dtype, engine_options={"weights":
-    weights})` has right after it starts its workers (their models loaded as `compile` loads them, no
-    prefix cached), without starting any."""
+    weights, "speculative": speculative})` has right after it starts its workers (their models loaded
+    as `compile` loads them, no prefix cached), without starting any; `speculative` None: the engine's
+    default."""
     if workers < 1:
         raise InvalidRequestError(f"workers must be a positive integer, got {workers!r}")
     remote = workflow.graph.remote_models()
@@ -238,13 +247,15 @@ def fresh_planner(workflow: Workflow, *, workers: int = 1, dtype: str = "auto", 
             if (s := workflow.graph.model_source(n) or "") not in remote
         }
     )
-    recipe = EngineRecipe({"dtype": dtype, "weights": weights}, workflow.graph.model_settings())
+    options = {"dtype": dtype, "weights": weights} | ({} if speculative is None else {"speculative": speculative})
+    recipe = EngineRecipe(options, workflow.graph.model_settings())
     costs = CostModels(
         workflow,
         models={},
         profiles=model_profiles(recipe, workflow),
         tool_threads=DEFAULT_TOOL_THREADS,
         warnings=[],
+        speculative=speculative_modes(recipe, workflow),  # as compile prices decodes
     )
     held = tuple(models_loaded_at_start(sources, workers))
     tokenizers = {source: load_tokenizer(source) for source in sources} | counting_tokenizers(workflow)

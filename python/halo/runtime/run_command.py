@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from halo.engine.speculative_modes import SPECULATIVE_HELP, SPECULATIVE_MODES
 from halo.engine.weight_formats import WEIGHT_FORMATS, WEIGHTS_HELP
 from halo.runtime import journal as journal_io
 from halo.runtime.output_file import OutputPathError, check_paths, write_output
@@ -65,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--weights", default="auto", choices=WEIGHT_FORMATS, help=WEIGHTS_HELP)
     parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None, help=DETERMINISTIC_HELP)
+    parser.add_argument("--speculative", default=None, choices=SPECULATIVE_MODES, help=SPECULATIVE_HELP)
     parser.add_argument("--resume", action="store_true", help="skip the work a previous run journaled")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 if any row failed")
     parser.add_argument("--allow-host", action="append", default=[], help="extra host http nodes may call")
@@ -90,7 +92,7 @@ def compile_options(args: argparse.Namespace) -> dict[str, Any]:
         "worker_resources": _names(getattr(args, "worker_resources", None)),
         "plan": args.plan,
         "dtype": args.dtype,
-        "engine_options": {"weights": args.weights} | _deterministic(args),
+        "engine_options": {"weights": args.weights} | _deterministic(args) | _speculative(args),
         "allowed_hosts": args.allow_host,
     }
 
@@ -99,6 +101,12 @@ def _deterministic(args: argparse.Namespace) -> dict[str, bool]:
     """``--deterministic`` / ``--no-deterministic`` as an engine option; absent: the engine's default."""
     value = getattr(args, "deterministic", None)
     return {} if value is None else {"deterministic": value}
+
+
+def _speculative(args: argparse.Namespace) -> dict[str, str]:
+    """``--speculative MODE`` as an engine option; absent: the engine's default."""
+    value = getattr(args, "speculative", None)
+    return {} if value is None else {"speculative": value}
 
 
 def run(args: argparse.Namespace) -> int:
