@@ -38,6 +38,7 @@ class SuiteConfig:
     systems: list[str]
     dtype: str = "auto"
     deterministic: bool | None = None  # the engine's batch-invariant mode (None: the engine's default)
+    speculative: str | None = None  # the engine's speculative mode (None: the engine's default)
     out: Path | None = None
     seed: int = 0
     scale_factor: float = 0.1
@@ -92,6 +93,7 @@ def run_suite(config: SuiteConfig) -> SuiteResult:
             vllm = stack.enter_context(VllmBackend(python, log_dir=out))
         for workload in config.workloads:
             options = {} if config.deterministic is None else {"deterministic": config.deterministic}
+            options |= {} if config.speculative is None else {"speculative": config.speculative}
             with halo.compile(staged[workload], dtype=config.dtype, cache=False, engine_options=options) as app:
                 result.engines[workload] = app.engine().describe()
                 _log(f"{workload}: engine {_engine_line(result.engines[workload])}")
@@ -170,6 +172,8 @@ def _log(message: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from halo.engine.speculative_modes import SPECULATIVE_MODES  # light: `halo --help` imports no torch
+
     parser.add_argument(
         "--workloads",
         default=None,
@@ -189,6 +193,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="run every system on a batch-invariant engine, or (--no-deterministic) not (default: the engine's)",
+    )
+    parser.add_argument(
+        "--speculative",
+        default=None,
+        choices=SPECULATIVE_MODES,
+        help="every system's engines draft speculatively: auto, on or off (default: the engine's)",
     )
     parser.add_argument("--out", default=None, help="results folder (default bench/results/<date>)")
     parser.add_argument("--seed", type=int, default=0)
@@ -240,6 +250,7 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         systems=systems,
         dtype=args.dtype,
         deterministic=getattr(args, "deterministic", None),
+        speculative=getattr(args, "speculative", None),
         out=Path(args.out) if args.out else None,
         seed=args.seed,
         scale_factor=args.scale_factor if args.scale_factor is not None else quick.get("scale_factor", 0.1),
