@@ -31,27 +31,14 @@ depend on the values summed, so random rows stand for every input.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 
 from halo.engine.probe_cache import remembered
+from halo.engine.quantized_linear import LinearLayer
 
 TILE_ROWS = 16  # rows per kernel call in batch-invariant mode (the cost trade-off: docs/architecture.md)
 # LLMEngine(deterministic=...)'s default, chosen from bench/batch_invariance.py --cost (see docs/architecture.md)
 DETERMINISTIC_DEFAULT = False
-
-
-class _Layer(Protocol):
-    out_features: int
-    in_features: int
-    format: str
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
-
-    def numel(self) -> int: ...
-
-    def nbytes(self) -> int: ...
 
 
 class RowTiledLinear:
@@ -59,7 +46,7 @@ class RowTiledLinear:
 
     __slots__ = ("inner", "pad_to", "rows", "out_features", "in_features", "format")
 
-    def __init__(self, inner: _Layer, dtype: torch.dtype, rows: int = TILE_ROWS) -> None:
+    def __init__(self, inner: LinearLayer, dtype: torch.dtype, rows: int = TILE_ROWS) -> None:
         """``dtype``: the activations' dtype (the model's compute dtype), what the check feeds the layer."""
         self.inner, self.rows = inner, rows
         self.out_features, self.in_features, self.format = inner.out_features, inner.in_features, inner.format
@@ -96,7 +83,7 @@ class RowTiledLinear:
         return self.inner.nbytes()
 
 
-def layer_key(layer: _Layer) -> dict[str, object]:
+def layer_key(layer: LinearLayer) -> dict[str, object]:
     """What a kernel's reduction order depends on besides the machine: format, shape, bias, packing."""
     return {
         "format": layer.format,
@@ -108,14 +95,14 @@ def layer_key(layer: _Layer) -> dict[str, object]:
     }
 
 
-def tile_mode(layer: _Layer, dtype: torch.dtype, rows: int = TILE_ROWS) -> int:
+def tile_mode(layer: LinearLayer, dtype: torch.dtype, rows: int = TILE_ROWS) -> int:
     """The least exact tile height ``pad_to`` of ``layer`` on this machine (module docstring), remembered."""
     key = {**layer_key(layer), "dtype": str(dtype), "rows": rows, "threads": torch.get_num_threads()}
     return int(remembered("batch_invariance_pad_to", key, lambda: check_tile_mode(layer, dtype, rows)))
 
 
 @torch.inference_mode()
-def check_tile_mode(layer: _Layer, dtype: torch.dtype, rows: int = TILE_ROWS) -> int:
+def check_tile_mode(layer: LinearLayer, dtype: torch.dtype, rows: int = TILE_ROWS) -> int:
     """Measure `tile_mode`: products of random rows at every height up to ``rows``, in other positions
     and beside other rows, compared bit for bit with a full tile's."""
     generator = torch.Generator().manual_seed(0)
