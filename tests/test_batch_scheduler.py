@@ -80,3 +80,15 @@ def test_prefix_in_flight_defers_a_sharing_request_one_step():
     second = sched.schedule()
     assert "b" in [s.request_id for s in second.seqs]
     assert b.num_cached == 16
+
+
+def test_pending_prompt_tokens_count_chunks_in_progress_and_waiting_prompts_up_to_the_budget():
+    sched = BatchScheduler(BlockManager(64, 4), max_batch_tokens=10, max_num_seqs=8)
+    a, b = _seq(0, 6), _seq(1, 12)
+    sched.add(a)
+    sched.add(b)
+    assert sched.pending_prompt_tokens() == 10  # 18 waiting, capped by the step's budget
+    _advance(sched.schedule())  # a's prompt done (it decodes next), b has 8 left
+    assert sched.pending_prompt_tokens() == 8
+    _advance(sched.schedule())
+    assert sched.pending_prompt_tokens() == 0  # only decodes are left

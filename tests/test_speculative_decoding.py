@@ -64,17 +64,58 @@ def test_speculator_options_are_validated() -> None:
 def test_break_even_follows_the_measured_step_time() -> None:
     cost = StepCost(flops_per_token=1e9, attention_flops_per_position=0.0, flops_per_second=1e11)
     assert cost.break_even(100) == 0.0  # nothing timed yet: drafts measure first
-    cost.observe(seconds=0.05, sampled=1, drafts=0)  # batch 1: 50 ms per token
-    assert cost.break_even(100) == pytest.approx(0.01 / 0.05)  # a draft row: the probe's 10 ms
-    for _ in range(50):
-        cost.observe(seconds=0.32, sampled=32, drafts=0)  # batch 32: 10 ms per token
-    assert cost.break_even(100) == pytest.approx(1.0, rel=1e-2)  # a draft row costs a whole token
-    # measured drafted steps override the probe: 4 rows adding 100 ms at batch 1
+    cost.observe(seconds=0.05, sampled=1, drafts=0)  # batch 1: 50 ms per step
+    # one row per step says nothing of how the time splits: the probe's 10 ms a row, 40 ms fixed
+    assert cost.fit(100) == pytest.approx((0.04, 0.01))
+    assert cost.break_even(100) == pytest.approx(0.01 / 0.05)
+    # measured drafted steps override the probe: 4 draft rows adding 100 ms at batch 1
     cost = StepCost(flops_per_token=1e9, attention_flops_per_position=0.0, flops_per_second=1e11)
     for _ in range(10):
         cost.observe(seconds=0.05, sampled=1, drafts=0)
         cost.observe(seconds=0.15, sampled=1, drafts=4)
+    assert cost.fit(100) == pytest.approx((0.025, 0.025), rel=0.05)  # the probe's prior still weighs a little
     assert cost.break_even(100) == pytest.approx(0.5, rel=0.05)
+    # the fixed part is shared by the batch: at batch 20 an accepted draft saves a row and 1/20 of it
+    assert cost.break_even(100, batch=20) == pytest.approx(0.025 / (0.025 + 0.025 / 20), rel=0.05)
+
+
+def test_break_even_separates_the_fixed_part_of_a_step_from_its_rows() -> None:
+    # what the bench measured in batches of ~20 (adversarial-reasoning, fp32, AVX2): 69 ms a step and
+    # 2.45 ms a row; a fit without the fixed part put a draft row at a sixth of that
+    cost = StepCost(flops_per_token=1e9, attention_flops_per_position=0.0, flops_per_second=1e12)
+    for rows in (1, 20, 30, 20, 1, 2, 36):
+        for _ in range(5):
+            cost.observe(seconds=0.069 + 0.00245 * rows, sampled=min(rows, 20), drafts=max(0, rows - 20))
+    fixed, row = cost.fit(500)
+    assert fixed == pytest.approx(0.069, rel=0.02) and row == pytest.approx(0.00245, rel=0.02)
+    assert cost.break_even(500, batch=1) == pytest.approx(0.00245 / (0.00245 + 0.069), rel=0.02)  # ~3%
+    assert cost.break_even(500, batch=20) == pytest.approx(0.415, rel=0.02)
+    # steps cheaper than the probe's row price: no fixed part, and drafting never pays
+    dear = StepCost(flops_per_token=1e9, attention_flops_per_position=0.0, flops_per_second=1e9)
+    dear.observe(seconds=0.05, sampled=1, drafts=0)
+    assert dear.fit(100)[0] == 0.0 and dear.break_even(100, batch=4) == pytest.approx(1.0)
+
+
+def test_auto_judges_by_the_group_mid_flight_and_keeps_drafts_out_of_prompt_steps() -> None:
+    cost = StepCost(flops_per_token=1e9, attention_flops_per_position=0.0, flops_per_second=1e11)
+    cost.observe(seconds=0.05, sampled=1, drafts=0)  # 40 ms fixed, 10 ms a row
+    spec = Speculator("auto", 4, cost)
+    text = list(range(100, 140))
+    # two members of one node start together, before their group has a figure
+    first, second = decoding(text, text[:3], group="node"), decoding(text, text[:3], group="node")
+    assert spec.propose([first, second]) == 8
+    for _ in range(Speculator.GROUP_WARMUP // 4):  # the first one's drafts all fail
+        spec.record(first, 4, 0)
+    spec.record(second, 4, 4)  # the second's own figure is still warming up: its group's decides
+    assert spec.propose([second]) == 0
+    # a step that also computes 200 prompt tokens: their rows share the fixed part, so a draft saves
+    # about its own row; a sequence with no figure waits for a step of decodes
+    fresh = decoding(text, text[:3])
+    assert spec.propose([fresh], prompt_tokens=200) == 0 and spec.propose([fresh]) == 4
+    assert cost.break_even(100, batch=201) > 0.95
+    for _ in range(Speculator.WARMUP // 4):  # every draft accepted: worth it even beside prompts
+        spec.record(fresh, 4, 4)
+    assert spec.propose([fresh], prompt_tokens=200) == 4
 
 
 # ---- the real model, fp32 ------------------------------------------------------------------------

@@ -59,6 +59,17 @@ class BatchScheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def pending_prompt_tokens(self) -> int:
+        """Prompt tokens the next step would compute (chunks in progress, then waiting prompts), at most
+        the step's budget: speculation's auto mode prices a draft by what else shares the step."""
+        pending = 0
+        for seq in (*self.running, *self.waiting):
+            if seq.num_uncomputed > 1 or seq.status is SequenceStatus.WAITING:
+                pending += seq.num_uncomputed
+                if pending >= self.max_batch_tokens:
+                    return self.max_batch_tokens
+        return pending
+
     def schedule(self) -> ScheduledBatch:
         budget = self.max_batch_tokens
         chosen: list[tuple[Sequence, int]] = []

@@ -21,10 +21,13 @@ verify row would need the mask of the matcher state after the drafts before it (
 advanced, then rolled back), and jump-forward already appends the tokens a grammar forces without
 decode steps. Choice scoring never samples, so never drafts.
 
-``auto`` (the default) drafts while it pays: a draft row costs the step ``c`` more seconds; an
-accepted draft saves the sequence a sampled token's share of a step, ``a`` (both fitted to the timed
-decode steps, `StepCost`). A sequence (and a request group, e.g. one workflow node) whose measured
-acceptance stays below ``c / a`` stops drafting, and tries again after a back-off.
+``auto`` drafts while it pays. A decode step costs ``F + r * rows``: a fixed part ``F`` (reading the
+weights, dispatch) and ``r`` per row, a draft row costing what a sampled row does (`StepCost`, fitted
+to the timed decode steps). With ``B`` sequences sampling, an accepted draft saves its sequence a
+row and its share of a step, ``r + F / B``; a draft costs ``r``. A sequence (and a request group, e.g.
+one workflow node) whose measured acceptance stays below ``r / (r + F / B)`` stops drafting, and tries
+again after a back-off. So drafting pays at batch one (the fixed part dominates) at modest acceptance
+and, in large batches, only where most drafts are accepted.
 """
 
 from __future__ import annotations
@@ -42,52 +45,53 @@ from halo.errors import InvalidRequestError
 class StepCost:
     """The cost model auto mode decides with, fitted to the decode steps the engine times.
 
-    A decode step's seconds ~ ``a * sampled + c * drafts``: ``a`` is what a sampled token costs, ``c``
-    what a draft row adds (least squares over exponentially decayed sums of the timed steps). A draft
-    row's FLOPs at the dtype probe's rate is ``c``'s prior, so with few drafted steps timed the probe
-    decides; measured steps take over (on a CPU a few extra rows can cost far more than their FLOPs:
-    a 1-row product runs a matrix-vector kernel, a 5-row one a matrix-matrix kernel)."""
+    A decode step's seconds ~ ``fixed + row * (sampled + drafts)``: decayed least squares with an
+    intercept, and a prior on ``row`` (a row's FLOPs at the dtype probe's rate, weighted as one step)
+    that decides it while the timed steps all had the same number of rows (then only their sum is
+    known). An earlier fit without the fixed part folded it into the sampled tokens' cost and priced
+    draft rows at a sixth of what they measured in batches of 20 (bench figures, issue 21)."""
 
     flops_per_token: float
     attention_flops_per_position: float  # per query row and context position
     flops_per_second: float
     DECAY = 0.97  # per timed step: the fit follows the batch as it changes
-    PRIOR_WEIGHT = 1.0  # the prior on c counts as one step that drafted one row
-    _sums: list[float] = field(default_factory=lambda: [0.0] * 5)  # S_BB, S_BD, S_DD, S_Bt, S_Dt
+    PRIOR_WEIGHT = 1.0  # the prior on `row` counts as one step of one row
+    _sums: list[float] = field(default_factory=lambda: [0.0] * 5)  # S_1, S_n, S_nn, S_t, S_nt
 
     def row_seconds(self, context: int) -> float:
-        """A draft row's FLOPs (matmuls, attention over ``context`` positions) at the probe's rate."""
+        """A row's FLOPs (matmuls, attention over ``context`` positions) at the probe's rate."""
         return (self.flops_per_token + self.attention_flops_per_position * context) / self.flops_per_second
 
     def observe(self, seconds: float, sampled: int, drafts: int) -> None:
         """A timed decode step that sampled ``sampled`` sequences and computed ``drafts`` draft rows."""
         if sampled < 1:
             return
-        b, d, t = float(sampled), float(drafts), seconds
+        n, t = float(sampled + drafts), seconds
         self._sums = [x * self.DECAY for x in self._sums]
-        for i, v in enumerate((b * b, b * d, d * d, b * t, d * t)):
+        for i, v in enumerate((1.0, n, n * n, t, n * t)):
             self._sums[i] += v
 
     def fit(self, context: int) -> tuple[float, float] | None:
-        """(a, c) in seconds, None before any step was timed."""
-        bb, bd, dd, bt, dt = self._sums
-        if bb <= 0:
+        """(fixed, row) seconds of a decode step, None before any step was timed."""
+        s1, sn, snn, st, snt = self._sums
+        if s1 <= 0:
             return None
-        lam, c0 = self.PRIOR_WEIGHT, self.row_seconds(context)
-        det = bb * (dd + lam) - bd * bd
-        a = (bt * (dd + lam) - bd * (dt + lam * c0)) / det
-        c = (bb * (dt + lam * c0) - bd * bt) / det
-        if a <= 0:
-            a = bt / bb  # degenerate fit: fall back to seconds per sampled token
-        return a, max(c, 0.0)
+        lam, r0 = self.PRIOR_WEIGHT, self.row_seconds(context)
+        det = s1 * (snn + lam) - sn * sn
+        fixed = (st * (snn + lam) - sn * (snt + lam * r0)) / det
+        row = (s1 * (snt + lam * r0) - sn * st) / det
+        if fixed < 0 or row <= 0:  # the probe's row is dearer than the steps measured: all of it per row
+            fixed, row = 0.0, max((snt + lam * r0) / (snn + lam), 1e-12)
+        return fixed, row
 
-    def break_even(self, context: int) -> float:
-        """The acceptance rate (accepted / drafted) above which drafting makes decoding faster."""
+    def break_even(self, context: int, batch: int = 1) -> float:
+        """The acceptance rate (accepted / drafted) above which drafting makes decoding faster, with
+        ``batch`` sequences sampling in a step (the module docstring derives it)."""
         fitted = self.fit(context)
         if fitted is None:
             return 0.0  # no step timed yet: let the first drafts measure
-        a, c = fitted
-        return c / a
+        fixed, row = fitted
+        return row / (row + fixed / max(1, batch))
 
 
 class Speculator:
@@ -112,6 +116,7 @@ class Speculator:
         self.max_ngram = max_ngram
         self.groups: dict[str, Acceptance] = {}
         self.total = Acceptance()
+        self.batch = 1  # sequences decoding in the step being drafted for: break-even depends on it
 
     @staticmethod
     def eligible(seq: Sequence) -> bool:
@@ -120,28 +125,57 @@ class Speculator:
 
     def state(self, seq: Sequence) -> DraftState:
         if seq.draft is None:
-            st = DraftState(NgramIndex(self.min_ngram, self.max_ngram), seq.group, backoff=self.FIRST_BACKOFF)
-            g = self.groups.get(seq.group) if seq.group is not None else None
-            judged = self.mode == "auto" and g is not None and g.proposed >= self.GROUP_WARMUP
-            if judged and g.rate * self.MARGIN < self.cost.break_even(seq.num_tokens):
-                st.resume_at = len(seq.output_ids) + st.backoff  # the group's measured figure: start off
-            seq.draft = st
+            seq.draft = DraftState(NgramIndex(self.min_ngram, self.max_ngram), seq.group, backoff=self.FIRST_BACKOFF)
         return seq.draft
 
-    def propose(self, running: list[Sequence]) -> int:
-        """Set ``draft_ids`` of every running, decoding, eligible sequence whose lookup finds a match;
+    def group_says_no(self, seq: Sequence, st: DraftState) -> bool:
+        """auto: while a sequence's own figure is still warming up, its group's measured acceptance
+        decides. Asked at every step, not only when the sequence starts: a batch's members of one node
+        start together, before their group has any figure, and each would otherwise pay its own warm-up.
+        A group judged not to pay stays judged while nobody in it drafts: a node's text, not the batch,
+        sets its acceptance, and the break-even it is compared with follows the batch."""
+        if self.mode != "auto" or st.group is None or st.window.proposed >= self.WARMUP:
+            return False
+        g = self.groups.get(st.group)
+        if g is None or g.proposed < self.GROUP_WARMUP:
+            return False
+        return g.rate * self.MARGIN < self.cost.break_even(seq.num_tokens, self.batch)
+
+    def beside_prompts_pays(self, seq: Sequence, st: DraftState, prompt_tokens: int) -> bool:
+        """auto, in a step that also computes ``prompt_tokens`` of prefill: those rows share the step's
+        fixed part too, so a draft saves little more than its own row and the break-even nears 1. Only
+        a measured figure (the sequence's, else its group's) may beat it; without one, drafts wait for
+        a step of decodes, the cheap place to measure them (bench: adversarial-reasoning at 20 rows
+        spent 3 s of 23 on drafts computed beside children's prompts)."""
+        if st.window.proposed >= self.WARMUP:
+            rate = st.window.rate
+        elif (g := self.groups.get(st.group)) is not None and g.proposed >= self.GROUP_WARMUP:
+            rate = g.rate
+        else:
+            return False
+        return rate * self.MARGIN >= self.cost.break_even(seq.num_tokens, self.batch + prompt_tokens)
+
+    def propose(self, running: list[Sequence], prompt_tokens: int = 0) -> int:
+        """Set ``draft_ids`` of every running, decoding, eligible sequence whose lookup finds a match
+        (``prompt_tokens``: what the step computes beside the decodes, which auto prices drafts by);
         returns the tokens drafted."""
         if self.mode == "off":
             return 0
         drafted = 0
+        decoding = [s for s in running if s.status is SequenceStatus.RUNNING and s.num_uncomputed == 1 and s.output_ids]
+        self.batch = max(1, len(decoding))
         for seq in running:
             seq.draft_ids = []
-            if seq.status is not SequenceStatus.RUNNING or seq.num_uncomputed != 1 or not seq.output_ids:
-                continue
+        for seq in decoding:
             if not self.eligible(seq):
                 continue
             st = self.state(seq)
             if len(seq.output_ids) < st.resume_at:
+                continue
+            if self.group_says_no(seq, st):
+                st.resume_at = len(seq.output_ids) + st.backoff
+                continue
+            if self.mode == "auto" and prompt_tokens and not self.beside_prompts_pays(seq, st, prompt_tokens):
                 continue
             # a run appends at most (drafts + 1) tokens: never draft past max_tokens or the context window
             room = min(
@@ -165,7 +199,7 @@ class Speculator:
             a.verifies += 1
         if self.mode != "auto" or st.window.proposed < self.WARMUP:
             return
-        if st.window.rate * self.MARGIN < self.cost.break_even(seq.num_tokens):
+        if st.window.rate * self.MARGIN < self.cost.break_even(seq.num_tokens, self.batch):
             st.resume_at = len(seq.output_ids) + st.backoff
             st.backoff *= 2
             st.window = Acceptance()
