@@ -152,7 +152,7 @@ def test_calls_overlap_on_the_pool_and_feed_the_cost_model(http_server):
     # calls took (a loaded CI machine stretches them past 1 s, so no fixed upper bound).
     durations = [span.end - span.start for span in spans]
     estimate = model.estimate_s(node, wf.graph.render(node, {"v": "other"}))
-    assert 0.2 <= estimate and min(durations) - 0.05 <= estimate <= max(durations) + 0.05
+    assert estimate >= 0.2 and min(durations) - 0.05 <= estimate <= max(durations) + 0.05
     assert estimate != model.estimate_s(Workflow("p").inputs("v").http("slow", url="http://x/").graph.node("slow"))
     assert model.signature(node) == http_signature("GET", http_server.url + "/json")
 
