@@ -103,14 +103,17 @@ def run_suite(config: SuiteConfig) -> SuiteResult:
                     batch = make_rows(workload, n, config.seed, api.url)
                     runs = {}
                     for system in config.systems:
+                        before = app.engine().stats()
                         run = runs[system] = run_system(system, app, batch, vllm=vllm)
-                        measured = Measurement(workload, n, run.system, run.wall_s, run.counters(), len(run.errors))
+                        c = run.counters() | _drafts(before, app.engine().stats())
+                        measured = Measurement(workload, n, run.system, run.wall_s, c, len(run.errors))
                         result.measurements.append(measured)
-                        c = run.counters()
+                        drafted = c["speculative_proposed"]
                         _log(
                             f"{workload} rows={n} {system}: {run.wall_s:.2f} s, llm {c['llm_calls_executed']}"
                             f"/{c['llm_calls_logical']}, tools {c['tool_calls_executed']}/{c['tool_calls_logical']}"
                             f", prefill {c['prefill_tokens']} cached {c['cached_tokens']}, errors {len(run.errors)}"
+                            + (f", drafted {drafted} accepted {c['speculative_accepted']}" if drafted else "")
                         )
                     _backfill_fidelity(result.measurements, workload, n, runs)
                     _backfill_logical(result.measurements, workload, n, runs)
@@ -153,6 +156,15 @@ def fidelity(run: Any, reference: Any) -> float:
         if a == b and run.errors.get(r) == reference.errors.get(r)
     )
     return same / len(reference.outputs)
+
+
+def _drafts(before: Any, after: Any) -> dict[str, int]:
+    """The speculative drafts the workload's engine verified during one system's run (its stats are
+    cumulative; `decode_tokens` counts the drafts as computed rows, these say how many paid)."""
+    return {
+        "speculative_proposed": after.speculative_proposed - before.speculative_proposed,
+        "speculative_accepted": after.speculative_accepted - before.speculative_accepted,
+    }
 
 
 def _engine_line(describe: dict[str, Any]) -> str:

@@ -76,6 +76,7 @@ def check_counters_are_sane(result: SuiteResult, folder: Path, workloads: list[s
         for c in (serial, per_call, opwise, halo):
             assert c["prefill_tokens"] + c["cached_tokens"] >= c["prompt_tokens"] > 0
             assert c["wall_s"] > 0
+            assert c["speculative_proposed"] == c["speculative_accepted"] == 0  # the default: no drafts
         # halo's timeline summary: every llm node of the workflow, spans inside the run's wall time
         llm_spans = {k.split(":", 1)[1] for k in halo["node_spans"] if k.startswith("llm:")}
         assert llm_spans and llm_spans <= _llm_node_ids(folder / "workloads" / f"{workload}.yaml")
