@@ -111,11 +111,11 @@ def test_auto_judges_by_the_group_mid_flight_and_keeps_drafts_out_of_prompt_step
     # a step that also computes 200 prompt tokens: their rows share the fixed part, so a draft saves
     # about its own row; a sequence with no figure waits for a step of decodes
     fresh = decoding(text, text[:3])
-    assert spec.propose([fresh], prompt_tokens=200) == 0 and spec.propose([fresh]) == 4
+    assert spec.propose([fresh], lambda: 200) == 0 and spec.propose([fresh]) == 4
     assert cost.break_even(100, batch=201) > 0.95
     for _ in range(Speculator.WARMUP // 4):  # every draft accepted: worth it even beside prompts
         spec.record(fresh, 4, 4)
-    assert spec.propose([fresh], prompt_tokens=200) == 4
+    assert spec.propose([fresh], lambda: 200) == 4
 
 
 # ---- the real model, fp32 ------------------------------------------------------------------------

@@ -402,7 +402,7 @@ class LLMEngine:
     def step(self) -> list[GenerationResult]:
         """Schedule, run one forward pass, sample, and return the requests that finished in it."""
         t0 = time.perf_counter()
-        self.speculator.propose(self.batch_scheduler.running, self.batch_scheduler.pending_prompt_tokens())
+        self.speculator.propose(self.batch_scheduler.running, self.batch_scheduler.pending_prompt_tokens)
         batch = self.batch_scheduler.schedule()
         if not batch.seqs:
             if self.batch_scheduler.has_unfinished():

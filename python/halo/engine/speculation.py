@@ -32,6 +32,7 @@ and, in large batches, only where most drafts are accepted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from halo.engine.draft_state import Acceptance, DraftState
@@ -134,12 +135,15 @@ class Speculator:
         start together, before their group has any figure, and each would otherwise pay its own warm-up.
         A group judged not to pay stays judged while nobody in it drafts: a node's text, not the batch,
         sets its acceptance, and the break-even it is compared with follows the batch."""
-        if self.mode != "auto" or st.group is None or st.window.proposed >= self.WARMUP:
+        if self.mode != "auto" or st.window.proposed >= self.WARMUP:
             return False
-        g = self.groups.get(st.group)
-        if g is None or g.proposed < self.GROUP_WARMUP:
-            return False
-        return g.rate * self.MARGIN < self.cost.break_even(seq.num_tokens, self.batch)
+        rate = self.group_rate(st)
+        return rate is not None and rate * self.MARGIN < self.cost.break_even(seq.num_tokens, self.batch)
+
+    def group_rate(self, st: DraftState) -> float | None:
+        """The acceptance of the sequence's group once it has drafted enough to judge by, else None."""
+        g = self.groups.get(st.group) if st.group is not None else None
+        return g.rate if g is not None and g.proposed >= self.GROUP_WARMUP else None
 
     def beside_prompts_pays(self, seq: Sequence, st: DraftState, prompt_tokens: int) -> bool:
         """auto, in a step that also computes ``prompt_tokens`` of prefill: those rows share the step's
@@ -147,20 +151,17 @@ class Speculator:
         a measured figure (the sequence's, else its group's) may beat it; without one, drafts wait for
         a step of decodes, the cheap place to measure them (bench: adversarial-reasoning at 20 rows
         spent 3 s of 23 on drafts computed beside children's prompts)."""
-        if st.window.proposed >= self.WARMUP:
-            rate = st.window.rate
-        elif (g := self.groups.get(st.group)) is not None and g.proposed >= self.GROUP_WARMUP:
-            rate = g.rate
-        else:
-            return False
-        return rate * self.MARGIN >= self.cost.break_even(seq.num_tokens, self.batch + prompt_tokens)
+        rate = st.window.rate if st.window.proposed >= self.WARMUP else self.group_rate(st)
+        shared = self.batch + prompt_tokens
+        return rate is not None and rate * self.MARGIN >= self.cost.break_even(seq.num_tokens, shared)
 
-    def propose(self, running: list[Sequence], prompt_tokens: int = 0) -> int:
-        """Set ``draft_ids`` of every running, decoding, eligible sequence whose lookup finds a match
-        (``prompt_tokens``: what the step computes beside the decodes, which auto prices drafts by);
-        returns the tokens drafted."""
+    def propose(self, running: list[Sequence], pending_prompt_tokens: Callable[[], int] | None = None) -> int:
+        """Set ``draft_ids`` of every running, decoding, eligible sequence whose lookup finds a match;
+        returns the tokens drafted. ``pending_prompt_tokens`` (the scheduler's) says what the step will
+        compute beside the decodes, which auto prices drafts by; asked once, and only in auto mode."""
         if self.mode == "off":
             return 0
+        prompt_tokens = pending_prompt_tokens() if self.mode == "auto" and pending_prompt_tokens else 0
         drafted = 0
         decoding = [s for s in running if s.status is SequenceStatus.RUNNING and s.num_uncomputed == 1 and s.output_ids]
         self.batch = max(1, len(decoding))
@@ -175,7 +176,7 @@ class Speculator:
             if self.group_says_no(seq, st):
                 st.resume_at = len(seq.output_ids) + st.backoff
                 continue
-            if self.mode == "auto" and prompt_tokens and not self.beside_prompts_pays(seq, st, prompt_tokens):
+            if prompt_tokens and not self.beside_prompts_pays(seq, st, prompt_tokens):
                 continue
             # a run appends at most (drafts + 1) tokens: never draft past max_tokens or the context window
             room = min(
