@@ -27,6 +27,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from halo.engine import cpu_attention
@@ -38,6 +39,8 @@ from halo.engine.model import rms_norm
 from halo.engine.model_config import ModelConfig
 from halo.engine.quantized_linear import WeightFormat
 from halo.engine.step_context import PrefillSpan, StepContext
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `bench.*` when run as a script
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16, "int4": torch.bfloat16}
 SMOLLM2 = ModelConfig(

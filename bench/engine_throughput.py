@@ -24,13 +24,15 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from halo.engine import LLMEngine, SamplingParams
 from halo.engine.dtype_probe import matmul_gflops
 from halo.engine.sequence import Sequence, SequenceStatus
 
-from bench import step_profile
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `bench.*` when run as a script
+from bench import step_profile  # noqa: E402
 
 COMPUTE_GFLOP_PER_TOKEN = 0.27  # SmolLM2-135M forward, from DESIGN.md
 

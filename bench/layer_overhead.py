@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -37,8 +38,9 @@ import torch.nn.functional as F
 from halo.engine import LLMEngine, SamplingParams
 from halo.engine import model as model_module
 
-from bench import step_profile
-from bench.engine_throughput import _abort_all, seed_decoding
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `bench.*` when run as a script
+from bench import step_profile  # noqa: E402
+from bench.engine_throughput import _abort_all, seed_decoding  # noqa: E402
 
 Undo = Callable[[], None]
 

@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from halo.engine import LLMEngine, SamplingParams
+from halo.engine.checkpoint import Checkpoint, load_checkpoint
 
-sys.path.insert(0, str(Path(__file__).parent))  # engine_throughput.py beside this file, run as a script
-from engine_throughput import decode_throughput, prefill_throughput  # noqa: E402
-from halo.engine import LLMEngine, SamplingParams  # noqa: E402
-from halo.engine.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `bench.*` when run as a script
+from bench.engine_throughput import decode_throughput, prefill_throughput  # noqa: E402
 
 PROMPTS = [
     "The capital of France is",
