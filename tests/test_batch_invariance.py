@@ -15,7 +15,7 @@ import halo
 import pytest
 import torch
 from halo.engine import LLMEngine, SamplingParams, cpu_attention
-from halo.engine.batch_invariant import TILE_ROWS, RowTiledLinear, check_tile_mode
+from halo.engine.batch_invariant import TILE_ROWS, WIDE_TILE_ROWS, RowTiledLinear, check_tile_mode
 from halo.engine.kv_cache import KVCache
 from halo.engine.step_context import PrefillSpan, StepContext
 from halo.spec import Workflow
@@ -101,15 +101,17 @@ class _ShapeDependent:
 
     out_features, in_features, format = 8, 4, "fp32"
 
-    def __init__(self, from_rows: int = TILE_ROWS, position: bool = False) -> None:
+    def __init__(self, from_rows: int = TILE_ROWS, position: bool = False, switch_at: int | None = None) -> None:
         self.weight = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
-        self.from_rows, self.position = from_rows, position
+        self.from_rows, self.position, self.switch_at = from_rows, position, switch_at
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # an elementwise product and a last-dim sum: each row by itself (a matmul would round by M too)
         y = (x.unsqueeze(1) * self.weight).sum(-1) + 1e-3 * min(x.shape[0], self.from_rows)
         if self.position:
             y = y + 1e-3 * torch.arange(x.shape[0]).unsqueeze(1)
+        if self.switch_at is not None and x.shape[0] >= self.switch_at:  # another kernel from M rows on
+            y = y + 1e-3
         return y
 
     def numel(self) -> int:
@@ -133,6 +135,43 @@ def test_the_tile_check_finds_what_a_kernel_depends_on(from_rows, position, pad_
         assert torch.equal(tiled(x[:m]), alone[:m])
     if (from_rows, position) != (1, False):  # the plain layer does depend on the batch
         assert not torch.equal(layer(x), torch.cat([layer(x[i : i + 1]) for i in range(x.shape[0])]))
+
+
+def test_only_a_layer_free_at_every_height_up_to_the_wide_tile_gets_it():
+    # free at every height: the wide check agrees too
+    assert check_tile_mode(_ShapeDependent(1), torch.float32, WIDE_TILE_ROWS[-1]) == 1
+    # free up to 16 rows, another rounding from 40 rows on: free at TILE_ROWS and 32, not at 64
+    switching = _ShapeDependent(1, switch_at=40)
+    assert check_tile_mode(switching, torch.float32) == 1
+    assert check_tile_mode(switching, torch.float32, 32) == 1
+    assert check_tile_mode(switching, torch.float32, 64) == 40
+    # a padded layer is never widened: its short tiles would be padded to the wide height
+    assert check_tile_mode(_ShapeDependent(4), torch.float32) == 4
+
+
+class _SwitchesAt40(_ShapeDependent):
+    """Free below 40 rows, another rounding from 40 on (its own class: its own probe-cache key)."""
+
+    def __init__(self) -> None:
+        super().__init__(1, switch_at=40)
+
+
+def test_a_wide_tile_stops_below_the_height_where_the_kernel_changes():
+    tiled = RowTiledLinear(_SwitchesAt40(), torch.float32)
+    assert (tiled.pad_to, tiled.rows, tiled.mode) == (1, 32, "free, tiles of 32")
+    x = torch.randn(100, 4, generator=torch.Generator().manual_seed(3))
+    alone = torch.cat([tiled(x[i : i + 1]) for i in range(x.shape[0])])
+    for m in (2, 31, 32, 33, 40, 64, 100):
+        assert torch.equal(tiled(x[:m]), alone[:m])
+
+
+def test_the_engine_tiles_free_layers_wide_and_padded_layers_at_the_base_height(tiny_model):
+    for dtype in ("bf16", "fp32"):
+        model = _engine(tiny_model, dtype).model
+        for layer in [model.lm_head, *(lin for layers in model.linears for lin in layers.values())]:
+            assert layer.rows in (TILE_ROWS, *WIDE_TILE_ROWS), layer.mode
+            if layer.pad_to != 1:
+                assert layer.rows == TILE_ROWS, layer.mode
 
 
 def _pool(blocks: int, dtype: torch.dtype) -> KVCache:

@@ -24,9 +24,19 @@ in the probe cache), by running the layer on random rows, what is exact, as the 
 - ``pad_to = 0`` (``rows``): not even a full tile's rows are independent of their position: every row
   runs alone (``M = 1``, one shape, one position). Exact, and slow beyond small batches; never seen.
 
+A ``free`` layer is then checked at the taller heights of ``WIDE_TILE_ROWS`` in turn, each against a
+tile of that height: its tiles are the tallest height up to which every height agrees. A tile of 16
+rows streams a layer's weights once per 16 rows, which made a 512-token prefill 0.35x of plain bf16 on
+AMX; a wide tile reads them fewer times and makes decode batches up to its height one kernel call.
+(oneDNN's bf16 kernels on AMX here are free up to 32 rows and change their order from 33 rows on.) A
+layer that is not free keeps ``TILE_ROWS``: its short tiles are padded, and padding a batch-1 decode
+to a wide tile would cost more than it saves.
+
 The check runs the real layer (its weights, its format: fp32, bf16 packed or not, int8, int4), so it
 proves the property for the kernel that will run, not for a stand-in. A reduction order does not
-depend on the values summed, so random rows stand for every input.
+depend on the values summed, so random rows stand for every input. Its cost is one product per height
+(about ``WIDE_TILE_ROWS**2 / 2`` rows per distinct layer shape), once per machine: remembered in the
+probe cache.
 """
 
 from __future__ import annotations
@@ -37,6 +47,8 @@ from halo.engine.probe_cache import remembered
 from halo.engine.quantized_linear import LinearLayer
 
 TILE_ROWS = 16  # rows per kernel call in batch-invariant mode (the cost trade-off: docs/architecture.md)
+WIDE_TILE_ROWS = (32, 64, 128)  # taller tiles a free layer is checked at, in turn (module docstring)
+CHECKED_ROWS = 16  # rows the tile check tries each height on, at least (check_tile_mode)
 # LLMEngine(deterministic=...)'s default, chosen from bench/batch_invariance.py --cost (see docs/architecture.md)
 DETERMINISTIC_DEFAULT = False
 
@@ -46,16 +58,26 @@ class RowTiledLinear:
 
     __slots__ = ("inner", "pad_to", "rows", "out_features", "in_features", "format")
 
-    def __init__(self, inner: LinearLayer, dtype: torch.dtype, rows: int = TILE_ROWS) -> None:
-        """``dtype``: the activations' dtype (the model's compute dtype), what the check feeds the layer."""
-        self.inner, self.rows = inner, rows
+    def __init__(
+        self, inner: LinearLayer, dtype: torch.dtype, rows: int = TILE_ROWS, wide: tuple[int, ...] = WIDE_TILE_ROWS
+    ) -> None:
+        """``dtype``: the activations' dtype (the model's compute dtype), what the check feeds the layer;
+        ``rows``: the tile every layer is checked at; ``wide``: the taller tiles a free layer may get."""
+        self.inner = inner
         self.out_features, self.in_features, self.format = inner.out_features, inner.in_features, inner.format
         self.pad_to: int = tile_mode(inner, dtype, rows)
+        self.rows = rows
+        # taller tiles only where the base check found the kernel free, while it stays free (module docstring)
+        for height in (h for h in wide if h > rows) if self.pad_to == 1 else ():
+            if tile_mode(inner, dtype, height) != 1:
+                break
+            self.rows = height
 
     @property
     def mode(self) -> str:
-        """``free``, ``padded to N`` or ``rows`` (module docstring), as the benchmark prints it."""
-        return {0: "rows", 1: "free"}.get(self.pad_to, f"padded to {self.pad_to}")
+        """``free``, ``padded to N`` or ``rows`` (module docstring) and the tile height, as the benchmark prints it."""
+        kind = {0: "rows", 1: "free"}.get(self.pad_to, f"padded to {self.pad_to}")
+        return kind if self.pad_to == 0 else f"{kind}, tiles of {self.rows}"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         t, r, pad_to = x.shape[0], self.rows, self.pad_to
@@ -97,7 +119,8 @@ def layer_key(layer: LinearLayer) -> dict[str, object]:
 
 def tile_mode(layer: LinearLayer, dtype: torch.dtype, rows: int = TILE_ROWS) -> int:
     """The least exact tile height ``pad_to`` of ``layer`` on this machine (module docstring), remembered."""
-    key = {**layer_key(layer), "dtype": str(dtype), "rows": rows, "threads": torch.get_num_threads()}
+    key = {**layer_key(layer), "dtype": str(dtype), "rows": rows, "threads": torch.get_num_threads(),
+           "checked_rows": CHECKED_ROWS}  # (verdicts of the check before it tried CHECKED_ROWS rows are not reused)
     return int(remembered("batch_invariance_pad_to", key, lambda: check_tile_mode(layer, dtype, rows)))
 
 
@@ -113,8 +136,13 @@ def check_tile_mode(layer: LinearLayer, dtype: torch.dtype, rows: int = TILE_ROW
     others = torch.cat([x[:1], torch.randn(rows - 1, layer.in_features, generator=generator).to(dtype)])
     if not (torch.equal(layer(moved), torch.roll(full, 1, dims=0)) and torch.equal(layer(others)[0], full[0])):
         return 0
-    # a height m call computes rows at positions 0..m-1: they must be the full tile's first m rows
+    # A height m call computes rows at positions 0..m-1: they must be the full tile's rows. Each height
+    # is tried on at least CHECKED_ROWS of them (consecutive windows), not only the first m: where a
+    # kernel's order differs, an output shows it only when the two sums round to different values in
+    # the output dtype, which for short sums in bf16 can miss every output of a single row (a 49,152 x
+    # 32 head at M = 1 here).
     for m in range(rows - 1, 0, -1):
-        if not torch.equal(layer(x[:m].contiguous()), full[:m]):
-            return m + 1
+        for start in range(0, min(rows, max(m, CHECKED_ROWS)) - m + 1, m):
+            if not torch.equal(layer(x[start : start + m].contiguous()), full[start : start + m]):
+                return m + 1
     return 1
