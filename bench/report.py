@@ -65,7 +65,9 @@ def markdown(result: Any) -> str:
         f"CPU `{result.environment.get('cpu')}`, dtype {describe.get('dtype')} ({describe.get('dtype_reason')}"
         f"{'; probe ' + probe if probe else ''}), {describe.get('threads')} threads; "
         f"TPC-H sf {result.config.get('scale_factor')}, report API mean latency {result.config.get('api_latency_s')} s"
-        f", max_tokens cap {result.config.get('max_tokens')}, seed {result.config.get('seed')}.",
+        f", max_tokens cap {result.config.get('max_tokens')}, seed {result.config.get('seed')}"
+        f", deterministic {_engine_default(result.config.get('deterministic'))}"
+        f", speculative {_engine_default(result.config.get('speculative'))}.",
         "",
         "## Wall time (s) and speedup of halo",
         "",
@@ -88,23 +90,30 @@ def markdown(result: Any) -> str:
         for rows in sorted({r for _, r in ups}):
             means = [geometric_mean([u[b] for (_, r), u in ups.items() if r == rows and b in u]) for b in baselines]
             lines.append(f"| {rows} | " + " | ".join(f"{v:.2f}x" for v in means) + " |")
+    # drafts only where some system drafted (--speculative): accepted of proposed, the acceptance rate
+    drafted = any(m.counters.get("speculative_proposed", 0) for m in result.measurements)
     lines += [
         "",
         "## Fidelity and counters",
         "",
-        "Fidelity: fraction of rows identical to `serial` (fp32 greedy) / to `per-call` (same dtype).",
+        "Fidelity: fraction of rows identical to `serial` (every call alone, same dtype and engine mode) / to "
+        "`per-call`.",
         "",
         "| workload | rows | system | fidelity vs serial | vs per-call | llm calls executed/logical "
-        "| tool calls executed/logical | prefill tokens | cached tokens | decode tokens | row errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| tool calls executed/logical | prefill tokens | cached tokens | decode tokens | row errors |"
+        + (" drafts accepted/proposed |" if drafted else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if drafted else ""),
     ]
     for m in result.measurements:
         c = m.counters
+        proposed, accepted = c.get("speculative_proposed", 0), c.get("speculative_accepted", 0)
+        draft_cell = f" {accepted}/{proposed} ({accepted / proposed:.0%}) |" if proposed else " - |"
         lines.append(
             f"| {m.workload} | {m.rows} | {m.system} | {_pct(m.fidelity_vs_serial)} | {_pct(m.fidelity_vs_per_call)} "
             f"| {c['llm_calls_executed']}/{c['llm_calls_logical']} "
             f"| {c['tool_calls_executed']}/{c['tool_calls_logical']} "
             f"| {c['prefill_tokens']} | {c['cached_tokens']} | {c['decode_tokens']} | {m.row_errors} |"
+            + (draft_cell if drafted else "")
         )
     lines += _timelines(result)
     return "\n".join(lines) + "\n"
@@ -145,6 +154,11 @@ def _timelines(result: Any) -> list[str]:
             f"| {per_call:.1f} | {chain} |"
         )
     return lines
+
+
+def _engine_default(value: Any) -> str:
+    """A suite option as the header prints it: None is the engine's default."""
+    return "(engine default)" if value is None else str(value).lower()
 
 
 def _pct(value: float | None) -> str:
