@@ -49,7 +49,7 @@ from halo.engine.quantized_linear import LinearLayer
 TILE_ROWS = 16  # rows per kernel call in batch-invariant mode (the cost trade-off: docs/architecture.md)
 WIDE_TILE_ROWS = (32, 64, 128)  # taller tiles a free layer is checked at, in turn (module docstring)
 CHECKED_ROWS = 16  # rows the tile check tries each height on, at least (check_tile_mode)
-# LLMEngine(deterministic=...)'s default, chosen from bench/batch_invariance.py --cost (see docs/architecture.md)
+# LLMEngine(deterministic=...)'s default: off, from the 200-row fidelity and --cost figures (README, "Batch invariance")
 DETERMINISTIC_DEFAULT = False
 
 
