@@ -46,14 +46,10 @@ class Int8Linear:
         return (acc.float() * x_scale * self.w_scale).to(x.dtype)
 
 
-def _best(fn, repeats: int) -> float:
+def _seconds(fn) -> float:
+    start = time.perf_counter()
     fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return time.perf_counter() - start
 
 
 def measure(rows: list[int], repeats: int) -> list[dict]:
@@ -68,10 +64,12 @@ def measure(rows: list[int], repeats: int) -> list[dict]:
             qx = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
             calls = {"bf16": lambda x=x, f=bf16: f(x), "int8": lambda x=x, f=int8: f(x),
                      "int_mm": lambda q=qx, w=int8.qweight_t: torch._int_mm(q, w)}
+            for call in calls.values():  # warm: oneDNN builds its kernel for a shape on the first call
+                call()
             times = dict.fromkeys(calls, float("inf"))
             for _ in range(repeats):  # alternate, so load from other work hits all alike
                 for key, call in calls.items():
-                    times[key] = min(times[key], _best(call, 1))
+                    times[key] = min(times[key], _seconds(call))
             ref, got = bf16(x).float(), int8(x).float()
             flop = 2 * m * n * k
             out.append({"op": name, "rows": m, "bf16_s": times["bf16"], "int8_s": times["int8"],

@@ -145,8 +145,6 @@ def test_only_a_layer_free_at_every_height_up_to_the_wide_tile_gets_it():
     assert check_tile_mode(switching, torch.float32) == 1
     assert check_tile_mode(switching, torch.float32, 32) == 1
     assert check_tile_mode(switching, torch.float32, 64) == 40
-    # a padded layer is never widened: its short tiles would be padded to the wide height
-    assert check_tile_mode(_ShapeDependent(4), torch.float32) == 4
 
 
 class _SwitchesAt40(_ShapeDependent):
@@ -154,6 +152,19 @@ class _SwitchesAt40(_ShapeDependent):
 
     def __init__(self) -> None:
         super().__init__(1, switch_at=40)
+
+
+class _PadsTo4(_ShapeDependent):
+    """Rounds by M below 4 rows, the same from 4 on (its own class: its own probe-cache key)."""
+
+    def __init__(self) -> None:
+        super().__init__(4)
+
+
+def test_a_padded_layer_keeps_the_base_tile():
+    # its short tiles are padded: widening would pad a batch-1 decode to the wide height
+    tiled = RowTiledLinear(_PadsTo4(), torch.float32)
+    assert (tiled.pad_to, tiled.rows, tiled.mode) == (4, TILE_ROWS, f"padded to 4, tiles of {TILE_ROWS}")
 
 
 def test_a_wide_tile_stops_below_the_height_where_the_kernel_changes():

@@ -34,9 +34,9 @@ to a wide tile would cost more than it saves.
 
 The check runs the real layer (its weights, its format: fp32, bf16 packed or not, int8, int4), so it
 proves the property for the kernel that will run, not for a stand-in. A reduction order does not
-depend on the values summed, so random rows stand for every input. Its cost is one product per height
-(about ``WIDE_TILE_ROWS**2 / 2`` rows per distinct layer shape), once per machine: remembered in the
-probe cache.
+depend on the values summed, so random rows stand for every input. Its cost is one product per height and
+window (about h**2 / 2 rows for tiles of height h, plus ``CHECKED_ROWS`` at each short height) per
+distinct layer shape, once per machine: remembered in the probe cache.
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ class RowTiledLinear:
         self.out_features, self.in_features, self.format = inner.out_features, inner.in_features, inner.format
         self.pad_to: int = tile_mode(inner, dtype, rows)
         self.rows = rows
-        # taller tiles only where the base check found the kernel free, while it stays free (module docstring)
-        for height in (h for h in wide if h > rows) if self.pad_to == 1 else ():
-            if tile_mode(inner, dtype, height) != 1:
-                break
-            self.rows = height
+        if self.pad_to == 1:  # taller tiles only for a free kernel, while it stays free (module docstring)
+            for height in (h for h in wide if h > rows):
+                if tile_mode(inner, dtype, height) != 1:
+                    break
+                self.rows = height
 
     @property
     def mode(self) -> str:
