@@ -35,9 +35,9 @@ from halo.engine.batch_invariant import RowTiledLinear
 from halo.engine.dtype_probe import cpu_capability
 from halo.engine.kv_cache import KVCache
 from halo.engine.linear import packing_available
-from halo.engine.model import rms_norm
 from halo.engine.model_config import ModelConfig
 from halo.engine.quantized_linear import WeightFormat
+from halo.engine.rms_norm import rms_norm
 from halo.engine.step_context import PrefillSpan, StepContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `bench.*` when run as a script

@@ -6,20 +6,18 @@ A decode step of the default model makes ~2,700 torch calls at any batch size (`
 --profile`` lists them by caller): at batch 1 the per-call cost is a measurable share of the step.
 Each proposal here is a drop-in for one of the forward's seams, installed on one engine instance (and
 the model module's ``apply_rope``) only while measured, so the current code path and the proposed one
-run in the same process, alternating rounds of decode steps so load changes hit both alike:
+run in the same process, alternating rounds of decode steps so load changes hit both alike (the
+RMSNorm and decode-attention proposals measured here before became the native norm, engine/rms_norm.py,
+and the once-per-step `cpu_attention.DecodeStep`):
 
-- ``rms_norm``: fp32 RMSNorm as one ``F.rms_norm`` call instead of nine (bit-identical in fp32; other
-  dtypes keep the current code, which rounds to the model dtype before the weight);
 - ``rope``: the sin table stored sign-folded (``-sin`` on the first half, once at load), so the
   rotation is ``x * cos + flip_halves(x) * sin_folded``: one flip instead of two slices, a negation and
   a cat (bit-identical: negation is exact);
-- ``attention``: the native decode kernel called with the validation and table/length pointers done
-  once per step (StepContext) instead of in every layer, and the pool pointers once at start;
 - ``kv_store``: the per-layer flat views of the pool made once at start instead of in every store.
 
 It then runs the same greedy generations with the current and the proposed seams and checks the
 tokens and every logits row are identical, and prints step ms, the ratio and the torch calls per step.
-These are measurements for model.py / cpu_attention.py / kv_cache.py changes; nothing here changes
+These are measurements for model.py / kv_cache.py changes; nothing here changes
 the engine.
 """
 
@@ -31,10 +29,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 from halo.engine import LLMEngine, SamplingParams
 from halo.engine import model as model_module
 
@@ -45,27 +41,11 @@ from bench.engine_throughput import _abort_all, seed_decoding  # noqa: E402
 Undo = Callable[[], None]
 
 
-def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """model.rms_norm, one call in fp32 (F.rms_norm sums and scales in the same order: bit-identical)."""
-    if x.dtype == torch.float32 and weight.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)
-    return model_module.rms_norm(x, weight, eps)
-
-
 def folded_apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_folded: torch.Tensor) -> torch.Tensor:
     """model.apply_rope with ``sin_folded = cat(-sin[..., :half], sin[..., half:])``: rotate_half(x) * sin
     is flip_halves(x) * sin_folded, element for element (the negation moved onto the table is exact)."""
     t, h, d = x.shape
     return x * cos + x.view(t, h, 2, d // 2).flip(2).view(t, h, d) * sin_folded
-
-
-def patch_rms_norm(engine: LLMEngine) -> Undo:
-    model = engine.model
-    if model.config.norm != "rms":
-        return lambda: None
-    old = model.norm
-    model.norm = fused_rms_norm
-    return lambda: setattr(model, "norm", old)
 
 
 def patch_rope(engine: LLMEngine) -> Undo:
@@ -82,78 +62,6 @@ def patch_rope(engine: LLMEngine) -> Undo:
     return undo
 
 
-class LeanDecodeAttention:
-    """cpu_attention's decode with the once-per-step work done once per step: the checks, the table and
-    length pointers (StepContext), and the pool pointers once at start. Layers the native kernel cannot
-    serve (windowed past the window, soft-capped) go to the backend's own function unchanged."""
-
-    def __init__(self, backend, kv) -> None:  # noqa: ANN001
-        self.backend = backend
-        self.kernel = backend.native_kernel(torch.get_num_threads())
-        self.kv = kv
-        layers, kvh, nblocks, bs, d = kv.k.shape
-        step = kv.k.stride(0) * kv.k.element_size()
-        self.k_ptr = [kv.k.data_ptr() + i * step for i in range(layers)]
-        self.v_ptr = [kv.v.data_ptr() + i * step for i in range(layers)]
-        self.fixed = (kvh, d, nblocks, bs)
-        self.is_bf16 = kv.k.dtype == torch.bfloat16
-        self._ctx = None
-        self._step: tuple = ()
-
-    def __getattr__(self, name: str):  # prefill_attention and the rest: the backend's own
-        return getattr(self.backend, name)
-
-    def decode_attention(self, q, kv, layer, ctx, scale, window=None, softcap=None):  # noqa: ANN001
-        if (
-            self.kernel is None
-            or kv is not self.kv
-            or softcap is not None
-            or q.dtype != kv.k.dtype
-            or (window is not None and ctx.decode_max_len > window)
-        ):
-            return self.backend.decode_attention(q, kv, layer, ctx, scale, window=window, softcap=softcap)
-        if ctx is not self._ctx:
-            tables = ctx.decode_blocks.view(q.shape[0], ctx.decode_max_blocks).contiguous()
-            lens = ctx.decode_lens.contiguous()
-            self._ctx = ctx
-            self._step = (tables, lens, tables.data_ptr(), lens.data_ptr(), tables.shape[1])
-        _, _, tables_ptr, lens_ptr, max_blocks = self._step
-        b, h, d = q.shape
-        q = q.contiguous()
-        out = torch.empty(b, h * d, dtype=q.dtype)
-        kvh, _, nblocks, bs = self.fixed
-        self.kernel.decode(
-            q.data_ptr(),
-            self.k_ptr[layer],
-            self.v_ptr[layer],
-            tables_ptr,
-            lens_ptr,
-            out.data_ptr(),
-            b,
-            h,
-            kvh,
-            d,
-            nblocks,
-            bs,
-            max_blocks,
-            scale,
-            self.is_bf16,
-        )
-        return out
-
-
-def patch_attention(engine: LLMEngine) -> Undo:
-    model = engine.model
-    if model.attention.__name__.rsplit(".", 1)[-1] != "cpu_attention":
-        return lambda: None
-    old = model.attention
-    lean = LeanDecodeAttention(old, engine.kv)
-    model.attention = SimpleNamespace(
-        __name__=old.__name__, decode_attention=lean.decode_attention, prefill_attention=old.prefill_attention
-    )
-    return lambda: setattr(model, "attention", old)
-
-
 def patch_kv_store(engine: LLMEngine) -> Undo:
     kv = engine.kv
     kf = [kv._flat(kv.k, i) for i in range(kv.k.shape[0])]
@@ -168,9 +76,7 @@ def patch_kv_store(engine: LLMEngine) -> Undo:
 
 
 PROPOSALS: dict[str, Callable[[LLMEngine], Undo]] = {
-    "rms_norm": patch_rms_norm,
     "rope": patch_rope,
-    "attention": patch_attention,
     "kv_store": patch_kv_store,
 }
 

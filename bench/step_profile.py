@@ -8,7 +8,8 @@ instance and only while a `StepTimers` is installed, the engine's own seams:
 
 - the weight products of every layer (``model.linears``: QKV, O, gate/up, down) -> ``linear``;
 - the head (``model.lm_head``) -> ``lm_head``;
-- the attention backend's ``decode_attention`` / ``prefill_attention`` -> ``attention``;
+- the attention backend's ``decode_step`` (and the per-layer calls it returns), ``decode_attention`` and
+  ``prefill_attention`` -> ``attention``;
 - the KV store (``kv.store``) -> ``kv_store``;
 - the norms (``model.norm``) and the activation (``model.act``) -> ``norm``, ``activation``;
 - the rest of ``model.forward`` (embedding lookup, RoPE, residual adds, chunk/mul, the final row
@@ -94,6 +95,9 @@ class StepTimers:
         proxy = SimpleNamespace(**{k: getattr(backend, k) for k in dir(backend) if not k.startswith("__")})
         proxy.__name__ = backend.__name__
         proxy.decode_attention = self._timed("attention", backend.decode_attention)
+        # the model builds the step's decode attention once (its checks count too) and calls it per layer
+        timed_decode_step = self._timed("attention", backend.decode_step)
+        proxy.decode_step = lambda kv, ctx: self._timed("attention", timed_decode_step(kv, ctx))
         proxy.prefill_attention = self._timed("attention", backend.prefill_attention)
         model.attention = proxy
         self._restore.append(lambda: setattr(model, "attention", backend))

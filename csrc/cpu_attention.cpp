@@ -9,6 +9,8 @@
 // -ffast-math, and a given ISA always computes the same bits.
 #include "cpu_attention.h"
 
+#include "cpu_vec.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -28,36 +30,7 @@ namespace halo {
 
 namespace {
 
-// GCC vector extensions: W floats per operation (16 = one zmm register, 8 = ymm, 4 = xmm). They
-// are plain IEEE arithmetic lane by lane, so nothing depends on -ffast-math; each ISA entry point
-// below instantiates the kernel with its own W. Every helper is always_inline into those entry
-// points: no vector ever crosses a call boundary, so the psabi note GCC gives is moot.
-#pragma GCC diagnostic ignored "-Wpsabi"
-template <int W>
-struct Vec;
-template <>
-struct Vec<16> {
-  typedef float f __attribute__((vector_size(64)));
-  typedef int32_t i __attribute__((vector_size(64)));
-  typedef uint32_t u __attribute__((vector_size(64)));
-  typedef uint16_t h __attribute__((vector_size(32)));
-};
-template <>
-struct Vec<8> {
-  typedef float f __attribute__((vector_size(32)));
-  typedef int32_t i __attribute__((vector_size(32)));
-  typedef uint32_t u __attribute__((vector_size(32)));
-  typedef uint16_t h __attribute__((vector_size(16)));
-};
-template <>
-struct Vec<4> {
-  typedef float f __attribute__((vector_size(16)));
-  typedef int32_t i __attribute__((vector_size(16)));
-  typedef uint32_t u __attribute__((vector_size(16)));
-  typedef uint16_t h __attribute__((vector_size(8)));
-};
-
-#define HALO_INLINE inline __attribute__((always_inline))
+using namespace cpu_vec;  // the vector helpers shared with the other kernels (cpu_vec.h)
 
 constexpr int kTile = 16;     // tokens scored between two rescales of the running softmax
 // Tokens per task: a long sequence is split so that a small batch still keeps every thread busy.
@@ -65,71 +38,6 @@ constexpr int kTile = 16;     // tokens scored between two rescales of the runni
 constexpr int64_t kChunk = 256;
 constexpr int kMaxLanes = 16;  // widest W; the head dim is padded to a multiple of it in scratch
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
-
-using bf16 = uint16_t;
-
-HALO_INLINE float to_f32(float x) { return x; }
-HALO_INLINE float to_f32(bf16 x) {
-  uint32_t bits = static_cast<uint32_t>(x) << 16;  // bf16 is the top half of an fp32
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-HALO_INLINE void store_out(float x, float* out) { *out = x; }
-HALO_INLINE void store_out(float x, bf16* out) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  if (std::isnan(x)) {
-    *out = 0x7fc0;  // rounding could carry a NaN's payload into infinity
-    return;
-  }
-  bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest, ties to even
-  *out = static_cast<bf16>(bits >> 16);
-}
-
-template <int W>
-HALO_INLINE typename Vec<W>::f load(const float* p) {
-  typename Vec<W>::f v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <int W>
-HALO_INLINE void store(float* p, const typename Vec<W>::f& v) {
-  std::memcpy(p, &v, sizeof v);
-}
-
-// bf16 -> fp32 for W values at once: each 16-bit value becomes the high half of a 32-bit lane
-// whose low half is zero (little-endian), a single two-source shuffle.
-constexpr int zero_then_value(int W, int k) { return k % 2 ? W + k / 2 : 0; }
-
-template <int W, size_t... K>
-HALO_INLINE typename Vec<W>::u interleave_zeros(const typename Vec<W>::h& h, std::index_sequence<K...>) {
-  const typename Vec<W>::h zero = {};
-  return __builtin_bit_cast(typename Vec<W>::u, __builtin_shufflevector(zero, h, zero_then_value(W, K)...));
-}
-
-// dst[0:D] = src[0:D] as fp32. Columns past D keep the zeros they were given at task start.
-template <int W>
-HALO_INLINE void row_to_f32(float* dst, const bf16* src, int64_t D) {
-  int64_t d = 0;
-  for (; d + W <= D; d += W) {
-    typename Vec<W>::h h;
-    std::memcpy(&h, src + d, sizeof h);
-    typename Vec<W>::u u;
-    if constexpr (W >= 8) {
-      u = interleave_zeros<W>(h, std::make_index_sequence<2 * W>{});
-    } else {  // SSE2 has no such shuffle of 16-bit lanes: widen, then shift
-      u = __builtin_convertvector(h, typename Vec<W>::u) << 16;
-    }
-    store<W>(dst + d, __builtin_bit_cast(typename Vec<W>::f, u));
-  }
-  for (; d < D; ++d) dst[d] = to_f32(src[d]);
-}
-template <int W>
-HALO_INLINE void row_to_f32(float* dst, const float* src, int64_t D) {
-  std::memcpy(dst, src, static_cast<size_t>(D) * sizeof(float));
-}
 
 // Output lane i of a fold takes, from the concatenation x:y, lanes of block i / w (blocks of 2w
 // lanes): the low half of the block into lo, the high half into hi.
@@ -200,21 +108,6 @@ int64_t scratch_floats(int64_t G, int64_t D) {
   return 2 * G * Dp + 2 * kTile * Dp + Gp * kTile + 2 * Gp;
 }
 
-// Folds the W lanes of v with op in a fixed tree (lane j meets lane j + w for w = W/2, ..., 1):
-// the same bits on every run, and no round trip through memory.
-template <int W, int w, typename Op, size_t... I>
-HALO_INLINE typename Vec<W>::f fold_rotated(const typename Vec<W>::f& v, Op op, std::index_sequence<I...>) {
-  return op(v, __builtin_shufflevector(v, v, ((I + w) % W)...));
-}
-template <int W, typename Op, int w = W / 2>
-HALO_INLINE float horizontal(const typename Vec<W>::f& v, Op op) {
-  const typename Vec<W>::f folded = fold_rotated<W, w>(v, op, std::make_index_sequence<W>{});
-  if constexpr (w > 1) {
-    return horizontal<W, Op, w / 2>(folded, op);
-  } else {
-    return folded[0];
-  }
-}
 
 // Invariant: after each tile, for every head g, m[g] is the max score so far, l[g] the sum of
 // exp(score - m[g]) and acc[g] the exp-weighted sum of V rows, all relative to the same m[g].
@@ -363,11 +256,6 @@ void merge(const float* parts, int64_t chunks, int64_t stride, int64_t G, int64_
 
 // The per-ISA entry points; CpuAttention picks one at construction. Not target_clones: each ISA
 // wants its own vector width W, which a clone cannot change.
-#if defined(__x86_64__)
-#define HALO_TARGET(isa) __attribute__((target(isa), noinline))
-#else
-#define HALO_TARGET(isa) __attribute__((noinline))
-#endif
 HALO_TARGET("arch=x86-64-v4") void attend_avx512(const Task<float>& t) { attend<16>(t); }
 HALO_TARGET("arch=x86-64-v4") void attend_avx512(const Task<bf16>& t) { attend<16>(t); }
 HALO_TARGET("arch=x86-64-v3") void attend_avx2(const Task<float>& t) { attend<8>(t); }
@@ -448,38 +336,8 @@ void run_task(Isa isa, const Task<T>& t) {
 
 }  // namespace
 
-Isa best_isa() {
-#if defined(__x86_64__)
-  __builtin_cpu_init();
-  // These check the OS too (XSAVE enabled for the wide registers), not only CPUID.
-  if (__builtin_cpu_supports("x86-64-v4")) return Isa::kAvx512;
-  if (__builtin_cpu_supports("x86-64-v3")) return Isa::kAvx2;
-#endif
-  return Isa::kGeneric;
-}
-
-Isa parse_isa(const std::string& name) {
-  if (name == "auto") return best_isa();
-  if (name == "avx512") return Isa::kAvx512;
-  if (name == "avx2") return Isa::kAvx2;
-  if (name == "generic") return Isa::kGeneric;
-  throw std::invalid_argument("isa must be 'auto', 'avx512', 'avx2' or 'generic', got '" + name + "'");
-}
-
-std::string isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx512:
-      return "avx512";
-    case Isa::kAvx2:
-      return "avx2";
-    case Isa::kGeneric:
-      break;
-  }
-  return "generic";
-}
-
-CpuAttention::CpuAttention(int num_threads, Isa isa)
-    : isa_(isa), pool_(num_threads), scratch_(static_cast<size_t>(num_threads)) {
+CpuAttention::CpuAttention(int num_threads, Isa isa, Threads threads)
+    : isa_(isa), pool_(num_threads, threads), scratch_(static_cast<size_t>(num_threads)) {
   if (static_cast<int>(isa) > static_cast<int>(best_isa())) {
     throw std::invalid_argument("this CPU cannot run isa '" + isa_name(isa) + "' (best: '" + isa_name(best_isa()) +
                                 "')");

@@ -2,7 +2,8 @@
 // KV pool on CPU, with no gather copy. One task is one (sequence, KV head) — or a 256-token chunk
 // of it, merged afterwards, so a small batch of long sequences still splits across threads: it
 // streams those K/V blocks once for all query heads of the group, with an online softmax in fp32.
-// Tasks run on a small persistent WorkerPool (worker_pool.h) so a call per layer spawns no threads.
+// Tasks run on a WorkerPool (worker_pool.h): torch's OpenMP threads, or parked threads of its own,
+// so a call per layer spawns no threads.
 // SIMD is chosen at run time (AVX-512, AVX2 or portable code, see the .cpp): the build never
 // assumes the build machine's ISA. Plain C++ (no pybind11) apart from bind_cpu_attention.
 #pragma once
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "worker_pool.h"
 
 namespace halo {
@@ -39,21 +41,17 @@ struct DecodeArgs {
   bool is_bf16;  // q, pools and out are bf16 (else fp32); accumulation is fp32 either way
 };
 
-// Instruction sets the kernel is compiled for; one is picked per CpuAttention at construction.
-enum class Isa { kGeneric, kAvx2, kAvx512 };
-
-Isa best_isa();  // the widest this CPU (and OS) supports
-Isa parse_isa(const std::string& name);  // "auto", "avx512", "avx2" or "generic"; std::invalid_argument else
-std::string isa_name(Isa isa);
 
 class CpuAttention {
  public:
-  // std::invalid_argument if num_threads < 1 or the CPU lacks isa. Naming a narrower ISA than the
-  // best is for tests and benchmarks of the code other machines run.
-  explicit CpuAttention(int num_threads, Isa isa = best_isa());
+  // std::invalid_argument if num_threads < 1, the CPU lacks isa or the build lacks the threads.
+  // Naming a narrower ISA than the best, or Threads::kOwn where OpenMP is built in, is for tests
+  // and benchmarks of the code other machines run.
+  explicit CpuAttention(int num_threads, Isa isa = best_isa(), Threads threads = default_threads());
 
   int num_threads() const { return pool_.num_threads(); }
   Isa isa() const { return isa_; }
+  Threads threads() const { return pool_.threads(); }
 
   // out[b, h*D:(h+1)*D] = softmax(scale * q[b,h] . K_b^T) V_b over the first lens[b] tokens of
   // sequence b, where query head h reads KV head h / (num_heads / num_kv_heads) and token p of

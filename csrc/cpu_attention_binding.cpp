@@ -17,14 +17,19 @@ void bind_cpu_attention(py::module_& m) {
                            "Decode attention read straight from the paged KV pool, on a persistent pool "
                            "of CPU threads. Takes raw tensor addresses (tensor.data_ptr()); the Python "
                            "wrapper halo.engine.cpu_attention checks shapes, dtypes and contiguity.")
-      .def(py::init([](int num_threads, const std::string& isa) {
-             return std::make_unique<CpuAttention>(num_threads, parse_isa(isa));
+      .def(py::init([](int num_threads, const std::string& isa, const std::string& threads) {
+             return std::make_unique<CpuAttention>(num_threads, parse_isa(isa), parse_threads(threads));
            }),
-           py::arg("num_threads"), py::arg("isa") = "auto",
-           "Start num_threads - 1 worker threads (the caller is the last). isa: 'auto' (the widest "
+           py::arg("num_threads"), py::arg("isa") = "auto", py::arg("threads") = "auto",
+           "Run each call on num_threads threads, the caller included. isa: 'auto' (the widest "
            "this CPU runs), 'avx512', 'avx2' or 'generic' (to test or time the code other machines "
-           "run). ValueError if num_threads < 1 or the CPU lacks isa.")
+           "run). threads: 'auto' (OpenMP where the build has it), 'openmp' (the process's OpenMP "
+           "team, which is torch's) or 'own' (num_threads - 1 parked threads of its own, what a build "
+           "without OpenMP runs). ValueError if num_threads < 1, or the CPU lacks isa, or the build "
+           "lacks OpenMP for threads='openmp'.")
       .def_property_readonly("num_threads", &CpuAttention::num_threads)
+      .def_property_readonly("threads", [](const CpuAttention& self) { return threads_name(self.threads()); },
+                             "Where the threads come from: 'openmp' or 'own'.")
       .def_property_readonly("isa", [](const CpuAttention& self) { return isa_name(self.isa()); },
                              "The instruction set the kernel runs with.")
       .def(

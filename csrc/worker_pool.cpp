@@ -1,14 +1,43 @@
-// WorkerPool implementation (see worker_pool.h): threads park on a condition variable between
-// calls, claim task indices from a shared atomic counter, and the caller drains tasks too.
+// WorkerPool implementation (see worker_pool.h): an OpenMP team per call where the build has it;
+// else threads that park on a condition variable between calls. Either way the threads claim task
+// indices from a shared atomic counter, and the caller drains tasks too.
 #include "worker_pool.h"
+
+#include <algorithm>
+#if defined(HALO_OPENMP)
+#include <omp.h>
+#endif
 
 #include <stdexcept>
 #include <string>
 
 namespace halo {
 
-WorkerPool::WorkerPool(int num_threads) {
+bool openmp_available() {
+#if defined(HALO_OPENMP)
+  return true;
+#else
+  return false;
+#endif
+}
+
+Threads default_threads() { return openmp_available() ? Threads::kOpenMp : Threads::kOwn; }
+
+Threads parse_threads(const std::string& name) {
+  if (name == "auto") return default_threads();
+  if (name == "openmp") return Threads::kOpenMp;
+  if (name == "own") return Threads::kOwn;
+  throw std::invalid_argument("threads must be 'auto', 'openmp' or 'own', got '" + name + "'");
+}
+
+std::string threads_name(Threads threads) { return threads == Threads::kOpenMp ? "openmp" : "own"; }
+
+WorkerPool::WorkerPool(int num_threads, Threads threads) : num_threads_(num_threads), threads_kind_(threads) {
   if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(num_threads));
+  if (threads == Threads::kOpenMp) {
+    if (!openmp_available()) throw std::invalid_argument("this build of the core has no OpenMP (threads='own')");
+    return;  // each run() is an OpenMP team: no thread of our own
+  }
   threads_.reserve(static_cast<size_t>(num_threads - 1));
   for (int w = 1; w < num_threads; ++w) threads_.emplace_back([this, w] { work(w); });
 }
@@ -25,8 +54,12 @@ WorkerPool::~WorkerPool() {
 void WorkerPool::run(int64_t num_tasks, const Task& task) {
   if (num_tasks <= 0) return;
   std::lock_guard<std::mutex> call(call_mutex_);
-  if (threads_.empty() || num_tasks == 1) {
+  if (num_threads_ == 1 || num_tasks == 1) {
     for (int64_t i = 0; i < num_tasks; ++i) task(i, 0);
+    return;
+  }
+  if (threads_kind_ == Threads::kOpenMp) {
+    run_openmp(num_tasks, task);
     return;
   }
   {
@@ -44,6 +77,25 @@ void WorkerPool::run(int64_t num_tasks, const Task& task) {
   std::unique_lock<std::mutex> lock(mutex_);
   done_.wait(lock, [this] { return active_ == 0; });
   task_ = nullptr;
+}
+
+void WorkerPool::run_openmp(int64_t num_tasks, const Task& task) {
+#if defined(HALO_OPENMP)
+  // Dynamic claiming, as below: a thread the OS has not scheduled yet leaves its share to the others.
+  std::atomic<int64_t> next{0};
+  const int team = static_cast<int>(std::min<int64_t>(num_threads_, num_tasks));
+#pragma omp parallel num_threads(team)
+  {
+    const int worker = omp_get_thread_num();  // < team <= num_threads_: the worker's scratch index
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < num_tasks;
+         i = next.fetch_add(1, std::memory_order_relaxed)) {
+      task(i, worker);
+    }
+  }
+#else
+  (void)num_tasks;  // unreachable: the constructor refuses kOpenMp without OpenMP
+  (void)task;
+#endif
 }
 
 void WorkerPool::drain(int worker) {

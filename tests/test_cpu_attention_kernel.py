@@ -31,6 +31,9 @@ def _supported_isas() -> list[str]:
 
 
 ISAS = _supported_isas()
+# Where the kernel's threads come from: torch's OpenMP team where the core is built with OpenMP (CI's
+# build is), and the parked threads of its own that a build without OpenMP runs: both are tested.
+THREADS = ["openmp", "own"] if core.CpuAttention(1).threads == "openmp" else ["own"]
 
 
 def _lengths(block_size: int) -> list[int]:
@@ -173,16 +176,44 @@ def test_decode_attention_falls_back_without_native(monkeypatch):
     torch.testing.assert_close(out, _sdpa_reference(q, k, v, tables, lens_t, 0.125), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("threads", THREADS)
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_thread_count_does_not_change_bits(isa, dtype):
+def test_thread_count_does_not_change_bits(isa, dtype, threads):
     lens = [1, 7, 16, 17, 64, 100, 250, 3, 700] * 3
     q, k, v, tables, lens_t = _problem(dtype, 9, 3, 64, 16, lens, seed=5)
-    one = cpu_attention.paged_decode(core.CpuAttention(1, isa), q, k, v, tables, lens_t, 0.125)
-    two = cpu_attention.paged_decode(core.CpuAttention(2, isa), q, k, v, tables, lens_t, 0.125)
+    one = cpu_attention.paged_decode(core.CpuAttention(1, isa, threads), q, k, v, tables, lens_t, 0.125)
+    two = cpu_attention.paged_decode(core.CpuAttention(2, isa, threads), q, k, v, tables, lens_t, 0.125)
     assert torch.equal(one, two)
-    again = cpu_attention.paged_decode(core.CpuAttention(2, isa), q, k, v, tables, lens_t, 0.125)
+    again = cpu_attention.paged_decode(core.CpuAttention(2, isa, threads), q, k, v, tables, lens_t, 0.125)
     assert torch.equal(two, again)
+    # and the other source of threads computes the same bits (each task is one thread's, in order)
+    other = cpu_attention.paged_decode(core.CpuAttention(2, isa, THREADS[-1]), q, k, v, tables, lens_t, 0.125)
+    assert torch.equal(two, other)
+    torch.testing.assert_close(two.float(), _sdpa_reference(q, k, v, tables, lens_t, 0.125).float(), **TOL[dtype])
+
+
+@pytest.mark.skipif("openmp" not in THREADS, reason="this build of the core has no OpenMP")
+def test_openmp_threads_are_torchs_own():
+    """The reason the kernel runs on OpenMP: the process holds one OpenMP runtime, torch's, so the
+    attention call after a layer's matmuls is served by the team that just ran them instead of by
+    threads that wait for the cores torch's spinning threads hold."""
+    assert core.CpuAttention(2).threads == "openmp"
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes
+    # a call from a thread that is not the one torch's team belongs to also gets a team, and the same bits
+    import threading
+
+    q, k, v, tables, lens_t = _problem(torch.bfloat16, 9, 3, 64, 16, [300, 5, 77], seed=2)
+    here = cpu_attention.paged_decode(core.CpuAttention(2), q, k, v, tables, lens_t, 0.125)
+    there: list[torch.Tensor] = []
+    worker = threading.Thread(
+        target=lambda: there.append(cpu_attention.paged_decode(core.CpuAttention(2), q, k, v, tables, lens_t, 0.125))
+    )
+    worker.start()
+    worker.join(timeout=60)
+    assert there and torch.equal(there[0], here)
 
 
 def test_empty_batch_and_native_kernel_cache():
@@ -231,6 +262,8 @@ def test_native_rejects_bad_arguments():
         core.CpuAttention(0)
     with pytest.raises(ValueError, match="isa"):
         core.CpuAttention(1, "avx9000")
+    with pytest.raises(ValueError, match="threads must be"):
+        core.CpuAttention(1, "auto", "pthreads")
 
 
 def test_wrapper_rejects_bad_tensors():

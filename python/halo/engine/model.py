@@ -21,23 +21,10 @@ from halo.engine.kv_cache import KVCache
 from halo.engine.linear import packing_available
 from halo.engine.model_config import ModelConfig
 from halo.engine.quantized_linear import Int8Embedding, LinearLayer, WeightFormat, WeightFormatName, float_format_name
+from halo.engine.rms_norm import gemma_rms_norm, rms_norm
 from halo.engine.rope import rope_tables
 from halo.engine.step_context import StepContext
 from halo.errors import ModelLoadError
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # In fp32 whatever the model dtype: the variance of bf16 activations is too coarse.
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
-
-
-def gemma_rms_norm(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
-    """Gemma's RMSNorm: ``gain`` is ``1 + w`` in fp32, applied before rounding to x's dtype (once)."""
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (xf * gain).to(x.dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -184,6 +171,8 @@ class DecoderModel:
         nd = ctx.num_decode
         if self.deterministic:
             row_tables, row_lens = self.attention.row_tables(ctx)  # once per step, read by every layer
+        elif nd:
+            decode = self.attention.decode_step(kv, ctx)  # checked once per step, called by every layer
         for i, (w, lin) in enumerate(zip(self.layers, self.linears, strict=True)):
             h = norm(x, w["attn_norm"], eps)
             qkv = lin["wqkv"](h)
@@ -203,8 +192,7 @@ class DecoderModel:
             else:
                 parts = []
                 if nd:
-                    parts.append(self.attention.decode_attention(q[:nd], kv, i, ctx, self.scale,
-                                                                 window=window, softcap=softcap))
+                    parts.append(decode(q[:nd], i, self.scale, window=window, softcap=softcap))
                 if ctx.prefills:
                     parts.append(self.attention.prefill_attention(q, k, v, kv, i, ctx, self.scale,
                                                                   window=window, softcap=softcap))

@@ -1,7 +1,8 @@
 """Attention over the paged KV pool with the Triton kernels of ``halo.kernels`` (the GPU backend).
 
-Same contract as ``cpu_attention``: the model calls ``decode_attention`` for the one-token rows and
-``prefill_attention`` for the prefill spans of a step. The pool stays KV-head-major; the kernels
+Same contract as ``cpu_attention``: the model builds ``decode_step(kv, ctx)`` once per step and calls
+it per layer for the one-token rows (``decode_attention`` is one such call), and ``prefill_attention``
+for the prefill spans of a step. The pool stays KV-head-major; the kernels
 read it through a ``[num_blocks, block_size, kv_heads, head_dim]`` strided view, so no copy is
 made. On CPU tensors these kernels run only under ``TRITON_INTERPRET=1`` (how tests check them).
 Sliding windows are the kernels' ``window`` argument (blocks before it are skipped, not freed);
@@ -22,17 +23,28 @@ def _caches(kv: KVCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     return kv.k[layer].permute(1, 2, 0, 3), kv.v[layer].permute(1, 2, 0, 3)
 
 
-def decode_attention(q: torch.Tensor, kv: KVCache, layer: int, ctx: StepContext, scale: float,
-                     window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+def decode_step(kv: KVCache, ctx: StepContext):
+    """The step's decode attention for every layer, ``step(q, layer, scale, window, softcap)``: the
+    block tables and lengths converted to int32 once per step, not once per layer."""
     from halo.kernels import paged_decode_attention
 
-    assert softcap is None, "the model refuses this backend for soft-capped attention"
-    b = q.shape[0]
-    k_cache, v_cache = _caches(kv, layer)
+    b = ctx.num_decode
     tables = ctx.decode_blocks.view(b, ctx.decode_max_blocks).to(torch.int32)
-    out = paged_decode_attention(q.contiguous(), k_cache, v_cache, tables, ctx.decode_lens.to(torch.int32), scale,
-                                 window=window)
-    return out.reshape(b, -1)
+    lens = ctx.decode_lens.to(torch.int32)
+
+    def step(q: torch.Tensor, layer: int, scale: float, window: int | None = None,
+             softcap: float | None = None) -> torch.Tensor:
+        assert softcap is None, "the model refuses this backend for soft-capped attention"
+        k_cache, v_cache = _caches(kv, layer)
+        out = paged_decode_attention(q.contiguous(), k_cache, v_cache, tables, lens, scale, window=window)
+        return out.reshape(b, -1)
+
+    return step
+
+
+def decode_attention(q: torch.Tensor, kv: KVCache, layer: int, ctx: StepContext, scale: float,
+                     window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+    return decode_step(kv, ctx)(q, layer, scale, window, softcap)
 
 
 def prefill_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, kv: KVCache, layer: int,
