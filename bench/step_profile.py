@@ -10,7 +10,8 @@ instance and only while a `StepTimers` is installed, the engine's own seams:
 - the head (``model.lm_head``) -> ``lm_head``;
 - the attention backend's ``decode_step`` (and the per-layer calls it returns), ``decode_attention`` and
   ``prefill_attention`` -> ``attention``;
-- the KV store (``kv.store``) -> ``kv_store``;
+- the KV store (``kv.store``), or RoPE and the store where one native call does both (``cpu_rope``) ->
+  ``kv_store``;
 - the norms (``model.norm``) and the activation (``model.act``) -> ``norm``, ``activation``;
 - the rest of ``model.forward`` (embedding lookup, RoPE, residual adds, chunk/mul, the final row
   gather) -> ``forward_other`` (forward's time minus the parts above);
@@ -37,6 +38,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from halo.engine import cpu_rope
 from torch.overrides import TorchFunctionMode
 
 CATEGORIES = (
@@ -101,6 +103,16 @@ class StepTimers:
         proxy.prefill_attention = self._timed("attention", backend.prefill_attention)
         model.attention = proxy
         self._restore.append(lambda: setattr(model, "attention", backend))
+        # RoPE with the KV store, where one native call per layer does both (engine/cpu_rope.py)
+        builder = cpu_rope.rope_store
+        timed_builder = self._timed("kv_store", builder)
+
+        def rope_store(*args: Any, **kwargs: Any) -> Any:
+            store = timed_builder(*args, **kwargs)
+            return None if store is None else self._timed("kv_store", store)
+
+        cpu_rope.rope_store = rope_store
+        self._restore.append(lambda: setattr(cpu_rope, "rope_store", builder))
         for obj, name, cat in (
             (model, "norm", "norm"),
             (model, "act", "activation"),

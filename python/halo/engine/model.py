@@ -15,7 +15,7 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-from halo.engine import cpu_attention
+from halo.engine import cpu_attention, cpu_rope
 from halo.engine.batch_invariant import RowTiledLinear
 from halo.engine.kv_cache import KVCache
 from halo.engine.linear import packing_available
@@ -167,7 +167,10 @@ class DecoderModel:
         if self.embed_scale is not None:
             x = x * self.embed_scale
         t = x.shape[0]
-        rope = [(cos[ctx.positions].unsqueeze(1), sin[ctx.positions].unsqueeze(1)) for cos, sin in self.rope]
+        # RoPE and the KV store in one native call per layer where it applies, else torch's
+        store = None if c.qk_norm else cpu_rope.rope_store(kv, self.rope, ctx, c.num_heads)
+        if store is None:
+            rope = [(cos[ctx.positions].unsqueeze(1), sin[ctx.positions].unsqueeze(1)) for cos, sin in self.rope]
         nd = ctx.num_decode
         if self.deterministic:
             row_tables, row_lens = self.attention.row_tables(ctx)  # once per step, read by every layer
@@ -176,15 +179,18 @@ class DecoderModel:
         for i, (w, lin) in enumerate(zip(self.layers, self.linears, strict=True)):
             h = norm(x, w["attn_norm"], eps)
             qkv = lin["wqkv"](h)
-            qk = qkv[:, : self.q_size + self.kv_size].view(t, -1, c.head_dim)
-            if c.qk_norm:
-                heads = c.num_heads
-                qk = torch.cat([norm(qk[:, :heads], w["q_norm"], eps), norm(qk[:, heads:], w["k_norm"], eps)], 1)
-            # q and k heads rotate together: one pass over [T, H + KV, D] instead of two
-            qk = apply_rope(qk, *rope[self.rope_of_layer[i]])
-            q, k = qk[:, : c.num_heads], qk[:, c.num_heads :]
             v = qkv[:, self.q_size + self.kv_size :].view(t, c.num_kv_heads, c.head_dim)
-            kv.store(i, k, v, ctx.slots)
+            if store is not None:
+                q, k = store(qkv, i, self.rope_of_layer[i])
+            else:
+                qk = qkv[:, : self.q_size + self.kv_size].view(t, -1, c.head_dim)
+                if c.qk_norm:
+                    heads = c.num_heads
+                    qk = torch.cat([norm(qk[:, :heads], w["q_norm"], eps), norm(qk[:, heads:], w["k_norm"], eps)], 1)
+                # q and k heads rotate together: one pass over [T, H + KV, D] instead of two
+                qk = apply_rope(qk, *rope[self.rope_of_layer[i]])
+                q, k = qk[:, : c.num_heads], qk[:, c.num_heads :]
+                kv.store(i, k, v, ctx.slots)
             window, softcap = self.window_of_layer[i], c.attn_softcap
             if self.deterministic:
                 attn = self.attention.attention_rows(q, kv, i, row_tables, row_lens, self.scale,
