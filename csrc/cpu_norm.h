@@ -1,8 +1,8 @@
 // CpuNorm: RMSNorm of the rows of a matrix on CPU in one native call, where torch takes eight
 // (upcast, square, mean, add, rsqrt, scale, round, weight), each allocating: at decode batch 1 those
 // calls were a tenth of the step (61 norms a step for the default model, bench/engine_throughput.py
-// --profile). Statistics in fp32 whatever the dtype; the two roundings of the families kept as
-// torch computes them (see NormArgs). Rows are split in fixed blocks over a WorkerPool, one row on
+// --profile). Statistics in fp32 whatever the dtype, the same bits as torch's formula (the squares
+// summed in torch's order, each product and rounding as its calls make them; see NormArgs). Rows are split in fixed blocks over a WorkerPool, one row on
 // one thread in a fixed order: a row's bits depend on that row alone, never on the batch or the
 // thread count. SIMD chosen at run time (cpu_isa.h). Plain C++ (no pybind11) apart from the binding.
 #pragma once

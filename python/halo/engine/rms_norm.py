@@ -9,11 +9,11 @@ Two forms, as the families define them, both with the statistics in fp32 whateve
 
 with ``r = 1 / sqrt(mean(x^2) + eps)``. The torch versions (``*_torch``) are eight calls each, every
 one allocating: at decode batch 1 that was a tenth of the default model's step for 61 norms. The
-native kernel computes the same formula in one call (bench/engine_throughput.py --profile): in bf16
-its output equals torch's but for a rare last-bit difference of the sum's order, in fp32 it differs
-in the last bit of some elements (tests/test_rms_norm.py). Each row is computed alone in a fixed
-order, so a row's result never depends on the batch around it. The torch path serves tensors the
-kernel cannot read: another device, another dtype, a strided view (q/k norms over one head slice).
+native kernel computes the same formula in one call, the same bits as torch (it sums the squares in
+torch's order, csrc/cpu_norm.cpp; tests/test_rms_norm.py), so switching paths moves no output. Each
+row is computed alone in a fixed order, so a row's result never depends on the batch around it. The
+torch path serves tensors the kernel cannot read: another device, another dtype, a strided view (q/k
+norms over one head slice).
 """
 
 from __future__ import annotations
