@@ -337,12 +337,7 @@ void run_task(Isa isa, const Task<T>& t) {
 }  // namespace
 
 CpuAttention::CpuAttention(int num_threads, Isa isa, Threads threads)
-    : isa_(isa), pool_(num_threads, threads), scratch_(static_cast<size_t>(num_threads)) {
-  if (static_cast<int>(isa) > static_cast<int>(best_isa())) {
-    throw std::invalid_argument("this CPU cannot run isa '" + isa_name(isa) + "' (best: '" + isa_name(best_isa()) +
-                                "')");
-  }
-}
+    : isa_(require_isa(isa)), pool_(num_threads, threads), scratch_(static_cast<size_t>(num_threads)) {}
 
 void CpuAttention::decode(const DecodeArgs& a) {
   validate(a);

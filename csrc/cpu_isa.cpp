@@ -35,4 +35,12 @@ std::string isa_name(Isa isa) {
   return "generic";
 }
 
+Isa require_isa(Isa isa) {
+  if (static_cast<int>(isa) > static_cast<int>(best_isa())) {
+    throw std::invalid_argument("this CPU cannot run isa '" + isa_name(isa) + "' (best: '" + isa_name(best_isa()) +
+                                "')");
+  }
+  return isa;
+}
+
 }  // namespace halo

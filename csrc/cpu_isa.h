@@ -12,5 +12,7 @@ enum class Isa { kGeneric, kAvx2, kAvx512 };
 Isa best_isa();  // the widest this CPU (and OS) supports
 Isa parse_isa(const std::string& name);  // "auto", "avx512", "avx2" or "generic"; std::invalid_argument else
 std::string isa_name(Isa isa);
+// isa itself where this CPU runs it; std::invalid_argument naming both when it does not.
+Isa require_isa(Isa isa);
 
 }  // namespace halo

@@ -112,37 +112,13 @@ HALO_INLINE void norm_rows(const NormArgs& a, int64_t r0, int64_t r1) {
   }
 }
 
-HALO_TARGET("arch=x86-64-v4") void norm_avx512_f32(const NormArgs& a, int64_t r0, int64_t r1) { norm_rows<16, float>(a, r0, r1); }
-HALO_TARGET("arch=x86-64-v4") void norm_avx512_bf16(const NormArgs& a, int64_t r0, int64_t r1) { norm_rows<16, bf16>(a, r0, r1); }
-HALO_TARGET("arch=x86-64-v3") void norm_avx2_f32(const NormArgs& a, int64_t r0, int64_t r1) { norm_rows<8, float>(a, r0, r1); }
-HALO_TARGET("arch=x86-64-v3") void norm_avx2_bf16(const NormArgs& a, int64_t r0, int64_t r1) { norm_rows<8, bf16>(a, r0, r1); }
-__attribute__((noinline)) void norm_generic_f32(const NormArgs& a, int64_t r0, int64_t r1) { norm_rows<4, float>(a, r0, r1); }
-__attribute__((noinline)) void norm_generic_bf16(const NormArgs& a, int64_t r0, int64_t r1) { norm_rows<4, bf16>(a, r0, r1); }
-
-using RowsFn = void (*)(const NormArgs&, int64_t, int64_t);
-
-RowsFn pick(Isa isa, bool is_bf16) {
-  switch (isa) {
-    case Isa::kAvx512:
-      return is_bf16 ? norm_avx512_bf16 : norm_avx512_f32;
-    case Isa::kAvx2:
-      return is_bf16 ? norm_avx2_bf16 : norm_avx2_f32;
-    case Isa::kGeneric:
-      break;
-  }
-  return is_bf16 ? norm_generic_bf16 : norm_generic_f32;
-}
+HALO_ROW_KERNEL_ENTRIES(norm, NormArgs, norm_rows)
 
 [[noreturn]] void fail(const std::string& message) { throw std::invalid_argument("CpuNorm.rms_norm: " + message); }
 
 }  // namespace
 
-CpuNorm::CpuNorm(int num_threads, Isa isa, Threads threads) : isa_(isa), pool_(num_threads, threads) {
-  if (static_cast<int>(isa) > static_cast<int>(best_isa())) {
-    throw std::invalid_argument("this CPU cannot run isa '" + isa_name(isa) + "' (best: '" + isa_name(best_isa()) +
-                                "')");
-  }
-}
+CpuNorm::CpuNorm(int num_threads, Isa isa, Threads threads) : isa_(require_isa(isa)), pool_(num_threads, threads) {}
 
 void CpuNorm::rms_norm(const NormArgs& a) {
   if (a.rows < 0 || a.dim < 1) {
@@ -151,7 +127,7 @@ void CpuNorm::rms_norm(const NormArgs& a) {
   if (!std::isfinite(a.eps) || a.eps < 0.0f) fail("eps must be finite and >= 0");
   if (a.rows == 0) return;
   if (!a.x || !a.weight || !a.out) fail("null pointer");
-  const RowsFn rows_fn = pick(isa_, a.is_bf16);
+  const norm_fn rows_fn = norm_pick(isa_, a.is_bf16);
   std::lock_guard<std::mutex> call(call_mutex_);
   if (a.rows * a.dim < kInline) {
     rows_fn(a, 0, a.rows);

@@ -70,26 +70,7 @@ HALO_INLINE void rope_rows(const RopeArgs& a, int64_t t0, int64_t t1) {
   }
 }
 
-HALO_TARGET("arch=x86-64-v4") void rope_avx512_f32(const RopeArgs& a, int64_t t0, int64_t t1) { rope_rows<16, float>(a, t0, t1); }
-HALO_TARGET("arch=x86-64-v4") void rope_avx512_bf16(const RopeArgs& a, int64_t t0, int64_t t1) { rope_rows<16, bf16>(a, t0, t1); }
-HALO_TARGET("arch=x86-64-v3") void rope_avx2_f32(const RopeArgs& a, int64_t t0, int64_t t1) { rope_rows<8, float>(a, t0, t1); }
-HALO_TARGET("arch=x86-64-v3") void rope_avx2_bf16(const RopeArgs& a, int64_t t0, int64_t t1) { rope_rows<8, bf16>(a, t0, t1); }
-__attribute__((noinline)) void rope_generic_f32(const RopeArgs& a, int64_t t0, int64_t t1) { rope_rows<4, float>(a, t0, t1); }
-__attribute__((noinline)) void rope_generic_bf16(const RopeArgs& a, int64_t t0, int64_t t1) { rope_rows<4, bf16>(a, t0, t1); }
-
-using RowsFn = void (*)(const RopeArgs&, int64_t, int64_t);
-
-RowsFn pick(Isa isa, bool is_bf16) {
-  switch (isa) {
-    case Isa::kAvx512:
-      return is_bf16 ? rope_avx512_bf16 : rope_avx512_f32;
-    case Isa::kAvx2:
-      return is_bf16 ? rope_avx2_bf16 : rope_avx2_f32;
-    case Isa::kGeneric:
-      break;
-  }
-  return is_bf16 ? rope_generic_bf16 : rope_generic_f32;
-}
+HALO_ROW_KERNEL_ENTRIES(rope, RopeArgs, rope_rows)
 
 [[noreturn]] void fail(const std::string& message) {
   throw std::invalid_argument("CpuRope.rotate_and_store: " + message);
@@ -118,17 +99,12 @@ void validate(const RopeArgs& a) {
 
 }  // namespace
 
-CpuRope::CpuRope(int num_threads, Isa isa, Threads threads) : isa_(isa), pool_(num_threads, threads) {
-  if (static_cast<int>(isa) > static_cast<int>(best_isa())) {
-    throw std::invalid_argument("this CPU cannot run isa '" + isa_name(isa) + "' (best: '" + isa_name(best_isa()) +
-                                "')");
-  }
-}
+CpuRope::CpuRope(int num_threads, Isa isa, Threads threads) : isa_(require_isa(isa)), pool_(num_threads, threads) {}
 
 void CpuRope::rotate_and_store(const RopeArgs& a) {
   validate(a);
   if (a.tokens == 0) return;
-  const RowsFn rows_fn = pick(isa_, a.is_bf16);
+  const rope_fn rows_fn = rope_pick(isa_, a.is_bf16);
   std::lock_guard<std::mutex> call(call_mutex_);
   if (a.tokens <= kInline) {
     rows_fn(a, 0, a.tokens);

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <utility>
 
+#include "cpu_isa.h"
+
 namespace halo {
 namespace cpu_vec {
 
@@ -179,3 +181,38 @@ HALO_INLINE float horizontal(const typename Vec<W>::f& v, Op op) {
 
 }  // namespace cpu_vec
 }  // namespace halo
+
+// The six entry points of a row kernel `kernel<W, T>(const Args&, int64_t begin, int64_t end)` (AVX-512,
+// AVX2 and portable code, fp32 and bf16 each) and `prefix_pick(isa, is_bf16)`, which returns the one to
+// run. Used inside a kernel file's anonymous namespace, after `using namespace cpu_vec`.
+#define HALO_ROW_KERNEL_ENTRIES(prefix, Args, kernel)                                                     \
+  HALO_TARGET("arch=x86-64-v4") void prefix##_avx512_f32(const Args& a, int64_t b, int64_t e) {         \
+    kernel<16, float>(a, b, e);                                                                          \
+  }                                                                                                      \
+  HALO_TARGET("arch=x86-64-v4") void prefix##_avx512_bf16(const Args& a, int64_t b, int64_t e) {        \
+    kernel<16, bf16>(a, b, e);                                                                           \
+  }                                                                                                      \
+  HALO_TARGET("arch=x86-64-v3") void prefix##_avx2_f32(const Args& a, int64_t b, int64_t e) {           \
+    kernel<8, float>(a, b, e);                                                                           \
+  }                                                                                                      \
+  HALO_TARGET("arch=x86-64-v3") void prefix##_avx2_bf16(const Args& a, int64_t b, int64_t e) {          \
+    kernel<8, bf16>(a, b, e);                                                                            \
+  }                                                                                                      \
+  __attribute__((noinline)) void prefix##_generic_f32(const Args& a, int64_t b, int64_t e) {             \
+    kernel<4, float>(a, b, e);                                                                           \
+  }                                                                                                      \
+  __attribute__((noinline)) void prefix##_generic_bf16(const Args& a, int64_t b, int64_t e) {            \
+    kernel<4, bf16>(a, b, e);                                                                            \
+  }                                                                                                      \
+  using prefix##_fn = void (*)(const Args&, int64_t, int64_t);                                           \
+  prefix##_fn prefix##_pick(Isa isa, bool is_bf16) {                                                     \
+    switch (isa) {                                                                                       \
+      case Isa::kAvx512:                                                                                 \
+        return is_bf16 ? prefix##_avx512_bf16 : prefix##_avx512_f32;                                     \
+      case Isa::kAvx2:                                                                                   \
+        return is_bf16 ? prefix##_avx2_bf16 : prefix##_avx2_f32;                                         \
+      case Isa::kGeneric:                                                                                \
+        break;                                                                                           \
+    }                                                                                                    \
+    return is_bf16 ? prefix##_generic_bf16 : prefix##_generic_f32;                                       \
+  }

@@ -16,11 +16,10 @@ the window, and a soft-capped model's always does.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
+from halo.engine import native_kernels
 from halo.engine.kv_cache import KVCache
 from halo.engine.step_context import StepContext
 
@@ -28,14 +27,9 @@ _NATIVE_DTYPES = {torch.float32: False, torch.bfloat16: True}  # dtype -> is_bf1
 SUPPORTS_ATTENTION_SOFTCAP = True  # (the model asks its backend before it loads a soft-capped config)
 
 
-@functools.cache
 def native_kernel(num_threads: int):
     """The process's ``halo._core.CpuAttention`` for a thread count (its worker threads persist), or None."""
-    try:
-        from halo._core import CpuAttention
-    except ImportError:  # an older build of the native core: the torch path still works
-        return None
-    return CpuAttention(num_threads)
+    return native_kernels.native_kernel("CpuAttention", num_threads)
 
 
 def paged_decode(

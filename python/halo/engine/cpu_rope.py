@@ -12,24 +12,18 @@ KVCache.store).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
+from halo.engine import native_kernels
 from halo.engine.kv_cache import KVCache
 from halo.engine.step_context import StepContext
 
 _NATIVE_DTYPES = (torch.float32, torch.bfloat16)
 
 
-@functools.cache
 def native_kernel(num_threads: int):
     """The process's ``halo._core.CpuRope`` for a thread count, or None (an older build of the core)."""
-    try:
-        from halo._core import CpuRope
-    except ImportError:
-        return None
-    return CpuRope(num_threads)
+    return native_kernels.native_kernel("CpuRope", num_threads)
 
 
 class RopeStore:

@@ -18,9 +18,9 @@ norms over one head slice).
 
 from __future__ import annotations
 
-import functools
-
 import torch
+
+from halo.engine import native_kernels
 
 _NATIVE_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -37,14 +37,9 @@ def gemma_rms_norm_torch(x: torch.Tensor, gain: torch.Tensor, eps: float) -> tor
     return (xf * gain).to(x.dtype)
 
 
-@functools.cache
 def native_kernel(num_threads: int):
     """The process's ``halo._core.CpuNorm`` for a thread count, or None (an older build of the core)."""
-    try:
-        from halo._core import CpuNorm
-    except ImportError:
-        return None
-    return CpuNorm(num_threads)
+    return native_kernels.native_kernel("CpuNorm", num_threads)
 
 
 def _native(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_dtype: torch.dtype,
