@@ -608,17 +608,22 @@ class Processor:
             )
             keys = self.cache_keys
             cache_key = keys.llm(node, request.messages, request.params, request.n) if keys is not None else None
-            if self._from_cache(phys, node, cache_key):
-                continue
+            key = None
             if node.pure:
                 # n is in the key: a node of n samples never joins an equal request of another n
                 key = (self.pool, request.model, json.dumps(request.messages), request.params, request.n)
                 retried = self.attempts[phys] if phys < self._n else self._call_attempts.get(phys, 0)
                 answered = None if retried else self._answers.get(key)  # a retry asks the engine again
-                if answered is not None:  # the same request ran earlier in this run: its reply is this one's
+                # The same request ran earlier in this run: its reply is this one's, and it counts as
+                # coalesced whether or not that reply reached the persistent cache first (it did, if
+                # it finished before this one was rendered: a hit there would call it a past run's).
+                if answered is not None:
                     self.out.nodes[node.id].coalesced += 1  # found at run time, answered once
                     self.settle(phys, self._reply(phys, answered, ran=False))
                     continue
+            if self._from_cache(phys, node, cache_key):
+                continue
+            if key is not None:
                 leader = self.board.join(key, self, phys)
                 if leader is not None:  # the same request is already running: share its result
                     if leader is self:
@@ -662,7 +667,8 @@ class Processor:
         """Answer `phys` from the persistent result cache: True if it was settled with the stored value.
 
         On a miss the key is kept, so the node's own result is stored when it completes (`_complete`).
-        Called right after a request is rendered, before it is dispatched or joined to an equal one."""
+        Called right after a request is rendered and found unanswered in this run, before it is
+        dispatched or joined to an equal one in flight."""
         if key is None or self.result_cache is None:
             return False
         found, value = self.result_cache.get(key)
