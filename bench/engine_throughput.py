@@ -14,6 +14,10 @@ and the bounds: batch 1 against memory bandwidth (``DecoderModel.weight_bytes()`
 large tensor copy's measured bandwidth) and the largest batch and prefill against the compute bound
 of the dtype probe (engine/dtype_probe.py). Decode contexts are seeded, not prefilled, so a profile
 of batch 64 takes seconds (`seed_decoding`): the KV values do not change what a step costs.
+
+``--vs-llama-cpp PYTHON`` measures instead, in one run, prefill of 512 tokens and decode at batch 1 for
+halo and for llama.cpp on the same GGUF file, thread count and shapes: PYTHON is the interpreter of a
+venv with llama-cpp-python, which runs bench/llama_cpp_baseline.py (the file says how to install it).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -301,6 +306,30 @@ def profile_report(engine: LLMEngine, profiles: list[StepProfile]) -> str:
     return "\n".join(lines)
 
 
+def vs_llama_cpp(engine: LLMEngine, python: str, steps: int = 64) -> dict:
+    """Prefill 512 and batch-1 decode for halo and llama.cpp on the engine's GGUF file, printed side by side."""
+    model = Path(engine.model_path)
+    if model.suffix != ".gguf":
+        raise SystemExit(f"--vs-llama-cpp needs a GGUF model (llama.cpp reads nothing else), not {model}")
+    threads = torch.get_num_threads()
+    driver = Path(__file__).resolve().parent / "llama_cpp_baseline.py"
+    done = subprocess.run([python, str(driver), "--model", str(model), "--threads", str(threads),
+                           "--steps", str(steps)], capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"llama.cpp side failed ({python}):\n{done.stderr[-2000:]}")
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    ours = {"prefill_tok_s": prefill_throughput(engine), "decode_b1_tok_s": decode_throughput(engine, 1, steps=steps)}
+    d = engine.describe()
+    print(f"machine: cpu={d['cpu']} threads={threads}; model {model.name} ({model.stat().st_size / 1e6:.0f} MB file); "
+          f"halo dtype={d['dtype']} weights={d['weights']} ({engine.model.weight_bytes() / 1e6:.0f} MB read per "
+          f"token); llama-cpp-python {theirs['llama_cpp_python']} on the file's own quantized weights")
+    print(f"{'measure':<34} {'halo':>10} {'llama.cpp':>10} {'halo/llama.cpp':>15}")
+    for key, label in (("prefill_tok_s", "prefill 512 tokens, tok/s"),
+                       ("decode_b1_tok_s", "decode batch 1 (context 240), tok/s")):
+        print(f"{label:<34} {ours[key]:10.1f} {theirs[key]:10.1f} {ours[key] / theirs[key]:14.2f}x")
+    return {"halo": ours, "llama_cpp": theirs}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
@@ -311,9 +340,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default="auto", choices=["auto", "fp32", "bf16", "int8", "int4"])
     ap.add_argument("--context", type=int, default=240, help="decode context of --profile")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--vs-llama-cpp", metavar="PYTHON",
+                    help="compare prefill and batch-1 decode with llama.cpp (a venv's python with llama-cpp-python)")
     args = ap.parse_args(argv)
     batches = tuple(int(b) for b in args.batches.split(","))
     engine = LLMEngine(dtype=args.dtype, weights=args.weights, num_threads=args.threads)
+    if args.vs_llama_cpp:
+        figures = vs_llama_cpp(engine, args.vs_llama_cpp)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"machine": engine.describe(), **figures}, fh, indent=2, default=str)
+        return 0
     if args.profile:
         profiles = [profile_decode(engine, b, args.context) for b in batches] + [profile_prefill(engine)]
         print(profile_report(engine, profiles))
