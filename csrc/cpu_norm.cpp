@@ -29,6 +29,13 @@ int64_t ceil_log2(int64_t x) {
   return bits;
 }
 
+// The squares of vector v of x, each rounded on its own.
+template <int W, typename T>
+HALO_INLINE typename Vec<W>::f square(const T* x, int64_t v) {
+  const typename Vec<W>::f f = load_f32<W>(x + v * W);
+  return f * f;
+}
+
 // sum(x^2) over a row, in the order torch sums x.float().pow(2) over its last dim (ATen's cascade_sum,
 // vectorized_inner_sum), whatever this kernel's ISA: torch runs its 8-lane (AVX2) sum kernel on
 // AVX-512 machines too, so the order is that of 8-lane vectors (GCC lowers them to whatever the target
@@ -38,13 +45,6 @@ int64_t ceil_log2(int64_t x) {
 // elements past the last whole vector from zero, in order, and the accumulator's lanes one by one.
 // Same order, same bits (checked against torch over every row of random matrices of several widths,
 // tests/test_rms_norm.py): the native path moves no output of the torch one.
-// The squares of vector v of x, each rounded on its own.
-template <int W, typename T>
-HALO_INLINE typename Vec<W>::f square(const T* x, int64_t v) {
-  const typename Vec<W>::f f = load_f32<W>(x + v * W);
-  return f * f;
-}
-
 template <typename T>
 HALO_INLINE float sum_of_squares(const T* x, int64_t D) {
   constexpr int W = 8;
@@ -128,7 +128,6 @@ void CpuNorm::rms_norm(const NormArgs& a) {
   if (a.rows == 0) return;
   if (!a.x || !a.weight || !a.out) fail("null pointer");
   const norm_fn rows_fn = norm_pick(isa_, a.is_bf16);
-  std::lock_guard<std::mutex> call(call_mutex_);
   if (a.rows * a.dim < kInline) {
     rows_fn(a, 0, a.rows);
     return;

@@ -30,7 +30,7 @@ HALO_INLINE void rotate(const T* x, const T* cos, const T* sin, T* dst, int64_t 
   if (half % W == 0) {
     for (; d < half; d += W) {
       const F x1 = load_f32<W>(x + d), x2 = load_f32<W>(x + half + d);
-      const F lo = round_to<W>(x1 * load_f32<W>(cos + d), tag) + round_to<W>((F{} - x2) * load_f32<W>(sin + d), tag);
+      const F lo = round_to<W>(x1 * load_f32<W>(cos + d), tag) + round_to<W>((-x2) * load_f32<W>(sin + d), tag);
       const F hi = round_to<W>(x2 * load_f32<W>(cos + half + d), tag) +
                    round_to<W>(x1 * load_f32<W>(sin + half + d), tag);
       store_vec<W>(dst + d, lo);
@@ -105,7 +105,6 @@ void CpuRope::rotate_and_store(const RopeArgs& a) {
   validate(a);
   if (a.tokens == 0) return;
   const rope_fn rows_fn = rope_pick(isa_, a.is_bf16);
-  std::lock_guard<std::mutex> call(call_mutex_);
   if (a.tokens <= kInline) {
     rows_fn(a, 0, a.tokens);
     return;

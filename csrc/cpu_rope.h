@@ -8,7 +8,6 @@
 #pragma once
 
 #include <cstdint>
-#include <mutex>
 
 #include "cpu_isa.h"
 #include "worker_pool.h"
@@ -42,7 +41,6 @@ class CpuRope {
   void rotate_and_store(const RopeArgs& args);
 
  private:
-  std::mutex call_mutex_;
   Isa isa_;
   WorkerPool pool_;
 };

@@ -1,4 +1,4 @@
-// Vector helpers of the CPU kernels (cpu_attention.cpp, cpu_norm.cpp): GCC vector types of W floats,
+// Vector helpers of the CPU kernels (cpu_attention.cpp, cpu_norm.cpp, cpu_rope.cpp): GCC vector types of W floats,
 // loads and stores, bf16 <-> fp32, and horizontal folds in a fixed order. Every helper is
 // always_inline into the kernels' per-ISA entry points (target attributes), so one template serves
 // AVX-512 (W = 16), AVX2 (8) and portable code (4), and a given ISA always computes the same bits.

@@ -4,12 +4,12 @@
 #include "worker_pool.h"
 
 #include <algorithm>
+#include <stdexcept>
+#include <string>
+
 #if defined(HALO_OPENMP)
 #include <omp.h>
 #endif
-
-#include <stdexcept>
-#include <string>
 
 namespace halo {
 

@@ -8,6 +8,8 @@ this CPU runs is tested, so an AVX-512 machine also checks the AVX2 and portable
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -203,8 +205,6 @@ def test_openmp_threads_are_torchs_own():
         runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
     assert len(runtimes) == 1, runtimes
     # a call from a thread that is not the one torch's team belongs to also gets a team, and the same bits
-    import threading
-
     q, k, v, tables, lens_t = _problem(torch.bfloat16, 9, 3, 64, 16, [300, 5, 77], seed=2)
     here = cpu_attention.paged_decode(core.CpuAttention(2), q, k, v, tables, lens_t, 0.125)
     there: list[torch.Tensor] = []
